@@ -69,7 +69,7 @@ for f in ("temperature", "pressure", "vibration"):
     parts += [col.mean().rename(f + "_mean"), col.min().rename(f + "_min"), col.max().rename(f + "_max"),
               col.std(ddof=0).rename(f + "_stddev"), col.quantile(0.95).rename(f + "_p95"), col.last().rename(f + "_last")]
 res = pd.concat(parts, axis=1).reset_index()
-res.to_json(out, orient="records", lines=True)
+res.to_json(out, orient="records", lines=True, double_precision=15)
 seconds = time.perf_counter() - t0
 print(json.dumps({"seconds": seconds, "maxrss_kb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss}))
 """)
