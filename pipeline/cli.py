@@ -15,6 +15,7 @@ from .errors import ConfigError
 # Commands implemented elsewhere: name -> "module:function" taking argv and returning an exit code.
 EXTERNAL_COMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("pipeline.demo", "main"),
+    "simulate": ("connectors.simulate", "main"),
 }
 
 
