@@ -51,6 +51,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--for", dest="duration", type=float, default=None, metavar="SECONDS", help="stop after this many seconds")
     p.add_argument("--count", type=int, default=None, help="stop after this many messages per device")
     p.add_argument("--seed", type=int, default=0, help="random seed: same seed, same data (default 0)")
+    p.add_argument("--interval", type=float, default=None,
+                   help="event-time seconds between readings (default 1 / (rate x batch size): real time); "
+                        "e.g. --rate 50 --interval 1 replays 1 Hz data 50x faster")
     p.add_argument("--start", type=float, default=None, help="event time of the first reading (default: now)")
     p.add_argument("--qos", type=int, choices=[0, 1, 2], default=1, help="publish QoS (default 1)")
     p.add_argument("--protocol", choices=["5", "3.1.1"], default="5", help="MQTT version (default 5)")
@@ -98,7 +101,8 @@ def main(argv: list[str] | None = None) -> int:
         group = DeviceGroup(profile=args.profile, devices=args.devices, rate=args.rate, codec=args.codec,
                             batch_size=args.batch_size, source=args.source, topic=args.topic, site=args.site,
                             prefix=args.prefix, kind=args.kind, inject=args.inject, frame_size=_frame_size(args.frame_size),
-                            gray=not args.color, skab_dir=args.skab_dir, video=args.video)
+                            gray=not args.color, skab_dir=args.skab_dir, video=args.video,
+                            interval=args.interval)
     except (ValueError, FileNotFoundError) as exc:
         print(f"edgesieve simulate: {exc}", file=sys.stderr)
         return 2

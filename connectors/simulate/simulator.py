@@ -51,6 +51,7 @@ class DeviceGroup:
     gray: bool = True
     skab_dir: Path | None = None
     video: Path | None = None
+    interval: float | None = None           # event-time seconds between readings; default 1 / (rate * batch_size)
 
     def __post_init__(self):
         if self.profile not in ("pump", "env", "camera"):
@@ -154,7 +155,7 @@ class Simulator:
 
     def messages(self, g: DeviceGroup, dev: Device, n: int) -> list[tuple[str, bytes, dict | None]]:
         """The next ``n`` messages of ``dev``: (topic, payload, MQTT 5 user properties or None)."""
-        step = 1.0 / (g.rate * g.batch_size) if g.rate > 0 else 0.001
+        step = g.interval if g.interval else (1.0 / (g.rate * g.batch_size) if g.rate > 0 else 0.001)
         ts0 = self._ts0() + dev.phase
         if g.codec == "frame":
             out = []
