@@ -47,8 +47,8 @@ def _rng(seed: int, device: int, stream: int) -> np.random.Generator:
 
 
 class Injector:
-    """Injects anomaly episodes into blocks of readings: spikes (one reading, 6-10 sigma), level shifts
-    (20-120 readings, 3-6 sigma) and drifts (60-200 readings ramping to 5 sigma). ``rate`` is the chance
+    """Injects anomaly episodes into blocks of readings: spikes (one reading, 15-25 sigma), level shifts
+    (20-120 readings, 8-12 sigma) and drifts (60-200 readings ramping to 12 sigma). ``rate`` is the chance
     that an episode starts at a given reading."""
 
     KINDS = ("spike", "shift", "drift")
@@ -65,9 +65,9 @@ class Injector:
         sign = 1.0 if self.rng.random() < 0.5 else -1.0
         sd = self.stds[field]
         if kind == "spike":
-            return {"kind": kind, "field": field, "left": 1, "length": 1, "size": sign * sd * self.rng.uniform(6, 10)}
+            return {"kind": kind, "field": field, "left": 1, "length": 1, "size": sign * sd * self.rng.uniform(15, 25)}
         length = int(self.rng.integers(20, 121) if kind == "shift" else self.rng.integers(60, 201))
-        size = sign * sd * (self.rng.uniform(3, 6) if kind == "shift" else 5.0)
+        size = sign * sd * (self.rng.uniform(8, 12) if kind == "shift" else 12.0)
         return {"kind": kind, "field": field, "left": length, "length": length, "size": size}
 
     def apply(self, fields: dict[str, np.ndarray], labels: np.ndarray) -> None:
@@ -126,7 +126,7 @@ class GeneratedReadings:
         out = {}
         for k, (_, sd, _) in self.spec.items():
             (p1, p2), (f1, f2) = self.periods[k], self.phases[k]
-            wave = 0.8 * np.sin(2 * np.pi * t / p1 + f1) + 0.4 * np.sin(2 * np.pi * t / p2 + f2)
+            wave = 0.6 * np.sin(2 * np.pi * t / p1 + f1) + 0.3 * np.sin(2 * np.pi * t / p2 + f2)
             out[k] = self.level[k] + sd * (wave + 0.5 * self.rng.standard_normal(n))
         labels = np.zeros(n, np.int8)
         self.injector.apply(out, labels)

@@ -57,6 +57,7 @@ class Publisher:
                 log.warning("TLS hostname verification is off (--insecure)")
                 self.client.tls_insecure_set(True)
         self._connected = threading.Event()
+        self._answered = threading.Event()
         self._refused: str | None = None
         self.client.on_connect = self._on_connect
         self.client.on_disconnect = self._on_disconnect
@@ -67,19 +68,25 @@ class Publisher:
             raise ConnectionError(f"cannot connect to the MQTT broker at {url} ({exc.strerror or exc}): "
                                   "start one (e.g. mosquitto -p 1883) or pass --url") from None
         self.client.loop_start()
-        if not self._connected.wait(connect_timeout):
+        self._answered.wait(connect_timeout)
+        if not self._connected.is_set():
             self.client.loop_stop()
             why = self._refused or "no answer"
+            if self._refused:
+                raise ConnectionError(f"the MQTT broker at {url} {why}: check --username and the password "
+                                      "($MQTT_PASSWORD or --password-file)")
             raise ConnectionError(f"cannot connect to the MQTT broker at {url} ({why}) within {connect_timeout:.0f}s: "
                                   "start one (e.g. mosquitto -p 1883) or pass --url")
 
     def _on_connect(self, client, userdata, flags, reason_code, properties) -> None:
         if reason_code.is_failure:
             self._refused = f"refused: {reason_code}"
-            log.error("broker %s refused the connection: %s", self.url, reason_code)
+            self._answered.set()
+            client.disconnect()
             return
         log.info("connected to %s", self.url)
         self._connected.set()
+        self._answered.set()
 
     def _on_disconnect(self, client, userdata, flags, reason_code, properties) -> None:
         self._connected.clear()
