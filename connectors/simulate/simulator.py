@@ -7,7 +7,7 @@ or the wall clock at start. With a fixed seed and ``--start`` every payload is i
 >>> g = DeviceGroup(profile="env", devices=2, codec="json", rate=1.0, source="generator", site="hq")
 >>> sim = Simulator([g], seed=3, start_ts=1767225600.0)
 >>> [(topic, payload[:40]) for topic, payload, _ in sim.messages(g, sim.devices(g)[1], 1)]
-[('sensors/hq/room02/env', b'{"ts":1767225600.5,"temperature":21.3850')]
+[('sensors/hq/room02/env', b'{"ts":1767225600.5,"temperature":21.3453')]
 """
 
 from __future__ import annotations
