@@ -39,6 +39,7 @@ PROFILES: dict[str, dict[str, tuple[float, float, str]]] = {
              "Volume Flow RateRMS": (125.2, 1.6, "l/min")},
     "env": {"temperature": (21.5, 0.6, "Cel"), "humidity": (45.0, 4.0, "%RH"), "co2": (620.0, 90.0, "ppm")},
 }
+NOISE = {"pump": 0.5, "env": 0.05}   # white noise, in units of the field's sd (room sensors are smooth)
 UNITS = {name: unit for prof in PROFILES.values() for name, (_, _, unit) in prof.items()}
 
 
@@ -108,6 +109,7 @@ class GeneratedReadings:
         if profile not in PROFILES:
             raise ValueError(f"unknown readings profile {profile!r}: use one of {', '.join(PROFILES)}")
         self.spec = PROFILES[profile]
+        self.noise = NOISE[profile]
         rng = _rng(seed, device, 1)
         self.rng = rng
         self.level = {k: mean + sd * rng.normal(0, 0.5) for k, (mean, sd, _) in self.spec.items()}
@@ -127,7 +129,7 @@ class GeneratedReadings:
         for k, (_, sd, _) in self.spec.items():
             (p1, p2), (f1, f2) = self.periods[k], self.phases[k]
             wave = 0.6 * np.sin(2 * np.pi * t / p1 + f1) + 0.3 * np.sin(2 * np.pi * t / p2 + f2)
-            out[k] = self.level[k] + sd * (wave + 0.5 * self.rng.standard_normal(n))
+            out[k] = self.level[k] + sd * (wave + self.noise * self.rng.standard_normal(n))
         labels = np.zeros(n, np.int8)
         self.injector.apply(out, labels)
         return {k: np.round(v, 5) for k, v in out.items()}, labels
@@ -229,8 +231,8 @@ class VideoFrames:
 class ShapeFrames:
     """A static textured background with moving bright and dark blobs ("people") that walk across the scene.
 
-    Arrivals come in busy and quiet spells (about 30 frames... 300 frames each), so a frame-difference filter has
-    both still scenes to skip and motion to process. The true count of blobs in view is returned with each frame."""
+    Arrivals come in busy spells (50-300 frames) and quiet ones (200-800 frames), so a frame-difference filter
+    has both still scenes to skip and motion to process. The true count of blobs in view is returned with each frame."""
 
     def __init__(self, seed: int, device: int, size: tuple[int, int] = (192, 144), gray: bool = True):
         self.w, self.h = size
@@ -243,13 +245,14 @@ class ShapeFrames:
             bg[y:y + self.rng.integers(4, 12), x:x + self.rng.integers(4, 12)] -= 40
         self.bg = np.clip(bg, 0, 255).astype(np.uint8)
         self.objects: list[list[float]] = []   # x, y, vx, vy, w, h, shade
-        self.busy, self.spell_left = True, int(self.rng.integers(30, 300))
+        self.busy, self.spell_left = True, int(self.rng.integers(50, 300))
 
     def next_frame(self) -> tuple[np.ndarray, int]:
         rng = self.rng
         self.spell_left -= 1
         if self.spell_left <= 0:
-            self.busy, self.spell_left = not self.busy, int(rng.integers(30, 300))
+            self.busy = not self.busy
+            self.spell_left = int(rng.integers(50, 300) if self.busy else rng.integers(200, 800))
         if self.busy and rng.random() < 0.06 and len(self.objects) < 8:
             ow, oh = max(3, self.w // 24), max(6, self.h // 8)
             left = rng.random() < 0.5
