@@ -6,8 +6,10 @@ or the wall clock at start. With a fixed seed and ``--start`` every payload is i
 
 >>> g = DeviceGroup(profile="env", devices=2, codec="json", rate=1.0, source="generator", site="hq")
 >>> sim = Simulator([g], seed=3, start_ts=1767225600.0)
->>> [(topic, payload[:40]) for topic, payload, _ in sim.messages(g, sim.devices(g)[1], 1)]
-[('sensors/hq/room02/env', b'{"ts":1767225600.5,"temperature":21.3453')]
+>>> [(topic, list(json.loads(payload))) for topic, payload, _ in sim.messages(g, sim.devices(g)[1], 1)]
+[('sensors/hq/room02/env', ['ts', 'temperature', 'humidity', 'co2'])]
+>>> json.loads(sim.messages(g, sim.devices(g)[1], 1)[0][1])["ts"]   # the second device is half a period later
+1767225601.5
 """
 
 from __future__ import annotations
