@@ -245,7 +245,7 @@ class ShapeFrames:
             bg[y:y + self.rng.integers(4, 12), x:x + self.rng.integers(4, 12)] -= 40
         self.bg = np.clip(bg, 0, 255).astype(np.uint8)
         self.objects: list[list[float]] = []   # x, y, vx, vy, w, h, shade
-        self.busy, self.spell_left = True, int(self.rng.integers(50, 300))
+        self.busy, self.spell_left = False, int(self.rng.integers(30, 200))   # a camera starts on a still scene
 
     def next_frame(self) -> tuple[np.ndarray, int]:
         rng = self.rng

@@ -62,6 +62,7 @@ class Publisher:
         self.client.on_connect = self._on_connect
         self.client.on_disconnect = self._on_disconnect
         self._pending: list = []
+        self._closing = False
         try:
             self.client.connect(self.host, self.port, keepalive=30)
         except (OSError, ValueError) as exc:
@@ -90,6 +91,8 @@ class Publisher:
 
     def _on_disconnect(self, client, userdata, flags, reason_code, properties) -> None:
         self._connected.clear()
+        if self._closing:
+            return
         log.warning("disconnected from %s (%s); reconnecting", self.url, reason_code)
 
     def publish(self, topic: str, payload: bytes, user_properties: dict | None = None) -> bool:
@@ -121,5 +124,6 @@ class Publisher:
             except (RuntimeError, ValueError):
                 break
         self._pending.clear()
+        self._closing = True
         self.client.disconnect()
         self.client.loop_stop()

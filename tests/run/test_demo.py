@@ -1,0 +1,70 @@
+"""``edgesieve demo``: the README's main command runs end to end and leaves its summary and PNG report."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from pipeline.demo import DEMO_FILE, missing_types
+from pipeline.demo.broker import EmbeddedBroker
+from tests.support.cli import edgesieve
+
+pytestmark = pytest.mark.slow
+
+
+def _full_demo_or_skip():
+    absent = missing_types()
+    if absent:
+        pytest.skip(f"the full demo needs {', '.join(absent)} (not on this branch yet)")
+
+
+def test_demo_for_20_seconds_writes_summary_and_report(tmp_path):
+    _full_demo_or_skip()
+    out = tmp_path / "demo"
+    r = edgesieve("demo", "--for", "20", "--no-live", "--out", str(out), timeout=150, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-4000:]
+    assert "edgesieve demo: 20 s" in r.stderr and "bytes in → out" in r.stderr
+    s = json.loads((out / "summary.json").read_text())
+    assert s["stopped_by"].startswith("--for") and s["error"] is None
+    assert s["records_received"] > 0.9 * s["messages_published"] > 500
+    assert s["frames_in"] > 100 and 0 < s["frames_skipped"] < s["frames_in"]
+    assert s["aggregates"] > 50
+    assert s["bytes_out"] and s["bytes_in"] / s["bytes_out"] > 20          # only aggregates leave
+    assert sum(a["flagged"] for a in s["anomalies"].values()) > 0
+    assert sum(a["alerts"] for a in s["anomalies"].values()) > 0          # alerts came back over MQTT
+    png = out / "report.png"
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 30_000
+
+
+def test_demo_runs_on_the_embedded_python_broker(tmp_path):
+    _full_demo_or_skip()
+    pytest.importorskip("amqtt", reason="amqtt (pip install amqtt) is the embedded broker when mosquitto is absent")
+    out = tmp_path / "demo"
+    r = edgesieve("demo", "--for", "8", "--no-live", "--broker", "amqtt", "--pumps", "2", "--cameras", "1",
+                  "--out", str(out), timeout=120, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-4000:]
+    s = json.loads((out / "summary.json").read_text())
+    assert s["broker"] == "amqtt" and s["mqtt_protocol"] == "3.1.1"
+    assert s["records_received"] > 100 and (out / "report.png").exists()
+
+
+def test_quickstart_still_runs(tmp_path):
+    r = edgesieve("demo", "--quickstart", "--for", "3", "--out", str(tmp_path / "q"), timeout=60)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "aggregates:" in r.stderr
+
+
+def test_demo_file_validates_when_its_types_exist():
+    _full_demo_or_skip()
+    from pipeline.loader import parse_pipeline
+
+    spec = parse_pipeline(DEMO_FILE, env={"MODELS_DIR": str(DEMO_FILE.parents[1] / "models")})
+    assert {s.type for s in spec.stages} >= {"anomaly", "frame_diff", "onnx", "window"}
+
+
+def test_external_broker_is_used_as_given():
+    b = EmbeddedBroker.choose("mqtt://broker.example:1883")
+    assert (b.kind, b.url) == ("external", "mqtt://broker.example:1883")
+    b.close()
