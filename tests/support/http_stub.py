@@ -18,6 +18,7 @@ from __future__ import annotations
 import gzip
 import json
 import threading
+import time
 import urllib.parse
 from collections import deque
 from dataclasses import dataclass, field
@@ -31,6 +32,7 @@ class Request:
     query: dict
     headers: dict
     body: bytes = b""
+    at: float = 0.0          # time.monotonic() when it arrived
 
     @property
     def text(self) -> str:
@@ -68,7 +70,7 @@ class StubServer:
                 u = urllib.parse.urlsplit(self.path)
                 with stub._lock:
                     stub.requests.append(Request(self.command, u.path, dict(urllib.parse.parse_qsl(u.query)),
-                                                 dict(self.headers), body))
+                                                 dict(self.headers), body, time.monotonic()))
                     status, headers, payload = stub._queue.popleft() if stub._queue else stub.default
                 if isinstance(payload, dict):
                     payload, headers = json.dumps(payload).encode(), {"Content-Type": "application/json", **headers}

@@ -12,6 +12,7 @@ How line protocol maps to VictoriaMetrics series (checked against the packaged b
 - Deduplication is off (no ``-dedup.minScrapeInterval``): a point written twice with the same timestamp
   is stored twice. InfluxDB would overwrite it; here the duplicate stays visible, which is exactly what
   a test that checks "no point twice" needs.
+- ``/api/v1/export`` ends at *now* by default: points with future timestamps land but are not exported.
 
 >>> VictoriaMetrics.available() in (True, False)
 True
