@@ -17,6 +17,11 @@ merged into ``coarsen_steps_s`` windows (10 s → 60 s → 600 s by default, exa
 repeatedly; only when everything pending is at the coarsest step are the oldest points dropped.
 Points the sender has in flight are never touched. Everything is counted in ``stats()``.
 
+**No point twice**: delivered points are remembered in a ``sent`` table (since the checkpoint before the last
+one, at most ``sent_log`` rows); putting a point identical to a delivered one (a restarted pipeline replaying
+from its checkpoint) is a no-op, counted as ``already_sent``. A point that changed is queued and sent again,
+and the server overwrites it (same measurement, tags and timestamp).
+
 >>> import tempfile, os
 >>> ob = Outbox(os.path.join(tempfile.mkdtemp(), "o.db"))
 >>> ob.put([("win", {"dev": "a"}, 10_000_000_000, {"t_mean": 1.5})])
@@ -43,7 +48,8 @@ from connectors.influx.coarsen import merge_fields
 log = logging.getLogger(__name__)
 ROW_OVERHEAD = 48
 _SYNC = {"full": "FULL", "normal": "NORMAL", "off": "OFF"}
-_COUNTERS = ("put", "sent", "coarsened_in", "coarsened_out", "dropped", "dead_lettered", "requeued")
+_COUNTERS = ("put", "sent", "coarsened_in", "coarsened_out", "dropped", "dead_lettered", "requeued",
+             "already_sent", "generation")
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS pending (
   id INTEGER PRIMARY KEY AUTOINCREMENT, measurement TEXT NOT NULL, tags TEXT NOT NULL, ts INTEGER NOT NULL,
@@ -53,10 +59,17 @@ CREATE TABLE IF NOT EXISTS dead (
   id INTEGER PRIMARY KEY AUTOINCREMENT, measurement TEXT, tags TEXT, ts INTEGER, fields TEXT, res REAL,
   approx INTEGER, status INTEGER, reason TEXT, at REAL);
 CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS sent (
+  measurement TEXT NOT NULL, tags TEXT NOT NULL, ts INTEGER NOT NULL, fields TEXT NOT NULL, gen INTEGER NOT NULL,
+  UNIQUE (measurement, tags, ts));
 """
-_UPSERT = ("INSERT INTO pending (measurement, tags, ts, fields, res, approx) VALUES (?, ?, ?, ?, ?, ?) "
-           "ON CONFLICT (measurement, tags, ts) DO UPDATE SET fields = json_patch(pending.fields, excluded.fields), "
-           "rev = pending.rev + 1")
+_ON_CONFLICT = ("ON CONFLICT (measurement, tags, ts) DO UPDATE SET fields = json_patch(pending.fields, excluded.fields), "
+                "rev = pending.rev + 1")
+_UPSERT = "INSERT INTO pending (measurement, tags, ts, fields, res, approx) VALUES (?, ?, ?, ?, ?, ?) " + _ON_CONFLICT
+# a point identical to one already delivered (a restarted pipeline replaying from its checkpoint) is not queued again
+_UPSERT_UNSENT = ("INSERT INTO pending (measurement, tags, ts, fields, res, approx) SELECT ?1, ?2, ?3, ?4, ?5, ?6 "
+                  "WHERE NOT EXISTS (SELECT 1 FROM sent WHERE measurement = ?1 AND tags = ?2 AND ts = ?3 AND fields = ?4) "
+                  + _ON_CONFLICT)
 
 
 @dataclass
@@ -83,13 +96,14 @@ class Outbox:
     """A durable FIFO of points in one SQLite file; thread-safe (one connection behind a lock)."""
 
     def __init__(self, path: str | Path, *, max_bytes: int | None = None, fsync: str = "full",
-                 coarsen_steps_s: tuple[float, ...] = (60.0, 600.0), ddof: int = 1, mark_coarsened: bool = True):
+                 coarsen_steps_s: tuple[float, ...] = (60.0, 600.0), ddof: int = 0, mark_coarsened: bool = True,
+                 sent_log: int = 200_000):
         if fsync not in _SYNC:
             raise ValueError(f"outbox {path}: fsync must be one of {sorted(_SYNC)}, got {fsync!r}")
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.max_bytes, self.steps, self.ddof = max_bytes, tuple(sorted(coarsen_steps_s)), ddof
-        self.mark_coarsened = mark_coarsened
+        self.mark_coarsened, self.sent_log = mark_coarsened, sent_log
         self._lock = threading.RLock()
         self._db = sqlite3.connect(str(self.path), check_same_thread=False, isolation_level=None, timeout=30)
         self._db.execute("PRAGMA journal_mode=WAL")
@@ -121,7 +135,9 @@ class Outbox:
         with self._lock:
             self._db.execute("BEGIN IMMEDIATE")
             last = self._db.execute("SELECT coalesce(max(id), 0) FROM pending").fetchone()[0]
-            self._db.executemany(_UPSERT, rows)
+            before = self._db.total_changes
+            self._db.executemany(_UPSERT_UNSENT, rows)
+            self._bump("already_sent", len(rows) - (self._db.total_changes - before))
             self._bump("put", len(rows))
             self._db.execute("COMMIT")
             self._pending += self._db.execute("SELECT count(*) FROM pending WHERE id > ?", (last,)).fetchone()[0]
@@ -151,10 +167,30 @@ class Outbox:
         with self._lock:
             self._db.execute("BEGIN IMMEDIATE")
             removed = self._delete(rows)
+            if self.sent_log:
+                gen = self.counters["generation"]
+                self._db.executemany("INSERT OR REPLACE INTO sent (measurement, tags, ts, fields, gen) VALUES (?, ?, ?, ?, ?)",
+                                     [(r.measurement, _dumps(r.tags), r.ts, _dumps(r.fields), gen) for r in rows])
+                self._db.execute("DELETE FROM sent WHERE rowid <= (SELECT max(rowid) FROM sent) - ?", (self.sent_log,))
             self._bump("sent", len(rows))
             self._db.execute("COMMIT")
             self._claimed_max = 0
             self._pending -= removed
+
+    def checkpoint(self) -> int:
+        """The pipeline checkpoints: forget delivered points older than the previous checkpoint.
+
+        Points delivered since then are remembered (``sent_log`` at most), so the replay after a crash does not
+        send them twice. Returns the new generation (what a sink's ``snapshot()`` records).
+        """
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            self._bump("generation", 1)
+            gen = self.counters["generation"]
+            self._db.execute("DELETE FROM sent WHERE gen < ?", (gen - 1,))
+            self._db.execute("DELETE FROM sent WHERE rowid <= (SELECT max(rowid) FROM sent) - ?", (self.sent_log,))
+            self._db.execute("COMMIT")
+            return gen
 
     def dead_letter(self, rows: list[Row], status: int | None, reason: str) -> None:
         """Move ``rows`` to the ``dead`` table with the server's status and message."""

@@ -138,3 +138,20 @@ def test_stored_fields_are_plain_json(tmp_path):
     ob.close()
     (fields,) = sqlite3.connect(tmp_path / "o.db").execute("SELECT fields FROM pending").fetchone()
     assert json.loads(fields) == {"n": 2.5, "ok": True}
+
+
+def test_replayed_points_already_delivered_are_not_queued_again(tmp_path):
+    ob = Outbox(tmp_path / "o.db")
+    ob.put(pts(4))
+    ob.ack(ob.claim(3))
+    ob.close()
+    ob = Outbox(tmp_path / "o.db")                 # a restarted pipeline replays all four
+    replay = pts(4)
+    replay[1] = ("win", {"dev": "a"}, replay[1][2], {"t_mean": 42.0})      # ... and one of them changed meanwhile
+    ob.put(replay)
+    assert [(r.ts - T0) // (10 * S) for r in ob.claim(10)] == [3, 1]
+    assert ob.stats()["already_sent"] == 2
+    g = ob.checkpoint(); ob.checkpoint()           # two checkpoints later the old deliveries are forgotten
+    assert g + 1 == ob.stats()["generation"]
+    ob.put(pts(1))
+    assert ob.pending() == 3
