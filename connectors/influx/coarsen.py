@@ -3,9 +3,10 @@
 Field names follow ``<base>_<aggregate>``. Merge rules, exact unless noted:
 
 ============  ==================================================================================
-count, sum    added
+count, sum    added (also a bare ``count`` field: the window's record count, as the window stage emits)
 min / max     min / max
-mean          count-weighted mean (needs ``<base>_count``; without it: plain mean, *approximate*)
+mean          count-weighted mean (weights: ``<base>_count``, else the bare ``count``; without either:
+              plain mean, *approximate*)
 var, stddev   pooled with the parallel-variance formula from count, mean and var/stddev
               (``ddof`` as the window stage computed it; without count and mean: *approximate*)
 first / last  the value of the earliest / latest member window
@@ -20,6 +21,8 @@ other         plain mean: *approximate*
 >>> merged, approximate = merge_fields([a, b], ddof=0)
 >>> merged["t_count"], merged["t_sum"], merged["t_mean"], merged["t_min"], merged["t_max"], approximate
 (3.0, 6.0, 2.0, 1.0, 3.0, False)
+>>> merge_fields([{"count": 2, "t_mean": 1.0}, {"count": 1, "t_mean": 4.0}])
+({'count': 3.0, 't_mean': 2.0}, False)
 >>> round(merged["t_stddev"], 12) == round(((1 - 2) ** 2 + (2 - 2) ** 2 + (3 - 2) ** 2) ** 0.5 / 3 ** 0.5, 12)
 True
 """
@@ -53,8 +56,9 @@ def merge_fields(members: list[dict], ddof: int = 1) -> tuple[dict, bool]:
             bases.setdefault(base, {})[agg] = name
     out: dict = {}
     approx = False
+    bare_count = "count" if "count" in bases and None in bases["count"] else None
     for base, aggs in bases.items():
-        cnt_name = aggs.get("count")
+        cnt_name = aggs.get("count") or bare_count
         for agg, name in aggs.items():
             have = [m for m in members if name in m]
             vals = [m[name] for m in have]
@@ -64,7 +68,7 @@ def merge_fields(members: list[dict], ddof: int = 1) -> tuple[dict, bool]:
             counts = [m.get(cnt_name) for m in have] if cnt_name else None
             if counts is not None and any(c is None for c in counts):
                 counts = None
-            if agg in ("count", "sum"):
+            if agg in ("count", "sum") or name == "count":
                 out[name] = math.fsum(vals)
             elif agg == "min":
                 out[name] = min(vals)
@@ -80,7 +84,7 @@ def merge_fields(members: list[dict], ddof: int = 1) -> tuple[dict, bool]:
                 else:
                     out[name], approx = math.fsum(vals) / len(vals), True
             elif agg in ("var", "variance", "stddev", "std"):
-                value, exact = _pool_spread(members, have, aggs, agg, name, ddof)
+                value, exact = _pool_spread(members, have, cnt_name, aggs, agg, name, ddof)
                 out[name] = value
                 approx |= not exact
             else:  # quantiles and fields without an aggregate suffix do not merge exactly
@@ -92,13 +96,13 @@ def merge_fields(members: list[dict], ddof: int = 1) -> tuple[dict, bool]:
     return out, approx
 
 
-def _pool_spread(members, have, aggs, agg, name, ddof) -> tuple[float, bool]:
+def _pool_spread(members, have, cnt_name, aggs, agg, name, ddof) -> tuple[float, bool]:
     """Pooled variance / stddev of member windows (Chan et al.); falls back to an approximation.
 
     A window with ``count <= ddof`` has no spread (NaN, stored as absent) but still adds its mean.
     """
     squared = agg in ("stddev", "std")
-    cnt_name, mean_name = aggs.get("count"), aggs.get("mean") or aggs.get("avg")
+    mean_name = aggs.get("mean") or aggs.get("avg")
     usable = cnt_name and mean_name and all(
         cnt_name in m and mean_name in m and (name in m or m[cnt_name] <= max(ddof, 1)) for m in members)
     if not usable:

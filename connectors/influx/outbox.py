@@ -19,7 +19,7 @@ Points the sender has in flight are never touched. Everything is counted in ``st
 
 **No point twice**: delivered points are remembered in a ``sent`` table (since the checkpoint before the last
 one, at most ``sent_log`` rows); putting a point identical to a delivered one (a restarted pipeline replaying
-from its checkpoint) is a no-op, counted as ``already_sent``. A point that changed is queued and sent again,
+from its checkpoint), or to one still pending, is a no-op, counted as ``duplicates``. A point that changed is queued and sent again,
 and the server overwrites it (same measurement, tags and timestamp).
 
 >>> import tempfile, os
@@ -35,6 +35,8 @@ and the server overwrites it (same measurement, tags and timestamp).
 from __future__ import annotations
 
 import json
+
+import numpy as np
 import logging
 import math
 import sqlite3
@@ -49,7 +51,7 @@ log = logging.getLogger(__name__)
 ROW_OVERHEAD = 48
 _SYNC = {"full": "FULL", "normal": "NORMAL", "off": "OFF"}
 _COUNTERS = ("put", "sent", "coarsened_in", "coarsened_out", "dropped", "dead_lettered", "requeued",
-             "already_sent", "generation")
+             "duplicates", "generation")
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS pending (
   id INTEGER PRIMARY KEY AUTOINCREMENT, measurement TEXT NOT NULL, tags TEXT NOT NULL, ts INTEGER NOT NULL,
@@ -60,15 +62,15 @@ CREATE TABLE IF NOT EXISTS dead (
   approx INTEGER, status INTEGER, reason TEXT, at REAL);
 CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS sent (
-  measurement TEXT NOT NULL, tags TEXT NOT NULL, ts INTEGER NOT NULL, fields TEXT NOT NULL, gen INTEGER NOT NULL,
+  measurement TEXT NOT NULL, tags TEXT NOT NULL, ts INTEGER NOT NULL, fp TEXT NOT NULL, gen INTEGER NOT NULL,
   UNIQUE (measurement, tags, ts));
 """
 _ON_CONFLICT = ("ON CONFLICT (measurement, tags, ts) DO UPDATE SET fields = json_patch(pending.fields, excluded.fields), "
-                "rev = pending.rev + 1")
+                "rev = pending.rev + 1 WHERE json_patch(pending.fields, excluded.fields) != pending.fields")
 _UPSERT = "INSERT INTO pending (measurement, tags, ts, fields, res, approx) VALUES (?, ?, ?, ?, ?, ?) " + _ON_CONFLICT
 # a point identical to one already delivered (a restarted pipeline replaying from its checkpoint) is not queued again
 _UPSERT_UNSENT = ("INSERT INTO pending (measurement, tags, ts, fields, res, approx) SELECT ?1, ?2, ?3, ?4, ?5, ?6 "
-                  "WHERE NOT EXISTS (SELECT 1 FROM sent WHERE measurement = ?1 AND tags = ?2 AND ts = ?3 AND fields = ?4) "
+                  "WHERE NOT EXISTS (SELECT 1 FROM sent WHERE measurement = ?1 AND tags = ?2 AND ts = ?3 AND fp = ?7) "
                   + _ON_CONFLICT)
 
 
@@ -86,6 +88,12 @@ class Row:
 
 def _dumps(obj) -> str:
     return json.dumps(obj, sort_keys=True, separators=(",", ":"), allow_nan=False)
+
+
+def _fingerprint(fields: dict) -> str:
+    """Fields with floats to 12 significant digits: a replayed window whose mean differs in the last bit
+    (summed in another order) is the same point."""
+    return _dumps({k: (float(f"{v:.12g}") if isinstance(v, float) else v) for k, v in fields.items()})
 
 
 def _size(measurement: str, tags: str, fields: str) -> int:
@@ -112,10 +120,8 @@ class Outbox:
         self._claimed_max = 0          # rows with id <= this are in flight: coarsening leaves them alone
         self.counters = dict.fromkeys(_COUNTERS, 0)
         self.counters.update(dict(self._db.execute("SELECT name, value FROM counters")))
-        self._pending, self._bytes = self._db.execute(
-            "SELECT count(*), coalesce(sum(length(measurement) + length(tags) + length(fields)), 0) FROM pending"
-        ).fetchone()
-        self._bytes += ROW_OVERHEAD * self._pending
+        self._pending = self._db.execute("SELECT count(*) FROM pending").fetchone()[0]
+        self._bytes = self._stored_bytes()
         self.changed = threading.Condition(self._lock)   # notified on put (the sender waits on it)
 
     # --- writing ------------------------------------------------------------------------------
@@ -126,10 +132,10 @@ class Outbox:
         """
         rows = []
         for measurement, tags, ts, fields in points:
-            fields = {k: (bool(v) if isinstance(v, bool) else float(v)) for k, v in fields.items()
+            fields = {k: (bool(v) if isinstance(v, (bool, np.bool_)) else float(v)) for k, v in fields.items()
                       if v is not None and not (isinstance(v, float) and math.isnan(v))}
             if fields:
-                rows.append((measurement, _dumps(tags), int(ts), _dumps(fields), float(res), 0))
+                rows.append((measurement, _dumps(tags), int(ts), _dumps(fields), float(res), 0, _fingerprint(fields)))
         if not rows:
             return 0
         with self._lock:
@@ -137,11 +143,15 @@ class Outbox:
             last = self._db.execute("SELECT coalesce(max(id), 0) FROM pending").fetchone()[0]
             before = self._db.total_changes
             self._db.executemany(_UPSERT_UNSENT, rows)
-            self._bump("already_sent", len(rows) - (self._db.total_changes - before))
+            skipped = len(rows) - (self._db.total_changes - before)
+            self._bump("duplicates", skipped)
             self._bump("put", len(rows))
             self._db.execute("COMMIT")
             self._pending += self._db.execute("SELECT count(*) FROM pending WHERE id > ?", (last,)).fetchone()[0]
-            self._bytes += sum(_size(r[0], r[1], r[3]) for r in rows)
+            if skipped:   # only after a restart: recount rather than guess which rows were skipped
+                self._bytes = self._stored_bytes()
+            else:
+                self._bytes += sum(_size(r[0], r[1], r[3]) for r in rows)
             if self.max_bytes is not None and self._bytes > self.max_bytes:
                 self._make_room()
             self.changed.notify_all()
@@ -169,8 +179,8 @@ class Outbox:
             removed = self._delete(rows)
             if self.sent_log:
                 gen = self.counters["generation"]
-                self._db.executemany("INSERT OR REPLACE INTO sent (measurement, tags, ts, fields, gen) VALUES (?, ?, ?, ?, ?)",
-                                     [(r.measurement, _dumps(r.tags), r.ts, _dumps(r.fields), gen) for r in rows])
+                self._db.executemany("INSERT OR REPLACE INTO sent (measurement, tags, ts, fp, gen) VALUES (?, ?, ?, ?, ?)",
+                                     [(r.measurement, _dumps(r.tags), r.ts, _fingerprint(r.fields), gen) for r in rows])
                 self._db.execute("DELETE FROM sent WHERE rowid <= (SELECT max(rowid) FROM sent) - ?", (self.sent_log,))
             self._bump("sent", len(rows))
             self._db.execute("COMMIT")
@@ -303,6 +313,10 @@ class Outbox:
         self.counters[name] += n
         self._db.execute("INSERT INTO counters (name, value) VALUES (?, ?) "
                          "ON CONFLICT (name) DO UPDATE SET value = excluded.value", (name, self.counters[name]))
+
+    def _stored_bytes(self) -> int:
+        return self._db.execute("SELECT coalesce(sum(length(measurement) + length(tags) + length(fields) + ?), 0) "
+                                "FROM pending", (ROW_OVERHEAD,)).fetchone()[0]
 
     def pending(self) -> int:
         return self._pending

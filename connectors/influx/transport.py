@@ -7,6 +7,7 @@
 """
 from __future__ import annotations
 
+import gzip as _gzip
 import json
 
 from connectors.influx.outbox import Row
@@ -56,6 +57,7 @@ class InfluxTransport:
         from influxdb_client.client.write_api import SYNCHRONOUS
 
         self.url, self.org, self.bucket, self.precision, self.sink_id = url, org, bucket, precision, sink_id
+        self.gzip = gzip
         self._client = InfluxDBClient(url=url, token=token, org=org, timeout=int(timeout_s * 1000),
                                       enable_gzip=gzip, verify_ssl=verify_tls)
         self._write = self._client.write_api(write_options=SYNCHRONOUS)
@@ -84,7 +86,7 @@ class InfluxTransport:
             raise PermanentError(f"{where}: {msg} ({hint})", status, halt=status in HALT_STATUSES) from None
         except (HTTPError, OSError) as e:
             raise TransientError(f"sink {self.sink_id!r}: {self.url} unreachable: {type(e).__name__}") from None
-        return len(body)
+        return len(_gzip.compress(body)) if self.gzip else len(body)     # what went over the wire
 
     def close(self) -> None:
         self._client.close()

@@ -150,7 +150,7 @@ def test_replayed_points_already_delivered_are_not_queued_again(tmp_path):
     replay[1] = ("win", {"dev": "a"}, replay[1][2], {"t_mean": 42.0})      # ... and one of them changed meanwhile
     ob.put(replay)
     assert [(r.ts - T0) // (10 * S) for r in ob.claim(10)] == [3, 1]
-    assert ob.stats()["already_sent"] == 2
+    assert ob.stats()["duplicates"] == 3          # 0 and 2 were delivered, 3 is pending unchanged
     g = ob.checkpoint(); ob.checkpoint()           # two checkpoints later the old deliveries are forgotten
     assert g + 1 == ob.stats()["generation"]
     ob.put(pts(1))
