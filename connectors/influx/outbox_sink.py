@@ -15,7 +15,7 @@ import numpy as np
 from pydantic import Field, field_validator
 
 from pipeline.batch import Batch
-from pipeline.config import Duration, SinkConfig
+from pipeline.config import Duration, SinkConfig, parse_duration
 from pipeline.stage import Context, Sink
 
 from connectors.influx.outbox import Outbox
@@ -35,9 +35,10 @@ class OutboxSinkConfig(SinkConfig):
         256 * 2**20, ge=4096,
         description="Bound on pending points (their stored size); beyond it older points are merged into coarser windows, "
                     "then the oldest dropped (counted). null = unbounded.")
-    coarsen_steps: list[Duration] = Field(
+    coarsen_steps: list[float] = Field(
         default_factory=lambda: [60.0, 600.0], max_length=8,
-        description="Window widths that pending points are merged into, finest first, when the outbox is full.")
+        description="Window widths (seconds or durations like `1m`) that pending points are merged into, finest first, "
+                    "when the outbox is full.")
     stddev_ddof: Literal[0, 1] = Field(0, description="Delta degrees of freedom of incoming `*_stddev` fields (the window stage uses 0).")
     window: Duration | None = Field(None, gt=0, description="Width of the incoming windows (only to tell coarsened points apart).")
     fsync: Literal["full", "normal", "off"] = Field(
@@ -45,6 +46,11 @@ class OutboxSinkConfig(SinkConfig):
     drain_timeout: Duration = Field(5.0, ge=0, le=600, description="At shutdown, how long to keep sending before leaving the rest in the outbox.")
     retry_initial: Duration = Field(0.5, gt=0, le=60, description="First backoff after a transient failure (doubles, with jitter).")
     retry_max: Duration = Field(30.0, gt=0, le=3600, description="Longest backoff between retries (a server's Retry-After may be longer).")
+
+    @field_validator("coarsen_steps", mode="before")
+    @classmethod
+    def _durations(cls, v):
+        return [parse_duration(x) for x in v] if isinstance(v, list) else v
 
     @field_validator("coarsen_steps")
     @classmethod

@@ -8,6 +8,7 @@ import time
 import numpy as np
 import pytest
 
+from connectors.bandwidth import Bandwidth
 from connectors.influx.sender import CloudRejected
 from pipeline import load_pipeline
 from pipeline.errors import ConfigError
@@ -58,7 +59,8 @@ runtime:
 def test_window_aggregates_land_with_tags_fields_and_window_start(tmp_path, victoria_shared, measurement, monkeypatch):
     monkeypatch.setenv("INFLUX_TOKEN", TOKEN)
     df = write_csv(tmp_path / "r.csv")
-    summary = load_pipeline(pipeline_yaml(tmp_path / "r.csv", victoria_shared.url, measurement, tmp_path)).run()
+    p = load_pipeline(pipeline_yaml(tmp_path / "r.csv", victoria_shared.url, measurement, tmp_path))
+    summary = p.run()
     assert summary.error is None, summary.error
     got = victoria_shared.samples(f'{{__name__=~"{measurement}_.*"}}')
     for dev, g in df.groupby("device"):
@@ -73,7 +75,9 @@ def test_window_aggregates_land_with_tags_fields_and_window_start(tmp_path, vict
         assert [v for _, v in got[(f"{measurement}_count", (("device", dev),))]] == [100.0] * 6
     c = summary.counters
     assert c["cloud"]["outbox_sent"] == 18 and c["cloud"]["bytes_out"] > 0
-    assert c["readings"]["bytes_in"] > 20 * c["cloud"]["bytes_out"]     # only aggregates leave the site
+    bw = Bandwidth.of_pipeline(p.spec, c)
+    assert bw.bytes_in == (tmp_path / "r.csv").stat().st_size and bw.bytes_out == c["cloud"]["bytes_out"]
+    assert bw.reduction > 20                                               # only aggregates leave the site
 
 
 def test_sigkill_mid_run_then_restart_every_point_arrives_once(tmp_path, victoria, measurement):
