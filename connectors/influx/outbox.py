@@ -84,16 +84,28 @@ class Row:
     res: float         # window width in seconds, 0 = as produced (not coarsened)
     approx: bool       # some field was merged approximately
     rev: int
+    tags_json: str = ""
+    fields_json: str = ""
 
 
 def _dumps(obj) -> str:
     return json.dumps(obj, sort_keys=True, separators=(",", ":"), allow_nan=False)
 
 
-def _fingerprint(fields: dict) -> str:
-    """Fields with floats to 12 significant digits: a replayed window whose mean differs in the last bit
-    (summed in another order) is the same point."""
-    return _dumps({k: (float(f"{v:.12g}") if isinstance(v, float) else v) for k, v in fields.items()})
+_FIELDS = json.JSONEncoder(separators=(",", ":"), allow_nan=False).encode   # field order as produced (stable)
+
+
+class _TagCache(dict):
+    """Canonical JSON of tag sets; a pipeline has few distinct ones, so each is encoded once."""
+
+    def __call__(self, tags: dict) -> str:
+        key = tuple(tags.items())
+        out = self.get(key)
+        if out is None:
+            if len(self) > 100_000:
+                self.clear()
+            out = self[key] = _dumps(tags)
+        return out
 
 
 def _size(measurement: str, tags: str, fields: str) -> int:
@@ -117,6 +129,7 @@ class Outbox:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute(f"PRAGMA synchronous={_SYNC[fsync]}")
         self._db.executescript(_SCHEMA)
+        self._tags = _TagCache()
         self._claimed_max = 0          # rows with id <= this are in flight: coarsening leaves them alone
         self.counters = dict.fromkeys(_COUNTERS, 0)
         self.counters.update(dict(self._db.execute("SELECT name, value FROM counters")))
@@ -135,7 +148,8 @@ class Outbox:
             fields = {k: (bool(v) if isinstance(v, (bool, np.bool_)) else float(v)) for k, v in fields.items()
                       if v is not None and not (isinstance(v, float) and math.isnan(v))}
             if fields:
-                rows.append((measurement, _dumps(tags), int(ts), _dumps(fields), float(res), 0, _fingerprint(fields)))
+                fj = _FIELDS(fields)
+                rows.append((measurement, self._tags(tags), int(ts), fj, float(res), 0, fj))
         if not rows:
             return 0
         with self._lock:
@@ -163,7 +177,7 @@ class Outbox:
         with self._lock:
             cur = self._db.execute("SELECT id, measurement, tags, ts, fields, res, approx, rev FROM pending "
                                    "ORDER BY id LIMIT ?", (limit,))
-            rows = [Row(i, m, json.loads(t), ts, json.loads(f), res, bool(a), rev)
+            rows = [Row(i, m, json.loads(t), ts, json.loads(f), res, bool(a), rev, t, f)
                     for i, m, t, ts, f, res, a, rev in cur]
             self._claimed_max = rows[-1].id if rows else 0
             return rows
@@ -180,7 +194,7 @@ class Outbox:
             if self.sent_log:
                 gen = self.counters["generation"]
                 self._db.executemany("INSERT OR REPLACE INTO sent (measurement, tags, ts, fp, gen) VALUES (?, ?, ?, ?, ?)",
-                                     [(r.measurement, _dumps(r.tags), r.ts, _fingerprint(r.fields), gen) for r in rows])
+                                     [(r.measurement, r.tags_json, r.ts, r.fields_json, gen) for r in rows])
                 self._db.execute("DELETE FROM sent WHERE rowid <= (SELECT max(rowid) FROM sent) - ?", (self.sent_log,))
             self._bump("sent", len(rows))
             self._db.execute("COMMIT")
@@ -210,7 +224,7 @@ class Outbox:
             self._db.executemany(
                 "INSERT INTO dead (measurement, tags, ts, fields, res, approx, status, reason, at) "
                 "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                [(r.measurement, _dumps(r.tags), r.ts, _dumps(r.fields), r.res, int(r.approx), status, reason, now)
+                [(r.measurement, r.tags_json, r.ts, r.fields_json, r.res, int(r.approx), status, reason, now)
                  for r in rows])
             self._pending -= self._delete(rows)
             self._bump("dead_lettered", len(rows))
@@ -304,7 +318,7 @@ class Outbox:
         before = self._db.total_changes
         self._db.executemany("DELETE FROM pending WHERE id = ? AND rev = ?", [(r.id, r.rev) for r in rows])
         removed = self._db.total_changes - before
-        self._bytes -= sum(_size(r.measurement, _dumps(r.tags), _dumps(r.fields)) for r in rows)
+        self._bytes -= sum(_size(r.measurement, r.tags_json, r.fields_json) for r in rows)
         if self._pending - removed <= 0:
             self._bytes = 0
         return removed
