@@ -80,6 +80,7 @@ def test_window_aggregates_land_with_tags_fields_and_window_start(tmp_path, vict
     assert bw.reduction > 20                                               # only aggregates leave the site
 
 
+@pytest.mark.slow
 def test_sigkill_mid_run_then_restart_every_point_arrives_once(tmp_path, victoria, measurement):
     """A pipeline process is killed with SIGKILL while the server is down; the restarted one delivers everything."""
     import os

@@ -52,6 +52,7 @@ def test_aggregates_land_with_tags_fields_and_timestamps(tmp_path, victoria_shar
     assert ob.stats()["sent"] == 25 and snd.bytes_sent > 0
 
 
+@pytest.mark.slow
 def test_server_down_mid_run_every_point_arrives_once(tmp_path, victoria, measurement):
     ob, snd = make(tmp_path, victoria.url, batch_size=40)
     pts = points(measurement, 600)
