@@ -210,3 +210,32 @@ runtime: {{dead_letter: null}}
     expect = df.groupby(["device", (df.ts // 10 * 10)]).t.mean()
     assert [(d, t) for d, t, _ in rows] == list(expect.index)
     assert np.allclose([v for *_, v in rows], expect.values, rtol=1e-12)
+
+
+def test_disk_bound_coarsens_inside_the_sink_and_counts_it(tmp_path, http_stub):
+    """The server is unreachable (503) and the outbox small: older 10 s windows become 1 min windows, counted."""
+    from connectors.influx.influxdb import InfluxdbConfig, InfluxdbSink
+    from pipeline.batch import Batch
+    from pipeline.testing import make_context
+
+    http_stub.default = (503, {}, "down")
+    cfg = InfluxdbConfig(id="cloud", type="influxdb", inputs=["w"], url=http_stub.url, org="o", bucket="b",
+                         token=TOKEN, outbox=str(tmp_path / "o.db"), max_outbox_bytes=20_000, window=10,
+                         retry_initial=5, drain_timeout=0)
+    ctx, _ = make_context("cloud")
+    sink = InfluxdbSink(cfg, ctx)
+    try:
+        t0 = 1_795_000_200.0
+        for k in range(60):                            # 10 minutes of 10 s windows for 5 devices
+            sink.write(Batch.from_records([{"ts": t0 + 10 * k, "tags": {"device": f"d{d}"},
+                                            "fields": {"count": 10, "t_sum": 10.0 * d, "t_mean": float(d)}}
+                                           for d in range(5)]))
+        sink.flush()
+    finally:
+        sink.close()
+    c = ctx.metrics.by_item()["cloud"]
+    assert c["outbox_coarsened_in"] > 0 and c["outbox_coarsened_out"] > 0 and c.get("outbox_dropped", 0) == 0
+    rows = sqlite3.connect(tmp_path / "o.db").execute(
+        "SELECT json_extract(tags, '$.device'), sum(json_extract(fields, '$.count')), "
+        "sum(json_extract(fields, '$.t_sum')) FROM pending GROUP BY 1 ORDER BY 1").fetchall()
+    assert rows == [(f"d{d}", 600.0, 600.0 * d) for d in range(5)]       # every reading still accounted for

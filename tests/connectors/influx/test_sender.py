@@ -130,3 +130,24 @@ def test_connection_refused_is_transient(tmp_path, measurement):
     assert wait_for(lambda: snd.retries >= 2, 5)
     snd.stop()
     assert ob.pending() == 2 and snd.error is None
+
+
+@pytest.mark.parametrize("status, hint", [(403, "grant write access"), (404, "does not exist")])
+def test_403_and_404_halt_with_a_hint(tmp_path, http_stub, measurement, status, hint):
+    http_stub.push((status, {}, {"code": "x", "message": f"server says {status}"}))
+    ob, snd = make(tmp_path, http_stub.url, batch_size=2)
+    ob.put(points(measurement, 4))
+    assert wait_for(lambda: snd.halted, 5)
+    snd.stop()
+    assert snd.error.status == status and hint in str(snd.error) and f"server says {status}" in str(snd.error)
+    assert ob.stats()["dead"] == 2 and ob.pending() == 2
+    assert ob.requeue_dead() == 2 and ob.pending() == 4          # after fixing the config, nothing is lost
+
+
+def test_413_halves_the_batch(tmp_path, http_stub, measurement):
+    http_stub.push((413, {}, {"code": "too large", "message": "request too large"}))
+    ob, snd = make(tmp_path, http_stub.url, batch_size=8)
+    ob.put(points(measurement, 8))
+    assert snd.drain(5)
+    snd.stop()
+    assert snd.batch_size == 4 and ob.stats()["dead"] == 0 and ob.stats()["sent"] == 8
