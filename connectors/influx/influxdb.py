@@ -40,6 +40,7 @@ class InfluxdbConfig(OutboxSinkConfig):
     precision: Literal["s", "ms", "us", "ns"] = Field("ms", description="Timestamp precision of the written points.")
     gzip: bool = Field(True, description="Compress request bodies (saves uplink bandwidth; InfluxDB accepts gzip).")
     verify_tls: bool = Field(True, description="Verify the server's TLS certificate (turn off only for a test server).")
+    ca_file: str | None = Field(None, description="PEM file of the CA that signed the server's certificate (default: the system's CAs).")
     timeout: Duration = Field(10.0, gt=0, le=300, description="Time limit of one write request.")
 
     @field_validator("url")
@@ -80,4 +81,4 @@ class InfluxdbSink(OutboxSink):
     def make_transport(self) -> InfluxTransport:
         c = self.config
         return InfluxTransport(url=c.url, org=c.org, bucket=c.bucket, token=resolve_token(c), precision=c.precision,
-                               timeout_s=c.timeout, gzip=c.gzip, verify_tls=c.verify_tls, sink_id=c.id)
+                               timeout_s=c.timeout, gzip=c.gzip, verify_tls=c.verify_tls, ca_file=c.ca_file, sink_id=c.id)

@@ -52,14 +52,15 @@ class InfluxTransport:
     """
 
     def __init__(self, *, url: str, org: str, bucket: str, token: str, precision: str = "ms",
-                 timeout_s: float = 10.0, gzip: bool = False, verify_tls: bool = True, sink_id: str = "influxdb"):
+                 timeout_s: float = 10.0, gzip: bool = False, verify_tls: bool = True, ca_file: str | None = None,
+                 sink_id: str = "influxdb"):
         from influxdb_client import InfluxDBClient
         from influxdb_client.client.write_api import SYNCHRONOUS
 
         self.url, self.org, self.bucket, self.precision, self.sink_id = url, org, bucket, precision, sink_id
         self.gzip = gzip
         self._client = InfluxDBClient(url=url, token=token, org=org, timeout=int(timeout_s * 1000),
-                                      enable_gzip=gzip, verify_ssl=verify_tls)
+                                      enable_gzip=gzip, verify_ssl=verify_tls, ssl_ca_cert=ca_file)
         self._write = self._client.write_api(write_options=SYNCHRONOUS)
 
     def encode(self, rows: list[Row]) -> bytes:
