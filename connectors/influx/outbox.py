@@ -17,6 +17,8 @@ merged into ``coarsen_steps_s`` windows (10 s → 60 s → 600 s by default, exa
 repeatedly; only when everything pending is at the coarsest step are the oldest points dropped.
 Points the sender has in flight are never touched. Everything is counted in ``stats()``.
 
+One process per outbox file (an flock on ``<file>.lock``, released by the OS even after kill -9).
+
 **No point twice**: delivered points are remembered in a ``sent`` table (since the checkpoint before the last
 one, at most ``sent_log`` rows); putting a point identical to a delivered one (a restarted pipeline replaying
 from its checkpoint), or to one still pending, is a no-op, counted as ``duplicates``. A point that changed is queued and sent again,
@@ -34,7 +36,9 @@ and the server overwrites it (same measurement, tags and timestamp).
 """
 from __future__ import annotations
 
+import fcntl
 import json
+import os
 
 import numpy as np
 import logging
@@ -113,6 +117,7 @@ class Outbox(DiskBound):
             raise ValueError(f"outbox {path}: fsync must be one of {sorted(_SYNC)}, got {fsync!r}")
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._lockfile = _exclusive(self.path)
         self.max_bytes, self.steps, self.ddof = max_bytes, tuple(sorted(coarsen_steps_s)), ddof
         self.mark_coarsened, self.sent_log = mark_coarsened, sent_log
         self._lock = threading.RLock()
@@ -275,3 +280,24 @@ class Outbox(DiskBound):
     def close(self) -> None:
         with self._lock:
             self._db.close()
+            self._lockfile.close()
+
+
+def _exclusive(path: Path):
+    """One process per outbox: two senders draining the same file would send every point twice.
+
+    An flock on ``<outbox>.lock``; the OS releases it when the process dies, even by kill -9.
+    """
+    fh = open(str(path) + ".lock", "a+")
+    try:
+        fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        fh.seek(0)
+        holder = fh.read().strip() or "another process"
+        fh.close()
+        raise RuntimeError(f"outbox {path} is in use by {holder}: give each sink its own `outbox:` file "
+                           "(or stop the other pipeline)") from None
+    fh.truncate(0)
+    fh.write(f"pid {os.getpid()}")
+    fh.flush()
+    return fh

@@ -155,3 +155,11 @@ def test_replayed_points_already_delivered_are_not_queued_again(tmp_path):
     assert g + 1 == ob.stats()["generation"]
     ob.put(pts(1))
     assert ob.pending() == 3
+
+
+def test_one_process_per_outbox(tmp_path):
+    ob = Outbox(tmp_path / "o.db")
+    with pytest.raises(RuntimeError, match=r"o.db is in use by pid \d+: give each sink its own `outbox:` file"):
+        Outbox(tmp_path / "o.db")
+    ob.close()
+    Outbox(tmp_path / "o.db").close()              # free again once closed
