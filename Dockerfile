@@ -27,4 +27,4 @@ HEALTHCHECK --interval=15s --timeout=5s --start-period=30s --retries=3 \
   CMD python -c "import urllib.request,sys; urllib.request.urlopen('http://127.0.0.1:9108/metrics', timeout=4)" || exit 1
 
 ENTRYPOINT ["edgesieve"]
-CMD ["run", "/config/pipeline.yaml", "--metrics-port", "9108", "--log-format", "json"]
+CMD ["run", "/config/pipeline.yaml", "--metrics-port", "9108", "--metrics-addr", "0.0.0.0", "--log-format", "json"]

@@ -41,6 +41,8 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--for", dest="duration", type=float, default=None, metavar="SECONDS", help="stop after this many seconds")
     run.add_argument("--progress", action="store_true", help="show a live view of rates and counters")
     run.add_argument("--metrics-port", type=int, default=None, metavar="N", help="serve Prometheus metrics on this port")
+    run.add_argument("--metrics-addr", default="127.0.0.1", metavar="ADDR",
+                     help="address the metrics endpoint listens on (default 127.0.0.1; 0.0.0.0 in a container)")
     run.add_argument("--log-format", choices=["text", "json"], default=None, help="log format (default: the file's runtime.log_format)")
     val = sub.add_parser("validate", help="check a pipeline file without running it")
     val.add_argument("file")
@@ -131,8 +133,8 @@ def _run(args) -> int:
     if port:
         from .metrics import serve_prometheus
 
-        server = serve_prometheus(pipeline.metrics, port, spec=spec)
-        logging.getLogger("edgesieve").info("metrics on http://127.0.0.1:%d/metrics", port)
+        server = serve_prometheus(pipeline.metrics, port, addr=args.metrics_addr, spec=spec)
+        logging.getLogger("edgesieve").info("metrics on http://%s:%d/metrics", args.metrics_addr, port)
     view = LiveView(pipeline) if args.progress else None
     try:
         summary = pipeline.run(duration=args.duration, on_tick=view.update if view else None)

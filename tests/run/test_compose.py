@@ -143,20 +143,29 @@ def test_mounted_pipeline_file_validates(compose):
             pytest.fail(f"{src} does not validate:\n" + "\n".join(map(str, exc.problems)))
 
 
-def test_grafana_provisioning_matches_the_dashboard():
+def test_grafana_provisioning_matches_the_dashboard(compose):
     prov = COMPOSE / "grafana" / "provisioning"
-    ds = yaml.safe_load((prov / "datasources" / "influxdb.yaml").read_text())["datasources"][0]
-    assert ds["type"] == "influxdb" and ds["jsonData"]["version"] == "Flux" and "token" in ds["secureJsonData"]
-    assert ds["url"] == "http://influxdb:8086"
+    sources = {d["uid"]: d for d in yaml.safe_load((prov / "datasources" / "datasources.yaml").read_text())["datasources"]}
+    influx = next(d for d in sources.values() if d["type"] == "influxdb")
+    assert influx["jsonData"]["version"] == "Flux" and "token" in influx["secureJsonData"]
+    assert influx["url"] == "http://influxdb:8086"
+    prom = next(d for d in sources.values() if d["type"] == "prometheus")
+    assert prom["url"] == "http://prometheus:9090"
+    scrape = yaml.safe_load((COMPOSE / "prometheus" / "prometheus.yml").read_text())
+    assert scrape["scrape_configs"][0]["static_configs"][0]["targets"] == ["edgesieve:9108"]
+    cmd = compose["services"]["edgesieve"]["command"]
+    assert cmd[cmd.index("--metrics-port") + 1] == "9108" and cmd[cmd.index("--metrics-addr") + 1] == "0.0.0.0"
     dash_prov = yaml.safe_load((prov / "dashboards" / "edgesieve.yaml").read_text())["providers"][0]
     assert dash_prov["options"]["path"] == "/var/lib/grafana/dashboards"
     dash = json.loads((COMPOSE / "grafana" / "dashboards" / "edgesieve.json").read_text())
     titles = " ".join(p["title"].lower() for p in dash["panels"])
-    for word in ("readings", "anomalies", "skipped", "cache", "bytes"):
+    for word in ("aggregates", "anomalies", "skipped", "cache", "bytes"):
         assert word in titles, word
     for p in dash["panels"]:
-        assert p["datasource"]["uid"] == ds["uid"]
-        assert all("from(bucket:" in t["query"] for t in p["targets"])
+        assert p["datasource"]["uid"] in sources
+        for t in p["targets"]:
+            assert t["datasource"]["uid"] in sources
+            assert ("from(bucket:" in t["query"]) if t["datasource"]["type"] == "influxdb" else "edgesieve_" in t["expr"]
 
 
 def test_mosquitto_config_uses_mounted_files_and_passwords(compose):
