@@ -190,7 +190,7 @@ def _run(args) -> int:
             view.close()
         stats.sample()
         print_summary(summary)
-        bytes_out = stats.samples[-1]["bytes_out"] or stats.aggregate_bytes()
+        bytes_out = stats.samples[-1]["bytes_out"]
         report = write_report(stats, out_dir / "report.png", title, bytes_out)
         result = _summary(stats, summary, broker, sources, out_dir, report, bytes_out, influx)
         (out_dir / "summary.json").write_text(json.dumps(result, indent=2))

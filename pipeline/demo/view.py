@@ -96,7 +96,10 @@ class DemoStats:
         cache = self.cache_stats()
         s = self.sim.stats
         bytes_in = sum(v.get("bytes_in", 0) for v in c.values()) or s.bytes
-        bytes_out = sum(v.get("bytes_out", 0) for v in c.values())
+        # what leaves the site: alerts over MQTT, and the aggregates (sent to InfluxDB, or, without it, their size
+        # as line protocol measured from the local store)
+        bytes_out = c.get("to_devices", {}).get("bytes_out", 0) + (
+            c["cloud"].get("bytes_out", 0) if "cloud" in c else self.aggregate_bytes())
         snap = {"t": time.monotonic() - self.started, "messages": s.messages, "readings": s.readings,
                 "frames": s.frames, "received": c.get("devices", {}).get("out", 0),
                 "frames_in": motion.get("in", 0), "reused": motion.get("reused", 0),
@@ -161,7 +164,7 @@ class LiveDemoView:
                   f"{snap['frames']:,} frames sent)")
         t.add_row("frames skipped", f"{snap['skip_rate']:.0%}", f"{snap['reused']:,} of {snap['frames_in']:,} by frame_diff")
         t.add_row("cache hit rate", f"{snap['cache_hit_rate']:.0%}", f"{snap['cache_hits']:,} inferences answered by the cache")
-        out = snap["bytes_out"] or self.stats.aggregate_bytes()
+        out = snap["bytes_out"]
         ratio = f"{snap['bytes_in'] / out:,.0f}x less" if out else ""
         t.add_row("bytes in → out", f"{human_bytes(snap['bytes_in'])} → {human_bytes(out)}", ratio)
         t.add_row("aggregates", f"{snap['aggregates']:,}", "10 s windows stored")
