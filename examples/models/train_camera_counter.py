@@ -100,7 +100,7 @@ def build_student():
 
         def forward(self, frame):
             f = self.features(frame)
-            occupancy = torch.sigmoid(self.grid(f)).flatten(1).reshape(-1, GRID[0], GRID[1])
+            occupancy = torch.sigmoid(self.grid(f))[:, 0]
             # count = sum of a non-negative per-location density: translation-friendly
             count = torch.relu(self.count(f)).sum(dim=(2, 3))
             return count, occupancy
@@ -143,6 +143,8 @@ def main(argv=None) -> int:
             if rng.random() < 0.5:                     # mirror: same count, mirrored grid
                 xb, gb = xb.flip(-1), gb.flip(-1)
             xb = xb * float(rng.uniform(0.85, 1.15)) + float(rng.uniform(-0.05, 0.05))  # exposure jitter
+            dy, dx = (int(v) for v in rng.integers(-3, 4, size=2))  # small camera shake
+            xb = torch.roll(xb, shifts=(dy, dx), dims=(2, 3))
             pc, pg = model(xb)
             loss = torch.nn.functional.smooth_l1_loss(pc[:, 0], cb) + 10 * torch.nn.functional.mse_loss(pg, gb)
             opt.zero_grad()
