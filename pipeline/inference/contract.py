@@ -1,4 +1,4 @@
-"""Check a loaded model against the stage's ``inputs:``/``outputs:`` and build the input builders and decoders.
+"""Check a loaded model against the stage's ``feeds:``/``outputs:`` and build the input builders and decoders.
 
 Every mismatch is a :class:`~pipeline.inference.model.ModelError` naming the stage, the tensor,
 what the model declares and what the config gives, and what to change.
@@ -53,8 +53,8 @@ def make_builders(specs: dict[str, InputSpec], model: LoadedModel, where: str, o
     missing = [n for n in model.inputs if n not in specs]
     unknown = [n for n in specs if n not in model.inputs]
     if missing or unknown:
-        what = (f"model input(s) {', '.join(map(repr, missing))} have no entry in `inputs:`" if missing else
-                f"`inputs:` names {', '.join(map(repr, unknown))}, which the model does not have")
+        what = (f"model input(s) {', '.join(map(repr, missing))} have no entry in `feeds:`" if missing else
+                f"`feeds:` names {', '.join(map(repr, unknown))}, which the model does not have")
         raise ModelError(f"{where}: {what}; {model.path.name} declares: {declared}")
     builders = {}
     for name, spec in specs.items():

@@ -8,7 +8,7 @@ records or ``max_wait`` (flushed by ``tick``); a fixed-batch model gets padded/s
 
 >>> from pipeline.testing import run_stage
 >>> out = run_stage(Onnx, {"model": "examples/models/pump_state.onnx",
-...     "inputs": {"window": {"source": "window", "length": 60, "key": ["pump"], "fields": SKAB_SENSORS}},
+...     "feeds": {"window": {"source": "window", "length": 60, "key": ["pump"], "fields": SKAB_SENSORS}},
 ...     "outputs": {"probabilities": {"decode": "label", "field": "state"}}},
 ...     [{"ts": t, "tags": {"pump": "p1"}, "fields": dict.fromkeys(SKAB_SENSORS, 1.0)} for t in range(61)])
 >>> len(out), sorted(out[0]["tags"]), "state_probability" in out[0]["fields"]
@@ -46,7 +46,8 @@ class OnnxConfig(StageConfig):
     sha256: str | None = Field(None, pattern=r"^[0-9a-fA-F]{64}$",
                                description="Pin: the model's sha256; a mismatch refuses to start, and swaps then need a digest too. "
                                            "Without it a `<model>.sha256` file beside the model is checked when present.")
-    inputs: dict[str, Input] = Field(min_length=1, description="Per model input name: how to build it from the record.")
+    feeds: dict[str, Input] = Field(min_length=1, description="Per model input name: how to build it from the record "
+                                    "(`source: frame`, `fields` or `window`).")
     outputs: dict[str, OutputSpec] | None = Field(None, description="Per model output name: how to decode it; none = every output raw.")
     providers: list[str] = Field(["cpu"], min_length=1, description="Execution providers in order of preference "
                                  "(cpu, cuda, openvino, tensorrt, or full onnxruntime names); missing ones are skipped, CPU is the fallback.")
@@ -62,7 +63,7 @@ class Onnx(Stage):
 
     Config = OnnxConfig
     EXAMPLE = {"model": "examples/models/pump_state.onnx",
-               "inputs": {"window": {"source": "window", "length": 60, "key": ["device"], "fields": SKAB_SENSORS}},
+               "feeds": {"window": {"source": "window", "length": 60, "key": ["device"], "fields": SKAB_SENSORS}},
                "outputs": {"probabilities": {"decode": "label", "field": "state"}}}
 
     def __init__(self, config: OnnxConfig, ctx: Context):
@@ -88,7 +89,7 @@ class Onnx(Stage):
         cfg = self.config
         model = load_model(path, expected_sha256=sha256, require_sha256=bool(cfg.sha256) and not initial,
                            providers=cfg.providers, intra_op_threads=cfg.intra_op_threads)
-        builders = make_builders(cfg.inputs, model, self.where)
+        builders = make_builders(cfg.feeds, model, self.where)
         decoders = make_decoders(cfg.outputs, model, self.base_dir, self.where)
         if not initial:
             self._check_new(model, builders)
