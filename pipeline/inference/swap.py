@@ -32,8 +32,9 @@ def file_state(path: Path) -> tuple | None:
 
 class Swapper:
     def __init__(self, prepare: Callable[[Path, str | None], Any], where: str,
-                 watch_path: Path | None = None, interval: float = 2.0):
+                 watch_path: Path | None = None, interval: float = 2.0, count: Callable[[str], None] = lambda name: None):
         self._prepare = prepare
+        self._count = count
         self.where = where
         self.watch_path = watch_path
         self.interval = interval
@@ -99,6 +100,7 @@ class Swapper:
             msg = str(exc) if isinstance(exc, ModelError) else f"{type(exc).__name__}: {exc}"
             log.error("%s: model swap to %s refused, the running model keeps serving: %s", self.where, path, msg)
             self.events.append({"ok": False, "path": str(path), "error": msg})
+            self._count("model_swap_failures")
             fut.set_exception(exc if isinstance(exc, ModelError) else ModelError(msg))
             return
         with self._lock:

@@ -81,7 +81,8 @@ class Onnx(Stage):
         self._since = 0.0
         self._sample: dict[str, np.ndarray] | None = None
         self._swap = Swapper(lambda p, s: self._prepare(p, s), self.where,
-                             watch_path=path if config.watch else None, interval=config.watch or 2.0)
+                             watch_path=path if config.watch else None, interval=config.watch or 2.0,
+                             count=ctx.count)
         self._swap_lock = threading.Lock()
 
     # ------------------------------------------------------------------ model lifecycle
