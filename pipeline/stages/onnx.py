@@ -168,7 +168,7 @@ class Onnx(Stage):
 
     def _run(self, batch: Batch, inputs: dict[str, np.ndarray]) -> Batch:
         outputs = self.infer(inputs)
-        self._sample = {k: v[: self.config.warmup_records].copy() for k, v in inputs.items()}
+        self._sample = {k: v[: self.config.warmup_records] for k, v in inputs.items()}  # views: swap warm-up data
         return self._decode(batch, outputs)
 
     # ------------------------------------------------------------------ stage API
