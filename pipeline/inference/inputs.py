@@ -63,6 +63,10 @@ InputSpec = FrameInput | FieldsInput | WindowInput
 def numeric_problems(batch: Batch, names: list[str], where: str) -> tuple[np.ndarray, dict[int, str]]:
     """Rows whose named fields are missing, not numbers, or not finite, with a reason each."""
     n = len(batch)
+    cols = [batch.fields.get(name) for name in names]
+    if all(c is not None and c.dtype.kind == "f" for c in cols):   # fast path: all present, all finite
+        if np.isfinite(np.column_stack(cols)).all():
+            return np.zeros(n, bool), {}
     bad = np.zeros(n, bool)
     reasons: dict[int, str] = {}
     for name in names:
@@ -155,6 +159,10 @@ class WindowBuilder:
         n = len(batch)
         if not self.spec.key:
             return [((), np.arange(n))]
+        if len(self.spec.key) == 1:   # fast path: one key tag with one value in the whole batch
+            col = batch.tags.get(self.spec.key[0])
+            if col is not None and n and (col == col[0]).all():
+                return [((col[0],), np.arange(n))]
         codes = np.zeros(n, np.int64)
         cols = []
         for name in self.spec.key:
@@ -178,13 +186,13 @@ class WindowBuilder:
             series = values[rows] if past is None else np.concatenate([past, values[rows]])
             first, m = len(series) - len(rows), len(rows)
             start = max(0, L - 1 - first)          # first new reading whose window is full
-            if start < m:
-                win = np.lib.stride_tricks.sliding_window_view(series, L, axis=0)  # (k, F, L) views
-                parts.append((rows[start:], win[first + start - L + 1: first + m - L + 1].transpose(0, 2, 1)))
+            if start < m:  # window of new reading j = series[first + j - L + 1 : first + j + 1], gathered in one copy
+                ends = np.arange(first + start, first + m)
+                parts.append((rows[start:], series[ends[:, None] + np.arange(1 - L, 1)]))
                 ready[rows[start:]] = True
-            self.history[key] = series[len(series) - (L - 1):].copy() if L > 1 else series[:0].copy()
-        if len(parts) == 1 and len(parts[0][0]) == ready.sum():
-            x = np.ascontiguousarray(parts[0][1])
+            self.history[key] = series[max(0, len(series) - (L - 1)):].copy()
+        if len(parts) == 1 and len(parts[0][0]) == len(batch):
+            x = parts[0][1]
         else:
             out = np.empty((len(batch), L, F), self.dtype)
             for rows, win in parts:

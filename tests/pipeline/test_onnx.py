@@ -244,3 +244,23 @@ def test_mixed_frame_sizes_in_one_batch_match_one_by_one():
     alone = np.concatenate([frames_to_tensor([f], **kw) for f in frames])
     np.testing.assert_array_equal(together, alone)
     assert together.shape == (4, 12, 16, 3)
+
+
+@pytest.mark.parametrize("batch_size", [1, 2, 5, 64])
+def test_vectorised_windows_match_a_per_record_reference(batch_size):
+    from pipeline.inference.inputs import WindowBuilder, WindowInput
+    rng = np.random.default_rng(batch_size)
+    recs = [{"ts": i, "tags": {"dev": f"d{rng.integers(3)}", "site": f"s{rng.integers(2)}"},
+             "fields": {"a": float(rng.normal()), "b": float(rng.normal())}} for i in range(64)]
+    builder = WindowBuilder(WindowInput(source="window", fields=["b", "a"], length=4, key=["dev", "site"]), np.float64, "x")
+    got = []
+    for i in range(0, len(recs), batch_size):
+        x, ready = builder.build(Batch.from_records(recs[i:i + batch_size]))
+        got += list(x)
+    history, expected = {}, []
+    for r in recs:  # the obvious per-record version
+        h = history.setdefault((r["tags"]["dev"], r["tags"]["site"]), [])
+        h.append([r["fields"]["b"], r["fields"]["a"]])
+        if len(h) >= 4:
+            expected.append(np.array(h[-4:]))
+    assert len(got) == len(expected) and all(np.array_equal(g, e) for g, e in zip(got, expected))
