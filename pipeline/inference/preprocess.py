@@ -35,8 +35,8 @@ def frame_problem(frame) -> str | None:
 
 
 def to_color(stack: np.ndarray, color: str, order: str) -> np.ndarray:
-    """(n, h, w[, c]) -> float32 (n, h, w, C) with C=1 for gray, 3 for rgb/bgr."""
-    x = stack.astype(np.float32, copy=False)
+    """(n, h, w[, c]) -> (n, h, w, C) with C=1 for gray, 3 for rgb/bgr (a view where no arithmetic is needed)."""
+    x = stack
     if x.ndim == 3:
         x = x[..., None]
     if x.shape[3] == 4:
@@ -45,17 +45,17 @@ def to_color(stack: np.ndarray, color: str, order: str) -> np.ndarray:
         if x.shape[3] == 1:
             return x
         luma = _LUMA_BGR if order == "bgr" else _LUMA_BGR[::-1]
-        return (x @ luma)[..., None]
+        return (x.astype(np.float32, copy=False) @ luma)[..., None]
     if x.shape[3] == 1:
         x = np.repeat(x, 3, axis=3)
     return x if color == order else x[..., ::-1]
 
 
 def resize_stack(stack: np.ndarray, height: int, width: int, method: str = "area") -> np.ndarray:
-    """Resize (n, h, w[, c]) frames to (n, height, width[, c]) float32."""
+    """Resize (n, h, w[, c]) frames to (n, height, width[, c]) float32 (unchanged when the size already fits)."""
     n, h, w = stack.shape[:3]
     if (h, w) == (height, width):
-        return stack.astype(np.float32, copy=False)
+        return stack
     if method == "area" and h % height == 0 and w % width == 0:
         fy, fx = h // height, w // width
         if stack.dtype == np.uint8 and fy * fx <= 257:
@@ -121,17 +121,20 @@ def _group_tensor(frames, height, width, color, order, resize, scale, mean, std,
         stack = stack[..., 0]
     # both are linear, so resizing first (on the integer frame) does the least work
     x = to_color(resize_stack(stack, height, width, resize), color, order)
-    if np.shares_memory(x, frames[0]):   # never scale the caller's frame in place
-        x = x.copy()
-    if scale != 1.0:
-        np.multiply(x, np.float32(scale), out=x)
-    if mean is not None:
-        np.subtract(x, np.asarray(mean, np.float32), out=x)
-    if std is not None:
-        np.divide(x, np.asarray(std, np.float32), out=x)
     if layout == "NCHW":
         x = x.transpose(0, 3, 1, 2)
+    # one pass from the (strided, maybe uint8) view into a fresh contiguous float32 tensor
+    out = np.empty(x.shape, np.float32)
+    if scale != 1.0:
+        np.multiply(x, np.float32(scale), out=out, casting="unsafe")
+    else:
+        np.copyto(out, x, casting="unsafe")
+    per_channel = (-1, 1, 1) if layout == "NCHW" else (-1,)
+    if mean is not None:
+        np.subtract(out, np.asarray(mean, np.float32).reshape(per_channel), out=out)
+    if std is not None:
+        np.divide(out, np.asarray(std, np.float32).reshape(per_channel), out=out)
     if np.issubdtype(dtype, np.integer):
         info = np.iinfo(dtype)
-        x = np.clip(np.rint(x), info.min, info.max)
-    return np.ascontiguousarray(x, dtype=dtype)
+        return np.clip(np.rint(out), info.min, info.max).astype(dtype)
+    return out if dtype == np.float32 else out.astype(dtype)

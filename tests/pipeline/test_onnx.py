@@ -264,3 +264,15 @@ def test_vectorised_windows_match_a_per_record_reference(batch_size):
         if len(h) >= 4:
             expected.append(np.array(h[-4:]))
     assert len(got) == len(expected) and all(np.array_equal(g, e) for g, e in zip(got, expected))
+
+
+def test_nchw_normalisation_is_per_channel_like_nhwc():
+    rng = np.random.default_rng(2)
+    frames = [rng.integers(0, 256, (24, 32, 3), dtype=np.uint8) for _ in range(3)]
+    kw = dict(height=12, width=16, color="rgb", order="bgr", resize="bilinear", scale=1 / 255,
+              mean=[0.485, 0.456, 0.406], std=[0.229, 0.224, 0.225], dtype=np.float32)
+    nhwc = frames_to_tensor(frames, layout="NHWC", **kw)
+    nchw = frames_to_tensor(frames, layout="NCHW", **kw)
+    np.testing.assert_allclose(nchw, nhwc.transpose(0, 3, 1, 2), rtol=1e-6)
+    ref = (resize_stack(np.stack(frames), 12, 16, "bilinear")[..., ::-1] / 255 - kw["mean"]) / kw["std"]
+    np.testing.assert_allclose(nhwc, ref, rtol=1e-5, atol=1e-5)
