@@ -42,7 +42,8 @@ Input = Annotated[FrameInput | FieldsInput | WindowInput, Field(discriminator="s
 
 class OnnxConfig(StageConfig):
     type: Literal["onnx"]
-    model: str = Field(description="The .onnx file, or a versioned folder with a `current` pointer (relative to the pipeline file).")
+    model: str = Field(description="The .onnx file, or a versioned folder with a `current` pointer "
+                             "(relative: to the working directory, else to the pipeline file's folder).")
     sha256: str | None = Field(None, pattern=r"^[0-9a-fA-F]{64}$",
                                description="Pin: the model's sha256; a mismatch refuses to start, and swaps then need a digest too. "
                                            "Without it a `<model>.sha256` file beside the model is checked when present.")
@@ -70,11 +71,13 @@ class Onnx(Stage):
         super().__init__(config, ctx)
         self.where = f"stage {ctx.item_id!r} (onnx)"
         self.base_dir = ctx.base_dir or Path.cwd()
-        path = self.base_dir / config.model
+        path = self._path(config.model)
         try:
             self._model, self._builders, self._decoders = self._prepare(path, config.sha256, initial=True)
         except ModelError as exc:
-            raise ConfigError([Problem(str(path), 1, 1, str(exc))]) from exc
+            msg = str(exc).removeprefix(f"{self.where}: ")
+            raise ConfigError([Problem(str(path), 1, 1, msg, item=self.where,
+                                       hint="the pipeline cannot start without its model")]) from exc
         self._infer_fn: Callable[[dict], dict] = self._run_model
         self._pending: list[tuple[Batch, dict[str, np.ndarray]]] = []
         self._pending_n = 0
@@ -91,7 +94,7 @@ class Onnx(Stage):
         model = load_model(path, expected_sha256=sha256, require_sha256=bool(cfg.sha256) and not initial,
                            providers=cfg.providers, intra_op_threads=cfg.intra_op_threads)
         builders = make_builders(cfg.feeds, model, self.where)
-        decoders = make_decoders(cfg.outputs, model, self.base_dir, self.where)
+        decoders = make_decoders(cfg.outputs, model, self._path, self.where)
         if not initial:
             self._check_new(model, builders)
         return model, builders, decoders
@@ -110,12 +113,17 @@ class Onnx(Stage):
                 raise ModelError(f"{self.where}: new model {model.path.name} gives {name!r} of shape {got} where the "
                                  f"running model gives {old[name].shape}; the outputs config would not fit")
 
+    def _path(self, name: str | Path) -> Path:
+        """Relative paths: from the working directory when there, else from the pipeline file's folder (like `replay`)."""
+        here = Path(name)
+        return here if here.is_absolute() or here.exists() else self.base_dir / here
+
     def request_swap(self, path: str | Path | None = None, sha256: str | None = None) -> Future:
         """Load ``path`` (default: the configured model, re-read) in the background and swap it in when it is ready.
 
         Thread-safe (for MQTT command handlers). The future gives the new ``model_version``, or the error
         that kept the old model serving."""
-        target = self.base_dir / path if path is not None else self.base_dir / self.config.model
+        target = self._path(path if path is not None else self.config.model)
         return self._swap.request(target, sha256)
 
     def _apply_swap(self) -> None:
