@@ -33,3 +33,17 @@ def test_a_tampered_pin_stops_the_run_with_exit_1(tmp_path):
     run = edgesieve("run", str(bad), cwd=ROOT, env=cli_env(OUT_DIR=str(tmp_path)))
     assert run.returncode == 1
     assert "stage 'state' (onnx): model examples/models/pump_state.onnx has sha256 9ae6" in run.stderr
+
+
+def test_camera_example_pipeline_counts_people_on_frames(monkeypatch):
+    import numpy as np
+
+    from pipeline import load_pipeline
+
+    monkeypatch.chdir(ROOT)
+    pipe = load_pipeline(ROOT / "examples" / "camera_people" / "pipeline.yaml")
+    rng = np.random.default_rng(0)
+    frames = [rng.integers(0, 256, (576, 768, 3), dtype=np.uint8) for _ in range(3)]
+    out = pipe.run_records([{"ts": i / 10, "frame": f} for i, f in enumerate(frames)])["counts"]
+    assert len(out) == 3 and all(r["fields"]["people"] >= 0 for r in out)
+    assert out[0]["occupancy"].shape == (6, 8) and out[0]["tags"]["model_version"].startswith("camera_counter@")
