@@ -276,3 +276,16 @@ def test_nchw_normalisation_is_per_channel_like_nhwc():
     np.testing.assert_allclose(nchw, nhwc.transpose(0, 3, 1, 2), rtol=1e-6)
     ref = (resize_stack(np.stack(frames), 12, 16, "bilinear")[..., ::-1] / 255 - kw["mean"]) / kw["std"]
     np.testing.assert_allclose(nhwc, ref, rtol=1e-5, atol=1e-5)
+
+
+def test_missing_providers_fall_back_to_cpu_and_threads_apply(tmp_path, caplog):
+    model = sum_plus(tmp_path / "m.onnx")
+    with caplog.at_level("INFO", logger="edgesieve.onnx"):
+        stage, _ = build_stage(Onnx, {"model": str(model), "feeds": {"x": {"source": "fields", "fields": ["a", "b", "c"]}},
+                                      "providers": ["openvino", "cuda", "cpu"], "intra_op_threads": 2})
+    if "CUDAExecutionProvider" not in ort.get_available_providers():
+        assert stage._model.providers == ["CPUExecutionProvider"]
+        assert "CUDAExecutionProvider" in caplog.text and "not available" in caplog.text
+    assert stage._model.session.get_session_options().intra_op_num_threads == 2
+    out = stage.process(Batch.from_records([{"ts": 0, "fields": {"a": 1, "b": 2, "c": 3}}]))
+    assert out.extra["y"][0].tolist() == [6.0]          # no `outputs:`: every output raw, named after it
