@@ -17,7 +17,6 @@ records or ``max_wait`` (flushed by ``tick``); a fixed-batch model gets padded/s
 from __future__ import annotations
 
 import logging
-import threading
 from concurrent.futures import Future
 from pathlib import Path
 from typing import Annotated, Callable, Literal
@@ -30,7 +29,7 @@ from ..config import Duration, StageConfig
 from ..errors import ConfigError, Problem
 from ..inference.contract import OutputSpec, make_builders, make_decoders
 from ..inference.inputs import FieldsInput, FrameInput, WindowInput
-from ..inference.model import LoadedModel, ModelError, load_model, resolve_model
+from ..inference.model import LoadedModel, ModelError, load_model, resolve_model, sidecar_sha256
 from ..inference.swap import Swapper
 from ..stage import Context, Stage
 
@@ -86,11 +85,13 @@ class Onnx(Stage):
         self._swap = Swapper(lambda p, s: self._prepare(p, s), self.where,
                              watch_path=path if config.watch else None, interval=config.watch or 2.0,
                              count=ctx.count)
-        self._swap_lock = threading.Lock()
 
     # ------------------------------------------------------------------ model lifecycle
     def _prepare(self, path: Path, sha256: str | None, initial: bool = False):
         cfg = self.config
+        if sha256 is None and not initial and cfg.sha256 and path == self._path(cfg.model):
+            if sidecar_sha256(resolve_model(path)[0]) is None:
+                sha256 = cfg.sha256      # re-reading the pinned file: hold it to the pin
         model = load_model(path, expected_sha256=sha256, require_sha256=bool(cfg.sha256) and not initial,
                            providers=cfg.providers, intra_op_threads=cfg.intra_op_threads)
         builders = make_builders(cfg.feeds, model, self.where)
@@ -239,9 +240,7 @@ class Onnx(Stage):
                 for s in range(0, upto, k)]
         rest = batch.take(slice(upto, n)) if upto < n else None
         self._pending = [(rest, {m: v[upto:] for m, v in inputs.items()})] if rest is not None else []
-        self._pending_n = n - upto
-        if rest is not None:
-            self._since = self.ctx.clock()
+        self._pending_n = n - upto  # `_since` stays: the rest waited at most since then (never past max_wait)
         return Batch.concat(outs)
 
     def tick(self, now: float) -> Batch | None:

@@ -121,3 +121,17 @@ def test_watch_follows_the_current_pointer_of_a_versioned_folder(tmp_path):
         assert stage.process(batch(0, 1)).tags["model_version"][0] == "v2"
     finally:
         stage.close()
+
+
+def test_re_reading_a_pinned_file_without_sidecar_holds_it_to_the_pin(tmp_path):
+    model = sum_plus(tmp_path / "m.onnx", bias=1.0)
+    pin = write_sidecar(model)
+    (tmp_path / "m.onnx.sha256").unlink()
+    stage = stage_for(model, sha256=pin)
+    fut = stage.request_swap()                       # same file, unchanged: accepted against the pin
+    assert wait_for(lambda: stage.process(batch(0, 1)) is not None and fut.done())
+    assert fut.exception() is None
+    sum_plus(model, bias=5.0)                        # replaced without a new digest: refused
+    with pytest.raises(Exception, match="expected " + pin):
+        stage.request_swap().result(timeout=10)
+    assert stage.process(batch(0, 1)).fields["y"][0] == 0 + 1 + 1.0
