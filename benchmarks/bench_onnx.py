@@ -12,10 +12,10 @@ Batch sizes 1, 8, 32; one intra-op thread for both sides (same session options).
 * stage+resize (camera only): the same with full 768x576 BGR frames, so resize + grayscale are included
 
 Targets (issue 5): stage >= 90% of raw at batch 32; batch 32 >= 4x the records/s of batch 1 (stage).
-Raw and stage calls are interleaved one by one and each figure comes from the median call time,
-so both sides see the same load on a shared machine.
+For one model, the calls of every batch size and both sides are interleaved one by one, and each
+figure comes from the fastest call (timeit's rule), so all see the same load on a shared machine.
 
-    python benchmarks/bench_onnx.py [--seconds 1] [--json out.json]
+    python benchmarks/bench_onnx.py [--seconds 3] [--json out.json]
 """
 from __future__ import annotations
 
@@ -46,22 +46,23 @@ def raw_session(path: Path):
     return ort.InferenceSession(str(path), sess_options=opts, providers=["CPUExecutionProvider"])
 
 
-def interleaved_rates(variants: dict, records_per_item: int, seconds: float) -> dict[str, float]:
-    """records/s per variant from the median call time, the variants' calls interleaved one by one.
+def interleaved_rates(variants: dict, seconds: float) -> dict[str, float]:
+    """records/s per variant from its fastest call, all variants' calls interleaved one by one.
 
-    On a shared machine load comes and goes; interleaving puts every variant under the same load and
-    the median ignores the calls that a burst of other work slowed down."""
+    ``variants``: name -> (function, items, records per item). On a shared machine load comes and
+    goes; interleaving puts every variant under the same load, and the fastest call (timeit's rule)
+    is the one least disturbed by other work."""
     times = {k: [] for k in variants}
-    for fn, items in variants.values():
+    for fn, items, _ in variants.values():
         fn(items[0])  # warm-up
     start = time.perf_counter()
     while time.perf_counter() - start < seconds or min(len(t) for t in times.values()) < 5:
-        for i in range(max(len(items) for _, items in variants.values())):
-            for k, (fn, items) in variants.items():
+        for i in range(max(len(items) for _, items, _ in variants.values())):
+            for k, (fn, items, _) in variants.items():
                 t0 = time.perf_counter()
                 fn(items[i % len(items)])
                 times[k].append(time.perf_counter() - t0)
-    return {k: records_per_item / float(np.median(t)) for k, t in times.items()}
+    return {k: variants[k][2] / min(t) for k, t in times.items()}
 
 
 def bench_case(name, model, cfg, tensors, records, batch_sizes, seconds, warm=(), extra=None):
@@ -70,27 +71,25 @@ def bench_case(name, model, cfg, tensors, records, batch_sizes, seconds, warm=()
     ``extra``: an optional second record list (e.g. full-resolution frames) measured as ``stage+resize``."""
     sess = raw_session(model)
     input_name = sess.get_inputs()[0].name
-    rows = []
-    for b in batch_sizes:
+    variants = {}
+    for b in batch_sizes:  # every batch size and both sides in one interleaved measurement
         n_items = max(2, 64 // b)
-        chunk = lambda seq, i: seq[i * b:(i + 1) * b]  # noqa: E731
-        variants = {"raw": (lambda feed: sess.run(None, feed),
-                            [{input_name: tensors[i * b:(i + 1) * b]} for i in range(n_items)])}
+        variants[("raw", b)] = (lambda feed: sess.run(None, feed),
+                                [{input_name: tensors[i * b:(i + 1) * b]} for i in range(n_items)], b)
         for label, recs in (("stage", records), ("stage+resize", extra)):
             if recs is None:
                 continue
             stage, _ = build_stage(Onnx, {**cfg, "model": str(model), "max_batch": b, "intra_op_threads": 1})
             if warm:
                 stage.process(Batch.from_records(warm))
-            variants[label] = (stage.process, [Batch.from_records(chunk(recs, i)) for i in range(n_items)])
-        got = interleaved_rates(variants, b, seconds)
-        rows.append({"model": name, "batch": b, **{k: round(v, 1) for k, v in got.items()}})
-    return rows
+            variants[(label, b)] = (stage.process, [Batch.from_records(recs[i * b:(i + 1) * b]) for i in range(n_items)], b)
+    got = interleaved_rates(variants, seconds)
+    return [{"model": name, "batch": b, **{k: round(v, 1) for (k, bb), v in got.items() if bb == b}} for b in batch_sizes]
 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--seconds", type=float, default=1.0, help="time per model and batch size")
+    ap.add_argument("--seconds", type=float, default=3.0, help="measuring time per model")
     ap.add_argument("--json", type=Path, help="write the figures here too")
     args = ap.parse_args(argv)
     rng = np.random.default_rng(0)
