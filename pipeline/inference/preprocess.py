@@ -116,6 +116,19 @@ def frames_to_tensor(frames: list[np.ndarray], *, height: int, width: int, color
 
 
 def _group_tensor(frames, height, width, color, order, resize, scale, mean, std, layout, dtype) -> np.ndarray:
+    args = (height, width, color, order, resize, scale, mean, std, layout)
+    if frames[0].size < 65536 or len(frames) == 1:
+        return _cast(_float_tensor(frames, *args), dtype)
+    # large frames: one at a time straight into the output (no stacked copy of the raw pixels)
+    first = _float_tensor(frames[:1], *args)
+    out = np.empty((len(frames),) + first.shape[1:], np.float32)
+    out[0] = first[0]
+    for i in range(1, len(frames)):
+        _float_tensor(frames[i:i + 1], *args, out=out[i:i + 1])
+    return _cast(out, dtype)
+
+
+def _float_tensor(frames, height, width, color, order, resize, scale, mean, std, layout, out=None) -> np.ndarray:
     stack = np.stack(frames) if len(frames) > 1 else frames[0][None]
     if stack.ndim == 4 and stack.shape[3] == 1 and color == "gray":
         stack = stack[..., 0]
@@ -124,7 +137,8 @@ def _group_tensor(frames, height, width, color, order, resize, scale, mean, std,
     if layout == "NCHW":
         x = x.transpose(0, 3, 1, 2)
     # one pass from the (strided, maybe uint8) view into a fresh contiguous float32 tensor
-    out = np.empty(x.shape, np.float32)
+    if out is None:
+        out = np.empty(x.shape, np.float32)
     if scale != 1.0:
         np.multiply(x, np.float32(scale), out=out, casting="unsafe")
     else:
@@ -134,6 +148,10 @@ def _group_tensor(frames, height, width, color, order, resize, scale, mean, std,
         np.subtract(out, np.asarray(mean, np.float32).reshape(per_channel), out=out)
     if std is not None:
         np.divide(out, np.asarray(std, np.float32).reshape(per_channel), out=out)
+    return out
+
+
+def _cast(out: np.ndarray, dtype) -> np.ndarray:
     if np.issubdtype(dtype, np.integer):
         info = np.iinfo(dtype)
         return np.clip(np.rint(out), info.min, info.max).astype(dtype)

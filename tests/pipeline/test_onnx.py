@@ -289,3 +289,15 @@ def test_missing_providers_fall_back_to_cpu_and_threads_apply(tmp_path, caplog):
     assert stage._model.session.get_session_options().intra_op_num_threads == 2
     out = stage.process(Batch.from_records([{"ts": 0, "fields": {"a": 1, "b": 2, "c": 3}}]))
     assert out.extra["y"][0].tolist() == [6.0]          # no `outputs:`: every output raw, named after it
+
+
+@pytest.mark.parametrize("shape, color", [((240, 320, 3), "rgb"), ((240, 320), "gray"), ((480, 640, 3), "gray")])
+def test_large_frames_one_at_a_time_match_the_stacked_path(shape, color):
+    rng = np.random.default_rng(5)
+    frames = [rng.integers(0, 256, shape, dtype=np.uint8) for _ in range(3)]
+    kw = dict(height=60, width=80, color=color, order="bgr", resize="area", scale=1 / 255, mean=None, std=None,
+              layout="NCHW", dtype=np.float32)
+    together = frames_to_tensor(frames, **kw)                      # frames >= 64k values: per-frame path
+    from pipeline.inference.preprocess import _float_tensor
+    stacked = _float_tensor(frames, 60, 80, color, "bgr", "area", 1 / 255, None, None, "NCHW")
+    np.testing.assert_allclose(together, stacked, rtol=1e-6)
