@@ -49,6 +49,8 @@ def parser() -> argparse.ArgumentParser:
                    help="pump readings per second per pump; SKAB is 1 Hz data, so 20 replays it 20x faster (default 20)")
     p.add_argument("--fps", type=float, default=10.0, help="camera frames per second (default 10)")
     p.add_argument("--seed", type=int, default=0, help="simulator seed (default 0)")
+    p.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data",
+                   help="folder with skab/ and video/vtest.avi (default ../shared/data); generated data when absent")
     p.add_argument("--broker", choices=["auto", "mosquitto", "amqtt"], default="auto",
                    help="embedded broker: Mosquitto when installed, else amqtt (default auto)")
     p.add_argument("--mqtt-url", default=None, help="use this running broker instead of an embedded one")
@@ -151,16 +153,17 @@ def _run(args) -> int:
         pipeline = Pipeline(build_spec(out_dir, broker, influx))
         groups = []
         if args.pumps:
-            groups.append(DeviceGroup(profile="pump", devices=args.pumps, rate=args.speed, interval=1.0, codec="json"))
+            groups.append(DeviceGroup(profile="pump", devices=args.pumps, rate=args.speed, interval=1.0, codec="json",
+                                      skab_dir=args.data / "skab"))
         if args.cameras:
-            groups.append(DeviceGroup(profile="camera", devices=args.cameras, rate=args.fps))
+            groups.append(DeviceGroup(profile="camera", devices=args.cameras, rate=args.fps,
+                                      video=args.data / "video" / "vtest.avi"))
         # pump event time runs --speed times faster than the clock: start it in the past so it ends near now
         start = time.time() - (args.duration or 600) * (args.speed - 1) if args.pumps else None
-        sim_holder: dict = {}
         stats = DemoStats(pipeline, None, out_dir)
         sim = Simulator(groups, seed=args.seed, start_ts=start, truth=stats.on_truth)
         stats.sim = sim
-        sources = ", ".join(f"{g.devices} {g.profile}s from {g.source}" for g in groups)
+        sources = ", ".join(f"{g.devices} {g.profile}{'s' if g.devices != 1 else ''} from {g.source}" for g in groups)
         title = f"edgesieve demo · {broker.kind} broker (MQTT {broker.protocol}) · {sources}"
         listener = AlertListener(broker, stats)
         publisher = Publisher(broker.url, client_id="edgesieve-demo-devices", qos=1, protocol=broker.protocol)
@@ -174,7 +177,6 @@ def _run(args) -> int:
         def simulate() -> None:
             listener.online.wait(20)          # the source has subscribed: nothing published is lost
             time.sleep(0.3)
-            sim_holder["t0"] = time.monotonic()
             sim.run(publish, stop=stop_sim)
 
         sim_thread = threading.Thread(target=simulate, name="demo-devices", daemon=True)

@@ -38,15 +38,16 @@ def test_demo_for_20_seconds_writes_summary_and_report(tmp_path):
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 30_000
 
 
-def test_demo_runs_on_the_embedded_python_broker(tmp_path):
+def test_demo_runs_on_the_embedded_python_broker_without_shared_data(tmp_path):
     _full_demo_or_skip()
     pytest.importorskip("amqtt", reason="amqtt (pip install amqtt) is the embedded broker when mosquitto is absent")
     out = tmp_path / "demo"
     r = edgesieve("demo", "--for", "8", "--no-live", "--broker", "amqtt", "--pumps", "2", "--cameras", "1",
-                  "--out", str(out), timeout=120, cwd=tmp_path)
+                  "--data", str(tmp_path / "no-data"), "--out", str(out), timeout=120, cwd=tmp_path)
     assert r.returncode == 0, r.stderr[-4000:]
     s = json.loads((out / "summary.json").read_text())
     assert s["broker"] == "amqtt" and s["mqtt_protocol"] == "3.1.1"
+    assert s["devices"] == "2 pumps from generator, 1 camera from shapes"
     assert s["records_received"] > 100 and (out / "report.png").exists()
 
 
