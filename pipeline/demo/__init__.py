@@ -158,8 +158,9 @@ def _run(args) -> int:
         if args.cameras:
             groups.append(DeviceGroup(profile="camera", devices=args.cameras, rate=args.fps,
                                       video=args.data / "video" / "vtest.avi"))
-        # pump event time runs --speed times faster than the clock: start it in the past so it ends near now
-        start = time.time() - (args.duration or 600) * (args.speed - 1) if args.pumps else None
+        # pump event time runs --speed times faster than the clock: start it in the past so that it ends before
+        # now (time-series stores show nothing in the future)
+        start = time.time() - (args.duration or 600) * args.speed if args.pumps else None
         stats = DemoStats(pipeline, None, out_dir)
         sim = Simulator(groups, seed=args.seed, start_ts=start, truth=stats.on_truth)
         stats.sim = sim

@@ -69,3 +69,22 @@ def test_external_broker_is_used_as_given():
     b = EmbeddedBroker.choose("mqtt://broker.example:1883")
     assert (b.kind, b.url) == ("external", "mqtt://broker.example:1883")
     b.close()
+
+
+def test_demo_sends_aggregates_to_influxdb_through_the_outbox(tmp_path):
+    _full_demo_or_skip()
+    vm = pytest.importorskip("tests.support.victoria")
+    if not vm.VictoriaMetrics.available():
+        pytest.skip("victoria-metrics is not installed (apt-get install victoria-metrics)")
+    from tests.support.cli import cli_env
+
+    out = tmp_path / "demo"
+    with vm.VictoriaMetrics() as server:
+        r = edgesieve("demo", "--for", "8", "--no-live", "--pumps", "2", "--cameras", "0", "--influx-url", server.url,
+                      "--out", str(out), timeout=120, cwd=tmp_path, env=cli_env(INFLUX_TOKEN="demo-token"))
+        assert r.returncode == 0, r.stderr[-4000:]
+        s = json.loads((out / "summary.json").read_text())
+        assert s["influxdb"] == server.url
+        landed = server.count('{__name__="demo_Current_mean"}')
+    assert landed == s["aggregates"] > 5          # every window reached the server, none twice
+    assert "demo-token" not in r.stderr
