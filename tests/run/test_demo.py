@@ -88,3 +88,25 @@ def test_demo_sends_aggregates_to_influxdb_through_the_outbox(tmp_path):
         landed = server.count('{__name__="demo_Current_mean"}')
     assert landed == s["aggregates"] > 5          # every window reached the server, none twice
     assert "demo-token" not in r.stderr
+
+
+def test_ctrl_c_ends_the_demo_with_its_summary_and_report(tmp_path):
+    _full_demo_or_skip()
+    import signal
+    import time
+
+    from tests.support.cli import start_edgesieve
+
+    out = tmp_path / "demo"
+    p = start_edgesieve("demo", "--no-live", "--pumps", "2", "--cameras", "1", "--out", str(out), cwd=tmp_path)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and not (out / "anomalies.ndjson").exists():   # running: its sinks are open
+        assert p.poll() is None, p.communicate()[1][-3000:]
+        time.sleep(0.2)
+    time.sleep(3)
+    p.send_signal(signal.SIGINT)
+    _, err = p.communicate(timeout=60)
+    assert p.returncode == 0, err[-3000:]
+    s = json.loads((out / "summary.json").read_text())
+    assert s["stopped_by"] == "SIGINT" and s["records_received"] > 0
+    assert (out / "report.png").exists()
