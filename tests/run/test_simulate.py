@@ -198,3 +198,20 @@ def test_print_publisher_shows_frames_by_size():
     g = DeviceGroup(profile="camera", devices=1, rate=0, source="shapes", frame_size=(32, 24))
     Simulator([g], seed=0, start_ts=START).run(print_publisher(buf), count=1)
     assert buf.getvalue().startswith("sensors/plant1/cam01/camera <frame .npy")
+
+
+def test_keeps_publishing_across_a_broker_restart(tmp_path, prefix):
+    mosq = pytest.importorskip("tests.support.mosquitto", reason="tests/support/mosquitto.py (mqtt branch) is not here yet")
+    if not mosq.available():
+        pytest.skip("mosquitto is not installed")
+    with mosq.Mosquitto(tmp_path / "broker") as broker:
+        p = start_edgesieve("simulate", "--url", broker.url, "--topic", prefix + "/{device}", "--devices", "2",
+                            "--rate", "20", "--for", "4", "--qos", "1", "--source", "generator")
+        time.sleep(1.5)
+        broker.restart()
+        out, err = p.communicate(timeout=30)
+    text = err.decode()
+    assert p.returncode == 0, text[-2000:]
+    assert "reconnecting" in text
+    summary = json.loads(text.rsplit("simulate: ", 1)[1])
+    assert summary["messages"] >= 2 * 20 * 3      # it went on publishing after the restart
