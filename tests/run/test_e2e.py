@@ -8,6 +8,7 @@ import json
 import os
 import re
 import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -122,6 +123,20 @@ def victoria():
         yield server
 
 
+def test_compose_healthcheck_passes_on_this_broker(stack_broker):
+    import yaml
+
+    check = yaml.safe_load((COMPOSE / "docker-compose.yml").read_text())["services"]["mosquitto"]["healthcheck"]["test"]
+    assert check[0] == "CMD-SHELL"
+    cmd = check[1].replace("$$", "$").replace("-h 127.0.0.1", f"-h 127.0.0.1 -p {stack_broker.port}")
+    ok = subprocess.run(["sh", "-c", cmd], env={**os.environ, "MQTT_EDGESIEVE_PASSWORD": PASSWORDS["edgesieve"]},
+                        capture_output=True, timeout=20)
+    assert ok.returncode == 0, ok.stderr
+    bad = subprocess.run(["sh", "-c", cmd], env={**os.environ, "MQTT_EDGESIEVE_PASSWORD": "wrong"},
+                         capture_output=True, timeout=20)
+    assert bad.returncode != 0
+
+
 def test_broker_config_enforces_passwords_and_acls(stack_broker):
     ok = edgesieve("simulate", "--url", stack_broker.url, "--count", "1", "--rate", "0", "--quiet",
                    env=cli_env(MQTT_USERNAME="devices", MQTT_PASSWORD=PASSWORDS["devices"]))
@@ -150,7 +165,9 @@ def test_compose_topology_aggregates_arrive_and_alerts_are_published(stack_broke
                   INFLUX_URL=victoria.url, INFLUX_TOKEN="e2e-token", EDGESIEVE_STATE=str(tmp_path / "state"),
                   EDGESIEVE_NODE="e2e", MODELS_DIR=str(ROOT / "examples" / "models"))
     alerts = Listener(stack_broker.port, "alerts/#", "devices")
-    run = start_edgesieve("run", str(COMPOSE / "pipeline.yaml"), "--for", "40", env=env, cwd=tmp_path)
+    metrics_port = free_port()
+    run = start_edgesieve("run", str(COMPOSE / "pipeline.yaml"), "--for", "40", "--metrics-port", str(metrics_port),
+                          "--metrics-addr", "0.0.0.0", env=env, cwd=tmp_path)
     try:
         deadline = time.monotonic() + 30   # wait until edgesieve is online (retained status, read as edgesieve)
         status = Listener(stack_broker.port, "edgesieve/e2e/status", "edgesieve")
@@ -158,6 +175,11 @@ def test_compose_topology_aggregates_arrive_and_alerts_are_published(stack_broke
             assert run.poll() is None, run.communicate()[1][-3000:]
             time.sleep(0.2)
         status.close()
+        import yaml   # the container's health check, as docker-compose.yml runs it
+        check = yaml.safe_load((COMPOSE / "docker-compose.yml").read_text())["services"]["edgesieve"]["healthcheck"]["test"]
+        argv = [a.replace("python", sys.executable, 1) if a == "python" else a.replace("9108", str(metrics_port))
+                for a in check[1:]]
+        assert subprocess.run(argv, capture_output=True, timeout=20).returncode == 0
         dev_env = cli_env(MQTT_USERNAME="devices", MQTT_PASSWORD=PASSWORDS["devices"])
         start = str(int(time.time()) - 3600)   # event time in the past: VictoriaMetrics exports up to now
         sims = [
