@@ -132,6 +132,7 @@ def _run(args) -> int:
     from connectors.simulate import DeviceGroup, Simulator
     from connectors.simulate.publisher import Publisher
 
+    from ..errors import ConfigError
     from ..progress import print_summary
     from ..runtime import Pipeline
     from .broker import EmbeddedBroker
@@ -150,7 +151,13 @@ def _run(args) -> int:
     listener = publisher = None
     try:
         influx = {"url": args.influx_url, "org": args.influx_org, "bucket": args.influx_bucket} if args.influx_url else None
-        pipeline = Pipeline(build_spec(out_dir, broker, influx))
+        try:
+            pipeline = Pipeline(build_spec(out_dir, broker, influx))
+        except ConfigError as exc:
+            print(f"edgesieve demo: {out_dir / 'pipeline.yaml'} cannot run:", file=sys.stderr)
+            for problem in exc.problems:
+                print(f"  {problem}", file=sys.stderr)
+            return 1
         groups = []
         if args.pumps:
             groups.append(DeviceGroup(profile="pump", devices=args.pumps, rate=args.speed, interval=1.0, codec="json",
