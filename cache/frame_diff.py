@@ -45,7 +45,7 @@ class Decision:
 class FrameDiffer:
     """Per-key reference frames, feature distances, forced refresh, audits and the accuracy guard."""
 
-    def __init__(self, feature: str = "pixel", threshold: float = 0.01, *, downscale: int = 8,
+    def __init__(self, feature: str = "pixel", threshold: float = 0.01, *, downscale: int = 8, sampling: str = "sparse",
                  pixel_threshold: float = 25.0, blocks: int = 8, block_min: float = 0.05, bins: int = 32,
                  norm_ord: float = 2, relative: bool = True, refresh_frames: int | None = None,
                  refresh_seconds: float | None = None, audit_rate: float = 0.05, seed: int = 0,
@@ -54,6 +54,7 @@ class FrameDiffer:
             raise ValueError(f"unknown feature {feature!r}; expected one of {F.FEATURES}")
         self.feature = feature
         self.downscale = int(downscale)
+        self.sampling = sampling
         self.kw = dict(pixel_threshold=pixel_threshold, blocks=blocks, block_min=block_min, bins=bins,
                        ord=norm_ord, relative=relative)
         self.refresh_frames = refresh_frames
@@ -88,7 +89,7 @@ class FrameDiffer:
             else:
                 groups.setdefault(a.shape, []).append(i)
         for shape, idx in groups.items():       # one vectorised downscale per frame shape
-            small = F.prepare(np.stack([data[i] for i in idx]), self.downscale)
+            small = F.prepare(np.stack([data[i] for i in idx]), self.downscale, self.sampling)
             for j, i in enumerate(idx):
                 out[i] = small[j]
         return out, bad

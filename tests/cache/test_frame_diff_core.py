@@ -176,3 +176,12 @@ def test_wilson_bound_and_static_guard():
     g = AccuracyGuard(0.1, adaptive=False)
     g.observe("k", 0.0)
     assert g.threshold("k") == 0.1 and g.stats("k")["audits"] == 1
+
+
+@pytest.mark.parametrize("f", [2, 3, 4, 6, 8])
+def test_sparse_and_area_downscale_agree_on_smooth_frames(f):
+    y, x = np.mgrid[0:48, 0:64]
+    smooth = np.stack([(y * 2 + x).astype(np.uint8), (255 - y * 3).astype(np.uint8)])
+    area, sparse = F.prepare(smooth, f, "area"), F.prepare(smooth, f, "sparse")
+    assert area.shape == sparse.shape == (2, 48 // f, 64 // f)
+    assert np.abs(area - sparse).max() <= 1.5 * f
