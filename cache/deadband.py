@@ -1,4 +1,4 @@
-"""deadband: report by exception, as process historians do it.
+"""The ``deadband`` stage: report by exception, as process historians do it.
 
 A reading of a key passes when one of its fields moved more than ``deviation`` (absolute) or
 ``percent`` (of the last passed value) away from the last *passed* reading, or when ``max_interval``
@@ -17,13 +17,29 @@ is compared with the last passed value in one numpy expression, the window grows
 [True, False, False, True, False, True, True]
 >>> d.suppressed_before.tolist()
 [0, 0, 0, 2, 0, 1, 0]
+
+As a stage (passed readings get the field ``suppressed``: readings held back before this one):
+
+>>> from pipeline.testing import run_stage
+>>> out = run_stage(DeadbandStage, {"fields": ["t"], "deviation": 0.5},
+...     [{"ts": i, "tags": {"device": "pump"}, "fields": {"t": t}} for i, t in enumerate([20.0, 20.2, 20.9, 21.0])])
+>>> [(r["ts"], r["fields"]) for r in out]
+[(0.0, {'t': 20.0, 'suppressed': 0.0}), (2.0, {'t': 20.9, 'suppressed': 1.0})]
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
+from pydantic import Field, model_validator
+
+from cache.reuse import key_column
+from pipeline.batch import Batch
+from pipeline.config import Duration, StageConfig
+from pipeline.numeric import split_numeric
+from pipeline.stage import Context, Stage
 
 
 @dataclass
@@ -120,3 +136,53 @@ class Deadband:
 
     def restore(self, state: dict | None) -> None:
         self.keys = {k: {**v, "last": np.array(v["last"], dtype=np.float64)} for k, v in (state or {}).items()}
+
+
+class DeadbandConfig(StageConfig):
+    type: Literal["deadband"]
+    fields: list[str] = Field(min_length=1, description="Numeric fields watched; a reading passes when any of them moved.")
+    key: list[str] = Field(default_factory=lambda: ["device"], description="Tags that identify a series; each key has its own last passed value.")
+    deviation: float | None = Field(None, ge=0, description="Absolute change (in the field's unit) that lets a reading pass.")
+    percent: float | None = Field(None, ge=0, description="Change in percent of the last passed value that lets a reading pass.")
+    max_interval: Duration | None = Field(None, gt=0, description="Pass a reading anyway when this long passed since the last passed one (heartbeat).")
+    min_interval: Duration = Field(0.0, description="Never pass readings of a key more often than this (record time).")
+
+    @model_validator(mode="after")
+    def _needs_a_rule(self):
+        if self.deviation is None and self.percent is None and self.max_interval is None:
+            raise ValueError("deadband needs at least one of deviation, percent, max_interval")
+        return self
+
+
+class DeadbandStage(Stage):
+    """Pass a reading only when it moved beyond the deadband (or the heartbeat is due); count the rest."""
+
+    Config = DeadbandConfig
+    EXAMPLE = {"fields": ["temperature"], "deviation": 0.5, "max_interval": "5m"}
+
+    def __init__(self, config: DeadbandConfig, ctx: Context):
+        super().__init__(config, ctx)
+        c = config
+        self.band = Deadband(c.deviation, c.percent, c.max_interval, c.min_interval)
+
+    def process(self, batch: Batch) -> Batch:
+        good, bad, reasons = split_numeric(batch, self.config.fields, f"stage {self.ctx.item_id!r}")
+        self.ctx.dead_letter(bad, reasons)
+        if not len(good):
+            return good
+        n = len(good)
+        vals = np.column_stack([good.fields.get(f, np.full(n, np.nan)) for f in self.config.fields])
+        d = self.band.decide(key_column(good, self.config.key), good.ts, vals)
+        suppressed = int(n - d.passed.sum())
+        self.ctx.count("filtered", suppressed)
+        self.ctx.count("suppressed", suppressed)
+        return good.with_fields(suppressed=d.suppressed_before.astype(np.float64)).take(d.passed)
+
+    def stats(self) -> dict:
+        return self.band.stats()
+
+    def snapshot(self):
+        return self.band.snapshot()
+
+    def restore(self, state) -> None:
+        self.band.restore(state)

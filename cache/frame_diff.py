@@ -1,215 +1,154 @@
-"""frame_diff: skip inference on frames that look like the last *processed* frame of the same key.
+"""The ``frame_diff`` stage: mark frames that look like the last processed frame of their key as ``reused``.
 
-:class:`FrameDiffer` is the algorithm (no pipeline needed): per key it keeps the downscaled grayscale
-copy of the last processed frame (the *reference*, not the previous frame, so slow drift accumulates
-and is caught), compares each new frame with it, and decides: process, or reuse the last result.
-A frame is processed when its distance is above the key's threshold, when a forced refresh is due
-(``refresh_frames`` frames or ``refresh_seconds`` seconds since the reference), or when it is drawn
-for an audit (``audit_rate`` of the frames it would have skipped, seeded, independent of batching).
-Audited frames report their agreement back through :meth:`FrameDiffer.observe`, which drives the
-:class:`cache.guard.AccuracyGuard` (adaptive threshold).
+Every record passes through (none is dropped). Each gets ``reused`` (True: the expensive stage downstream
+skips it and attaches the key's last result), ``reuse_reason`` (reuse, first, changed, forced, audit),
+and the fields ``staleness_frames`` (frames since the key's last processed frame) and ``staleness_s``
+(seconds since it, in record time) and ``frame_diff`` (the feature distance). Audited records carry
+``audit_by`` (this stage's id): the downstream stage reports whether the reused result would have been
+right, which drives the adaptive threshold (see :mod:`cache.guard`). Records without a frame (or,
+with ``vector_fields``, without those fields), or with a frame whose shape differs from the key's
+earlier frames, are dead-lettered. The algorithm is :class:`cache.differ.FrameDiffer`.
 
 >>> import numpy as np
->>> fd = FrameDiffer(feature="pixel", threshold=0.01, downscale=4, audit_rate=0.0)
->>> still = np.zeros((48, 64), dtype=np.uint8)
->>> moved = still.copy(); moved[8:24, 8:24] = 255
->>> d = fd.decide(["cam"] * 3, [0.0, 0.1, 0.2], [still, still, moved])
->>> d.process.tolist(), d.reason.tolist(), d.frames_since.tolist()
-([True, False, True], ['first', 'reuse', 'changed'], [0, 1, 0])
+>>> from pipeline.testing import run_stage
+>>> still = np.zeros((48, 64), np.uint8); moved = still.copy(); moved[:24] = 200
+>>> out = run_stage(FrameDiff, {"threshold": 0.05, "downscale": 4, "audit_rate": 0},
+...     [{"ts": i, "tags": {"device": "cam1"}, "frame": f} for i, f in enumerate([still, still, moved])])
+>>> [(r["reused"], r["reuse_reason"], r["fields"]["staleness_frames"]) for r in out]
+[(False, 'first', 0.0), (True, 'reuse', 1.0), (False, 'changed', 0.0)]
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
+from pydantic import Field, model_validator
 
-from cache import features as F
-from cache.guard import AccuracyGuard, uniform
-
-REASONS = ("reuse", "first", "changed", "forced", "audit", "bad")
-
-
-@dataclass
-class Decision:
-    """Per-row outcome of :meth:`FrameDiffer.decide` (arrays of length n)."""
-    process: np.ndarray       # bool: run the expensive stage on this row
-    reason: np.ndarray        # object: one of REASONS
-    distance: np.ndarray      # float: feature distance to the reference (NaN when there was none)
-    frames_since: np.ndarray  # int: frames since the last processed frame of the key (0 when processed)
-    age_s: np.ndarray         # float: seconds since the last processed frame of the key (0 when processed)
-    threshold: np.ndarray     # float: the key's threshold used for the decision
-    bad: dict                 # row index -> reason text (wrong shape, not numeric): dead-letter these
+from cache.differ import FrameDiffer
+from cache.reuse import key_column, register_guard
+from pipeline.batch import Batch
+from pipeline.config import Duration, StageConfig
+from pipeline.stage import Context, Stage
 
 
-class FrameDiffer:
-    """Per-key reference frames, feature distances, forced refresh, audits and the accuracy guard."""
+class FrameDiffConfig(StageConfig):
+    type: Literal["frame_diff"]
+    key: list[str] = Field(default_factory=lambda: ["device"], description="Tags that identify a camera/device; each key has its own reference frame.")
+    feature: Literal["pixel", "block", "histogram", "vector_norm"] = Field(
+        "pixel", description="Distance to the reference: `pixel` = fraction of changed pixels, `block` = fraction of "
+        "changed grid cells (area), `histogram` = gray-level histogram distance, `vector_norm` = norm of the "
+        "difference of numeric vectors (a spectrum in `frame`, or `vector_fields`).")
+    threshold: float = Field(0.01, gt=0, description="Distance above which a frame is processed (the adaptive guard moves it per key).")
+    downscale: int = Field(8, ge=1, le=64, description="Frames are compared on a grayscale copy shrunk by this factor in both axes.")
+    sampling: Literal["sparse", "area"] = Field("sparse", description="Downscale by averaging 2x2 samples per cell (`sparse`, fast) or every pixel (`area`).")
+    pixel_threshold: float = Field(25.0, ge=0, description="Gray-level change (0..255) that makes a pixel count as changed (`pixel`, `block`).")
+    blocks: int = Field(8, ge=1, le=256, description="Grid size for `block` (blocks x blocks cells).")
+    block_min: float = Field(0.05, ge=0, le=1, description="Fraction of changed pixels that makes a cell count as changed (`block`).")
+    bins: int = Field(32, ge=2, le=256, description="Histogram bins (`histogram`).")
+    norm: Literal[1, 2, "inf"] = Field(2, description="Vector norm for `vector_norm`.")
+    relative: bool = Field(True, description="`vector_norm`: divide by the norm of the reference vector.")
+    vector_fields: list[str] | None = Field(None, description="`vector_norm` on these numeric fields instead of the frame.")
+    refresh_frames: int | None = Field(None, ge=1, description="Process at least every N-th frame of a key (forced refresh).")
+    refresh_seconds: Duration | None = Field(None, gt=0, description="Process a key's frame at least this often (record time).")
+    adaptive: bool = Field(False, description="Adapt the threshold per key from audits (tighten at once, loosen slowly).")
+    target: float = Field(0.95, gt=0, le=1, description="Agreement target of the adaptive guard (Wilson lower bound).")
+    audit_rate: float = Field(0.05, ge=0, le=1, description="Fraction of would-be-reused frames processed anyway to measure agreement.")
+    seed: int = Field(0, description="Seed of the audit draws (deterministic per key and frame number).")
+    min_threshold: float | None = Field(None, gt=0, description="Lowest threshold the guard may reach (default threshold/64).")
+    max_threshold: float | None = Field(None, gt=0, description="Highest threshold the guard may reach (default 4 x threshold).")
 
-    def __init__(self, feature: str = "pixel", threshold: float = 0.01, *, downscale: int = 8, sampling: str = "sparse",
-                 pixel_threshold: float = 25.0, blocks: int = 8, block_min: float = 0.05, bins: int = 32,
-                 norm_ord: float = 2, relative: bool = True, refresh_frames: int | None = None,
-                 refresh_seconds: float | None = None, audit_rate: float = 0.05, seed: int = 0,
-                 adaptive: bool = False, target: float = 0.95, guard: dict | None = None):
-        if feature not in F.FEATURES:
-            raise ValueError(f"unknown feature {feature!r}; expected one of {F.FEATURES}")
-        self.feature = feature
-        self.downscale = int(downscale)
-        self.sampling = sampling
-        self.kw = dict(pixel_threshold=pixel_threshold, blocks=blocks, block_min=block_min, bins=bins,
-                       ord=norm_ord, relative=relative)
-        self.refresh_frames = refresh_frames
-        self.refresh_seconds = refresh_seconds
-        self.audit_rate = float(audit_rate)
-        self.seed = int(seed)
-        self.guard = AccuracyGuard(threshold, target, adaptive, **(guard or {}))
-        self.keys: dict = {}   # key -> {"ref", "ref_ts", "since", "count", "shape", "run", counters}
+    @model_validator(mode="after")
+    def _vector_fields_need_vector_norm(self):
+        if self.vector_fields and self.feature != "vector_norm":
+            raise ValueError(f"vector_fields needs feature: vector_norm (got feature: {self.feature})")
+        return self
 
-    # -- preparation -----------------------------------------------------------------------------
-    def _prepare(self, data: list) -> tuple[list, dict]:
-        """Reduce every item to its comparison form; returns (list of arrays or None, bad)."""
-        out: list = [None] * len(data)
-        bad: dict = {}
-        groups: dict = {}
-        for i, x in enumerate(data):
-            a = x if isinstance(x, np.ndarray) else None
-            if a is None:
+
+class FrameDiff(Stage):
+    """Mark near-duplicate frames (vs. the key's last processed frame) as ``reused``; see module docstring."""
+
+    Config = FrameDiffConfig
+    EXAMPLE = {"threshold": 0.01, "downscale": 8, "refresh_seconds": "30s"}
+
+    def __init__(self, config: FrameDiffConfig, ctx: Context):
+        super().__init__(config, ctx)
+        c = config
+        self.differ = FrameDiffer(
+            c.feature, c.threshold, downscale=c.downscale, sampling=c.sampling, pixel_threshold=c.pixel_threshold,
+            blocks=c.blocks, block_min=c.block_min, bins=c.bins, norm_ord=np.inf if c.norm == "inf" else c.norm,
+            relative=c.relative, refresh_frames=c.refresh_frames, refresh_seconds=c.refresh_seconds,
+            audit_rate=c.audit_rate, seed=c.seed, adaptive=c.adaptive, target=c.target,
+            guard={"min_threshold": c.min_threshold, "max_threshold": c.max_threshold})
+        register_guard(ctx.pipeline, ctx.item_id, self)
+
+    def _data(self, batch: Batch) -> tuple[list, dict]:
+        n = len(batch)
+        where = f"stage {self.ctx.item_id!r}"
+        if self.config.vector_fields:
+            missing = [f for f in self.config.vector_fields if f not in batch.fields]
+            if missing:
+                return [None] * n, {i: f"{where}: field {missing[0]!r} is missing" for i in range(n)}
+            cols = [batch.fields[f] for f in self.config.vector_fields]
+            data, bad = [], {}
+            for i in range(n):
                 try:
-                    a = np.asarray(x, dtype=np.float64)
+                    v = np.array([float(c[i]) for c in cols])
                 except (TypeError, ValueError):
-                    bad[i] = f"not a numeric array ({type(x).__name__})"
-                    continue
-            if a.size == 0 or a.dtype.kind not in "biuf":
-                bad[i] = f"empty or non-numeric array (dtype {a.dtype}, shape {a.shape})"
-                continue
-            if self.feature == "vector_norm":
-                out[i] = a.astype(np.float64).ravel()
-            elif a.ndim not in (2, 3) or min(a.shape[:2]) < self.downscale:
-                bad[i] = (f"frame shape {a.shape} is not (h, w) or (h, w, c) with h, w >= "
-                          f"downscale={self.downscale}")
-            else:
-                groups.setdefault(a.shape, []).append(i)
-        for shape, idx in groups.items():       # one vectorised downscale per frame shape
-            small = F.prepare(np.stack([data[i] for i in idx]), self.downscale, self.sampling)
-            for j, i in enumerate(idx):
-                out[i] = small[j]
-        return out, bad
+                    v = None
+                if v is None or not np.isfinite(v).all():
+                    bad[i] = f"{where}: fields {self.config.vector_fields} are not all finite numbers"
+                data.append(v)
+            return data, bad
+        if batch.frames is None:
+            return [None] * n, {i: f"{where}: record has no frame" for i in range(n)}
+        return list(batch.frames), {i: f"{where}: record has no frame" for i in range(n) if batch.frames[i] is None}
 
-    # -- decisions -------------------------------------------------------------------------------
-    def decide(self, keys, ts, data) -> Decision:
-        """Decide for a batch of rows (keys, event timestamps in s, frames or vectors)."""
-        n = len(data)
-        ts = np.asarray(ts, dtype=np.float64)
-        prepared, bad = self._prepare(data)
-        process = np.zeros(n, bool)
-        reason = np.full(n, "reuse", dtype=object)
-        dist = np.full(n, np.nan)
-        since = np.zeros(n, np.int64)
-        age = np.zeros(n)
-        thr = np.full(n, np.nan)
-        rows_by_key: dict = {}
-        for i, k in enumerate(keys):
-            if i in bad:
-                continue
-            rows_by_key.setdefault(k, []).append(i)
-        for k, rows in rows_by_key.items():
-            st = self.keys.get(k)
-            ok = []
-            for i in rows:                      # a shape that differs from the key's reference is bad
-                shape = prepared[i].shape
-                want = st["shape"] if st is not None else (prepared[ok[0]].shape if ok else shape)
-                if shape != want:
-                    bad[i] = f"shape {np.shape(data[i])} differs from this key's earlier frames"
-                else:
-                    ok.append(i)
-            if ok:
-                self._decide_key(k, np.array(ok), ts, prepared, process, reason, dist, since, age, thr)
-        for i in bad:
-            reason[i] = "bad"
-        return Decision(process, reason, dist, since, age, thr, bad)
+    def process(self, batch: Batch) -> Batch:
+        data, bad = self._data(batch)
+        good = np.ones(len(batch), bool)
+        good[list(bad)] = False
+        rows = np.flatnonzero(good)
+        keys = key_column(batch, self.config.key)
+        d = self.differ.decide(keys[rows], batch.ts[rows], [data[i] for i in rows])
+        for j, reason in d.bad.items():
+            good[rows[j]] = False
+            bad[rows[j]] = f"stage {self.ctx.item_id!r}: {reason} (key {keys[rows[j]]!r})"
+        keep = good[rows]
+        if bad:
+            self.ctx.dead_letter(batch.take(~good), [bad[i] for i in sorted(bad)])
+        out = batch.take(good) if bad else batch
+        reused = ~d.process[keep]
+        reason = d.reason[keep]
+        audit = np.where(reason == "audit", self.ctx.item_id, None).astype(object)
+        self.ctx.count("reused", int(reused.sum()))
+        self.ctx.count("audited", int((reason == "audit").sum()))
+        self.ctx.count("forced", int((reason == "forced").sum()))
+        return out.with_extra(reused=reused.astype(object), reuse_reason=reason, audit_by=audit).with_fields(
+            staleness_frames=d.frames_since[keep].astype(np.float64), staleness_s=d.age_s[keep],
+            frame_diff=d.distance[keep])
 
-    def _decide_key(self, k, rows, ts, prepared, process, reason, dist, since, age, thr):
-        st = self.keys.get(k)
-        small = np.stack([prepared[i] for i in rows])
-        m = len(rows)
-        pos = 0
-        if st is None:
-            st = self.keys[k] = {"ref": small[0], "ref_ts": float(ts[rows[0]]), "since": 0, "count": 0,
-                                 "shape": small[0].shape, "run": 8, "frames": 0, "processed": 0,
-                                 "audits": 0, "forced": 0}
-            process[rows[0]] = True
-            reason[rows[0]] = "first"
-            self._count(st, "first", 1)
-            pos = 1
-        u = uniform(self.seed, k, st["count"] + np.arange(m)) if self.audit_rate > 0 else np.ones(m)
-        st["count"] += m
-        while pos < m:
-            w = min(m - pos, max(4, 2 * st["run"]))          # galloping window: expect a run like the last
-            seg = slice(pos, pos + w)
-            t = self.guard.threshold(k)
-            d = F.distance(self.feature, small[seg], st["ref"], **self.kw)
-            r = rows[seg]
-            s = st["since"] + np.arange(1, w + 1)
-            a = ts[r] - st["ref_ts"]
-            forced = np.zeros(w, bool)
-            if self.refresh_frames:
-                forced |= s >= self.refresh_frames
-            if self.refresh_seconds:
-                forced |= a >= self.refresh_seconds
-            changed = d > t
-            audit = u[seg] < self.audit_rate
-            hit = changed | forced | audit
-            j = int(np.argmax(hit)) if hit.any() else w
-            dist[r] = d
-            thr[r] = t
-            since[r[:j]] = s[:j]
-            age[r[:j]] = a[:j]
-            if j == w:                                      # whole window reused
-                st["since"] += w
-                st["run"] = st["since"]
-                pos += w
-                self._count(st, "reuse", w)
-                continue
-            i = r[j]
-            why = "changed" if changed[j] else ("forced" if forced[j] else "audit")
-            process[i] = True
-            reason[i] = why
-            self._count(st, "reuse", j)
-            self._count(st, why, 1)
-            st["run"] = int(s[j])
-            st["ref"], st["ref_ts"], st["since"] = small[pos + j], float(ts[i]), 0
-            pos += j + 1
-
-    @staticmethod
-    def _count(st, why, n):
-        st["frames"] += n
-        if why != "reuse":
-            st["processed"] += n
-        if why == "audit":
-            st["audits"] += n
-        elif why == "forced":
-            st["forced"] += n
-
-    # -- feedback, statistics, state -------------------------------------------------------------
-    def observe(self, key, score: float) -> None:
-        """Report an audit result: agreement (0..1) of the reused result with the fresh one."""
-        self.guard.observe(key, score)
+    def observe(self, key: str, score: float) -> None:
+        """Audit feedback from downstream: agreement (0..1) of the reused result with the fresh one."""
+        self.differ.observe(key, score)
 
     def stats(self) -> dict:
         """Per key: frames, processed, skipped, skip_rate, audits, forced, threshold, agreement, bound."""
-        out = {}
-        for k, st in self.keys.items():
-            g = self.guard.stats(k)
-            skipped = st["frames"] - st["processed"]
-            out[k] = {"frames": st["frames"], "processed": st["processed"], "skipped": skipped,
-                      "skip_rate": skipped / st["frames"] if st["frames"] else 0.0,
-                      "audits": st["audits"], "forced": st["forced"], **g}
-        return out
+        return self.differ.stats()
 
-    def snapshot(self) -> dict:
-        return {"keys": {k: {**v, "ref": v["ref"].copy()} for k, v in self.keys.items()},
-                "guard": self.guard.snapshot()}
+    def snapshot(self):
+        return self.differ.snapshot()
 
-    def restore(self, state: dict | None) -> None:
-        state = state or {}
-        self.keys = {k: {**v, "ref": np.array(v["ref"])} for k, v in state.get("keys", {}).items()}
-        self.guard.restore(state.get("guard"))
+    def restore(self, state) -> None:
+        self.differ.restore(state)
+
+    @classmethod
+    def sample_records(cls) -> list[dict]:
+        rng = np.random.default_rng(0)
+        base = rng.integers(0, 255, (48, 64), dtype=np.uint8)
+        return [{"ts": 1000.0 + i, "tags": {"device": f"cam{i % 2}"}, "frame": base if i % 5 else 255 - base}
+                for i in range(20)]
+
+    @classmethod
+    def sample_bad_record(cls) -> dict:
+        return {"ts": 1030.0, "tags": {"device": "cam0"}, "frame": np.zeros((3, 3, 3, 3), np.uint8)}

@@ -16,6 +16,9 @@ STAGES: dict[str, str] = {
     "filter": "pipeline.stages.filter:Filter",
     "map": "pipeline.stages.map:Map",
     "window": "pipeline.stages.window:Window",
+    "frame_diff": "cache.frame_diff:FrameDiff",
+    "deadband": "cache.deadband:DeadbandStage",
+    "dedup": "cache.dedup:Dedup",
 }
 
 SINKS: dict[str, str] = {

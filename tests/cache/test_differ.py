@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from cache import features as F
-from cache.frame_diff import FrameDiffer
+from cache.differ import FrameDiffer
 from cache.guard import AccuracyGuard, uniform, wilson_lower
 
 
