@@ -49,7 +49,8 @@ class FrameDiffer:
                  pixel_threshold: float = 25.0, blocks: int = 8, block_min: float = 0.05, bins: int = 32,
                  norm_ord: float = 2, relative: bool = True, refresh_frames: int | None = None,
                  refresh_seconds: float | None = None, audit_rate: float = 0.05, seed: int = 0,
-                 adaptive: bool = False, target: float = 0.95, guard: dict | None = None):
+                 adaptive: bool = False, target: float = 0.95, guard: dict | None = None,
+                 confidence_power: float = 0.0):
         if feature not in F.FEATURES:
             raise ValueError(f"unknown feature {feature!r}; expected one of {F.FEATURES}")
         self.feature = feature
@@ -61,6 +62,7 @@ class FrameDiffer:
         self.refresh_seconds = refresh_seconds
         self.audit_rate = float(audit_rate)
         self.seed = int(seed)
+        self.confidence_power = float(confidence_power)
         self.guard = AccuracyGuard(threshold, target, adaptive, **(guard or {}))
         self.keys: dict = {}   # key -> {"ref", "ref_ts", "since", "count", "shape", "run", counters}
 
@@ -146,6 +148,8 @@ class FrameDiffer:
             w = min(m - pos, max(4, 2 * st["run"]))          # galloping window: expect a run like the last
             seg = slice(pos, pos + w)
             t = self.guard.threshold(k)
+            if self.confidence_power and st.get("confidence") is not None:
+                t *= max(st["confidence"], 1e-3) ** self.confidence_power
             d = F.distance(self.feature, small[seg], st["ref"], **self.kw)
             r = rows[seg]
             s = st["since"] + np.arange(1, w + 1)
@@ -177,6 +181,7 @@ class FrameDiffer:
             self._count(st, why, 1)
             st["run"] = int(s[j])
             st["ref"], st["ref_ts"], st["since"] = small[pos + j], float(ts[i]), 0
+            st["confidence"] = None                         # until the new result's confidence is reported
             pos += j + 1
 
     @staticmethod
@@ -190,6 +195,15 @@ class FrameDiffer:
             st["forced"] += n
 
     # -- feedback, statistics, state -------------------------------------------------------------
+    def observe_confidence(self, key, confidence: float) -> None:
+        """Report how confident the result of the key's last processed frame was (0..1, e.g. the margin
+        of a rounded count or top-1 minus top-2 probability). With ``confidence_power`` > 0 the threshold
+        is scaled by ``confidence ** confidence_power`` until the next processed frame: a result near a
+        decision boundary is reused only for smaller changes."""
+        st = self.keys.get(key)
+        if st is not None:
+            st["confidence"] = min(max(float(confidence), 0.0), 1.0)
+
     def observe(self, key, score: float) -> None:
         """Report an audit result: agreement (0..1) of the reused result with the fresh one."""
         self.guard.observe(key, score)

@@ -1,0 +1,302 @@
+"""Skip work without changing answers: frame_diff and the redundancy cache on a real video with the camera model.
+
+Reference = the camera model (examples/models/camera_counter.onnx, people count) run on every frame.
+For each policy we report the fraction of inferences skipped (by frame_diff, by the cache, together;
+audits count as processed), the per-frame agreement with the reference in the model's own terms
+(1 - |dcount| / max(count) on rounded counts), and the baseline "process every N-th frame" at the same
+skip rate (fractional N, averaged over 8 phases). Thresholds for an agreement target are calibrated on
+the first half of the video and evaluated on the second half (held out). Speed: the pipeline's work per
+frame (difference features + cache lookups + the model on the frames that need it) against the model on
+every frame, in the same process (decoding excluded: it is the same for both).
+
+    python benchmarks/bench_redundancy.py                  # full run (about a minute), writes docs/redundancy.png
+    python benchmarks/bench_redundancy.py --frames 200     # quick look
+
+Needs ../shared/data/video/vtest.avi and opencv-python-headless (dev dependency) to decode it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from cache.differ import FrameDiffer  # noqa: E402
+from cache.redundancy import RedundancyCache  # noqa: E402
+
+QUIET = (slice(384, 576), slice(128, 384))      # bottom band, 256x192: people rarely cross it
+TARGETS = (0.99, 0.97, 0.95)
+
+
+def decode(path: Path, limit: int | None) -> np.ndarray:
+    import cv2
+    cap = cv2.VideoCapture(str(path))
+    frames = []
+    while limit is None or len(frames) < limit:
+        ok, f = cap.read()
+        if not ok:
+            break
+        frames.append(cv2.cvtColor(f, cv2.COLOR_BGR2GRAY))
+    return np.stack(frames)
+
+
+class Model:
+    """The camera model as the onnx stage runs it: area-resize to 128x96, scale to 0..1, NCHW."""
+
+    def __init__(self, path: Path):
+        import onnxruntime as ort
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = 1
+        self.sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+
+    @staticmethod
+    def prepare(frames) -> np.ndarray:
+        import cv2
+        return np.stack([cv2.resize(f, (128, 96), interpolation=cv2.INTER_AREA) for f in frames])
+
+    def __call__(self, small_u8: np.ndarray) -> np.ndarray:
+        x = small_u8[:, None].astype(np.float32) / np.float32(255)
+        return self.sess.run(["count"], {"frame": x})[0][:, 0]
+
+
+def agreement(used: np.ndarray, ref: np.ndarray) -> np.ndarray:
+    a, b = np.round(used), np.round(ref)
+    m = np.maximum(np.abs(a), np.abs(b))
+    return np.where(m == 0, 1.0, 1.0 - np.abs(a - b) / np.maximum(m, 1))
+
+
+def every_nth(ref: np.ndarray, skip: float, phases: int = 8) -> float:
+    """Agreement of 'process every N-th frame, reuse in between' at skip rate ``skip`` (fractional N)."""
+    n = len(ref)
+    out = []
+    for ph in np.arange(phases) / phases:
+        k = np.floor(np.arange(n) * (1 - skip) + ph)
+        proc = np.r_[True, np.diff(k) > 0]
+        idx = np.maximum.accumulate(np.where(proc, np.arange(n), 0))
+        out.append(agreement(ref[idx], ref).mean())
+    return float(np.mean(out))
+
+
+def simulate(frames, small, ref, fd_kw=None, cache_kw=None, model=None, batch=1):
+    """Stream frames through frame_diff -> cache -> model. With ``model`` None the reference outputs stand
+    in for the model (it is deterministic); with a model it is really run (for timing)."""
+    n = len(frames)
+    fd = FrameDiffer(**fd_kw) if fd_kw is not None else None
+    cache = RedundancyCache(**cache_kw) if cache_kw is not None else None
+    used = np.zeros(n)
+    last = None
+    n_model = n_fd_skip = n_cache_skip = 0
+    for s in range(0, n, batch):
+        rows = np.arange(s, min(s + batch, n))
+        if fd is not None:
+            d = fd.decide(["cam"] * len(rows), rows * 0.1, list(frames[rows]))
+            proc = d.process
+        else:
+            proc = np.ones(len(rows), bool)
+        todo = rows[proc]
+        results = {}
+        if len(todo):
+            if cache is not None:
+                look = cache.lookup(list(small[todo]), now=float(todo[0]) * 0.1)
+                need = todo[look.compute]
+                fresh = (model(small[need]) if model is not None else ref[need]) if len(need) else []
+                vals = cache.complete(look, list(np.round(fresh)))
+                n_cache_skip += int(len(todo) - len(need))
+            else:
+                need = todo
+                vals = model(small[todo]) if model is not None else ref[todo]
+            n_model += len(need)
+            results = dict(zip(todo.tolist(), vals))
+        for j, i in enumerate(rows):
+            if i in results:
+                if fd is not None and d.reason[j] == "audit" and last is not None:
+                    fd.observe("cam", float(agreement(np.array([last]), np.array([results[i]]))[0]))
+                if fd is not None and fd.confidence_power:
+                    v = float(ref[i]) if model is None else float(results[i])
+                    fd.observe_confidence("cam", 1 - 2 * abs(v - round(v)))
+                last = results[i]
+            else:
+                n_fd_skip += 1
+            used[i] = last
+    return {"skip_fd": n_fd_skip / n, "skip_cache": n_cache_skip / n, "skip": 1 - n_model / n,
+            "agreement": float(agreement(used, ref).mean()),
+            "threshold": fd.stats()["cam"]["threshold"] if fd is not None else None,
+            "cache": cache.stats() if cache is not None else None}
+
+
+def calibrate(frames, small, ref, make, grid, target):
+    """Largest setting in ``grid`` (ascending) whose agreement on these frames meets ``target``."""
+    best = grid[0]
+    for g in grid:
+        if simulate(frames, small, ref, **make(g))["agreement"] >= target:
+            best = g
+    return best
+
+
+POLICIES = {
+    # name: (description, function threshold -> simulate kwargs, threshold grid)
+    "frame_diff": ("frame_diff, changed-pixel fraction vs last processed frame",
+                   lambda t: {"fd_kw": dict(feature="pixel", threshold=t, downscale=8, audit_rate=0.0)},
+                   [0.002, 0.004, 0.006, 0.008, 0.01, 0.012, 0.015, 0.02, 0.03, 0.05, 0.08]),
+    "frame_diff+conf": ("frame_diff, mean-gray feature scaled by the last count's rounding margin, refresh every 4th",
+                        lambda t: {"fd_kw": dict(feature="pixel", pixel_threshold=8.0, threshold=t, downscale=8,
+                                                 audit_rate=0.0, confidence_power=1.0, refresh_frames=4)},
+                        [0.005, 0.01, 0.02, 0.03, 0.04, 0.05, 0.06, 0.08, 0.1, 0.15, 0.2, 0.3]),
+    "cache": ("redundancy cache alone (exact + approximate tier, 2 agreeing neighbours)",
+              lambda r: {"cache_kw": dict(radius=r, k=3, min_neighbors=2, audit_rate=0.0, adaptive=False,
+                                          max_entries=256)},
+              [1.0, 2.0, 3.0, 4.0, 6.0, 8.0, 10.0, 12.0]),
+    "together": ("frame_diff+conf, then the cache on the frames it lets through",
+                 lambda t: {"fd_kw": dict(feature="pixel", pixel_threshold=8.0, threshold=t, downscale=8,
+                                          audit_rate=0.0, confidence_power=1.0, refresh_frames=4),
+                            "cache_kw": dict(radius=4.0, k=3, min_neighbors=2, audit_rate=0.0, adaptive=False,
+                                             max_entries=256)},
+                 [0.005, 0.01, 0.02, 0.03, 0.04, 0.05, 0.06, 0.08, 0.1, 0.15, 0.2, 0.3]),
+}
+
+
+def curves(frames, small, ref):
+    out = {}
+    for name, (_, make, grid) in POLICIES.items():
+        out[name] = [(g, simulate(frames, small, ref, **make(g))) for g in grid]
+    return out
+
+
+def speed(frames, small_all, model, fd_kw, cache_kw, repeats=3):
+    """Frames/s of the policy (really running the model) and of the model on every frame; best of ``repeats``."""
+    def best(fn):
+        ts = []
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            fn()
+            ts.append(time.perf_counter() - t0)
+        return len(frames) / min(ts)
+
+    def every():
+        for i in range(len(frames)):
+            model(Model.prepare(frames[i:i + 1]))
+
+    def policy():
+        # the small model input is computed only for frames frame_diff lets through (inside the model call)
+        simulate(frames, _Lazy(frames), None, fd_kw, cache_kw, model=_Prepared(model))
+
+    return best(policy), best(every)
+
+
+class _Lazy:
+    """Model inputs computed on demand (so the policy pays the resize only for frames it processes)."""
+
+    def __init__(self, frames):
+        self.frames = frames
+
+    def __getitem__(self, idx):
+        return Model.prepare(self.frames[idx])
+
+
+class _Prepared:
+    def __init__(self, model):
+        self.model = model
+
+    def __call__(self, small):
+        return self.model(small)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--video", type=Path, default=ROOT.parent / "shared/data/video/vtest.avi")
+    ap.add_argument("--model", type=Path, default=ROOT / "examples/models/camera_counter.onnx")
+    ap.add_argument("--frames", type=int, default=None, help="only the first N frames")
+    ap.add_argument("--plot", type=Path, default=ROOT / "docs/redundancy.png")
+    ap.add_argument("--json", type=Path, default=None, help="also write all figures here")
+    args = ap.parse_args(argv)
+    if not args.video.exists():
+        print(f"skipped: {args.video} is missing (the shared data folder is not beside the checkout)")
+        return 0
+    if not args.model.exists():
+        print(f"skipped: {args.model} is missing (the camera model is built by the onnx work)")
+        return 0
+    t0 = time.perf_counter()
+    video = decode(args.video, args.frames)
+    model = Model(args.model)
+    report = {}
+    for scene, frames in (("full frame", video), ("quiet crop", np.ascontiguousarray(video[:, QUIET[0], QUIET[1]]))):
+        small = Model.prepare(frames)
+        ref = np.concatenate([model(small[i:i + 64]) for i in range(0, len(small), 64)])
+        half = len(frames) // 2
+        cal, ev = slice(0, half), slice(half, None)
+        rows = []
+        for target in TARGETS:
+            for name, (_, make, grid) in POLICIES.items():
+                g = calibrate(frames[cal], small[cal], ref[cal], make, grid, target)
+                r = simulate(frames[ev], small[ev], ref[ev], **make(g))
+                r.update(policy=name, target=target, setting=g, every_nth=every_nth(ref[ev], r["skip"]))
+                rows.append(r)
+        # the adaptive guard, online on the whole video, starting loose: audits are processed frames
+        for target in TARGETS:
+            r = simulate(frames, small, ref, fd_kw=dict(feature="pixel", pixel_threshold=8.0, threshold=0.2,
+                                                        downscale=8, audit_rate=0.1, adaptive=True,
+                                                        target=target, confidence_power=1.0, refresh_frames=4,
+                                                        seed=1, guard=dict(min_audits=5)))
+            r.update(policy="adaptive", target=target, setting=0.2, every_nth=every_nth(ref, r["skip"]))
+            rows.append(r)
+        report[scene] = {"rows": rows, "curves": curves(frames, small, ref),
+                         "every_nth_curve": [(s, every_nth(ref, s)) for s in np.linspace(0, 0.95, 20)]}
+    # speed on the full frame, for the 0.95 calibrated together/frame_diff+conf settings
+    fr = video
+    sel = {r["policy"]: r for r in report["full frame"]["rows"] if r["target"] == 0.95}
+    for name in ("frame_diff+conf", "together"):
+        _, make, _ = POLICIES[name]
+        kw = make(sel[name]["setting"])
+        fps, fps_all = speed(fr, None, model, kw.get("fd_kw"), kw.get("cache_kw"))
+        sel[name]["fps"], sel[name]["fps_every_frame"] = fps, fps_all
+    print_tables(report)
+    plot(report, args.plot)
+    if args.json:
+        args.json.write_text(json.dumps(report, default=float, indent=1))
+    print(f"\nplot: {args.plot.relative_to(ROOT) if args.plot.is_relative_to(ROOT) else args.plot}; "
+          f"{len(video)} frames; {time.perf_counter() - t0:.0f} s")
+    return 0
+
+
+def print_tables(report):
+    for scene, rep in report.items():
+        print(f"\n### {scene} (thresholds calibrated on the first half, figures on the second half; adaptive: whole video)\n")
+        print("| target | policy | setting | skipped by frame_diff | by cache | together | agreement | every-Nth at same skip | frames/s (vs every frame) |")
+        print("|---|---|---|---|---|---|---|---|---|")
+        for r in rep["rows"]:
+            fps = f"{r['fps']:.0f} ({r['fps'] / r['fps_every_frame']:.2f}x)" if "fps" in r else ""
+            win = " **" if r["agreement"] > r["every_nth"] else ""
+            print(f"| {r['target']:.2f} | {r['policy']} | {r['setting']:g} | {r['skip_fd']:.1%} | {r['skip_cache']:.1%} "
+                  f"| {r['skip']:.1%} | {r['agreement']:.4f}{win} | {r['every_nth']:.4f} | {fps} |")
+
+
+def plot(report, path: Path):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, axes = plt.subplots(1, len(report), figsize=(6 * len(report), 4.5))
+    for ax, (scene, rep) in zip(np.atleast_1d(axes), report.items()):
+        s, a = zip(*rep["every_nth_curve"])
+        ax.plot(s, a, "k--", label="every N-th frame")
+        for name, pts in rep["curves"].items():
+            ax.plot([p[1]["skip"] for p in pts], [p[1]["agreement"] for p in pts], "o-", ms=3, label=name)
+        ax.set_title(f"vtest.avi, {scene}")
+        ax.set_xlabel("inferences skipped")
+        ax.set_ylabel("agreement with model on every frame")
+        ax.set_ylim(0.8 if scene == "full frame" else 0.9, 1.001)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8, loc="lower left")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
