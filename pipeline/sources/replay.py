@@ -95,11 +95,11 @@ class Replay(Source):
                 if skip == 0:
                     self.ctx.count("bytes_in", path.stat().st_size)
                 reader = self._ndjson_chunks if self._is_ndjson(path) else self._csv_chunks
-                for batch, rows_done in reader(path, skip):
+                for batch, rows, rows_done in reader(path, skip):
                     if stop.is_set():
                         return
-                    for part, last in pacer.parts(batch, stop):
-                        emit(part, position=(fi, rows_done if last else skip, loop_n))
+                    for part, upto in pacer.parts(batch, rows, rows_done, stop):
+                        emit(part, position=(fi, upto, loop_n))
                     skip = rows_done
                 skip = 0
             if not self.config.loop or stop.is_set():
@@ -120,9 +120,11 @@ class Replay(Source):
                                  low_memory=False, skipinitialspace=True)
             for frame in reader:
                 first_line = rows_done + 2  # header is line 1
+                first_row = rows_done
                 rows_done += len(frame)
                 self._report_bad_lines(path, caught)
-                yield self._frame_to_batch(frame, path, first_line), rows_done
+                batch, kept = self._frame_to_batch(frame, path, first_line)
+                yield batch, first_row + kept, rows_done
             self._report_bad_lines(path, caught)
 
     def _report_bad_lines(self, path: Path, caught: list) -> None:
@@ -171,15 +173,16 @@ class Replay(Source):
         if cfg.file_tag:
             tags[cfg.file_tag] = np.full(len(frame), path.stem, dtype=object)
         batch = Batch(ts=ts, tags=tags, fields=fields)
+        kept = np.flatnonzero(~bad)
         if bad.any():
             rejected = batch.take(bad)
             self.ctx.dead_letter(rejected.with_extra(source_line=np.array([f"{path.name}:{l}" for l in lines[bad]], dtype=object)),
                                  [reasons[i] for i in np.flatnonzero(bad)])
             batch = batch.take(~bad)
-        return batch
+        return batch, kept
 
     def _ndjson_chunks(self, path: Path, skip: int):
-        records, rows_done = [], skip
+        records, rows, rows_done = [], [], skip
         with path.open() as fh:
             for lineno, line in enumerate(fh, start=1):
                 if lineno <= skip or not line.strip():
@@ -188,13 +191,14 @@ class Replay(Source):
                 try:
                     obj = json.loads(line)
                     records.append(self._json_record(obj))
+                    rows.append(lineno - 1)
                 except (ValueError, TypeError) as exc:
                     self._dead(path, lineno, str(exc), raw=line.strip()[:500])
                 if len(records) >= self.config.chunk_size:
-                    yield self._checked(Batch.from_records(records), path), rows_done
-                    records = []
-        if records:
-            yield self._checked(Batch.from_records(records), path), rows_done
+                    yield self._checked(Batch.from_records(records), path), np.array(rows), rows_done
+                    records, rows = [], []
+        if records or rows_done > skip:
+            yield self._checked(Batch.from_records(records), path), np.array(rows, dtype=np.int64), rows_done
 
     def _json_record(self, obj) -> dict:
         if not isinstance(obj, dict):
@@ -264,9 +268,10 @@ class _Pacer:
         self.speed = speed
         self.origin: tuple[float, float] | None = None
 
-    def parts(self, batch: Batch, stop: threading.Event):
+    def parts(self, batch: Batch, rows: np.ndarray, rows_done: int, stop: threading.Event):
+        """Yield (part, rows consumed up to and including it) at the pace of ``speed``."""
         if self.speed == "max" or not len(batch):
-            yield batch, True
+            yield batch, rows_done
             return
         if self.origin is None:
             self.origin = (time.monotonic(), float(batch.ts[0]))
@@ -279,4 +284,4 @@ class _Pacer:
             wait = due[part[0]] - time.monotonic()
             if wait > 0 and stop.wait(wait):
                 return
-            yield batch.take(part), i == len(parts) - 1
+            yield batch.take(part), rows_done if i == len(parts) - 1 else int(rows[part[-1]]) + 1

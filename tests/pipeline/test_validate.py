@@ -1,13 +1,12 @@
 """`edgesieve validate`: every error at once, each with file:line:column, the item and what to do."""
 
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from pipeline import ConfigError, load_pipeline
 from pipeline.loader import parse_pipeline
+from tests.support.cli import edgesieve
 
 GOOD = """\
 pipeline: plant
@@ -113,9 +112,9 @@ def test_cli_validate_exit_codes(tmp_path: Path):
     good.write_text(GOOD)
     bad = tmp_path / "bad.yaml"
     bad.write_text(GOOD.replace("size: 10s", "size: -3s").replace("type: file", "type: fiel"))
-    ok = subprocess.run([sys.executable, "-m", "pipeline", "validate", str(good)], capture_output=True, text=True)
+    ok = edgesieve("validate", str(good))
     assert ok.returncode == 0 and "pipeline 'plant' is valid" in ok.stdout and "per_device (window) <- readings" in ok.stdout
-    no = subprocess.run([sys.executable, "-m", "pipeline", "validate", str(bad)], capture_output=True, text=True)
+    no = edgesieve("validate", str(bad))
     assert no.returncode == 1
     assert f"{bad}:8:11: stage 'per_device' (window): field 'size'" in no.stderr
     assert f"{bad}:12:21: sink 'out' (fiel): unknown sink type 'fiel' — did you mean 'file'?" in no.stderr

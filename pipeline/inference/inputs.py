@@ -1,0 +1,192 @@
+"""Input specs of the ``onnx`` stage and the builders that turn a batch into one model input tensor.
+
+Three sources: ``frame`` (the record's image), ``fields`` (a feature vector of named fields) and
+``window`` (the last ``length`` readings of named fields per key, oldest first).
+
+>>> import numpy as np
+>>> from pipeline.batch import Batch
+>>> spec = WindowInput(source="window", fields=["t"], length=2, key=["device"])
+>>> b = WindowBuilder(spec, np.float32, "stage 'x'")
+>>> batch = Batch.from_records([{"ts": i, "tags": {"device": "a"}, "fields": {"t": float(i)}} for i in range(3)])
+>>> x, ready = b.build(batch)
+>>> ready.tolist(), x[:, :, 0].tolist()
+([False, True, True], [[0.0, 1.0], [1.0, 2.0]])
+"""
+from __future__ import annotations
+
+from typing import Literal
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
+
+from ..batch import Batch
+from .preprocess import frame_problem, frames_to_tensor
+
+DType = Literal["float32", "float16", "float64", "uint8", "int8", "int32", "int64"]
+
+
+class FrameInput(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    source: Literal["frame"] = Field(description="Build this input from the record's `frame` (an image array).")
+    size: tuple[int, int] | None = Field(None, description="[height, width] to resize to; default: the model's declared size.")
+    color: Literal["gray", "rgb", "bgr"] = Field("gray", description="Channels the model expects.")
+    frame_order: Literal["bgr", "rgb"] = Field("bgr", description="Channel order of incoming 3-channel frames (OpenCV gives bgr).")
+    resize: Literal["area", "bilinear", "nearest"] = Field("area", description="Interpolation (area = block mean for integer factors, else bilinear).")
+    scale: float = Field(1 / 255, description="Multiply pixel values by this (1/255 maps uint8 to 0..1).")
+    mean: list[float] | None = Field(None, description="Subtract per channel after scaling (e.g. ImageNet means).")
+    std: list[float] | None = Field(None, description="Divide per channel after subtracting `mean`.")
+    layout: Literal["NCHW", "NHWC"] = Field("NCHW", description="Tensor layout the model expects.")
+    dtype: DType | None = Field(None, description="Tensor dtype; default: the model's declared dtype.")
+
+
+class FieldsInput(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    source: Literal["fields"] = Field(description="Build this input as a vector of the record's named fields.")
+    fields: list[str] = Field(min_length=1, description="Field names, in the order the model expects.")
+    dtype: DType | None = Field(None, description="Tensor dtype; default: the model's declared dtype.")
+
+
+class WindowInput(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    source: Literal["window"] = Field(description="Build this input from the last `length` readings per key.")
+    fields: list[str] = Field(min_length=1, description="Field names per reading, in the order the model expects.")
+    length: int = Field(ge=1, le=100_000, description="Readings per window (the record's own reading is the last).")
+    key: list[str] = Field(default_factory=list, description="Tags that key the windows (one window per device, say).")
+    flatten: bool = Field(False, description="Give the model [length * fields] instead of [length, fields].")
+    dtype: DType | None = Field(None, description="Tensor dtype; default: the model's declared dtype.")
+
+
+InputSpec = FrameInput | FieldsInput | WindowInput
+
+
+def numeric_problems(batch: Batch, names: list[str], where: str) -> tuple[np.ndarray, dict[int, str]]:
+    """Rows whose named fields are missing, not numbers, or not finite, with a reason each."""
+    n = len(batch)
+    bad = np.zeros(n, bool)
+    reasons: dict[int, str] = {}
+    for name in names:
+        col = batch.fields.get(name)
+        if col is None:
+            bad[:] = True
+            for i in range(n):
+                reasons.setdefault(i, f"{where}: field {name!r} is missing")
+            continue
+        if col.dtype == object:
+            for i, v in enumerate(col):
+                ok = isinstance(v, (int, float, np.integer, np.floating)) and np.isfinite(float(v))
+                if not ok:
+                    bad[i] = True
+                    reasons.setdefault(i, f"{where}: field {name!r} is {v!r}, not a finite number")
+        elif col.dtype.kind == "f":
+            nonfinite = ~np.isfinite(col)
+            for i in np.flatnonzero(nonfinite & ~bad):
+                reasons.setdefault(int(i), f"{where}: field {name!r} is "
+                                   + ("missing" if np.isnan(col[i]) else f"{col[i]}, not a finite number"))
+            bad |= nonfinite
+    return bad, reasons
+
+
+def _matrix(batch: Batch, names: list[str]) -> np.ndarray:
+    return np.column_stack([batch.fields[f].astype(np.float64) for f in names])
+
+
+class FrameBuilder:
+    stateful = False
+
+    def __init__(self, spec: FrameInput, dtype, where: str, size: tuple[int, int]):
+        self.spec, self.dtype, self.where, self.size = spec, np.dtype(dtype), where, size
+
+    def problems(self, batch: Batch) -> tuple[np.ndarray, dict[int, str]]:
+        n = len(batch)
+        frames = batch.frames if batch.frames is not None else np.full(n, None, object)
+        reasons = {}
+        for i, f in enumerate(frames):
+            why = frame_problem(f)
+            if why:
+                reasons[i] = f"{self.where}: {why}"
+        bad = np.zeros(n, bool)
+        bad[list(reasons)] = True
+        return bad, reasons
+
+    def build(self, batch: Batch) -> tuple[np.ndarray, np.ndarray]:
+        s = self.spec
+        x = frames_to_tensor(list(batch.frames), height=self.size[0], width=self.size[1], color=s.color,
+                             order=s.frame_order, resize=s.resize, scale=s.scale, mean=s.mean, std=s.std,
+                             layout=s.layout, dtype=self.dtype)
+        return x, np.ones(len(batch), bool)
+
+    def sample(self, n: int) -> np.ndarray:
+        c = 1 if self.spec.color == "gray" else 3
+        shape = (n, c, *self.size) if self.spec.layout == "NCHW" else (n, *self.size, c)
+        return np.zeros(shape, self.dtype)
+
+
+class FieldsBuilder:
+    stateful = False
+
+    def __init__(self, spec: FieldsInput, dtype, where: str):
+        self.spec, self.dtype, self.where = spec, np.dtype(dtype), where
+
+    def problems(self, batch: Batch):
+        return numeric_problems(batch, self.spec.fields, self.where)
+
+    def build(self, batch: Batch):
+        return _matrix(batch, self.spec.fields).astype(self.dtype), np.ones(len(batch), bool)
+
+    def sample(self, n: int) -> np.ndarray:
+        return np.zeros((n, len(self.spec.fields)), self.dtype)
+
+
+class WindowBuilder:
+    """Keeps the last ``length - 1`` readings per key; a record is ready once its window is full."""
+
+    stateful = True
+
+    def __init__(self, spec: WindowInput, dtype, where: str):
+        self.spec, self.dtype, self.where = spec, np.dtype(dtype), where
+        self.history: dict[tuple, np.ndarray] = {}
+
+    def problems(self, batch: Batch):
+        return numeric_problems(batch, self.spec.fields, self.where)
+
+    def _keys(self, batch: Batch) -> list[tuple]:
+        n = len(batch)
+        cols = [batch.tags.get(k, np.full(n, None, object)) for k in self.spec.key]
+        return list(zip(*cols)) if cols else [()] * n
+
+    def build(self, batch: Batch):
+        L, F = self.spec.length, len(self.spec.fields)
+        values = _matrix(batch, self.spec.fields)
+        keys = self._keys(batch)
+        groups: dict[tuple, list[int]] = {}
+        for i, k in enumerate(keys):
+            groups.setdefault(k, []).append(i)
+        out = np.empty((len(batch), L, F), np.float64)
+        ready = np.zeros(len(batch), bool)
+        for k, rows in groups.items():
+            past = self.history.get(k, np.empty((0, F)))
+            series = np.concatenate([past, values[rows]])
+            m, first = len(rows), len(past)
+            # the window ending at each new reading; only full ones are ready
+            for_rows = np.arange(first, first + m)
+            full = for_rows >= L - 1
+            if full.any():
+                win = np.lib.stride_tricks.sliding_window_view(series, L, axis=0).transpose(0, 2, 1)
+                idx = np.asarray(rows)[full]
+                out[idx] = win[for_rows[full] - (L - 1)]
+                ready[idx] = True
+            self.history[k] = series[-(L - 1):] if L > 1 else np.empty((0, F))
+        x = out[ready]
+        if self.spec.flatten:
+            x = x.reshape(len(x), L * F)
+        return x.astype(self.dtype), ready
+
+    def sample(self, n: int) -> np.ndarray:
+        L, F = self.spec.length, len(self.spec.fields)
+        return np.zeros((n, L * F) if self.spec.flatten else (n, L, F), self.dtype)
+
+    def snapshot(self):
+        return {k: v.copy() for k, v in self.history.items()}
+
+    def restore(self, state) -> None:
+        self.history = {tuple(k): np.asarray(v) for k, v in state.items()}
