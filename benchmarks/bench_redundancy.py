@@ -126,7 +126,7 @@ def simulate(frames, small, ref, fd_kw=None, cache_kw=None, model=None, batch=1)
                 n_fd_skip += 1
             used[i] = last
     return {"skip_fd": n_fd_skip / n, "skip_cache": n_cache_skip / n, "skip": 1 - n_model / n,
-            "agreement": float(agreement(used, ref).mean()),
+            "agreement": float(agreement(used, ref).mean()) if ref is not None else None,
             "threshold": fd.stats()["cam"]["threshold"] if fd is not None else None,
             "cache": cache.stats() if cache is not None else None}
 

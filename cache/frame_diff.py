@@ -3,8 +3,8 @@
 Every record passes through (none is dropped). Each gets ``reused`` (True: the expensive stage downstream
 skips it and attaches the key's last result), ``reuse_reason`` (reuse, first, changed, forced, audit),
 and the fields ``staleness_frames`` (frames since the key's last processed frame) and ``staleness_s``
-(seconds since it, in record time) and ``frame_diff`` (the feature distance). Audited records carry
-``audit_by`` (this stage's id): the downstream stage reports whether the reused result would have been
+(seconds since it, in record time) and ``frame_diff`` (the feature distance), and ``diff_by`` (this stage's id). For audited records the
+downstream stage reports whether the reused result would have been
 right, which drives the adaptive threshold (see :mod:`cache.guard`). Records without a frame (or,
 with ``vector_fields``, without those fields), or with a frame whose shape differs from the key's
 earlier frames, are dead-lettered. The algorithm is :class:`cache.differ.FrameDiffer`.
@@ -57,6 +57,8 @@ class FrameDiffConfig(StageConfig):
     seed: int = Field(0, description="Seed of the audit draws (deterministic per key and frame number).")
     min_threshold: float | None = Field(None, gt=0, description="Lowest threshold the guard may reach (default threshold/64).")
     max_threshold: float | None = Field(None, gt=0, description="Highest threshold the guard may reach (default 4 x threshold).")
+    confidence_power: float = Field(0.0, ge=0, le=8, description="Scale the threshold by (confidence of the key's last result) ** this; "
+                                    "the downstream stage reports confidence (onnx: `reuse: {confidence: rounding}`). 0 = off.")
 
     @model_validator(mode="after")
     def _vector_fields_need_vector_norm(self):
@@ -79,7 +81,8 @@ class FrameDiff(Stage):
             blocks=c.blocks, block_min=c.block_min, bins=c.bins, norm_ord=np.inf if c.norm == "inf" else c.norm,
             relative=c.relative, refresh_frames=c.refresh_frames, refresh_seconds=c.refresh_seconds,
             audit_rate=c.audit_rate, seed=c.seed, adaptive=c.adaptive, target=c.target,
-            guard={"min_threshold": c.min_threshold, "max_threshold": c.max_threshold})
+            guard={"min_threshold": c.min_threshold, "max_threshold": c.max_threshold},
+            confidence_power=c.confidence_power)
         register_guard(ctx.pipeline, ctx.item_id, self)
 
     def _data(self, batch: Batch) -> tuple[list, dict]:
@@ -120,13 +123,17 @@ class FrameDiff(Stage):
         out = batch.take(good) if bad else batch
         reused = ~d.process[keep]
         reason = d.reason[keep]
-        audit = np.where(reason == "audit", self.ctx.item_id, None).astype(object)
+        by = np.full(len(reason), self.ctx.item_id, dtype=object)
         self.ctx.count("reused", int(reused.sum()))
         self.ctx.count("audited", int((reason == "audit").sum()))
         self.ctx.count("forced", int((reason == "forced").sum()))
-        return out.with_extra(reused=reused.astype(object), reuse_reason=reason, audit_by=audit).with_fields(
+        return out.with_extra(reused=reused.astype(object), reuse_reason=reason, diff_by=by).with_fields(
             staleness_frames=d.frames_since[keep].astype(np.float64), staleness_s=d.age_s[keep],
             frame_diff=d.distance[keep])
+
+    def observe_confidence(self, key: str, confidence: float) -> None:
+        """Confidence (0..1) of the key's latest result, from downstream (see ``confidence_power``)."""
+        self.differ.observe_confidence(key, confidence)
 
     def observe(self, key: str, score: float) -> None:
         """Audit feedback from downstream: agreement (0..1) of the reused result with the fresh one."""

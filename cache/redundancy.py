@@ -60,7 +60,9 @@ def default_feature(x: np.ndarray, size: tuple[int, int] = (12, 16), dim: int = 
     ``dim`` bins of the flattened values."""
     a = np.asarray(x)
     if a.ndim == 4 and a.shape[0] == 1 and a.shape[1] in (1, 3):      # NCHW tensor
-        a = np.moveaxis(a[0], 0, -1)
+        a = a[0]
+    if a.ndim == 3 and a.shape[0] in (1, 3) and a.shape[2] not in (1, 3, 4):  # CHW
+        a = np.moveaxis(a, 0, -1)
     if a.ndim == 2 or (a.ndim == 3 and a.shape[2] in (1, 3, 4)):
         g = F.grayscale(a[None])[0]
         h, w = g.shape
@@ -107,7 +109,8 @@ class RedundancyCache:
                  ttl: float | None = None, eviction: str = "lru", approximate: bool = True,
                  radius: float = 4.0, k: int = 3, min_neighbors: int = 2, index: str = "auto",
                  audit_rate: float = 0.05, seed: int = 0, adaptive: bool = True, target: float = 0.95,
-                 feature: Callable | None = None, agreement: Callable | None = None):
+                 feature: Callable | None = None, agreement: Callable | None = None,
+                 key_fn: Callable | None = None):
         if eviction not in ("lru", "cost"):
             raise ValueError(f"eviction must be 'lru' or 'cost', got {eviction!r}")
         self.model_version = str(model_version)
@@ -116,6 +119,7 @@ class RedundancyCache:
         self.index_method, self.audit_rate, self.seed = index, float(audit_rate), int(seed)
         self.feature = feature or default_feature
         self.agreement = agreement or exact_agreement
+        self.key_fn = key_fn or value_key            # results with equal keys agree (approximate tier)
         self.guard = AccuracyGuard(radius, target, adaptive, min_threshold=radius / 16, max_threshold=radius * 2)
         self.lock = threading.RLock()
         self.counters = {"exact_hits": 0, "approx_hits": 0, "misses": 0, "batch_hits": 0, "audits": 0,
@@ -193,7 +197,7 @@ class RedundancyCache:
             dim = feat.shape[0]
             self._index(dim).add(slot, feat)
         self.tick += 1
-        self.entries[slot] = {"hash": h, "value": value, "vkey": value_key(value), "bytes": nbytes, "t": now,
+        self.entries[slot] = {"hash": h, "value": value, "vkey": self.key_fn(value), "bytes": nbytes, "t": now,
                               "used": self.tick, "prio": self.inflation + cost / nbytes, "cost": cost, "dim": dim}
         self.by_hash[h] = slot
         self.bytes += nbytes
