@@ -50,7 +50,7 @@ class FrameDiffer:
                  norm_ord: float = 2, relative: bool = True, refresh_frames: int | None = None,
                  refresh_seconds: float | None = None, audit_rate: float = 0.05, seed: int = 0,
                  adaptive: bool = False, target: float = 0.95, guard: dict | None = None,
-                 confidence_power: float = 0.0):
+                 confidence_power: float = 0.0, relative_target: bool = True):
         if feature not in F.FEATURES:
             raise ValueError(f"unknown feature {feature!r}; expected one of {F.FEATURES}")
         self.feature = feature
@@ -63,6 +63,7 @@ class FrameDiffer:
         self.audit_rate = float(audit_rate)
         self.seed = int(seed)
         self.confidence_power = float(confidence_power)
+        self.relative_target = bool(relative_target)   # the target is on all frames, processed ones included
         self.guard = AccuracyGuard(threshold, target, adaptive, **(guard or {}))
         self.keys: dict = {}   # key -> {"ref", "ref_ts", "since", "count", "shape", "run", counters}
 
@@ -186,6 +187,9 @@ class FrameDiffer:
 
     @staticmethod
     def _count(st, why, n):
+        if n:       # recent share of reused frames (audits count as processed), decay 1/200 per frame
+            d = 0.995 ** n
+            st["reuse_ema"] = st.get("reuse_ema", 0.0) * d + (1.0 - d) * (why == "reuse")
         st["frames"] += n
         if why != "reuse":
             st["processed"] += n
@@ -206,7 +210,8 @@ class FrameDiffer:
 
     def observe(self, key, score: float) -> None:
         """Report an audit result: agreement (0..1) of the reused result with the fresh one."""
-        self.guard.observe(key, score)
+        st = self.keys.get(key)
+        self.guard.observe(key, score, st.get("reuse_ema") if st is not None and self.relative_target else None)
 
     def stats(self) -> dict:
         """Per key: frames, processed, skipped, skip_rate, audits, forced, threshold, agreement, bound."""

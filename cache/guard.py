@@ -96,8 +96,22 @@ class AccuracyGuard:
         st = self.keys.get(key)
         return 0.0 if st is None else wilson_lower(st["s"], st["n"], self.z)
 
-    def observe(self, key, score: float) -> None:
-        """Record one audit: ``score`` is the agreement of the reused result with the fresh one (0..1)."""
+    def effective_target(self, reuse_fraction: float | None) -> float:
+        """Agreement the *reused* results need so that all results (processed ones agree by definition)
+        meet ``target``: ``1 - (1 - target) / reuse_fraction``.
+
+        >>> round(AccuracyGuard(0.1, target=0.95).effective_target(0.5), 6)
+        0.9
+        """
+        if reuse_fraction is None or reuse_fraction <= 0:
+            return self.target
+        return max(0.0, 1.0 - (1.0 - self.target) / min(1.0, reuse_fraction))
+
+    def observe(self, key, score: float, reuse_fraction: float | None = None) -> None:
+        """Record one audit: ``score`` is the agreement of the reused result with the fresh one (0..1).
+
+        With ``reuse_fraction`` (the share of recent results that were reused) the bound is compared with
+        :meth:`effective_target` (the target is on all results, and processed ones are exact)."""
         score = min(max(float(score), 0.0), 1.0)
         st = self._state(key)
         st["n"] = st["n"] * self.decay + 1.0
@@ -107,10 +121,11 @@ class AccuracyGuard:
         if not self.adaptive:
             return
         lb = wilson_lower(st["s"], st["n"], self.z)
-        if score < self.agree_at and lb < self.target:
+        target = round(self.effective_target(reuse_fraction), 12)
+        if score < self.agree_at and lb < target:
             st["threshold"] = max(self.min_threshold, st["threshold"] * self.tighten)
             st["tightened"] += 1
-        elif st["n"] >= self.min_audits and lb >= self.target + self.margin:
+        elif st["n"] >= self.min_audits and lb >= target + self.margin:
             st["threshold"] = min(self.max_threshold, st["threshold"] * self.loosen)
             st["loosened"] += 1
 

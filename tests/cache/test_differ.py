@@ -185,3 +185,28 @@ def test_sparse_and_area_downscale_agree_on_smooth_frames(f):
     area, sparse = F.prepare(smooth, f, "area"), F.prepare(smooth, f, "sparse")
     assert area.shape == sparse.shape == (2, 48 // f, 64 // f)
     assert np.abs(area - sparse).max() <= 1.5 * f
+
+
+def test_guard_target_applies_to_all_frames_not_only_reused_ones():
+    g = AccuracyGuard(0.1, target=0.95, adaptive=True, min_audits=5)
+    assert g.effective_target(None) == 0.95
+    assert g.effective_target(0.5) == pytest.approx(0.90)
+    # audits agreeing 95%: not enough for 0.95 on reused results alone, but half the frames are processed
+    strict = AccuracyGuard(0.1, target=0.95, adaptive=True)
+    loose = AccuracyGuard(0.1, target=0.95, adaptive=True)
+    for i in range(100):
+        score = 0.0 if i % 20 == 19 else 1.0
+        strict.observe("k", score)
+        loose.observe("k", score, reuse_fraction=0.5)
+    assert strict.stats("k")["tightened"] > loose.stats("k")["tightened"]
+    assert strict.threshold("k") < loose.threshold("k")
+
+
+def test_confidence_scales_the_threshold_until_the_next_processed_frame():
+    frames = [np.full((32, 32), 100, np.uint8)] + [np.full((32, 32), 100, np.uint8) for _ in range(3)]
+    frames[2][:8] = 160                                   # 25% of pixels change
+    fd = FrameDiffer("pixel", threshold=0.3, downscale=4, audit_rate=0.0, confidence_power=1.0)
+    fd.decide(["a"], [0.0], frames[:1])
+    fd.observe_confidence("a", 0.5)                       # the last result was near a boundary: 0.3 -> 0.15
+    d = fd.decide(["a"] * 3, [1.0, 2.0, 3.0], frames[1:])
+    assert d.process.tolist() == [False, True, False] and d.threshold[0] == pytest.approx(0.15)
