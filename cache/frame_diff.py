@@ -57,6 +57,10 @@ class FrameDiffConfig(StageConfig):
     seed: int = Field(0, description="Seed of the audit draws (deterministic per key and frame number).")
     min_threshold: float | None = Field(None, gt=0, description="Lowest threshold the guard may reach (default threshold/64).")
     max_threshold: float | None = Field(None, gt=0, description="Highest threshold the guard may reach (default 4 x threshold).")
+    guard_min_audits: int = Field(10, ge=1, le=10_000, description="Audits needed before the guard loosens the threshold.")
+    guard_tighten: float = Field(0.5, gt=0, lt=1, description="Factor applied to the threshold when an audit disagrees and the bound is below target.")
+    guard_loosen: float = Field(1.1, gt=1, le=4, description="Factor applied when the bound is comfortably above target (once per audit).")
+    guard_margin: float = Field(0.02, ge=0, le=0.5, description="How far above the target the bound must be to loosen.")
     confidence_power: float = Field(0.0, ge=0, le=8, description="Scale the threshold by (confidence of the key's last result) ** this; "
                                     "the downstream stage reports confidence (onnx: `reuse: {confidence: rounding}`). 0 = off.")
 
@@ -81,7 +85,8 @@ class FrameDiff(Stage):
             blocks=c.blocks, block_min=c.block_min, bins=c.bins, norm_ord=np.inf if c.norm == "inf" else c.norm,
             relative=c.relative, refresh_frames=c.refresh_frames, refresh_seconds=c.refresh_seconds,
             audit_rate=c.audit_rate, seed=c.seed, adaptive=c.adaptive, target=c.target,
-            guard={"min_threshold": c.min_threshold, "max_threshold": c.max_threshold},
+            guard={"min_threshold": c.min_threshold, "max_threshold": c.max_threshold, "min_audits": c.guard_min_audits,
+                   "tighten": c.guard_tighten, "loosen": c.guard_loosen, "margin": c.guard_margin},
             confidence_power=c.confidence_power)
         register_guard(ctx.pipeline, ctx.item_id, self)
 
