@@ -92,7 +92,7 @@ class FrameDiffer:
             else:
                 groups.setdefault(a.shape, []).append(i)
         for shape, idx in groups.items():       # one vectorised downscale per frame shape
-            small = F.prepare(np.stack([data[i] for i in idx]), self.downscale, self.sampling)
+            small = F.prepare_list([data[i] for i in idx], self.downscale, self.sampling)
             for j, i in enumerate(idx):
                 out[i] = small[j]
         return out, bad

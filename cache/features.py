@@ -70,6 +70,21 @@ def prepare(frames: np.ndarray, downscale: int = 8, mode: str = "sparse") -> np.
     return g.reshape(n, hh // f, f, ww // f, f).mean(axis=(2, 4), dtype=np.float32)
 
 
+def prepare_list(frames: list, downscale: int = 8, mode: str = "sparse") -> np.ndarray:
+    """:func:`prepare` for a list of same-shaped frames, without first copying them into one big stack
+    (with ``sparse`` only the sampled pixels are gathered: a 16x smaller copy at ``downscale=8``)."""
+    f = max(1, int(downscale))
+    a0 = np.asarray(frames[0])
+    if mode != "sparse" or f % 2 or f < 4 or a0.ndim not in (2, 3):
+        return prepare(np.stack(frames), f, mode)
+    h, w = a0.shape[:2]
+    hh, ww = (h // f) * f, (w // f) * f
+    step, off = f // 2, f // 4
+    s = grayscale(np.stack([np.asarray(x)[off:hh:step, off:ww:step][: 2 * (hh // f), : 2 * (ww // f)]
+                            for x in frames]))
+    return (s[:, 0::2, 0::2] + s[:, 1::2, 0::2] + s[:, 0::2, 1::2] + s[:, 1::2, 1::2]) * np.float32(0.25)
+
+
 def _changed(small: np.ndarray, ref: np.ndarray, pixel_threshold: float) -> np.ndarray:
     return np.abs(small - ref[None]) > pixel_threshold
 

@@ -185,6 +185,9 @@ def test_sparse_and_area_downscale_agree_on_smooth_frames(f):
     area, sparse = F.prepare(smooth, f, "area"), F.prepare(smooth, f, "sparse")
     assert area.shape == sparse.shape == (2, 48 // f, 64 // f)
     assert np.abs(area - sparse).max() <= 1.5 * f
+    assert np.array_equal(F.prepare_list(list(smooth), f, "sparse"), sparse)
+    color = np.random.default_rng(f).integers(0, 255, (3, 48, 64, 3)).astype(np.uint8)
+    assert np.allclose(F.prepare_list(list(color), f, "sparse"), F.prepare(color, f, "sparse"), atol=1e-4)
 
 
 def test_guard_target_applies_to_all_frames_not_only_reused_ones():
