@@ -111,6 +111,7 @@ class Replay(Source):
         return self.config.format == "ndjson" or (self.config.format == "auto" and path.suffix in (".ndjson", ".jsonl"))
 
     def _csv_chunks(self, path: Path, skip: int):
+        """Yield (batch, data-row index of each record, data rows consumed). Rows count every line after the header."""
         delimiter = self.config.delimiter or _sniff_delimiter(path)
         rows_done = skip
         with warnings.catch_warnings(record=True) as caught:
@@ -119,28 +120,32 @@ class Replay(Source):
                                  skiprows=range(1, skip + 1) if skip else None, dtype={t: str for t in self.config.tags},
                                  low_memory=False, skipinitialspace=True)
             for frame in reader:
-                first_line = rows_done + 2  # header is line 1
-                first_row = rows_done
-                rows_done += len(frame)
-                self._report_bad_lines(path, caught)
-                batch, kept = self._frame_to_batch(frame, path, first_line)
-                yield batch, first_row + kept, rows_done
-            self._report_bad_lines(path, caught)
+                bad_lines = [line + skip for line in self._report_bad_lines(path, caught, skip)]
+                lines = rows_done + 2 + np.arange(len(frame))  # the header is line 1
+                for line in sorted(bad_lines):
+                    lines[lines >= line] += 1
+                rows_done += len(frame) + len(bad_lines)
+                batch, kept = self._frame_to_batch(frame, path, lines)
+                yield batch, lines[kept] - 2, rows_done
+            self._report_bad_lines(path, caught, skip)
 
-    def _report_bad_lines(self, path: Path, caught: list) -> None:
+    def _report_bad_lines(self, path: Path, caught: list, skip: int) -> list[int]:
+        """Dead-letter the lines pandas skipped (wrong number of columns); return their line numbers as pandas counts them."""
+        found = []
         for w in caught:
             for line in str(w.message).splitlines():
                 m = _SKIP.search(line)
                 if m:
-                    self._dead(path, int(m.group(1)), m.group(2), raw=None)
+                    found.append(int(m.group(1)))
+                    self._dead(path, int(m.group(1)) + skip, m.group(2), raw=None)
         caught.clear()
+        return found
 
-    def _frame_to_batch(self, frame: pd.DataFrame, path: Path, first_line: int) -> Batch:
+    def _frame_to_batch(self, frame: pd.DataFrame, path: Path, lines: np.ndarray) -> tuple[Batch, np.ndarray]:
         cfg = self.config
         if cfg.timestamp not in frame.columns:
             raise ValueError(f"source {self.ctx.item_id!r}: {path.name} has no timestamp column {cfg.timestamp!r} "
                              f"(columns: {', '.join(map(str, frame.columns))}); set `timestamp:`")
-        lines = np.arange(first_line, first_line + len(frame))
         bad = np.zeros(len(frame), dtype=bool)
         reasons: dict[int, str] = {}
         ts = _timestamps(frame[cfg.timestamp], cfg.timestamp_format)
@@ -250,9 +255,9 @@ def _timestamps(col: pd.Series, fmt: str) -> np.ndarray:
         return _parse_dates(col, None if fmt == "iso" else fmt)
     if fmt == "auto":
         mag = np.abs(values)
-        scale = np.where(mag > 1e17, 1e-9, np.where(mag > 1e14, 1e-6, np.where(mag > 1e11, 1e-3, 1.0)))
-        return values * scale
-    return values * {"s": 1.0, "ms": 1e-3, "us": 1e-6, "ns": 1e-9}[fmt]
+        scale = np.where(mag > 1e17, 1e9, np.where(mag > 1e14, 1e6, np.where(mag > 1e11, 1e3, 1.0)))
+        return values / scale
+    return values / {"s": 1.0, "ms": 1e3, "us": 1e6, "ns": 1e9}[fmt]
 
 
 def _parse_dates(col: pd.Series, fmt: str | None) -> np.ndarray:

@@ -67,9 +67,14 @@ def uninterrupted(tmp_path: Path, csv: Path) -> bytes:
 def test_restart_gives_exactly_the_uninterrupted_output(tmp_path, readings, how):
     expected = uninterrupted(tmp_path, readings)
     assert expected.count(b"\n") > 200
-    path = write_pipeline(tmp_path, "interrupted", readings, 100)  # 400 s of events at 100x: about 4 s
+    path = write_pipeline(tmp_path, "interrupted", readings, 50)  # 400 s of events at 50x: about 8 s
     proc = start_edgesieve("run", str(path), cwd=path.parent)
-    time.sleep(2.0)
+    out = path.parent / "agg.ndjson"
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and proc.poll() is None:  # wait for real progress and a checkpoint
+        if out.exists() and out.read_bytes().count(b"\n") >= 30 and (path.parent / "state.pickle").exists():
+            break
+        time.sleep(0.05)
     proc.send_signal(how)
     proc.wait(timeout=30)
     if how == signal.SIGTERM:

@@ -128,3 +128,31 @@ def test_run_records_api():
     assert [r["fields"]["temperature_mean"] for r in out["out"]] == [4.5, 14.5]
     with pytest.raises(ValueError, match="no source 'nope'"):
         p.run_records([], source="nope")
+
+
+def test_a_secret_value_is_never_echoed_in_errors():
+    from pydantic import Field, SecretStr
+    from typing import Literal
+    from pipeline.config import SinkConfig
+    from pipeline import registry
+    import pipeline.sinks.stdout as stdout_mod
+
+    class SecretSinkConfig(SinkConfig):
+        type: Literal["stdout"]
+        token: SecretStr = Field(description="a secret")
+        retries: int = Field(1, description="not a secret")
+
+    original = stdout_mod.StdoutSink.Config
+    stdout_mod.StdoutSink.Config = SecretSinkConfig
+    try:
+        text = GOOD.replace("type: file, inputs: [per_device], path: out/aggregates.ndjson",
+                            "type: stdout, inputs: [per_device], token: [hunter2-s3cret], retries: many")
+        found = "\n".join(map(str, problems(text)))
+        assert "field 'token'" in found and "hunter2" not in found
+        assert "(got 'many')" in found
+        ok = GOOD.replace("type: file, inputs: [per_device], path: out/aggregates.ndjson",
+                          "type: stdout, inputs: [per_device], token: hunter2-s3cret")
+        spec = parse_pipeline(ok, env={})
+        assert "hunter2" not in repr(spec.sinks[0]) and "hunter2" not in spec.sinks[0].model_dump_json()
+    finally:
+        stdout_mod.StdoutSink.Config = original
