@@ -8,7 +8,7 @@ Knowledge distillation with a teacher that needs no downloads:
   also pooled into a 6x8 occupancy grid (fraction of each cell that is
   foreground).
 * student: a ~20k-parameter CNN on a 1x96x128 grayscale frame (scaled to 0..1)
-  that predicts both, trained with torch on one CPU core in about a minute.
+  that predicts both (plus a density map used only in training), trained with torch on one CPU core in about a minute.
 
 Every fifth 4-second block of the video (20% of the frames, spread over the
 whole video) is held out and evaluates the student against the teacher.  The script
@@ -53,25 +53,34 @@ def read_gray(video: Path) -> np.ndarray:
     return np.stack(frames)
 
 
-def teacher(frames: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """People count (n,) and occupancy grid (n, 6, 8) by background subtraction."""
+def teacher(frames: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """People count (n,), occupancy grid (n, 6, 8) and density map (n, 12, 16) by background subtraction.
+
+    The density map holds each person-sized blob at the cell of its centroid (so it sums to the
+    count); it gives the student spatial supervision, as in crowd-counting density regression."""
     import cv2
 
     bg = cv2.GaussianBlur(np.median(frames[::3], axis=0).astype(np.uint8), (5, 5), 0)
     opener = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (5, 5))
     grower = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (9, 15))
-    counts, grids = [], []
+    counts, grids, density = [], [], []
     gh, gw = frames.shape[1] // GRID[0], frames.shape[2] // GRID[1]
     for gray in frames:
         diff = cv2.absdiff(cv2.GaussianBlur(gray, (5, 5), 0), bg)
         mask = (diff > 30).astype(np.uint8) * 255
         mask = cv2.dilate(cv2.morphologyEx(mask, cv2.MORPH_OPEN, opener), grower)
-        _, _, stats, _ = cv2.connectedComponentsWithStats(mask)
+        _, _, stats, centroids = cv2.connectedComponentsWithStats(mask)
         area, height = stats[1:, cv2.CC_STAT_AREA], stats[1:, cv2.CC_STAT_HEIGHT]
-        counts.append(int(((area >= MIN_AREA) & (height >= MIN_HEIGHT)).sum()))
+        person = (area >= MIN_AREA) & (height >= MIN_HEIGHT)
+        counts.append(int(person.sum()))
+        dmap = np.zeros((H // 8, W // 8), np.float32)
+        for cx, cy in centroids[1:][person]:
+            dmap[min(int(cy * dmap.shape[0] / gray.shape[0]), dmap.shape[0] - 1),
+                 min(int(cx * dmap.shape[1] / gray.shape[1]), dmap.shape[1] - 1)] += 1
+        density.append(dmap)
         cells = (mask[: gh * GRID[0], : gw * GRID[1]] > 0).reshape(GRID[0], gh, GRID[1], gw)
         grids.append(cells.mean(axis=(1, 3)))
-    return np.asarray(counts, np.float32), np.asarray(grids, np.float32)
+    return np.asarray(counts, np.float32), np.asarray(grids, np.float32), np.asarray(density, np.float32)
 
 
 def preprocess(frames: np.ndarray) -> np.ndarray:
@@ -99,11 +108,14 @@ def build_student():
             self.count = nn.Sequential(nn.Conv2d(32, 16, 1), nn.ReLU(), nn.Conv2d(16, 1, 1))
 
         def forward(self, frame):
+            count, occupancy, _ = self.heads(frame)
+            return count, occupancy
+
+        def heads(self, frame):
             f = self.features(frame)
             occupancy = torch.sigmoid(self.grid(f))[:, 0]
-            # count = sum of a non-negative per-location density: translation-friendly
-            count = torch.relu(self.count(f)).sum(dim=(2, 3))
-            return count, occupancy
+            density = torch.relu(self.count(f))[:, 0]       # people per 8x8-pixel cell of the input
+            return density.sum(dim=(1, 2))[:, None], occupancy, density
 
     return Student()
 
@@ -123,12 +135,12 @@ def main(argv=None) -> int:
     rng = np.random.default_rng(args.seed)
     t0 = time.time()
     frames = read_gray(args.video)
-    counts, grids = teacher(frames)
+    counts, grids, density = teacher(frames)
     x = preprocess(frames)
     # every fifth block of 40 frames (4 s) is held out: unseen stretches spread over the whole video
     held_mask = (np.arange(len(x)) // 40) % 5 == 4
     order_idx = np.concatenate([np.flatnonzero(~held_mask), np.flatnonzero(held_mask)])
-    x, counts, grids = x[order_idx], counts[order_idx], grids[order_idx]
+    x, counts, grids, density = x[order_idx], counts[order_idx], grids[order_idx], density[order_idx]
     n_train = int((~held_mask).sum())
     print(f"{len(x)} frames, teacher counts {counts.min():.0f}..{counts.max():.0f} "
           f"(mean {counts.mean():.2f}), {time.time() - t0:.1f}s")
@@ -137,18 +149,22 @@ def main(argv=None) -> int:
     opt = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=1e-4)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=3e-3, total_steps=args.epochs * ((n_train + 31) // 32))
     xt, ct, gt = torch.from_numpy(x[:n_train]), torch.from_numpy(counts[:n_train]), torch.from_numpy(grids[:n_train])
+    # blur the centroid map (sum-preserving) so a blob one cell off is only a small error
+    blur = torch.tensor([[1, 2, 1], [2, 4, 2], [1, 2, 1]], dtype=torch.float32).div(16).view(1, 1, 3, 3)
+    dt = torch.nn.functional.conv2d(torch.from_numpy(density[:n_train])[:, None], blur, padding=1)[:, 0]
     for epoch in range(args.epochs):
         model.train()
         order = torch.from_numpy(rng.permutation(n_train))
         total = 0.0
         for i in range(0, n_train, 32):
             idx = order[i:i + 32]
-            xb, cb, gb = xt[idx], ct[idx], gt[idx]
-            if rng.random() < 0.5:                     # mirror: same count, mirrored grid
-                xb, gb = xb.flip(-1), gb.flip(-1)
+            xb, cb, gb, db = xt[idx], ct[idx], gt[idx], dt[idx]
+            if rng.random() < 0.5:                     # mirror: same count, mirrored maps
+                xb, gb, db = xb.flip(-1), gb.flip(-1), db.flip(-1)
             xb = xb * float(rng.uniform(0.85, 1.15)) + float(rng.uniform(-0.05, 0.05))  # exposure jitter
-            pc, pg = model(xb)
-            loss = torch.nn.functional.smooth_l1_loss(pc[:, 0], cb) + 10 * torch.nn.functional.mse_loss(pg, gb)
+            pc, pg, pd = model.heads(xb)
+            loss = (torch.nn.functional.smooth_l1_loss(pc[:, 0], cb) + 10 * torch.nn.functional.mse_loss(pg, gb)
+                    + 100 * torch.nn.functional.mse_loss(pd, db))
             opt.zero_grad()
             loss.backward()
             opt.step()

@@ -24,7 +24,7 @@ class OutputSpec(BaseModel):
                     "`regression`: numbers as fields; `raw`: the tensor as an annotation.")
     field: str | None = Field(None, description="Name of the tag/field/annotation written (default: the output's name).")
     labels: str | list[str] | None = Field(
-        None, description="Class names, or a file with one per line (relative to the pipeline file); "
+        None, description="Class names, or a file with one per line (relative like `model`); "
                           "default: `<model>.labels` beside the model.")
     k: int = Field(3, ge=1, le=1000, description="How many classes `topk` writes.")
     softmax: bool = Field(False, description="Apply softmax first (the model outputs logits).")
@@ -92,11 +92,11 @@ def make_builders(specs: dict[str, InputSpec], model: LoadedModel, where: str, o
     return builders
 
 
-def _labels(spec: OutputSpec, model: LoadedModel, base_dir: Path, where: str, out: TensorInfo) -> np.ndarray:
+def _labels(spec: OutputSpec, model: LoadedModel, resolve, where: str, out: TensorInfo) -> np.ndarray:
     if isinstance(spec.labels, list):
         labels = spec.labels
     else:
-        path = (base_dir / spec.labels) if spec.labels else model.path.with_suffix(".labels")
+        path = resolve(spec.labels) if spec.labels else model.path.with_suffix(".labels")
         if not path.is_file():
             raise ModelError(f"{where}: output {out.name!r} decodes as {spec.decode} but the labels file {path} does not "
                              "exist — set `labels:` to a file with one class name per line, or to a list")
@@ -110,8 +110,10 @@ def _labels(spec: OutputSpec, model: LoadedModel, base_dir: Path, where: str, ou
     return arr
 
 
-def make_decoders(specs: dict[str, OutputSpec] | None, model: LoadedModel, base_dir: Path, where: str) -> list:
-    """(output name, decode function) pairs; with no ``outputs:`` every output goes raw to an annotation."""
+def make_decoders(specs: dict[str, OutputSpec] | None, model: LoadedModel, resolve, where: str) -> list:
+    """(output name, decode function) pairs; with no ``outputs:`` every output goes raw to an annotation.
+
+    ``resolve`` turns a relative labels path into a path (the stage's rule for relative paths)."""
     if not specs:
         return [(n, partial(decode_raw, field=n)) for n in model.outputs]
     unknown = [n for n in specs if n not in model.outputs]
@@ -122,7 +124,7 @@ def make_decoders(specs: dict[str, OutputSpec] | None, model: LoadedModel, base_
     for name, spec in specs.items():
         out, field = model.outputs[name], spec.field or name
         if spec.decode in ("label", "topk"):
-            labels = _labels(spec, model, base_dir, where, out)
+            labels = _labels(spec, model, resolve, where, out)
             fn = (partial(decode_label, field=field, labels=labels, softmax=spec.softmax) if spec.decode == "label"
                   else partial(decode_topk, field=field, labels=labels, softmax=spec.softmax, k=spec.k))
         elif spec.decode == "regression":

@@ -17,6 +17,7 @@ from __future__ import annotations
 from typing import Literal
 
 import numpy as np
+import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field
 
 from ..batch import Batch
@@ -62,6 +63,10 @@ InputSpec = FrameInput | FieldsInput | WindowInput
 def numeric_problems(batch: Batch, names: list[str], where: str) -> tuple[np.ndarray, dict[int, str]]:
     """Rows whose named fields are missing, not numbers, or not finite, with a reason each."""
     n = len(batch)
+    cols = [batch.fields.get(name) for name in names]
+    if all(c is not None and c.dtype.kind == "f" for c in cols):   # fast path: all present, all finite
+        if np.isfinite(np.column_stack(cols)).all():
+            return np.zeros(n, bool), {}
     bad = np.zeros(n, bool)
     reasons: dict[int, str] = {}
     for name in names:
@@ -149,37 +154,53 @@ class WindowBuilder:
     def problems(self, batch: Batch):
         return numeric_problems(batch, self.spec.fields, self.where)
 
-    def _keys(self, batch: Batch) -> list[tuple]:
+    def _groups(self, batch: Batch) -> list[tuple[tuple, np.ndarray]]:
+        """(key, row indices in batch order) per distinct key, without a Python loop over records."""
         n = len(batch)
-        cols = [batch.tags.get(k, np.full(n, None, object)) for k in self.spec.key]
-        return list(zip(*cols)) if cols else [()] * n
+        if not self.spec.key:
+            return [((), np.arange(n))]
+        if len(self.spec.key) == 1:   # fast path: one key tag with one value in the whole batch
+            col = batch.tags.get(self.spec.key[0])
+            if col is not None and n and (col == col[0]).all():
+                return [((col[0],), np.arange(n))]
+        codes = np.zeros(n, np.int64)
+        cols = []
+        for name in self.spec.key:
+            col = batch.tags.get(name, np.full(n, None, object))
+            c, uniques = pd.factorize(col, use_na_sentinel=False)
+            codes = codes * (len(uniques) + 1) + c
+            cols.append(col)
+        if n and (codes == codes[0]).all():
+            return [(tuple(c[0] for c in cols), np.arange(n))]
+        order = np.argsort(codes, kind="stable")
+        bounds = np.flatnonzero(np.diff(codes[order])) + 1
+        return [(tuple(c[rows[0]] for c in cols), rows) for rows in np.split(order, bounds)]
 
     def build(self, batch: Batch):
         L, F = self.spec.length, len(self.spec.fields)
-        values = _matrix(batch, self.spec.fields)
-        keys = self._keys(batch)
-        groups: dict[tuple, list[int]] = {}
-        for i, k in enumerate(keys):
-            groups.setdefault(k, []).append(i)
-        out = np.empty((len(batch), L, F), np.float64)
+        values = _matrix(batch, self.spec.fields).astype(self.dtype)
         ready = np.zeros(len(batch), bool)
-        for k, rows in groups.items():
-            past = self.history.get(k, np.empty((0, F)))
-            series = np.concatenate([past, values[rows]])
-            m, first = len(rows), len(past)
-            # the window ending at each new reading; only full ones are ready
-            for_rows = np.arange(first, first + m)
-            full = for_rows >= L - 1
-            if full.any():
-                win = np.lib.stride_tricks.sliding_window_view(series, L, axis=0).transpose(0, 2, 1)
-                idx = np.asarray(rows)[full]
-                out[idx] = win[for_rows[full] - (L - 1)]
-                ready[idx] = True
-            self.history[k] = series[-(L - 1):] if L > 1 else np.empty((0, F))
-        x = out[ready]
+        parts = []
+        for key, rows in self._groups(batch):
+            past = self.history.get(key)
+            series = values[rows] if past is None else np.concatenate([past, values[rows]])
+            first, m = len(series) - len(rows), len(rows)
+            start = max(0, L - 1 - first)          # first new reading whose window is full
+            if start < m:  # window of new reading j = series[first + j - L + 1 : first + j + 1], gathered in one copy
+                ends = np.arange(first + start, first + m)
+                parts.append((rows[start:], series[ends[:, None] + np.arange(1 - L, 1)]))
+                ready[rows[start:]] = True
+            self.history[key] = series[max(0, len(series) - (L - 1)):].copy()
+        if len(parts) == 1 and len(parts[0][0]) == len(batch):
+            x = parts[0][1]
+        else:
+            out = np.empty((len(batch), L, F), self.dtype)
+            for rows, win in parts:
+                out[rows] = win
+            x = out[ready]
         if self.spec.flatten:
             x = x.reshape(len(x), L * F)
-        return x.astype(self.dtype), ready
+        return x, ready
 
     def sample(self, n: int) -> np.ndarray:
         L, F = self.spec.length, len(self.spec.fields)
@@ -189,4 +210,4 @@ class WindowBuilder:
         return {k: v.copy() for k, v in self.history.items()}
 
     def restore(self, state) -> None:
-        self.history = {tuple(k): np.asarray(v) for k, v in state.items()}
+        self.history = {tuple(k): np.asarray(v, self.dtype) for k, v in state.items()}

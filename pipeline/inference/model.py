@@ -17,6 +17,7 @@ a symlink to, or a text file naming, a version (``v3``) that is a file or a fold
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -124,9 +125,13 @@ def choose_providers(asked: list[str]) -> list[str]:
     import onnxruntime as ort
 
     have = set(ort.get_available_providers())
-    chosen = [PROVIDER_NAMES.get(p.lower(), p) for p in asked]
-    chosen = [p for p in dict.fromkeys(chosen) if p in have and p != "CPUExecutionProvider"]
-    return chosen + ["CPUExecutionProvider"]
+    wanted = list(dict.fromkeys(PROVIDER_NAMES.get(p.lower(), p) for p in asked))
+    missing = [p for p in wanted if p not in have]
+    if missing:
+        logging.getLogger("edgesieve.onnx").info(
+            "execution provider(s) %s not available in this onnxruntime (have: %s); using the others",
+            ", ".join(missing), ", ".join(sorted(have)))
+    return [p for p in wanted if p in have and p != "CPUExecutionProvider"] + ["CPUExecutionProvider"]
 
 
 def load_model(path: Path, *, expected_sha256: str | None, require_sha256: bool = False,

@@ -35,8 +35,8 @@ def frame_problem(frame) -> str | None:
 
 
 def to_color(stack: np.ndarray, color: str, order: str) -> np.ndarray:
-    """(n, h, w[, c]) -> float32 (n, h, w, C) with C=1 for gray, 3 for rgb/bgr."""
-    x = stack.astype(np.float32, copy=False)
+    """(n, h, w[, c]) -> (n, h, w, C) with C=1 for gray, 3 for rgb/bgr (a view where no arithmetic is needed)."""
+    x = stack
     if x.ndim == 3:
         x = x[..., None]
     if x.shape[3] == 4:
@@ -45,22 +45,24 @@ def to_color(stack: np.ndarray, color: str, order: str) -> np.ndarray:
         if x.shape[3] == 1:
             return x
         luma = _LUMA_BGR if order == "bgr" else _LUMA_BGR[::-1]
-        return (x @ luma)[..., None]
+        return (x.astype(np.float32, copy=False) @ luma)[..., None]
     if x.shape[3] == 1:
         x = np.repeat(x, 3, axis=3)
     return x if color == order else x[..., ::-1]
 
 
 def resize_stack(stack: np.ndarray, height: int, width: int, method: str = "area") -> np.ndarray:
-    """Resize (n, h, w[, c]) frames to (n, height, width[, c]) float32."""
+    """Resize (n, h, w[, c]) frames to (n, height, width[, c]) float32 (unchanged when the size already fits)."""
     n, h, w = stack.shape[:3]
-    x = stack.astype(np.float32, copy=False)
     if (h, w) == (height, width):
-        return x
+        return stack
     if method == "area" and h % height == 0 and w % width == 0:
         fy, fx = h // height, w // width
-        shape = (n, height, fy, width, fx) + x.shape[3:]
-        return x.reshape(shape).mean(axis=(2, 4), dtype=np.float32)
+        if stack.dtype == np.uint8 and fy * fx <= 257:
+            return _block_mean_uint8(stack, fy, fx)
+        shape = (n, height, fy, width, fx) + stack.shape[3:]
+        return stack.astype(np.float32, copy=False).reshape(shape).mean(axis=(2, 4), dtype=np.float32)
+    x = stack.astype(np.float32, copy=False)
     if method == "nearest":
         ys = np.minimum((np.arange(height) + 0.5) * h / height, h - 1).astype(np.intp)
         xs = np.minimum((np.arange(width) + 0.5) * w / width, w - 1).astype(np.intp)
@@ -79,37 +81,78 @@ def resize_stack(stack: np.ndarray, height: int, width: int, method: str = "area
     return top * (1 - wy) + bottom * wy
 
 
+def _block_mean_uint8(stack: np.ndarray, fy: int, fx: int) -> np.ndarray:
+    """Integer-factor block mean of uint8 frames with integer adds (exact sums; ~5x faster than float mean)."""
+    n, h, w = stack.shape[:3]
+    rows = stack.reshape(n, h // fy, fy, -1)
+    acc = rows[:, :, 0].astype(np.uint16)
+    for k in range(1, fy):
+        acc += rows[:, :, k]
+    cols = acc.reshape((n, h // fy, w // fx, fx) + stack.shape[3:])
+    out = cols[:, :, :, 0].astype(np.uint16)
+    for k in range(1, fx):
+        out += cols[:, :, :, k]
+    return out.astype(np.float32) * np.float32(1.0 / (fy * fx))
+
+
 def frames_to_tensor(frames: list[np.ndarray], *, height: int, width: int, color: str, order: str,
                      resize: str, scale: float, mean, std, layout: str, dtype: np.dtype) -> np.ndarray:
     """Frames (any sizes) -> one (n, C, H, W) or (n, H, W, C) tensor.
 
     Frames of the same size are processed together as one numpy stack.
     """
-    out = None
     groups: dict[tuple, list[int]] = {}
     for i, f in enumerate(frames):
         groups.setdefault((f.shape, f.dtype.str), []).append(i)
+    if len(groups) == 1:  # the usual case: one camera, one size; no scatter copy
+        return _group_tensor(frames, height, width, color, order, resize, scale, mean, std, layout, dtype)
+    out = None
     for idx in groups.values():
-        stack = np.stack([frames[i] for i in idx]) if len(idx) > 1 else frames[idx[0]][None]
-        if stack.ndim == 4 and stack.shape[3] == 1 and color == "gray":
-            stack = stack[..., 0]
-        # resize before colour conversion when the channel count only shrinks (less work)
-        if color == "gray" and stack.ndim == 4:
-            x = resize_stack(to_color(stack, color, order), height, width, resize)
-        else:
-            x = to_color(resize_stack(stack, height, width, resize), color, order)
-        if scale != 1.0:
-            x = x * np.float32(scale)
-        if mean is not None:
-            x = x - np.asarray(mean, np.float32)
-        if std is not None:
-            x = x / np.asarray(std, np.float32)
-        if layout == "NCHW":
-            x = x.transpose(0, 3, 1, 2)
-        if np.issubdtype(dtype, np.integer):
-            info = np.iinfo(dtype)
-            x = np.clip(np.rint(x), info.min, info.max)
+        x = _group_tensor([frames[i] for i in idx], height, width, color, order, resize, scale, mean, std, layout, dtype)
         if out is None:
             out = np.empty((len(frames),) + x.shape[1:], dtype)
         out[idx] = x
     return out
+
+
+def _group_tensor(frames, height, width, color, order, resize, scale, mean, std, layout, dtype) -> np.ndarray:
+    args = (height, width, color, order, resize, scale, mean, std, layout)
+    if frames[0].size < 65536 or len(frames) == 1:
+        return _cast(_float_tensor(frames, *args), dtype)
+    # large frames: one at a time straight into the output (no stacked copy of the raw pixels)
+    first = _float_tensor(frames[:1], *args)
+    out = np.empty((len(frames),) + first.shape[1:], np.float32)
+    out[0] = first[0]
+    for i in range(1, len(frames)):
+        _float_tensor(frames[i:i + 1], *args, out=out[i:i + 1])
+    return _cast(out, dtype)
+
+
+def _float_tensor(frames, height, width, color, order, resize, scale, mean, std, layout, out=None) -> np.ndarray:
+    stack = np.stack(frames) if len(frames) > 1 else frames[0][None]
+    if stack.ndim == 4 and stack.shape[3] == 1 and color == "gray":
+        stack = stack[..., 0]
+    # both are linear, so resizing first (on the integer frame) does the least work
+    x = to_color(resize_stack(stack, height, width, resize), color, order)
+    if layout == "NCHW":
+        x = x.transpose(0, 3, 1, 2)
+    # one pass from the (strided, maybe uint8) view into a fresh contiguous float32 tensor
+    if out is None:
+        out = np.empty(x.shape, np.float32)
+    if scale != 1.0:
+        np.multiply(x, np.float32(scale), out=out, casting="unsafe")
+    else:
+        np.copyto(out, x, casting="unsafe")
+    per_channel = (-1, 1, 1) if layout == "NCHW" else (-1,)
+    if mean is not None:
+        np.subtract(out, np.asarray(mean, np.float32).reshape(per_channel), out=out)
+    if std is not None:
+        np.divide(out, np.asarray(std, np.float32).reshape(per_channel), out=out)
+    return out
+
+
+def _cast(out: np.ndarray, dtype) -> np.ndarray:
+    if np.issubdtype(dtype, np.integer):
+        info = np.iinfo(dtype)
+        return np.clip(np.rint(out), info.min, info.max).astype(dtype)
+    return out if dtype == np.float32 else out.astype(dtype)

@@ -17,7 +17,6 @@ records or ``max_wait`` (flushed by ``tick``); a fixed-batch model gets padded/s
 from __future__ import annotations
 
 import logging
-import threading
 from concurrent.futures import Future
 from pathlib import Path
 from typing import Annotated, Callable, Literal
@@ -30,7 +29,7 @@ from ..config import Duration, StageConfig
 from ..errors import ConfigError, Problem
 from ..inference.contract import OutputSpec, make_builders, make_decoders
 from ..inference.inputs import FieldsInput, FrameInput, WindowInput
-from ..inference.model import LoadedModel, ModelError, load_model, resolve_model
+from ..inference.model import LoadedModel, ModelError, load_model, resolve_model, sidecar_sha256
 from ..inference.swap import Swapper
 from ..stage import Context, Stage
 from cache.options import CacheOptions, ReuseOptions, agreement_fn, cache_wrapper
@@ -44,7 +43,8 @@ Input = Annotated[FrameInput | FieldsInput | WindowInput, Field(discriminator="s
 
 class OnnxConfig(StageConfig):
     type: Literal["onnx"]
-    model: str = Field(description="The .onnx file, or a versioned folder with a `current` pointer (relative to the pipeline file).")
+    model: str = Field(description="The .onnx file, or a versioned folder with a `current` pointer "
+                             "(relative: to the working directory, else to the pipeline file's folder).")
     sha256: str | None = Field(None, pattern=r"^[0-9a-fA-F]{64}$",
                                description="Pin: the model's sha256; a mismatch refuses to start, and swaps then need a digest too. "
                                            "Without it a `<model>.sha256` file beside the model is checked when present.")
@@ -74,11 +74,13 @@ class Onnx(Stage):
         super().__init__(config, ctx)
         self.where = f"stage {ctx.item_id!r} (onnx)"
         self.base_dir = ctx.base_dir or Path.cwd()
-        path = self.base_dir / config.model
+        path = self._path(config.model)
         try:
             self._model, self._builders, self._decoders = self._prepare(path, config.sha256, initial=True)
         except ModelError as exc:
-            raise ConfigError([Problem(str(path), 1, 1, str(exc))]) from exc
+            msg = str(exc).removeprefix(f"{self.where}: ")
+            raise ConfigError([Problem(str(path), 1, 1, msg, item=self.where,
+                                       hint="the pipeline cannot start without its model")]) from exc
         self._infer_fn: Callable[[dict], dict] = self._run_model
         self._pending: list[tuple[Batch, dict[str, np.ndarray]]] = []
         self._pending_n = 0
@@ -87,7 +89,6 @@ class Onnx(Stage):
         self._swap = Swapper(lambda p, s: self._prepare(p, s), self.where,
                              watch_path=path if config.watch else None, interval=config.watch or 2.0,
                              count=ctx.count)
-        self._swap_lock = threading.Lock()
         r = config.reuse
         self._reuse = ReuseTracker(r.key, None, ctx.pipeline, agreement_fn(r.agreement), r.agreement_field,
                                    confidence=r.confidence)
@@ -97,10 +98,13 @@ class Onnx(Stage):
     # ------------------------------------------------------------------ model lifecycle
     def _prepare(self, path: Path, sha256: str | None, initial: bool = False):
         cfg = self.config
+        if sha256 is None and not initial and cfg.sha256 and path == self._path(cfg.model):
+            if sidecar_sha256(resolve_model(path)[0]) is None:
+                sha256 = cfg.sha256      # re-reading the pinned file: hold it to the pin
         model = load_model(path, expected_sha256=sha256, require_sha256=bool(cfg.sha256) and not initial,
                            providers=cfg.providers, intra_op_threads=cfg.intra_op_threads)
         builders = make_builders(cfg.feeds, model, self.where)
-        decoders = make_decoders(cfg.outputs, model, self.base_dir, self.where)
+        decoders = make_decoders(cfg.outputs, model, self._path, self.where)
         if not initial:
             self._check_new(model, builders)
         return model, builders, decoders
@@ -119,12 +123,17 @@ class Onnx(Stage):
                 raise ModelError(f"{self.where}: new model {model.path.name} gives {name!r} of shape {got} where the "
                                  f"running model gives {old[name].shape}; the outputs config would not fit")
 
+    def _path(self, name: str | Path) -> Path:
+        """Relative paths: from the working directory when there, else from the pipeline file's folder (like `replay`)."""
+        here = Path(name)
+        return here if here.is_absolute() or here.exists() else self.base_dir / here
+
     def request_swap(self, path: str | Path | None = None, sha256: str | None = None) -> Future:
         """Load ``path`` (default: the configured model, re-read) in the background and swap it in when it is ready.
 
         Thread-safe (for MQTT command handlers). The future gives the new ``model_version``, or the error
         that kept the old model serving."""
-        target = self.base_dir / path if path is not None else self.base_dir / self.config.model
+        target = self._path(path if path is not None else self.config.model)
         return self._swap.request(target, sha256)
 
     def _apply_swap(self) -> None:
@@ -182,7 +191,7 @@ class Onnx(Stage):
         if not mask.all():
             inputs = {k: v[mask] for k, v in inputs.items()}
         outputs = self.infer(inputs)
-        self._sample = {k: v[: self.config.warmup_records].copy() for k, v in inputs.items()}
+        self._sample = {k: v[: self.config.warmup_records] for k, v in inputs.items()}  # views: swap warm-up data
         return self._reuse.merge(batch, mask, self._decode(batch.take(mask) if not mask.all() else batch, outputs))
 
     # ------------------------------------------------------------------ stage API
@@ -212,9 +221,16 @@ class Onnx(Stage):
         batch = batch.take(ready) if not ready.all() else batch
         if not len(batch):
             return None
+        need = self._reuse.compute_mask(batch)      # frames marked `reused` are not preprocessed either
         for name, b in self._builders.items():
             if not b.stateful:
-                inputs[name] = b.build(batch)[0]
+                if need.all():
+                    inputs[name] = b.build(batch)[0]
+                else:
+                    x = b.sample(len(batch))
+                    if need.any():
+                        x[need] = b.build(batch.take(need))[0]
+                    inputs[name] = x
         return batch, inputs
 
     def process(self, batch: Batch) -> Batch:
@@ -245,9 +261,7 @@ class Onnx(Stage):
                 for s in range(0, upto, k)]
         rest = batch.take(slice(upto, n)) if upto < n else None
         self._pending = [(rest, {m: v[upto:] for m, v in inputs.items()})] if rest is not None else []
-        self._pending_n = n - upto
-        if rest is not None:
-            self._since = self.ctx.clock()
+        self._pending_n = n - upto  # `_since` stays: the rest waited at most since then (never past max_wait)
         return Batch.concat(outs)
 
     def tick(self, now: float) -> Batch | None:

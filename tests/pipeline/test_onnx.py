@@ -244,3 +244,60 @@ def test_mixed_frame_sizes_in_one_batch_match_one_by_one():
     alone = np.concatenate([frames_to_tensor([f], **kw) for f in frames])
     np.testing.assert_array_equal(together, alone)
     assert together.shape == (4, 12, 16, 3)
+
+
+@pytest.mark.parametrize("batch_size", [1, 2, 5, 64])
+def test_vectorised_windows_match_a_per_record_reference(batch_size):
+    from pipeline.inference.inputs import WindowBuilder, WindowInput
+    rng = np.random.default_rng(batch_size)
+    recs = [{"ts": i, "tags": {"dev": f"d{rng.integers(3)}", "site": f"s{rng.integers(2)}"},
+             "fields": {"a": float(rng.normal()), "b": float(rng.normal())}} for i in range(64)]
+    builder = WindowBuilder(WindowInput(source="window", fields=["b", "a"], length=4, key=["dev", "site"]), np.float64, "x")
+    got = []
+    for i in range(0, len(recs), batch_size):
+        x, ready = builder.build(Batch.from_records(recs[i:i + batch_size]))
+        got += list(x)
+    history, expected = {}, []
+    for r in recs:  # the obvious per-record version
+        h = history.setdefault((r["tags"]["dev"], r["tags"]["site"]), [])
+        h.append([r["fields"]["b"], r["fields"]["a"]])
+        if len(h) >= 4:
+            expected.append(np.array(h[-4:]))
+    assert len(got) == len(expected) and all(np.array_equal(g, e) for g, e in zip(got, expected))
+
+
+def test_nchw_normalisation_is_per_channel_like_nhwc():
+    rng = np.random.default_rng(2)
+    frames = [rng.integers(0, 256, (24, 32, 3), dtype=np.uint8) for _ in range(3)]
+    kw = dict(height=12, width=16, color="rgb", order="bgr", resize="bilinear", scale=1 / 255,
+              mean=[0.485, 0.456, 0.406], std=[0.229, 0.224, 0.225], dtype=np.float32)
+    nhwc = frames_to_tensor(frames, layout="NHWC", **kw)
+    nchw = frames_to_tensor(frames, layout="NCHW", **kw)
+    np.testing.assert_allclose(nchw, nhwc.transpose(0, 3, 1, 2), rtol=1e-6)
+    ref = (resize_stack(np.stack(frames), 12, 16, "bilinear")[..., ::-1] / 255 - kw["mean"]) / kw["std"]
+    np.testing.assert_allclose(nhwc, ref, rtol=1e-5, atol=1e-5)
+
+
+def test_missing_providers_fall_back_to_cpu_and_threads_apply(tmp_path, caplog):
+    model = sum_plus(tmp_path / "m.onnx")
+    with caplog.at_level("INFO", logger="edgesieve.onnx"):
+        stage, _ = build_stage(Onnx, {"model": str(model), "feeds": {"x": {"source": "fields", "fields": ["a", "b", "c"]}},
+                                      "providers": ["openvino", "cuda", "cpu"], "intra_op_threads": 2})
+    if "CUDAExecutionProvider" not in ort.get_available_providers():
+        assert stage._model.providers == ["CPUExecutionProvider"]
+        assert "CUDAExecutionProvider" in caplog.text and "not available" in caplog.text
+    assert stage._model.session.get_session_options().intra_op_num_threads == 2
+    out = stage.process(Batch.from_records([{"ts": 0, "fields": {"a": 1, "b": 2, "c": 3}}]))
+    assert out.extra["y"][0].tolist() == [6.0]          # no `outputs:`: every output raw, named after it
+
+
+@pytest.mark.parametrize("shape, color", [((240, 320, 3), "rgb"), ((240, 320), "gray"), ((480, 640, 3), "gray")])
+def test_large_frames_one_at_a_time_match_the_stacked_path(shape, color):
+    rng = np.random.default_rng(5)
+    frames = [rng.integers(0, 256, shape, dtype=np.uint8) for _ in range(3)]
+    kw = dict(height=60, width=80, color=color, order="bgr", resize="area", scale=1 / 255, mean=None, std=None,
+              layout="NCHW", dtype=np.float32)
+    together = frames_to_tensor(frames, **kw)                      # frames >= 64k values: per-frame path
+    from pipeline.inference.preprocess import _float_tensor
+    stacked = _float_tensor(frames, 60, 80, color, "bgr", "area", 1 / 255, None, None, "NCHW")
+    np.testing.assert_allclose(together, stacked, rtol=1e-6)

@@ -121,3 +121,51 @@ def test_watch_follows_the_current_pointer_of_a_versioned_folder(tmp_path):
         assert stage.process(batch(0, 1)).tags["model_version"][0] == "v2"
     finally:
         stage.close()
+
+
+def test_re_reading_a_pinned_file_without_sidecar_holds_it_to_the_pin(tmp_path):
+    model = sum_plus(tmp_path / "m.onnx", bias=1.0)
+    pin = write_sidecar(model)
+    (tmp_path / "m.onnx.sha256").unlink()
+    stage = stage_for(model, sha256=pin)
+    fut = stage.request_swap()                       # same file, unchanged: accepted against the pin
+    assert wait_for(lambda: stage.process(batch(0, 1)) is not None and fut.done())
+    assert fut.exception() is None
+    sum_plus(model, bias=5.0)                        # replaced without a new digest: refused
+    with pytest.raises(Exception, match="expected " + pin):
+        stage.request_swap().result(timeout=10)
+    assert stage.process(batch(0, 1)).fields["y"][0] == 0 + 1 + 1.0
+
+
+@pytest.mark.slow
+def test_swap_while_the_threaded_runtime_replays_readings(tmp_path):
+    """The real runtime: replay source paced at 100x, the `current` pointer flips mid-run, ticks apply the swap."""
+    import json
+
+    from pipeline import load_pipeline
+
+    root = tmp_path / "models"
+    sum_plus(root / "v1" / "m.onnx", bias=100.0, sidecar=True)
+    sum_plus(root / "v2" / "m.onnx", bias=200.0, sidecar=True)
+    (root / "current").write_text("v1")
+    csv = tmp_path / "r.csv"
+    csv.write_text("ts,a,b,c\n" + "".join(f"{1000 + i},{i},1,0\n" for i in range(300)))
+    (tmp_path / "p.yaml").write_text(json.dumps({
+        "sources": [{"id": "r", "type": "replay", "path": str(csv), "speed": 100, "chunk_size": 5}],
+        "stages": [{"id": "m", "type": "onnx", "inputs": ["r"], "model": str(root), "watch": 0.05,
+                    "feeds": FEEDS, "outputs": {"y": {"decode": "regression"}}, "max_batch": 8, "max_wait": 0.05}],
+        "sinks": [{"id": "out", "type": "file", "inputs": ["m"], "path": str(tmp_path / "out.ndjson")}],
+        "runtime": {"dead_letter": None}}))
+    pipe = load_pipeline(tmp_path / "p.yaml")
+    flip = threading.Timer(1.0, lambda: (root / "current").write_text("v2"))
+    flip.start()
+    pipe.run()
+    flip.join()
+    rows = [json.loads(line) for line in (tmp_path / "out.ndjson").read_text().splitlines()]
+    assert sorted(r["fields"]["a"] for r in rows) == list(range(300))              # none lost, none twice
+    for r in rows:
+        bias = {"v1": 100.0, "v2": 200.0}[r["tags"]["model_version"]]
+        assert r["fields"]["y"] == r["fields"]["a"] + 1 + bias
+    versions = [r["tags"]["model_version"] for r in sorted(rows, key=lambda r: r["ts"])]
+    assert versions[0] == "v1" and versions[-1] == "v2"
+    assert versions == sorted(versions)                                             # one switch
