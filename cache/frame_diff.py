@@ -2,10 +2,10 @@
 
 Every record passes through (none is dropped). Each gets ``reused`` (True: the expensive stage downstream
 skips it and attaches the key's last result), ``reuse_reason`` (reuse, first, changed, forced, audit),
-and the fields ``staleness_frames`` (frames since the key's last processed frame) and ``staleness_s``
-(seconds since it, in record time) and ``frame_diff`` (the feature distance), and ``diff_by`` (this stage's id). For audited records the
-downstream stage reports whether the reused result would have been
-right, which drives the adaptive threshold (see :mod:`cache.guard`). Records without a frame (or,
+``diff_by`` (this stage's id), and the fields ``staleness_frames`` (frames since the key's last processed
+frame), ``staleness_s`` (seconds since it, in record time) and ``frame_diff`` (the feature distance). For
+audited records the downstream stage reports whether the reused result would have been right, which
+drives the adaptive threshold (see :mod:`cache.guard`). Records without a frame (or,
 with ``vector_fields``, without those fields), or with a frame whose shape differs from the key's
 earlier frames, are dead-lettered. The algorithm is :class:`cache.differ.FrameDiffer`.
 

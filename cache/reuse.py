@@ -102,6 +102,8 @@ class ReuseTracker:
 
     def merge(self, batch: Batch, mask: np.ndarray, computed: Batch) -> Batch:
         """``computed`` = the rows of ``batch[mask]`` with result fields/tags added (same order, none dropped)."""
+        if "reused" not in batch.extra and "diff_by" not in batch.extra:
+            return computed                      # no frame_diff upstream: nothing to reuse or report
         n = len(batch)
         fields = self.result_fields or [f for f in computed.fields if f not in batch.fields]
         tags = [t for t in computed.tags if t not in batch.tags]
