@@ -136,6 +136,17 @@ def simulate(frames, small, ref, fd_kw=None, cache_kw=None, model=None, batch=1)
             "cache": cache.stats() if cache is not None else None}
 
 
+def scenes(video: np.ndarray):
+    """The full frame; the quiet crop (resized to the model's input like any camera view: people appear
+    larger than the model was trained on); the quiet region in place (full-frame geometry, everything
+    outside the region frozen to the median background: people at the trained scale, only there)."""
+    yield "full frame", video
+    yield "quiet crop", np.ascontiguousarray(video[:, QUIET[0], QUIET[1]])
+    frozen = np.repeat(np.median(video, axis=0).astype(video.dtype)[None], len(video), axis=0)
+    frozen[:, QUIET[0], QUIET[1]] = video[:, QUIET[0], QUIET[1]]
+    yield "quiet region in place", frozen
+
+
 def policies(scene: str) -> dict:
     """name -> (function setting -> simulate kwargs, settings ascending). A busy scene gets a forced refresh
     every 3rd frame, a quiet one every 30th (3 s): a deployment choice per camera."""
@@ -200,6 +211,40 @@ class _Prepared:
         return self.model(small)
 
 
+def through_pipeline(frames, model_path: Path, fd_kw: dict, ref: np.ndarray, batch: int = 1) -> dict:
+    """The same policy as real stages (frame_diff -> onnx with `reuse:`) in a pipeline, against a pipeline
+    with the onnx stage alone; frames/s of each (best of 3 interleaved), skip and agreement from the output."""
+    from pipeline import load_pipeline
+    diff = {k: v for k, v in fd_kw.items() if k not in ("guard", "audit_rate")}
+    diff.update(audit_rate=fd_kw.get("audit_rate", 0.0))
+    onnx = {"id": "count", "type": "onnx", "model": str(model_path), "feeds": {"frame": {"source": "frame"}},
+            "outputs": {"count": {"decode": "regression", "field": "people"}},
+            "reuse": {"agreement": "count", "confidence": "rounding"}}
+
+    def spec(with_diff: bool) -> str:
+        stages = ([{"id": "diff", "type": "frame_diff", "inputs": ["cams"], **diff}] if with_diff else [])
+        stages.append({**onnx, "inputs": ["diff" if with_diff else "cams"]})
+        return json.dumps({"pipeline": "bench-redundancy", "sources": [{"id": "cams", "type": "replay", "path": "x"}],
+                           "stages": stages, "sinks": [{"id": "out", "type": "stdout", "inputs": ["count"]}]}) + "\n"
+
+    recs = [{"ts": i * 0.1, "tags": {"device": "cam"}, "frame": f} for i, f in enumerate(frames)]
+    times = {True: [], False: []}
+    for _ in range(3):
+        for with_diff in (True, False):
+            p = load_pipeline(spec(with_diff))
+            t0 = time.perf_counter()
+            out = p.run_records(recs, batch_size=batch)["out"]
+            times[with_diff].append(time.perf_counter() - t0)
+            people = np.array([r["fields"]["people"] for r in out])
+            if with_diff:
+                used, skip = people, p.metrics.get("diff", "reused") / len(recs)
+            else:
+                every = people              # the reference as the onnx stage computes it
+    return {"skip": skip, "agreement": float(agreement(used, every).mean()),
+            "agreement_vs_benchmark_reference": float(agreement(used, ref).mean()),
+            "fps": len(recs) / min(times[True]), "fps_every_frame": len(recs) / min(times[False])}
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--video", type=Path, default=ROOT.parent / "shared/data/video/vtest.avi")
@@ -218,7 +263,7 @@ def main(argv=None) -> int:
     video = decode(args.video, args.frames)
     model = Model(args.model)
     report = {}
-    for scene, frames in (("full frame", video), ("quiet crop", np.ascontiguousarray(video[:, QUIET[0], QUIET[1]]))):
+    for scene, frames in scenes(video):
         small = Model.prepare(frames)
         ref = np.concatenate([model(small[i:i + 64]) for i in range(0, len(small), 64)])
         pol = policies(scene)
@@ -247,13 +292,25 @@ def main(argv=None) -> int:
                              every_nth=every_nth(ref, r["skip"])))
         report[scene] = {"rows": rows, "curves": curves,
                          "every_nth_curve": [(x, every_nth(ref, x)) for x in np.linspace(0, 0.97, 25)]}
-    for scene, target in (("full frame", 0.95), ("quiet crop", 0.99)):
-        frames = video if scene == "full frame" else np.ascontiguousarray(video[:, QUIET[0], QUIET[1]])
+    for scene, frames in scenes(video):
+        target = 0.95 if scene == "full frame" else 0.99
         for r in report[scene]["rows"]:
             if r["target"] == target and r["kind"] == "best static" and r["policy"] in ("frame_diff+conf", "together"):
                 r["fps"], r["fps_every_frame"] = speed(frames, model, r["kw"].get("fd_kw"), r["kw"].get("cache_kw"))
     print_tables(report)
+    best = next(r for r in report["full frame"]["rows"]
+                if r["target"] == 0.95 and r["kind"] == "best static" and r["policy"] == "frame_diff+conf")
+    small = Model.prepare(video)
+    ref = np.concatenate([model(small[i:i + 64]) for i in range(0, len(small), 64)])
+    pc = through_pipeline(video, args.model, best["kw"]["fd_kw"], ref)
+    print(f"\nthrough the real stages (frame_diff -> onnx reuse:, full frame, threshold {best['setting']:g}, "
+          f"one frame per micro-batch): skipped {pc['skip']:.1%}, agreement {pc['agreement']:.4f} with the onnx "
+          f"stage on every frame, {pc['agreement_vs_benchmark_reference']:.4f} with the benchmark's reference "
+          f"(OpenCV resize), "
+          f"{pc['fps']:.0f} frames/s vs {pc['fps_every_frame']:.0f} for onnx alone "
+          f"({pc['fps'] / pc['fps_every_frame']:.2f}x)")
     plot(report, args.plot)
+    report["pipeline check"] = pc
     if args.json:
         args.json.write_text(json.dumps(report, default=lambda o: o if not callable(o) else None, indent=1))
     shown = args.plot.relative_to(ROOT) if args.plot.is_relative_to(ROOT) else args.plot
@@ -277,11 +334,13 @@ def plot(report, path: Path):
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    fig, axes = plt.subplots(1, len(report), figsize=(6 * len(report), 4.5))
+    report = {k: v for k, v in report.items() if "curves" in v}
+    fig, axes = plt.subplots(1, len(report), figsize=(5.5 * len(report), 4.5))
     for ax, (scene, rep) in zip(np.atleast_1d(axes), report.items()):
         s, a = zip(*rep["every_nth_curve"])
         ax.plot(s, a, "k--", label="every N-th frame")
         for name, pts in rep["curves"].items():  # noqa: B007
+            pts = sorted(pts, key=lambda p: p[1]["skip"])
             ax.plot([p[1]["skip"] for p in pts], [p[1]["agreement"] for p in pts], "o-", ms=3, label=name)
         ax.set_title(f"vtest.avi, {scene}")
         ax.set_xlabel("inferences skipped")
