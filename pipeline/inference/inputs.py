@@ -65,7 +65,7 @@ def numeric_problems(batch: Batch, names: list[str], where: str) -> tuple[np.nda
     n = len(batch)
     cols = [batch.fields.get(name) for name in names]
     if all(c is not None and c.dtype.kind == "f" for c in cols):   # fast path: all present, all finite
-        if np.isfinite(np.column_stack(cols)).all():
+        if all(np.isfinite(c).all() for c in cols):
             return np.zeros(n, bool), {}
     bad = np.zeros(n, bool)
     reasons: dict[int, str] = {}
@@ -91,8 +91,13 @@ def numeric_problems(batch: Batch, names: list[str], where: str) -> tuple[np.nda
     return bad, reasons
 
 
-def _matrix(batch: Batch, names: list[str]) -> np.ndarray:
-    return np.column_stack([batch.fields[f].astype(np.float64) for f in names])
+def _matrix(batch: Batch, names: list[str], dtype=np.float64) -> np.ndarray:
+    """(n, len(names)) of the named fields (already checked to be finite numbers), in ``dtype``."""
+    out = np.empty((len(batch), len(names)), dtype)
+    for j, name in enumerate(names):
+        col = batch.fields[name]
+        out[:, j] = col if col.dtype != object else col.astype(np.float64)
+    return out
 
 
 class FrameBuilder:
@@ -136,7 +141,7 @@ class FieldsBuilder:
         return numeric_problems(batch, self.spec.fields, self.where)
 
     def build(self, batch: Batch):
-        return _matrix(batch, self.spec.fields).astype(self.dtype), np.ones(len(batch), bool)
+        return _matrix(batch, self.spec.fields, self.dtype), np.ones(len(batch), bool)
 
     def sample(self, n: int) -> np.ndarray:
         return np.zeros((n, len(self.spec.fields)), self.dtype)
@@ -178,7 +183,7 @@ class WindowBuilder:
 
     def build(self, batch: Batch):
         L, F = self.spec.length, len(self.spec.fields)
-        values = _matrix(batch, self.spec.fields).astype(self.dtype)
+        values = _matrix(batch, self.spec.fields, self.dtype)
         ready = np.zeros(len(batch), bool)
         parts = []
         for key, rows in self._groups(batch):

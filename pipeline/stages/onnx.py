@@ -6,6 +6,17 @@ decoded into tags/fields (class label + probability, top-k, regression values) o
 Every output record carries the tag ``model_version``. Records wait for up to ``max_batch``
 records or ``max_wait`` (flushed by ``tick``); a fixed-batch model gets padded/split chunks.
 
+``feeds:`` maps each model input name to one of: ``{source: frame, size: [h, w], color: gray|rgb|bgr,
+frame_order: bgr|rgb, resize: area|bilinear|nearest, scale: 1/255, mean: [...], std: [...],
+layout: NCHW|NHWC, dtype}``; ``{source: fields, fields: [...], dtype}``; or ``{source: window,
+fields: [...], length: N, key: [tags], flatten: false, dtype}`` (records before a key's window is full
+are counted as ``window_filling``). ``outputs:`` maps model output names to ``{decode: label|topk|
+regression|raw, field, labels: file-or-list, k, softmax, names}``. A record whose frame or fields cannot
+be used is dead-lettered with the reason. ``sha256:`` pins the model (else ``<model>.sha256`` is checked
+when present); ``watch:`` or ``request_swap(path, sha256)`` (thread-safe, e.g. from an MQTT command)
+load, verify, warm up and check a new model in the background, then swap it in between two batches;
+on any failure the running model keeps serving (counted as ``model_swap_failures``).
+
 >>> from pipeline.testing import run_stage
 >>> out = run_stage(Onnx, {"model": "examples/models/pump_state.onnx",
 ...     "feeds": {"window": {"source": "window", "length": 60, "key": ["pump"], "fields": SKAB_SENSORS}},
