@@ -155,3 +155,26 @@ def distance(feature: str, small: np.ndarray, ref: np.ndarray, *, pixel_threshol
     if feature == "vector_norm":
         return vector_norm(small, ref, ord, relative)
     raise ValueError(f"unknown feature {feature!r}; expected one of {FEATURES}")
+
+
+def default_feature(x: np.ndarray, size: tuple[int, int] = (12, 16), dim: int = 192) -> np.ndarray:
+    """A compact feature: a gray ``size`` thumbnail of an image (2-D, HWC or NCHW with one image), else
+    ``dim`` bins of the flattened values."""
+    a = np.asarray(x)
+    if a.ndim == 4 and a.shape[0] == 1 and a.shape[1] in (1, 3):      # NCHW tensor
+        a = a[0]
+    if a.ndim == 3 and a.shape[0] in (1, 3) and a.shape[2] not in (1, 3, 4):  # CHW
+        a = np.moveaxis(a, 0, -1)
+    if a.ndim == 2 or (a.ndim == 3 and a.shape[2] in (1, 3, 4)):
+        g = grayscale(a[None])[0]
+        h, w = g.shape
+        ys = (np.arange(size[0]) * h) // size[0]
+        xs = (np.arange(size[1]) * w) // size[1]
+        s = np.add.reduceat(np.add.reduceat(g, ys, axis=0), xs, axis=1)
+        cnt = np.outer(np.diff(np.append(ys, h)), np.diff(np.append(xs, w)))
+        return (s / cnt).ravel().astype(np.float32)
+    v = a.astype(np.float32).ravel()
+    if v.size < dim:
+        v = np.pad(v, (0, dim - v.size))
+    edges = (np.arange(dim) * v.size) // dim
+    return (np.add.reduceat(v, edges) / np.diff(np.append(edges, v.size))).astype(np.float32)
