@@ -36,7 +36,7 @@ class CacheOptions(BaseModel):
     name: str | None = Field(None, description="Stages (devices) that name the same cache share it; default: one per model file.")
     max_entries: int = Field(4096, ge=1, le=10_000_000, description="Most results kept.")
     max_bytes: int = Field(64 << 20, ge=1024, description="Most bytes kept (results + features).")
-    ttl: Duration | None = Field(None, gt=0, description="Forget a result this long after it was computed (record time).")
+    ttl: Duration | None = Field(None, gt=0, description="Forget a result this long after it was computed (processing time: the pipeline clock).")
     eviction: Literal["lru", "cost"] = Field("lru", description="`lru`, or `cost` (GreedyDual-Size: keeps results that were expensive per byte).")
     approximate: bool = Field(True, description="Also reuse results of near inputs (k nearest neighbours that agree).")
     feature_input: str | None = Field(None, description="Model input whose thumbnail is the approximate feature; default: the first.")

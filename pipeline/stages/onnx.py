@@ -104,7 +104,7 @@ class Onnx(Stage):
         self._reuse = ReuseTracker(r.key, None, ctx.pipeline, agreement_fn(r.agreement), r.agreement_field,
                                    confidence=r.confidence)
         if config.cache is not None:
-            self.wrap_infer(cache_wrapper(config.cache, self, name=str(path)))
+            self.wrap_infer(cache_wrapper(config.cache, self, name=str(path), now=ctx.clock))
 
     # ------------------------------------------------------------------ model lifecycle
     def _prepare(self, path: Path, sha256: str | None, initial: bool = False):

@@ -89,3 +89,20 @@ def test_restart_mid_stream_gives_identical_output():
     rest = b.run_records(recs[15:], batch_size=5)["out"]
     strip = lambda rs: [(r["reused"], r["reuse_reason"], round(r["fields"]["people"], 4)) for r in rs]
     assert strip(first + rest) == strip(full)
+
+
+def test_cache_ttl_uses_the_pipeline_clock():
+    from pipeline.loader import parse_pipeline
+    from pipeline.runtime import Pipeline
+    from pipeline.testing import FakeClock
+    clock = FakeClock(1000.0)
+    p = Pipeline(parse_pipeline(spec(cache={"name": "t-onnx-ttl", "approximate": False, "ttl": "5s"}, diff=False),
+                                env={}), clock=clock)
+    recs = scene(4)
+    p.run_records(recs[:1])
+    p.run_records(recs[:1])
+    cache = p.graph.stages["count"]._infer_fn.cache
+    assert cache.stats()["exact_hits"] == 1
+    clock.advance(10)
+    p.run_records(recs[:1])
+    assert cache.stats()["expired"] == 1 and cache.stats()["exact_hits"] == 1
