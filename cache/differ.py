@@ -203,7 +203,8 @@ class FrameDiffer:
         """Report how confident the result of the key's last processed frame was (0..1, e.g. the margin
         of a rounded count or top-1 minus top-2 probability). With ``confidence_power`` > 0 the threshold
         is scaled by ``confidence ** confidence_power`` until the next processed frame: a result near a
-        decision boundary is reused only for smaller changes."""
+        decision boundary is reused only for smaller changes. Frames of the key that follow a processed frame
+        in the same micro-batch use the unscaled threshold (its result is not known yet)."""
         st = self.keys.get(key)
         if st is not None:
             st["confidence"] = min(max(float(confidence), 0.0), 1.0)
