@@ -57,9 +57,13 @@ def write_report(stats, path: Path, title: str, bytes_out: int) -> Path:
         t0 = ts[0]
         field, vals = _telling_field(readings[dev], ts, np.array(truth.get(dev, [])))
         ax.plot(ts - t0, vals, lw=0.8, color="tab:blue", label=field)
-        tt = np.array(truth.get(dev, []))
+        tt = np.sort(np.array(truth.get(dev, [])))
         if len(tt):
-            ax.scatter(tt - t0, np.interp(tt, ts, vals), s=6, color="orange", alpha=0.35, label="true anomaly")
+            step = float(np.median(np.diff(ts))) if len(ts) > 1 else 1.0
+            breaks = np.flatnonzero(np.diff(tt) > 1.5 * step)
+            for i, (a, b) in enumerate(zip(np.r_[tt[0], tt[breaks + 1]], np.r_[tt[breaks], tt[-1]])):
+                ax.axvspan(a - t0 - step / 2, b - t0 + step / 2, color="orange", alpha=0.25,
+                           label="truly anomalous" if i == 0 else None)
         ft = np.array(flagged.get(dev, []))
         if len(ft):
             ax.scatter(ft - t0, np.interp(ft, ts, vals), s=18, marker="x", color="red", label="flagged by edgesieve")
