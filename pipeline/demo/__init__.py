@@ -26,6 +26,8 @@ from pathlib import Path
 import yaml
 
 ROOT = Path(__file__).resolve().parents[2]
+if not (ROOT / "examples").is_dir() and (Path.cwd() / "examples").is_dir():   # installed, not a checkout (e.g. /app)
+    ROOT = Path.cwd()
 DEMO_FILE = ROOT / "examples" / "demo" / "demo.yaml"
 NEEDS = {"sources": ["mqtt"], "stages": ["anomaly", "frame_diff", "onnx", "filter", "map", "window"],
          "sinks": ["sqlite", "mqtt", "file"]}
