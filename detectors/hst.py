@@ -1,0 +1,330 @@
+"""Native Half-Space Trees: river's algorithm with numpy arrays instead of node objects.
+
+`HalfSpaceTrees` takes the same constructor parameters as `river.anomaly.HalfSpaceTrees`
+(`n_trees, height, window_size, limits, seed`), builds the same random trees from the same seed
+(it replays river's calls on a `random.Random(seed)`), and returns the same scores, bit for bit.
+
+Storage: every tree is a complete binary tree in heap order (node `i` has children `2i+1` and
+`2i+2`), so a model is four small arrays: split feature and threshold per internal node, and the
+latest ("l") and reference ("r") mass per node.  Inside one window the score of a row depends only on
+the reference masses frozen at the last window boundary, so a micro-batch is scored and learned
+with a handful of numpy operations per window (`score_learn_many`).
+"""
+from __future__ import annotations
+
+import random
+from typing import Any, Hashable, Iterable, Mapping, Sequence
+
+import numpy as np
+
+__all__ = ["HalfSpaceTrees"]
+
+_PADDING = 0.15  # river.anomaly.hst uses make_padded_tree(padding=0.15)
+
+
+class HalfSpaceTrees:
+    """Half-Space Trees anomaly detector, score-equal to river's, vectorised per window.
+
+    Parameters
+    ----------
+    n_trees
+        Number of trees.
+    height
+        Height of each tree (a tree has ``2 ** (height + 1) - 1`` nodes).
+    window_size
+        Observations per window; the reference masses are swapped in at each window boundary.
+    limits
+        ``{feature: (low, high)}``; features not listed are assumed to lie in ``[0, 1]``.
+    seed
+        Random seed; the same seed gives the same trees as river's ``HalfSpaceTrees``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> hst = HalfSpaceTrees(n_trees=5, height=3, window_size=3, seed=42)
+    >>> X = np.array([[0.5], [0.45], [0.43], [0.44], [0.445], [0.45], [0.0]])
+    >>> hst.score_learn_many(X[:3]).tolist()   # first window: warming up, scores are 0
+    [0.0, 0.0, 0.0]
+    >>> [round(float(s), 3) for s in hst.score_learn_many(X[3:])]
+    [0.107, 0.107, 0.071, 0.853]
+
+    The dict API matches river's (features are the dict keys, trees are built on the first call):
+
+    >>> hst = HalfSpaceTrees(n_trees=5, height=3, window_size=3, seed=42)
+    >>> for x in [0.5, 0.45, 0.43, 0.44]:
+    ...     hst.learn_one({"x": x})
+    >>> round(hst.score_one({"x": 0.0}), 3)
+    0.853
+    """
+
+    def __init__(
+        self,
+        n_trees: int = 10,
+        height: int = 8,
+        window_size: int = 250,
+        limits: Mapping[Hashable, tuple[float, float]] | None = None,
+        seed: int | None = None,
+    ):
+        if n_trees < 1 or height < 0 or window_size < 1:
+            raise ValueError(
+                f"HalfSpaceTrees: need n_trees >= 1, height >= 0, window_size >= 1; got "
+                f"n_trees={n_trees}, height={height}, window_size={window_size}"
+            )
+        self.n_trees = int(n_trees)
+        self.height = int(height)
+        self.window_size = int(window_size)
+        self.limits = dict(limits or {})
+        self.seed = seed
+        self._rng = random.Random(seed)
+        self.features: list | None = None  # sorted feature names, set when the trees are built
+        self._index: dict = {}
+        self._feature: np.ndarray | None = None  # (T, n_internal) index into self.features
+        self._threshold: np.ndarray | None = None  # (T, n_internal) float64
+        self._l_mass: np.ndarray | None = None  # (T, n_nodes)
+        self._r_mass: np.ndarray | None = None  # (T, n_nodes)
+        self.counter = 0
+        self._first_window = True
+
+    # ------------------------------------------------------------------ properties
+    @property
+    def size_limit(self) -> float:
+        """Reference mass under which the scoring walk stops (0.1 * window_size, as in the paper)."""
+        return 0.1 * self.window_size
+
+    @property
+    def _max_score(self) -> int:
+        return self.n_trees * self.window_size * (2 ** (self.height + 1) - 1)
+
+    @property
+    def n_nodes(self) -> int:
+        return 2 ** (self.height + 1) - 1
+
+    @property
+    def warming_up(self) -> bool:
+        """True until the first window is complete (scores are 0 until then, as in river)."""
+        return self._first_window
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes held by the tree arrays."""
+        arrays = (self._feature, self._threshold, self._l_mass, self._r_mass)
+        return sum(a.nbytes for a in arrays if a is not None)
+
+    # ------------------------------------------------------------------ construction
+    def _build(self, features: Iterable[Hashable]) -> None:
+        """Build the trees exactly as river's make_padded_tree does, in the same rng order."""
+        names = sorted(features)
+        if not names:
+            raise ValueError("HalfSpaceTrees: cannot build trees without any feature")
+        self.features = names
+        self._index = {f: i for i, f in enumerate(names)}
+        n_int = 2**self.height - 1
+        feat = np.zeros((self.n_trees, max(n_int, 1)), dtype=np.int32)
+        thr = np.zeros((self.n_trees, max(n_int, 1)), dtype=np.float64)
+        rng = self._rng
+        for t in range(self.n_trees):
+            lim = {f: tuple(self.limits.get(f, (0.0, 1.0))) for f in names}
+            self._grow(lim, self.height, 0, feat[t], thr[t], rng)
+        small = len(names) <= 255
+        self._feature = feat.astype(np.uint8 if small else np.int32)
+        self._threshold = thr
+        mdt = np.uint16 if self.window_size < 2**16 else np.uint32
+        self._l_mass = np.zeros((self.n_trees, self.n_nodes), dtype=mdt)
+        self._r_mass = np.zeros((self.n_trees, self.n_nodes), dtype=mdt)
+
+    def _grow(self, limits: dict, height: int, node: int, feat, thr, rng) -> None:
+        if height == 0:
+            return
+        keys = list(limits.keys())
+        on = rng.choices(population=keys, weights=[limits[k][1] - limits[k][0] for k in keys])[0]
+        a, b = limits[on]
+        at = rng.uniform(a + _PADDING * (b - a), b - _PADDING * (b - a))
+        feat[node] = self._index[on]
+        thr[node] = at
+        tmp = limits[on]
+        limits[on] = (tmp[0], at)
+        self._grow(limits, height - 1, 2 * node + 1, feat, thr, rng)
+        limits[on] = tmp
+        limits[on] = (at, tmp[1])
+        self._grow(limits, height - 1, 2 * node + 2, feat, thr, rng)
+        limits[on] = tmp
+
+    # ------------------------------------------------------------------ vectorised core
+    def _as_matrix(self, X, features: Sequence[Hashable] | None) -> np.ndarray:
+        X = np.asarray(X, dtype=np.float64)
+        if X.ndim != 2:
+            raise ValueError(f"HalfSpaceTrees: X must be 2-D (rows, features), got shape {X.shape}")
+        names = list(features) if features is not None else None
+        if names is not None and len(names) != X.shape[1]:
+            raise ValueError(f"HalfSpaceTrees: {len(names)} feature names for {X.shape[1]} columns")
+        if self.features is None:
+            self._build(names if names is not None else range(X.shape[1]))
+        if names is None:
+            if X.shape[1] != len(self.features):
+                raise ValueError(
+                    f"HalfSpaceTrees: X has {X.shape[1]} columns, the trees use {len(self.features)} "
+                    f"features {self.features}; pass features=[...] to name the columns"
+                )
+            return X  # columns are self.features, in that (sorted) order
+        pos = {f: j for j, f in enumerate(names)}
+        missing = [f for f in self.features if f not in pos]
+        if missing:
+            raise ValueError(f"HalfSpaceTrees: X lacks features {missing}; use learn_one for sparse rows")
+        return X[:, [pos[f] for f in self.features]]
+
+    def _paths(self, X: np.ndarray) -> np.ndarray:
+        """Node index visited at each depth: (T, n, height + 1)."""
+        n = X.shape[0]
+        T, h = self.n_trees, self.height
+        path = np.zeros((T, n, h + 1), dtype=np.int64)
+        node = np.zeros((T, n), dtype=np.int64)
+        t_idx = np.arange(T)[:, None]
+        rows = np.arange(n)[None, :]
+        for d in range(h):
+            f = self._feature[t_idx, node]
+            v = X[rows, f]
+            right = ~(v < self._threshold[t_idx, node])  # NaN goes right, as in river
+            node = 2 * node + 1 + right
+            path[:, :, d + 1] = node
+        return path
+
+    def _score_paths(self, path: np.ndarray) -> np.ndarray:
+        if self._first_window:
+            return np.zeros(path.shape[1], dtype=np.float64)
+        T = self.n_trees
+        R = self._r_mass[np.arange(T)[:, None, None], path].astype(np.int64)  # (T, m, h+1)
+        ok = R >= self.size_limit
+        alive = np.ones_like(ok)
+        if self.height:
+            alive[..., 1:] = np.cumprod(ok[..., :-1], axis=-1, dtype=bool)
+        weights = np.left_shift(1, np.arange(self.height + 1, dtype=np.int64))
+        total = (R * alive * weights).sum(axis=(0, 2))
+        return 1.0 - total.astype(np.float64) / self._max_score
+
+    def _learn_paths(self, path: np.ndarray) -> None:
+        T, nn = self.n_trees, self.n_nodes
+        flat = path + (np.arange(T, dtype=np.int64) * nn)[:, None, None]
+        counts = np.bincount(flat.ravel(), minlength=T * nn).reshape(T, nn)
+        self._l_mass += counts.astype(self._l_mass.dtype)
+
+    def _pivot(self) -> None:
+        self._r_mass, self._l_mass = self._l_mass, np.zeros_like(self._l_mass)
+        self._first_window = False
+        self.counter = 0
+
+    def _run(self, X: np.ndarray, score: bool, learn: bool) -> np.ndarray | None:
+        n = X.shape[0]
+        out = np.empty(n, dtype=np.float64) if score else None
+        if n == 0:
+            return out
+        path = self._paths(X)
+        if not learn:
+            out[:] = self._score_paths(path)
+            return out
+        pos = 0
+        while pos < n:
+            end = min(n, pos + self.window_size - self.counter)
+            seg = path[:, pos:end]
+            if score:
+                out[pos:end] = self._score_paths(seg)
+            self._learn_paths(seg)
+            self.counter += end - pos
+            if self.counter == self.window_size:
+                self._pivot()
+            pos = end
+        return out
+
+    # ------------------------------------------------------------------ public API
+    def score_learn_many(self, X, features: Sequence[Hashable] | None = None) -> np.ndarray:
+        """Score each row of the 2-D array `X`, then learn it, in order; return the scores.
+
+        Equal to ``[(hst.score_one(x), hst.learn_one(x))[0] for x in rows]`` with river.
+        Columns are `features` (names), or the features the trees were built with, or 0..d-1.
+        """
+        return self._run(self._as_matrix(X, features), score=True, learn=True)
+
+    def learn_many(self, X, features: Sequence[Hashable] | None = None) -> None:
+        """Learn every row of `X` in order."""
+        self._run(self._as_matrix(X, features), score=False, learn=True)
+
+    def score_many(self, X, features: Sequence[Hashable] | None = None) -> np.ndarray:
+        """Score every row of `X` with the current model (no learning)."""
+        if self.features is None:
+            return np.zeros(np.asarray(X).shape[0], dtype=np.float64)
+        return self._run(self._as_matrix(X, features), score=True, learn=False)
+
+    def learn_one(self, x: Mapping[Hashable, Any]) -> None:
+        """Learn one observation given as ``{feature: value}`` (river's API)."""
+        if self.features is None:
+            self._build(x.keys())
+        if all(f in x for f in self.features):
+            self._run(np.array([[x[f] for f in self.features]], dtype=np.float64), False, True)
+            return
+        for t in range(self.n_trees):  # sparse row: river routes a missing feature by l_mass
+            node = 0
+            for _ in range(self.height):
+                self._l_mass[t, node] += 1
+                node = self._next(t, node, x)
+            self._l_mass[t, node] += 1
+        self.counter += 1
+        if self.counter == self.window_size:
+            self._pivot()
+
+    def score_one(self, x: Mapping[Hashable, Any]) -> float:
+        """Anomaly score in [0, 1] of one observation (0 during the first window, as in river)."""
+        if self._first_window or self.features is None:
+            return 0.0
+        if all(f in x for f in self.features):
+            row = np.array([[x[f] for f in self.features]], dtype=np.float64)
+            return float(self._run(row, True, False)[0])
+        size_limit, score = self.size_limit, 0
+        for t in range(self.n_trees):
+            node, depth_pow = 0, 1
+            for _ in range(self.height):
+                r = int(self._r_mass[t, node])
+                score += r * depth_pow
+                if r < size_limit:
+                    break
+                node = self._next(t, node, x)
+                depth_pow <<= 1
+            else:
+                score += int(self._r_mass[t, node]) * depth_pow
+        return 1 - float(score) / self._max_score
+
+    def _next(self, t: int, node: int, x: Mapping) -> int:
+        name = self.features[self._feature[t, node]]
+        left, right = 2 * node + 1, 2 * node + 2
+        if name not in x:
+            return right if self._l_mass[t, left] < self._l_mass[t, right] else left
+        return left if x[name] < self._threshold[t, node] else right
+
+    # ------------------------------------------------------------------ state
+    def snapshot(self) -> dict:
+        """Picklable state; `HalfSpaceTrees.from_snapshot(s)` gives an identical model."""
+        return {
+            "params": dict(n_trees=self.n_trees, height=self.height, window_size=self.window_size,
+                           limits=dict(self.limits), seed=self.seed),
+            "rng": self._rng.getstate(),
+            "features": None if self.features is None else list(self.features),
+            "arrays": None if self.features is None else
+            tuple(a.copy() for a in (self._feature, self._threshold, self._l_mass, self._r_mass)),
+            "counter": self.counter,
+            "first_window": self._first_window,
+        }
+
+    def restore(self, state: dict) -> None:
+        self.__init__(**state["params"])
+        self._rng.setstate(state["rng"])
+        if state["features"] is not None:
+            self.features = list(state["features"])
+            self._index = {f: i for i, f in enumerate(self.features)}
+            self._feature, self._threshold, self._l_mass, self._r_mass = (
+                a.copy() for a in state["arrays"])
+        self.counter = state["counter"]
+        self._first_window = state["first_window"]
+
+    @classmethod
+    def from_snapshot(cls, state: dict) -> "HalfSpaceTrees":
+        model = cls.__new__(cls)
+        model.restore(state)
+        return model
