@@ -78,6 +78,8 @@ class RobustNormalizer(Squash):
     Keeps the last `window` raw scores of learned rows; their median and MAD are recomputed every
     `refresh` learned rows (frozen in between, so a segment is normalised at once).  The result is
     ``squash(max(0, (raw - median) / (1.4826 * MAD)), z_half)``.  Warming until `min_samples` seen.
+    For a bounded raw score (`upper`, e.g. 1 for Half-Space Trees) the scale is capped so that the
+    bound reads as a robust z of at least `z_upper`: a saturated detector still flags its maximum.
 
     >>> n = RobustNormalizer(window=64, refresh=8, min_samples=8)
     >>> n.learn(np.linspace(0.4, 0.6, 8))
@@ -85,8 +87,10 @@ class RobustNormalizer(Squash):
     [0.0, 0.4, 0.83]
     """
 
-    def __init__(self, window: int = 512, refresh: int = 32, min_samples: int = 64, z_half: float = 3.5):
+    def __init__(self, window: int = 512, refresh: int = 32, min_samples: int = 64, z_half: float = 3.5,
+                 upper: float | None = None, z_upper: float = 20.0):
         super().__init__(z_half)
+        self.upper, self.z_upper = upper, z_upper
         self.window, self.refresh, self.min_samples = window, refresh, min_samples
         self.buf = np.zeros(window, dtype=np.float64)
         self.n = 0  # raw scores learned in total
@@ -118,6 +122,8 @@ class RobustNormalizer(Squash):
                 self.median = float(np.median(past))
                 mad = float(np.median(np.abs(past - self.median)))
                 self.scale = 1.4826 * mad + 1e-9 * max(1.0, abs(self.median))
+                if self.upper is not None:  # bounded raw score: its maximum must read as anomalous
+                    self.scale = min(self.scale, max(self.upper - self.median, 1e-12) / self.z_upper)
                 self.ready = True
 
 

@@ -28,13 +28,13 @@ class HSTDetector(SegmentedDetector):
     (True, False)
     >>> s, warm = det.score_learn_many(np.array([[20.1, 1.0], [35.0, 3.0]]))
     >>> s.round(2).tolist()
-    [0.0, 0.45]
+    [0.0, 0.83]
     """
 
     def __init__(self, fields: Sequence[str], n_trees: int = 10, height: int = 8, window_size: int = 250,
                  seed: int = 0, margin: float = 0.25, limits: dict | None = None, z_half: float = 3.5):
         super().__init__(fields)
-        self.norm = RobustNormalizer(z_half=z_half)
+        self.norm = RobustNormalizer(z_half=z_half, upper=1.0)
         self.params = dict(n_trees=n_trees, height=height, window_size=window_size, seed=seed)
         self.margin = margin
         self.hst: HalfSpaceTrees | None = None
@@ -100,12 +100,17 @@ class MADDetector(SegmentedDetector):
     16
     >>> s, warm = det.score_learn_many(np.array([[0.1], [9.0]]))
     >>> [round(float(v), 2) for v in s]
-    [0.03, 0.72]
+    [0.06, 0.56]
     """
 
     def __init__(self, fields: Sequence[str], window: int = 256, refresh: int = 16, min_samples: int = 64,
-                 z_half: float = 3.5, min_scale: float = 1e-3):
+                 z_half: float = 3.5, min_scale: float = 1e-3, smooth: int = 3):
         super().__init__(fields)
+        if smooth < 1:
+            raise ValueError(f"mad: smooth must be >= 1 rows, got {smooth}")
+        self.smooth = smooth
+        self.tail = np.zeros((0, len(self.fields)))  # last smooth-1 rows seen (for the moving average)
+        self._seg = None
         if not 1 <= refresh <= window or min_samples > window:
             raise ValueError(f"mad: need 1 <= refresh <= window and min_samples <= window; got "
                              f"refresh={refresh}, window={window}, min_samples={min_samples}")
@@ -129,13 +134,25 @@ class MADDetector(SegmentedDetector):
     def _frozen_rows(self) -> int:
         return self.refresh - self.since
 
+    def _smoothed(self, X: np.ndarray) -> np.ndarray:
+        """Moving average of the last `smooth` rows seen (fewer at the start of the stream)."""
+        if self.smooth == 1:
+            return X
+        full = np.vstack([self.tail, X])
+        pad = np.full((self.smooth - 1 - len(self.tail), X.shape[1]), np.nan)  # start of the stream
+        win = np.lib.stride_tricks.sliding_window_view(np.vstack([pad, full]), self.smooth, axis=0)
+        out = np.nansum(win, axis=-1) / (~np.isnan(win)).sum(axis=-1)  # same sums whatever the split
+        self.tail = full[-(self.smooth - 1):]
+        return out
+
     def _score(self, X: np.ndarray) -> np.ndarray:
+        self._seg = self._smoothed(X)
         if not self.ready:
             return np.zeros(len(X))
-        return (np.abs(X - self.median) / self.scale).max(axis=1)
+        return (np.abs(self._seg - self.median) / self.scale).max(axis=1)
 
     def _learn(self, X: np.ndarray, mask: np.ndarray) -> None:
-        X = X[mask]
+        X = self._seg[mask]
         self.buf[(self.n + np.arange(len(X))) % self.window] = X
         self.n += len(X)
         self.since += len(X)

@@ -8,7 +8,6 @@ These run row by row (river's API is per row); prefer the native `hst` / `mad` o
 """
 from __future__ import annotations
 
-from statistics import NormalDist
 from typing import Sequence
 
 import numpy as np
@@ -45,6 +44,7 @@ class RiverHST(_RowWise):
     def __init__(self, fields: Sequence[str], n_trees: int = 10, height: int = 8, window_size: int = 250,
                  seed: int = 0):
         super().__init__(fields, grace_period=window_size)
+        self.norm = RobustNormalizer(upper=1.0)
         self.model = compose.Pipeline(preprocessing.MinMaxScaler(),
                                       anomaly.HalfSpaceTrees(n_trees=n_trees, height=height,
                                                              window_size=window_size, seed=seed))
@@ -111,7 +111,7 @@ class RiverSAD(_PerField):
 
 
 class RiverGaussian(_PerField):
-    """river's GaussianScorer per field (2|cdf - 0.5|), turned back into a z and squashed."""
+    """river's GaussianScorer per field; its 2|cdf - 0.5| saturates at 1, so we read its z = |x - mu| / sigma."""
 
     def __init__(self, fields: Sequence[str], window_size: int | None = None, grace_period: int = 100,
                  z_half: float = 3.5):
@@ -121,8 +121,10 @@ class RiverGaussian(_PerField):
                        for f in self.fields}
 
     def _field_score(self, m, f, x):
-        p = min(float(m.score_one(None, x[f])), 1 - 1e-15)
-        return NormalDist().inv_cdf((1 + p) / 2)
+        if m.score_one(None, x[f]) == 0:  # river: still in its grace period
+            return 0.0
+        g = m.gaussian
+        return abs(x[f] - g.mu) / max(g.sigma, 1e-12)  # = inverse of 2|cdf - 0.5|, without saturating
 
 
 class RiverPAD(_PerField):
