@@ -31,7 +31,8 @@ class Detector(Protocol):
 
     fields: tuple[str, ...]
 
-    def score_learn_many(self, X: np.ndarray, protect: float | None = None) -> tuple[np.ndarray, np.ndarray]:
+    def score_learn_many(self, X: np.ndarray, protect: float | None = None,
+                         learn: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Score then learn each row of X, in order; return (scores in [0, 1], warming flags)."""
 
     def snapshot(self) -> bytes:
@@ -157,7 +158,9 @@ class SegmentedDetector:
         """Learn the rows X[mask] of the segment just scored."""
         raise NotImplementedError
 
-    def score_learn_many(self, X: np.ndarray, protect: float | None = None) -> tuple[np.ndarray, np.ndarray]:
+    def score_learn_many(self, X: np.ndarray, protect: float | None = None,
+                         learn: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Score then learn each row in order; rows with `learn[i]` False (imputed) are only scored."""
         X = np.asarray(X, dtype=np.float64).reshape(-1, len(self.fields))
         n = len(X)
         scores = np.zeros(n)
@@ -175,11 +178,13 @@ class SegmentedDetector:
             warm = model_warm or self.norm.warming
             scores[pos:pos + m] = 0.0 if warm else s
             warming[pos:pos + m] = warm
-            learn = np.ones(m, dtype=bool) if (warm or protect is None) else s < protect
-            if learn.any():
-                self._learn(seg, learn)
+            ok = np.ones(m, dtype=bool) if (warm or protect is None) else s < protect
+            if learn is not None:
+                ok &= learn[pos:pos + m]
+            if ok.any():
+                self._learn(seg, ok)
                 if not model_warm:
-                    self.norm.learn(np.asarray(raw)[learn])
+                    self.norm.learn(np.asarray(raw)[ok])
             pos += m
         return scores, warming
 

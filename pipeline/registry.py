@@ -16,6 +16,7 @@ STAGES: dict[str, str] = {
     "filter": "pipeline.stages.filter:Filter",
     "map": "pipeline.stages.map:Map",
     "window": "pipeline.stages.window:Window",
+    "anomaly": "detectors.anomaly:Anomaly",
 }
 
 SINKS: dict[str, str] = {
