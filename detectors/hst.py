@@ -173,38 +173,40 @@ class HalfSpaceTrees:
         return X[:, [pos[f] for f in self.features]]
 
     def _paths(self, X: np.ndarray) -> np.ndarray:
-        """Node index visited at each depth: (T, n, height + 1)."""
+        """Flat index (tree * n_nodes + node) of the node visited at each depth: (height + 1, T, n)."""
         n = X.shape[0]
         T, h = self.n_trees, self.height
-        path = np.zeros((T, n, h + 1), dtype=np.int64)
-        node = np.zeros((T, n), dtype=np.int64)
-        t_idx = np.arange(T)[:, None]
-        rows = np.arange(n)[None, :]
+        n_int = 2**h - 1
+        feat = self._feature.ravel().astype(np.intp)
+        thr = self._threshold.ravel()
+        Xt = np.ascontiguousarray(X.T).ravel()
+        internal_off = (np.arange(T, dtype=np.intp) * n_int)[:, None]
+        rows = np.arange(n, dtype=np.intp)[None, :]
+        path = np.empty((h + 1, T, n), dtype=np.intp)
+        node = np.zeros((T, n), dtype=np.intp)
+        path[0] = 0
         for d in range(h):
-            f = self._feature[t_idx, node]
-            v = X[rows, f]
-            right = ~(v < self._threshold[t_idx, node])  # NaN goes right, as in river
-            node = 2 * node + 1 + right
-            path[:, :, d + 1] = node
+            k = node + internal_off
+            v = Xt.take(feat.take(k) * n + rows)
+            node = 2 * node + 1 + ~(v < thr.take(k))  # NaN goes right, as in river
+            path[d + 1] = node
+        path += (np.arange(T, dtype=np.intp) * self.n_nodes)[None, :, None]
         return path
 
     def _score_paths(self, path: np.ndarray) -> np.ndarray:
         if self._first_window:
-            return np.zeros(path.shape[1], dtype=np.float64)
-        T = self.n_trees
-        R = self._r_mass[np.arange(T)[:, None, None], path].astype(np.int64)  # (T, m, h+1)
-        ok = R >= self.size_limit
-        alive = np.ones_like(ok)
+            return np.zeros(path.shape[-1], dtype=np.float64)
+        R = self._r_mass.ravel().take(path).astype(np.int64)  # (h+1, T, m), frozen in this window
+        alive = np.empty(R.shape, dtype=bool)
+        alive[0] = True
         if self.height:
-            alive[..., 1:] = np.cumprod(ok[..., :-1], axis=-1, dtype=bool)
-        weights = np.left_shift(1, np.arange(self.height + 1, dtype=np.int64))
-        total = (R * alive * weights).sum(axis=(0, 2))
+            np.logical_and.accumulate(R[:-1] >= self.size_limit, axis=0, out=alive[1:])
+        weights = np.left_shift(1, np.arange(self.height + 1, dtype=np.int64))[:, None, None]
+        total = np.where(alive, R * weights, 0).sum(axis=(0, 1))
         return 1.0 - total.astype(np.float64) / self._max_score
 
     def _learn_paths(self, path: np.ndarray) -> None:
-        T, nn = self.n_trees, self.n_nodes
-        flat = path + (np.arange(T, dtype=np.int64) * nn)[:, None, None]
-        counts = np.bincount(flat.ravel(), minlength=T * nn).reshape(T, nn)
+        counts = np.bincount(path.ravel(), minlength=self._l_mass.size).reshape(self._l_mass.shape)
         self._l_mass += counts.astype(self._l_mass.dtype)
 
     def _pivot(self) -> None:
@@ -224,7 +226,7 @@ class HalfSpaceTrees:
         pos = 0
         while pos < n:
             end = min(n, pos + self.window_size - self.counter)
-            seg = path[:, pos:end]
+            seg = path[..., pos:end]
             if score:
                 out[pos:end] = self._score_paths(seg)
             self._learn_paths(seg)

@@ -78,7 +78,7 @@ class HSTDetector(SegmentedDetector):
                 self.buffer = np.zeros((0, len(self.fields)))
             return
         paths = self._paths if self._paths is not None else hst._paths(X)
-        hst._learn_paths(paths[:, mask])
+        hst._learn_paths(paths[..., mask])
         hst.counter += int(mask.sum())
         if hst.counter == hst.window_size:
             hst._pivot()
@@ -109,7 +109,8 @@ class MADDetector(SegmentedDetector):
         if smooth < 1:
             raise ValueError(f"mad: smooth must be >= 1 rows, got {smooth}")
         self.smooth = smooth
-        self.tail = np.zeros((0, len(self.fields)))  # last smooth-1 rows seen (for the moving average)
+        self.tail = np.zeros((smooth - 1, len(self.fields)))  # last smooth-1 rows seen (moving average)
+        self.seen = 0
         self._seg = None
         if not 1 <= refresh <= window or min_samples > window:
             raise ValueError(f"mad: need 1 <= refresh <= window and min_samples <= window; got "
@@ -138,12 +139,15 @@ class MADDetector(SegmentedDetector):
         """Moving average of the last `smooth` rows seen (fewer at the start of the stream)."""
         if self.smooth == 1:
             return X
-        full = np.vstack([self.tail, X])
-        pad = np.full((self.smooth - 1 - len(self.tail), X.shape[1]), np.nan)  # start of the stream
-        win = np.lib.stride_tricks.sliding_window_view(np.vstack([pad, full]), self.smooth, axis=0)
-        out = np.nansum(win, axis=-1) / (~np.isnan(win)).sum(axis=-1)  # same sums whatever the split
-        self.tail = full[-(self.smooth - 1):]
-        return out
+        k, m = self.smooth, len(X)
+        full = np.concatenate([self.tail, X])  # the tail starts as zeros, so sums are right from row 1
+        acc = full[:m].copy()
+        for i in range(1, k):  # always summed oldest first: the same floats whatever the batch split
+            acc += full[i:i + m]
+        seen = np.minimum(self.seen + 1 + np.arange(m), k)
+        self.seen += m
+        self.tail = full[-(k - 1):]
+        return acc / seen[:, None]
 
     def _score(self, X: np.ndarray) -> np.ndarray:
         self._seg = self._smoothed(X)
