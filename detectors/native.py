@@ -39,7 +39,7 @@ class HSTDetector(SegmentedDetector):
         self.margin = margin
         self.hst: HalfSpaceTrees | None = None
         self.buffer = np.zeros((0, len(self.fields)))
-        self._paths = None
+        self._leaves = None
         if limits is not None:
             self._make([tuple(limits[f]) for f in self.fields])
 
@@ -61,10 +61,10 @@ class HSTDetector(SegmentedDetector):
 
     def _score(self, X: np.ndarray) -> np.ndarray:
         if self.hst is None:
-            self._paths = None
+            self._leaves = None
             return np.zeros(len(X))
-        self._paths = self.hst._paths(X)
-        return self.hst._score_paths(self._paths)
+        self._leaves = self.hst._leaves(X)
+        return self.hst._score_leaves(self._leaves)
 
     def _learn(self, X: np.ndarray, mask: np.ndarray) -> None:
         hst = self.hst
@@ -77,12 +77,12 @@ class HSTDetector(SegmentedDetector):
                 self.hst.learn_many(self.buffer)
                 self.buffer = np.zeros((0, len(self.fields)))
             return
-        paths = self._paths if self._paths is not None else hst._paths(X)
-        hst._learn_paths(paths[..., mask])
+        leaves = self._leaves if self._leaves is not None else hst._leaves(X)
+        hst._learn_leaves(leaves[:, mask])
         hst.counter += int(mask.sum())
         if hst.counter == hst.window_size:
             hst._pivot()
-        self._paths = None
+        self._leaves = None
 
 
 class MADDetector(SegmentedDetector):
