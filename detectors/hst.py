@@ -12,7 +12,6 @@ with a handful of numpy operations per window (`score_learn_many`).
 """
 from __future__ import annotations
 
-import functools
 import random
 from typing import Any, Hashable, Iterable, Mapping, Sequence
 
@@ -21,18 +20,6 @@ import numpy as np
 __all__ = ["HalfSpaceTrees"]
 
 _PADDING = 0.15  # river.anomaly.hst uses make_padded_tree(padding=0.15)
-
-
-@functools.lru_cache(maxsize=None)
-def _ancestors(height: int) -> tuple[np.ndarray, np.ndarray]:
-    """Heap indices of the nodes on the path to each leaf, (height+1, 2**height), and 2**depth weights."""
-    nodes = np.arange(2**height - 1, 2 ** (height + 1) - 1)
-    anc = np.empty((height + 1, len(nodes)), dtype=np.intp)
-    for d in range(height, -1, -1):
-        anc[d] = nodes
-        nodes = (nodes - 1) // 2
-    weights = np.left_shift(1, np.arange(height + 1, dtype=np.int64))[:, None]
-    return anc, weights
 
 
 class HalfSpaceTrees:
@@ -97,6 +84,8 @@ class HalfSpaceTrees:
         self._r_mass: np.ndarray | None = None  # (T, n_nodes)
         self.counter = 0
         self._first_window = True
+        self._table: np.ndarray | None = None  # leaf score table of the current window (derived)
+        self._max_windows = 8  # windows handled by one vectorised step (bounded temporaries)
 
     # ------------------------------------------------------------------ properties
     @property
@@ -216,49 +205,64 @@ class HalfSpaceTrees:
             node += right
         return node
 
-    def _leaf_scores(self) -> np.ndarray:
-        """Per tree and leaf, the score of a walk that ends there (frozen reference masses): (T, 2**h).
+    def _leaf_scores(self, r_mass: np.ndarray | None = None) -> np.ndarray:
+        """Per tree and leaf, the score of a walk that ends there under reference masses: (..., T, 2**h).
 
         The walk adds r_mass * 2**depth at each node and stops below the first node whose reference
-        mass is under size_limit, so the score depends only on the leaf the row falls into.
+        mass is under size_limit, so within a window the score depends only on the leaf reached.
+        Without `r_mass`, the table of the current window (cached until the next window boundary).
         """
-        anc, weights = _ancestors(self.height)
-        R = self._r_mass[:, anc].astype(np.int64)  # (T, h+1, leaves): masses on every root-leaf path
-        alive = np.empty(R.shape, dtype=bool)
-        alive[:, 0] = True
-        np.logical_and.accumulate(R[:, :-1] >= self.size_limit, axis=1, out=alive[:, 1:])
-        R *= weights
-        R *= alive
-        return R.sum(axis=1)
+        if r_mass is None:
+            if self._table is None:
+                self._table = self._leaf_scores(self._r_mass)
+            return self._table
+        r = r_mass.astype(np.int64)
+        total = r[..., :1]
+        go_on = r[..., :1] >= self.size_limit  # the walk continues below this node
+        for d in range(1, self.height + 1):  # level by level: 2**(h+1) - 1 cells per tree in all
+            lo = 2**d - 1
+            level = r[..., lo:2 * lo + 1]
+            alive = np.repeat(go_on, 2, axis=-1)
+            total = np.repeat(total, 2, axis=-1) + np.where(alive, level << d, 0)
+            go_on = alive & (level >= self.size_limit)
+        return total
+
+    def _score_with(self, table: np.ndarray, leaves: np.ndarray) -> np.ndarray:
+        """Scores of rows whose leaves are (T, m), or (k, T, m) with one table per window (k, T, L)."""
+        L = table.shape[-1]
+        flat = leaves - (L - 1) + (np.arange(table.size // L, dtype=np.intp) * L).reshape(table.shape[:-1] + (1,))
+        total = table.ravel().take(flat).sum(axis=-2)
+        return 1.0 - total.astype(np.float64) / self._max_score
 
     def _score_leaves(self, leaves: np.ndarray) -> np.ndarray:
         if self._first_window:
             return np.zeros(leaves.shape[-1], dtype=np.float64)
-        first_leaf = 2**self.height - 1
-        table = self._leaf_scores()
-        flat = leaves - first_leaf + (np.arange(self.n_trees, dtype=np.intp) * table.shape[1])[:, None]
-        total = table.ravel().take(flat).sum(axis=0)
-        return 1.0 - total.astype(np.float64) / self._max_score
+        return self._score_with(self._leaf_scores(), leaves)
+
+    def _masses(self, leaves: np.ndarray) -> np.ndarray:
+        """Node masses (..., T, n_nodes) of the rows whose leaves are (..., T, m): leaf counts summed up the tree."""
+        h, L = self.height, 2**self.height
+        lead = leaves.shape[:-1]
+        flat = leaves - (L - 1) + (np.arange(int(np.prod(lead)), dtype=np.intp) * L).reshape(lead + (1,))
+        c = np.bincount(flat.ravel(), minlength=int(np.prod(lead)) * L).reshape(lead + (L,))
+        mass = np.empty(lead + (self.n_nodes,), dtype=np.int64)
+        for d in range(h, -1, -1):
+            mass[..., 2**d - 1: 2 ** (d + 1) - 1] = c
+            c = c[..., 0::2] + c[..., 1::2]
+        return mass
 
     def _learn_leaves(self, leaves: np.ndarray) -> None:
-        """Add one to the latest mass of every node on the rows' paths (leaf counts summed up the tree)."""
-        T, h = self.n_trees, self.height
-        first_leaf = 2**h - 1
-        flat = leaves - first_leaf + (np.arange(T, dtype=np.intp) * (first_leaf + 1))[:, None]
-        c = np.bincount(flat.ravel(), minlength=T * (first_leaf + 1)).reshape(T, first_leaf + 1)
-        mass = self._l_mass
-        for d in range(h, -1, -1):
-            lo = 2**d - 1
-            mass[:, lo:2 * lo + 1] += c.astype(mass.dtype)
-            c = c[:, 0::2] + c[:, 1::2]
+        """Add one to the latest mass of every node on the rows' paths."""
+        self._l_mass += self._masses(leaves).astype(self._l_mass.dtype)
 
     def _pivot(self) -> None:
         self._r_mass, self._l_mass = self._l_mass, np.zeros_like(self._l_mass)
+        self._table = None
         self._first_window = False
         self.counter = 0
 
     def _run(self, X: np.ndarray, score: bool, learn: bool) -> np.ndarray | None:
-        n = X.shape[0]
+        n, W = X.shape[0], self.window_size
         out = np.empty(n, dtype=np.float64) if score else None
         if n == 0:
             return out
@@ -268,16 +272,38 @@ class HalfSpaceTrees:
             return out
         pos = 0
         while pos < n:
-            end = min(n, pos + self.window_size - self.counter)
+            if self.counter == 0 and n - pos >= 2 * W:  # whole windows at once
+                pos = self._run_windows(leaves, pos, min((n - pos) // W, self._max_windows), out)
+                continue
+            end = min(n, pos + W - self.counter)
             seg = leaves[:, pos:end]
             if score:
                 out[pos:end] = self._score_leaves(seg)
             self._learn_leaves(seg)
             self.counter += end - pos
-            if self.counter == self.window_size:
+            if self.counter == W:
                 self._pivot()
             pos = end
         return out
+
+    def _run_windows(self, leaves: np.ndarray, pos: int, k: int, out: np.ndarray | None) -> int:
+        """Score and learn k complete windows starting at a window boundary.
+
+        Window j is scored with the masses learned in window j - 1 (the first with the current
+        reference masses): the masses of all k windows come from one bincount.
+        """
+        T, W = self.n_trees, self.window_size
+        block = leaves[:, pos:pos + k * W].reshape(T, k, W).transpose(1, 0, 2)  # (k, T, W)
+        masses = self._masses(block)  # (k, T, nodes)
+        if out is not None:
+            scores = np.zeros((k, W))
+            if not self._first_window:
+                scores[0] = self._score_leaves(block[0])
+            scores[1:] = self._score_with(self._leaf_scores(masses[:-1]), block[1:])
+            out[pos:pos + k * W] = scores.ravel()
+        self._l_mass += masses[-1].astype(self._l_mass.dtype)  # l_mass is empty at a boundary
+        self._pivot()
+        return pos + k * W
 
     # ------------------------------------------------------------------ public API
     def score_learn_many(self, X, features: Sequence[Hashable] | None = None) -> np.ndarray:
@@ -367,6 +393,7 @@ class HalfSpaceTrees:
                 a.copy() for a in state["arrays"])
         self.counter = state["counter"]
         self._first_window = state["first_window"]
+        self._table = None
 
     @classmethod
     def from_snapshot(cls, state: dict) -> "HalfSpaceTrees":
