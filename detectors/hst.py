@@ -214,7 +214,9 @@ class HalfSpaceTrees:
         """
         if r_mass is None:
             if self._table is None:
-                self._table = self._leaf_scores(self._r_mass)
+                table = self._leaf_scores(self._r_mass)
+                small = self.window_size * self.n_nodes < 2**31  # the largest possible leaf score
+                self._table = table.astype(np.int32) if small else table  # half the bytes per model
             return self._table
         r = r_mass.astype(np.int64)
         total = r[..., :1]
