@@ -71,7 +71,7 @@ class Expression:
             return
         if isinstance(node, ast.Call):
             if not (isinstance(node.func, ast.Name) and node.func.id in FUNCTIONS) or node.keywords:
-                name = getattr(node.func, "id", "?")
+                name = ast.unparse(node.func)
                 raise ExpressionError(f"in {self.text!r}: function {name!r} is not allowed; allowed: {', '.join(FUNCTIONS)}")
             for a in node.args:
                 self._check(a)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import difflib
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
@@ -14,6 +15,7 @@ from .config import ItemConfig, RuntimeConfig
 from .errors import ConfigError, Problem
 from .yaml_source import YamlDocument, load_yaml_with_positions
 
+_SECRET = re.compile(r"(token|password|passwd|secret|api_?key|private_?key)", re.I)
 TOP_LEVEL = ("pipeline", "sources", "stages", "sinks", "runtime")
 DEAD_LETTER_ID = "deadletter"
 
@@ -47,7 +49,7 @@ def _pydantic_problems(doc: YamlDocument, path: tuple, exc: ValidationError, ite
         loc = tuple(err.get("loc", ()))
         line, col = doc.position(path + loc)
         field_name = ".".join(str(x) for x in loc) or "(item)"
-        msg = err.get("msg", "invalid")
+        msg = err.get("msg", "invalid").removeprefix("Value error, ")
         hint = None
         if err.get("type") == "extra_forbidden":
             msg = f"unknown key {loc[-1]!r}"
@@ -56,7 +58,8 @@ def _pydantic_problems(doc: YamlDocument, path: tuple, exc: ValidationError, ite
             msg = f"required key {field_name!r} is missing"
         else:
             value = err.get("input")
-            shown = "" if isinstance(value, (dict, list)) or value is None else f" (got {value!r})"
+            secret = any(_SECRET.search(str(part)) for part in loc)
+            shown = "" if isinstance(value, (dict, list)) or value is None or secret else f" (got {value!r})"
             msg = f"field {field_name!r}: {msg}{shown}"
         out.append(Problem(doc.file, line, col, msg, item=item, hint=hint))
     return out
@@ -126,51 +129,57 @@ def parse_pipeline(source: str | Path, env: Mapping[str, str] | None = None) -> 
 
 
 def _graph_problems(spec: PipelineSpec, doc: YamlDocument) -> list[Problem]:
+    """Graph checks on the raw items, so that an item with a bad field still counts as a producer (no cascades)."""
     problems: list[Problem] = []
-    producers = {c.id for c in spec.sources} | {c.id for c in spec.stages} | {DEAD_LETTER_ID}
-    for kind, items in (("stages", spec.stages), ("sinks", spec.sinks)):
-        for i, cfg in enumerate(items):
-            raw_index = _raw_index(doc, kind, cfg.id, i)
-            for j, inp in enumerate(cfg.inputs):
-                if inp not in producers:
+    raw = {kind: [r for r in (doc.data.get(kind) or []) if isinstance(r, dict)] if isinstance(doc.data.get(kind), list) else []
+           for kind in ("sources", "stages", "sinks")}
+    producers = {str(r.get("id")) for r in raw["sources"] + raw["stages"]} | {DEAD_LETTER_ID}
+    stage_inputs: dict[str, list[str]] = {}
+    for kind in ("stages", "sinks"):
+        for i, r in enumerate(doc.data.get(kind) or []):
+            if not isinstance(r, dict) or not isinstance(r.get("inputs"), list):
+                continue
+            item = _describe(kind, r)
+            if kind == "stages":
+                stage_inputs[str(r.get("id"))] = [str(x) for x in r["inputs"]]
+            for j, inp in enumerate(r["inputs"]):
+                inp = str(inp)
+                if inp == str(r.get("id")):
+                    problems.append(Problem(doc.file, *doc.position((kind, i, "inputs", j)),
+                                            "a stage cannot read its own output", item=item))
+                elif inp not in producers:
                     close = difflib.get_close_matches(inp, sorted(producers), n=1)
-                    problems.append(Problem(doc.file, *doc.position((kind, raw_index, "inputs", j)),
-                                            f"input {inp!r} is not a source or stage", item=f"{kind[:-1]} {cfg.id!r} ({cfg.type})",
+                    problems.append(Problem(doc.file, *doc.position((kind, i, "inputs", j)),
+                                            f"input {inp!r} is not a source or stage", item=item,
                                             hint=f"did you mean {close[0]!r}?" if close else "inputs name ids of sources or stages"))
-                if inp == cfg.id:
-                    problems.append(Problem(doc.file, *doc.position((kind, raw_index, "inputs", j)),
-                                            "a stage cannot read its own output", item=f"stage {cfg.id!r} ({cfg.type})"))
-    if not spec.sources and doc.data.get("sources") is None:
-        problems.append(Problem(doc.file, 1, 1, "the pipeline has no sources", hint="add a `sources:` list"))
-    if not spec.sinks and doc.data.get("sinks") is None:
-        problems.append(Problem(doc.file, 1, 1, "the pipeline has no sinks", hint="add a `sinks:` list"))
-    # cycles: Kahn's algorithm over stages
-    stage_ids = {c.id for c in spec.stages}
-    deps = {c.id: {i for i in c.inputs if i in stage_ids} for c in spec.stages}
+    if not raw["sources"]:
+        problems.append(Problem(doc.file, *doc.position(("sources",)), "the pipeline has no sources", hint="add a `sources:` list"))
+    if not raw["sinks"]:
+        problems.append(Problem(doc.file, *doc.position(("sinks",)), "the pipeline has no sinks", hint="add a `sinks:` list"))
+    # cycles (Kahn's algorithm over the stages)
+    deps = {s: {i for i in ins if i in stage_inputs and i != s} for s, ins in stage_inputs.items()}
     order: list[str] = []
     ready = [s for s in deps if not deps[s]]
-    remaining = {k: set(v) for k, v in deps.items()}
     while ready:
         s = ready.pop(0)
         order.append(s)
-        for k, v in remaining.items():
+        for k, v in deps.items():
             if s in v:
                 v.discard(s)
                 if not v and k not in order and k not in ready:
                     ready.append(k)
-    cyclic = [c for c in spec.stages if c.id not in order]
-    for c in cyclic:
-        i = _raw_index(doc, "stages", c.id, 0)
-        loop = " -> ".join(sorted(x.id for x in cyclic))
-        problems.append(Problem(doc.file, *doc.position(("stages", i, "inputs")), f"is part of a cycle ({loop})",
-                                item=f"stage {c.id!r} ({c.type})", hint="a pipeline is a DAG: remove one of the inputs"))
-    spec.order = order
-    consumed = {i for c in [*spec.stages, *spec.sinks] for i in c.inputs}
-    for c in spec.stages:
-        if c.id not in consumed:
-            i = _raw_index(doc, "stages", c.id, 0)
+    cyclic = [s for s in stage_inputs if s not in order]
+    for s in cyclic:
+        i = _raw_index(doc, "stages", s, 0)
+        problems.append(Problem(doc.file, *doc.position(("stages", i, "inputs")), f"is part of a cycle ({' -> '.join(cyclic)})",
+                                item=_describe("stages", doc.data["stages"][i]), hint="a pipeline is a DAG: remove one of the inputs"))
+    spec.order = [s for s in order if s in {c.id for c in spec.stages}]
+    consumed = {i for ins in stage_inputs.values() for i in ins}
+    consumed |= {str(x) for r in raw["sinks"] if isinstance(r.get("inputs"), list) for x in r["inputs"]}
+    for i, r in enumerate(doc.data.get("stages") or []):
+        if isinstance(r, dict) and str(r.get("id")) not in consumed:
             problems.append(Problem(doc.file, *doc.position(("stages", i, "id")), "its output goes nowhere",
-                                    item=f"stage {c.id!r} ({c.type})", hint="add it to the inputs of a sink or stage"))
+                                    item=_describe("stages", r), hint="add it to the inputs of a sink or stage"))
     return problems
 
 
