@@ -17,10 +17,9 @@ from typing import Any, Hashable, Iterable, Mapping, Sequence
 
 import numpy as np
 
+from .hst_build import build_trees
+
 __all__ = ["HalfSpaceTrees"]
-
-_PADDING = 0.15  # river.anomaly.hst uses make_padded_tree(padding=0.15)
-
 
 class HalfSpaceTrees:
     """Half-Space Trees anomaly detector, score-equal to river's, vectorised per window.
@@ -114,50 +113,14 @@ class HalfSpaceTrees:
 
     # ------------------------------------------------------------------ construction
     def _build(self, features: Iterable[Hashable]) -> None:
-        """Build the trees river's make_padded_tree would build from the same seed, level by level.
-
-        river draws, per internal node in pre-order, one `random()` for the weighted feature choice
-        (`rng.choices`: bisect on the running sum of the limit widths) and one for the split
-        (`rng.uniform` inside the padded range).  We draw the same numbers in the same order, then
-        apply the same float operations to whole tree levels at once.
-        """
+        """Build the trees river would build from the same seed (see `detectors.hst_build`)."""
         names = sorted(features)
         if not names:
             raise ValueError("HalfSpaceTrees: cannot build trees without any feature")
         self.features = names
         self._index = {f: i for i, f in enumerate(names)}
-        T, h, F = self.n_trees, self.height, len(names)
-        n_int = 2**h - 1
         lim = np.array([tuple(self.limits.get(f, (0.0, 1.0))) for f in names], dtype=np.float64)
-        rand = self._rng.random
-        draws = np.array([rand() for _ in range(2 * n_int * T)]).reshape(T, n_int, 2)
-        feat = np.zeros((T, max(n_int, 1)), dtype=np.intp)
-        thr = np.zeros((T, max(n_int, 1)), dtype=np.float64)
-        lo = np.broadcast_to(lim[:, 0], (T, 1, F)).copy()  # limits of every node of the current level
-        hi = np.broadcast_to(lim[:, 1], (T, 1, F)).copy()
-        pre = np.zeros(1, dtype=np.intp)  # pre-order rank of each node of the level among internal nodes
-        for d in range(h):
-            cum = np.add.accumulate(hi - lo, axis=2)  # left to right, like itertools.accumulate
-            total = cum[..., -1] + 0.0
-            if (total <= 0).any():
-                raise ValueError("HalfSpaceTrees: every feature's limits are empty (high <= low)")
-            u = draws[:, pre, 0] * total
-            on = (cum[..., : F - 1] <= u[..., None]).sum(axis=-1)  # bisect_right(cum, u, 0, F - 1)
-            a = np.take_along_axis(lo, on[..., None], axis=2)[..., 0]
-            b = np.take_along_axis(hi, on[..., None], axis=2)[..., 0]
-            low, high = a + _PADDING * (b - a), b - _PADDING * (b - a)
-            at = low + (high - low) * draws[:, pre, 1]
-            heap = np.arange(2**d - 1, 2 ** (d + 1) - 1)
-            feat[:, heap], thr[:, heap] = on, at
-            lo, hi = np.repeat(lo, 2, axis=1), np.repeat(hi, 2, axis=1)
-            tt, mm = np.meshgrid(np.arange(T), np.arange(len(heap)), indexing="ij")
-            hi[tt, 2 * mm, on] = at  # left child: [low, at)
-            lo[tt, 2 * mm + 1, on] = at  # right child: [at, high)
-            child = np.empty(2 * len(pre), dtype=np.intp)
-            child[0::2], child[1::2] = pre + 1, pre + 2 ** (h - d - 1)
-            pre = child
-        self._feature = feat.astype(np.uint8 if F <= 256 else np.int32)
-        self._threshold = thr
+        self._feature, self._threshold = build_trees(lim, self.n_trees, self.height, self._rng)
         mdt = np.uint16 if self.window_size < 2**16 else np.uint32
         self._l_mass = np.zeros((self.n_trees, self.n_nodes), dtype=mdt)
         self._r_mass = np.zeros((self.n_trees, self.n_nodes), dtype=mdt)
