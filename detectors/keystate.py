@@ -15,8 +15,8 @@ class AdaptiveThreshold:
     """Per-key threshold = max(floor, q-quantile of the last `window` normal scores).
 
     The quantile is recomputed every `refresh` scores (frozen in between, so a chunk is judged at
-    once).  Scores at or above the threshold are not added: a stuck anomaly cannot raise the bar.
-    Until `min_samples` scores are collected the floor alone applies.
+    once).  The first `min_samples` scores all count (the floor alone applies until then); after
+    that, scores at or above the threshold are not added, so a stuck anomaly cannot raise the bar.
     """
 
     def __init__(self, floor: float, q: float, window: int = 1024, refresh: int = 32, min_samples: int = 128):
@@ -33,7 +33,7 @@ class AdaptiveThreshold:
             s, w = scores[pos:end], warming[pos:end]
             hit = (s >= self.current) & ~w
             out[pos:end] = hit
-            keep = s[~hit & ~w]
+            keep = s[~w] if self.n < self.min_samples else s[~hit & ~w]  # the first ones all count
             self.buf[(self.n + np.arange(len(keep))) % self.window] = keep
             self.n += len(keep)
             self.since += end - pos

@@ -167,3 +167,16 @@ sinks:
 def test_bad_params_are_a_config_error_naming_the_detector():
     with pytest.raises(Exception, match="params for detector 'mad' are invalid.*window"):
         build_stage(Anomaly, {"fields": ["t"], "params": {"windw": 5}})
+
+
+def test_adaptive_threshold_follows_each_keys_own_score_level():
+    from detectors.keystate import AdaptiveThreshold
+
+    rng = np.random.default_rng(1)
+    quiet, noisy = AdaptiveThreshold(0.3, 0.99), AdaptiveThreshold(0.3, 0.99)
+    warm = np.zeros(2000, dtype=bool)
+    quiet.flags(rng.uniform(0.0, 0.2, 2000), warm)
+    noisy.flags(rng.uniform(0.0, 0.7, 2000), warm)
+    assert quiet.current == 0.3  # never below the floor
+    assert 0.6 < noisy.current < 0.7  # about the 99th percentile of that key's normal scores
+    assert noisy.flags(np.array([0.65, 0.9]), np.zeros(2, bool)).tolist() == [False, True]

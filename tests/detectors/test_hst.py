@@ -83,3 +83,13 @@ def test_bad_shape_is_explained():
     hst.learn_many(np.zeros((3, 2)))
     with pytest.raises(ValueError, match="3 columns"):
         hst.score_learn_many(np.zeros((2, 3)))
+
+
+def test_bulk_random_draws_match_python_random():
+    import random
+
+    from detectors.hst_build import _randoms
+
+    a, b = random.Random(123), random.Random(123)
+    assert _randoms(a, 1000).tolist() == [b.random() for _ in range(1000)]
+    assert a.random() == b.random()  # the generator is left in the same state
