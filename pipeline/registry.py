@@ -22,6 +22,8 @@ STAGES: dict[str, str] = {
 SINKS: dict[str, str] = {
     "file": "pipeline.sinks.file:FileSink",
     "stdout": "pipeline.sinks.stdout:StdoutSink",
+    "influxdb": "connectors.influx.influxdb:InfluxdbSink",
+    "sqlite": "connectors.local.sqlite:SqliteSink",
 }
 
 KINDS: dict[str, dict[str, str]] = {"sources": SOURCES, "stages": STAGES, "sinks": SINKS}
