@@ -242,7 +242,7 @@ class Anomaly(Stage):
                     self.ctx.count("drifts")
                     events.append((int(rows[i]), self._event(key, float(ts[rows[i]]), "drift", {},
                                                              drift_field=self.fields[j])))
-                    if self.config.relearn_on_drift and i + 1 < len(rows):
+                    if self.config.relearn_on_drift:  # from the next row on (maybe the next batch's)
                         cuts.add(i + 1)
         return sorted(cuts)
 
