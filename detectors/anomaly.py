@@ -143,7 +143,8 @@ class Anomaly(Stage):
         j = int(np.flatnonzero(bad_row)[0])
         col = batch.fields.get(self.fields[j])
         value = "missing" if col is None or (col.dtype != object and np.isnan(col[i])) else repr(col[i])
-        return f"{self.where}: field {self.fields[j]!r} is {value}, not a finite number"
+        key = ", ".join(f"{k}={batch.tags[k][i]!r}" for k in self.config.key if k in batch.tags)
+        return f"{self.where}: field {self.fields[j]!r} is {value}, not a finite number" + (f" ({key})" if key else "")
 
     def _keys(self, batch: Batch) -> tuple[np.ndarray, list[tuple]]:
         n = len(batch)

@@ -164,10 +164,21 @@ class MADDetector(SegmentedDetector):
             self.since = 0
             if self.n >= self.min_samples:
                 past = self.buf[: min(self.n, self.window)]
-                med = np.median(past, axis=0)
+                med = _median(past)
                 dev = np.abs(past - med)
-                scale = 1.4826 * np.median(dev, axis=0)
-                scale = np.where(scale > 0, scale, 1.2533 * dev.mean(axis=0))
+                scale = 1.4826 * _median(dev)
+                if not (scale > 0).all():  # quantised readings: fall back to the mean absolute deviation
+                    scale = np.where(scale > 0, scale, 1.2533 * dev.mean(axis=0))
                 self.median = med
                 self.scale = np.maximum(scale, self.min_scale * np.maximum(np.abs(med), 1e-6))
                 self.ready = True
+
+
+def _median(a: np.ndarray) -> np.ndarray:
+    """Column medians, as np.median computes them (partition, mean of the middle two), with less overhead."""
+    n = len(a)
+    k = n // 2
+    if n % 2:
+        return np.partition(a, k, axis=0)[k]
+    p = np.partition(a, (k - 1, k), axis=0)
+    return (p[k - 1] + p[k]) / 2

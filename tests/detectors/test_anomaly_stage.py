@@ -97,10 +97,10 @@ def test_bad_values_dead_letter_names_stage_and_field():
     out = stage.process(Batch.from_records(bad_records())).to_records()
     assert len(out) == 196
     reasons = [r for _, _, rs in dead for r in rs]
-    assert reasons == ["anomaly 'pump_anomaly': field 't' is nan, not a finite number",
-                       "anomaly 'pump_anomaly': field 't' is inf, not a finite number",
-                       "anomaly 'pump_anomaly': field 't' is 'hot', not a finite number",
-                       "anomaly 'pump_anomaly': field 'p' is missing, not a finite number"]
+    assert reasons == ["anomaly 'pump_anomaly': field 't' is nan, not a finite number (device='a')",
+                       "anomaly 'pump_anomaly': field 't' is inf, not a finite number (device='a')",
+                       "anomaly 'pump_anomaly': field 't' is 'hot', not a finite number (device='a')",
+                       "anomaly 'pump_anomaly': field 'p' is missing, not a finite number (device='a')"]
     assert stage.ctx.metrics.get("pump_anomaly", "bad_values") == 4
 
 
