@@ -15,6 +15,7 @@ SOURCES: dict[str, str] = {
 STAGES: dict[str, str] = {
     "filter": "pipeline.stages.filter:Filter",
     "map": "pipeline.stages.map:Map",
+    "onnx": "pipeline.stages.onnx:Onnx",
     "window": "pipeline.stages.window:Window",
     "anomaly": "detectors.anomaly:Anomaly",
 }
