@@ -79,7 +79,7 @@ class HalfSpaceTrees:
         self._index: dict = {}
         self._feature: np.ndarray | None = None  # (T, n_internal) index into self.features
         self._threshold: np.ndarray | None = None  # (T, n_internal) float64
-        self._l_mass: np.ndarray | None = None  # (T, n_nodes)
+        self._l_leaf: np.ndarray | None = None  # (T, 2**h): this window's count per leaf
         self._r_mass: np.ndarray | None = None  # (T, n_nodes)
         self.counter = 0
         self._first_window = True
@@ -108,7 +108,7 @@ class HalfSpaceTrees:
     @property
     def nbytes(self) -> int:
         """Bytes held by the tree arrays."""
-        arrays = (self._feature, self._threshold, self._l_mass, self._r_mass)
+        arrays = (self._feature, self._threshold, self._l_leaf, self._r_mass)
         return sum(a.nbytes for a in arrays if a is not None)
 
     # ------------------------------------------------------------------ construction
@@ -122,7 +122,7 @@ class HalfSpaceTrees:
         lim = np.array([tuple(self.limits.get(f, (0.0, 1.0))) for f in names], dtype=np.float64)
         self._feature, self._threshold = build_trees(lim, self.n_trees, self.height, self._rng)
         mdt = np.uint16 if self.window_size < 2**16 else np.uint32
-        self._l_mass = np.zeros((self.n_trees, self.n_nodes), dtype=mdt)
+        self._l_leaf = np.zeros((self.n_trees, 2**self.height), dtype=mdt)
         self._r_mass = np.zeros((self.n_trees, self.n_nodes), dtype=mdt)
 
     # ------------------------------------------------------------------ vectorised core
@@ -157,16 +157,18 @@ class HalfSpaceTrees:
         col_start = self._feature.ravel().astype(np.intp) * n  # where each split feature's column starts
         thr = self._threshold.ravel()
         Xt = np.ascontiguousarray(X.T).ravel()
-        internal_off = (np.arange(T, dtype=np.intp) * (2**h - 1))[:, None]
+        offset = (np.arange(T, dtype=np.intp) * (2**h - 1))[:, None]  # tree t's internal nodes start here
         rows = np.arange(n, dtype=np.intp)[None, :]
-        node = np.zeros((T, n), dtype=np.intp)
+        g = np.repeat(offset, n, axis=1)  # g = offset_t + node: the roots
+        step = 2 - offset  # child: offset_t + 2 node + 2 - left = 2 g + step_t - left
         for _ in range(h):
-            k = node + internal_off
-            right = ~(Xt.take(col_start.take(k) + rows) < thr.take(k))  # NaN goes right, as in river
-            node *= 2
-            node += 1
-            node += right
-        return node
+            c = col_start.take(g)
+            c += rows
+            left = Xt.take(c) < thr.take(g)  # NaN is not < threshold: it goes right, as in river
+            g *= 2
+            g += step
+            g -= left
+        return g - offset
 
     def _leaf_scores(self, r_mass: np.ndarray | None = None) -> np.ndarray:
         """Per tree and leaf, the score of a walk that ends there under reference masses: (..., T, 2**h).
@@ -204,24 +206,36 @@ class HalfSpaceTrees:
             return np.zeros(leaves.shape[-1], dtype=np.float64)
         return self._score_with(self._leaf_scores(), leaves)
 
-    def _masses(self, leaves: np.ndarray) -> np.ndarray:
-        """Node masses (..., T, n_nodes) of the rows whose leaves are (..., T, m): leaf counts summed up the tree."""
-        h, L = self.height, 2**self.height
+    def _leaf_counts(self, leaves: np.ndarray) -> np.ndarray:
+        """How many rows reached each leaf: (..., T, 2**h) from leaves (..., T, m)."""
+        L = 2**self.height
         lead = leaves.shape[:-1]
-        flat = leaves - (L - 1) + (np.arange(int(np.prod(lead)), dtype=np.intp) * L).reshape(lead + (1,))
-        c = np.bincount(flat.ravel(), minlength=int(np.prod(lead)) * L).reshape(lead + (L,))
-        mass = np.empty(lead + (self.n_nodes,), dtype=np.int64)
-        for d in range(h, -1, -1):
+        cells = int(np.prod(lead))
+        flat = leaves - (L - 1) + (np.arange(cells, dtype=np.intp) * L).reshape(lead + (1,))
+        return np.bincount(flat.ravel(), minlength=cells * L).reshape(lead + (L,))
+
+    def _tree(self, counts: np.ndarray) -> np.ndarray:
+        """Node masses (..., T, n_nodes) from leaf counts: every path ends in a leaf, so a node's
+        mass is the sum over the leaves below it."""
+        mass = np.empty(counts.shape[:-1] + (self.n_nodes,), dtype=np.int64)
+        c = counts.astype(np.int64)
+        for d in range(self.height, -1, -1):
             mass[..., 2**d - 1: 2 ** (d + 1) - 1] = c
             c = c[..., 0::2] + c[..., 1::2]
         return mass
 
+    @property
+    def _l_mass(self) -> np.ndarray:
+        """river's l_mass of every node (this window's visits), derived from the leaf counts."""
+        return self._tree(self._l_leaf)
+
     def _learn_leaves(self, leaves: np.ndarray) -> None:
-        """Add one to the latest mass of every node on the rows' paths."""
-        self._l_mass += self._masses(leaves).astype(self._l_mass.dtype)
+        """Learn rows: one more visit for every node on their paths (kept as leaf counts)."""
+        self._l_leaf += self._leaf_counts(leaves).astype(self._l_leaf.dtype)
 
     def _pivot(self) -> None:
-        self._r_mass, self._l_mass = self._l_mass, np.zeros_like(self._l_mass)
+        self._r_mass = self._tree(self._l_leaf).astype(self._l_leaf.dtype)
+        self._l_leaf = np.zeros_like(self._l_leaf)
         self._table = None
         self._first_window = False
         self.counter = 0
@@ -259,14 +273,14 @@ class HalfSpaceTrees:
         """
         T, W = self.n_trees, self.window_size
         block = leaves[:, pos:pos + k * W].reshape(T, k, W).transpose(1, 0, 2)  # (k, T, W)
-        masses = self._masses(block)  # (k, T, nodes)
+        counts = self._leaf_counts(block)  # (k, T, leaves)
         if out is not None:
             scores = np.zeros((k, W))
             if not self._first_window:
                 scores[0] = self._score_leaves(block[0])
-            scores[1:] = self._score_with(self._leaf_scores(masses[:-1]), block[1:])
+            scores[1:] = self._score_with(self._leaf_scores(self._tree(counts[:-1])), block[1:])
             out[pos:pos + k * W] = scores.ravel()
-        self._l_mass += masses[-1].astype(self._l_mass.dtype)  # l_mass is empty at a boundary
+        self._l_leaf += counts[-1].astype(self._l_leaf.dtype)  # empty at a boundary
         self._pivot()
         return pos + k * W
 
@@ -296,12 +310,12 @@ class HalfSpaceTrees:
         if all(f in x for f in self.features):
             self._run(np.array([[x[f] for f in self.features]], dtype=np.float64), False, True)
             return
-        for t in range(self.n_trees):  # sparse row: river routes a missing feature by l_mass
+        l_mass = self._l_mass  # sparse row: river routes a missing feature by l_mass (before this row)
+        for t in range(self.n_trees):
             node = 0
             for _ in range(self.height):
-                self._l_mass[t, node] += 1
-                node = self._next(t, node, x)
-            self._l_mass[t, node] += 1
+                node = self._next(t, node, x, l_mass)
+            self._l_leaf[t, node - (2**self.height - 1)] += 1  # and counts it on every node of the path
         self.counter += 1
         if self.counter == self.window_size:
             self._pivot()
@@ -313,7 +327,7 @@ class HalfSpaceTrees:
         if all(f in x for f in self.features):
             row = np.array([[x[f] for f in self.features]], dtype=np.float64)
             return float(self._run(row, True, False)[0])
-        size_limit, score = self.size_limit, 0
+        size_limit, score, l_mass = self.size_limit, 0, self._l_mass
         for t in range(self.n_trees):
             node, depth_pow = 0, 1
             for _ in range(self.height):
@@ -321,17 +335,17 @@ class HalfSpaceTrees:
                 score += r * depth_pow
                 if r < size_limit:
                     break
-                node = self._next(t, node, x)
+                node = self._next(t, node, x, l_mass)
                 depth_pow <<= 1
             else:
                 score += int(self._r_mass[t, node]) * depth_pow
         return 1 - float(score) / self._max_score
 
-    def _next(self, t: int, node: int, x: Mapping) -> int:
+    def _next(self, t: int, node: int, x: Mapping, l_mass: np.ndarray) -> int:
         name = self.features[self._feature[t, node]]
         left, right = 2 * node + 1, 2 * node + 2
         if name not in x:
-            return right if self._l_mass[t, left] < self._l_mass[t, right] else left
+            return right if l_mass[t, left] < l_mass[t, right] else left
         return left if x[name] < self._threshold[t, node] else right
 
     # ------------------------------------------------------------------ state
@@ -343,7 +357,7 @@ class HalfSpaceTrees:
             "rng": self._rng.getstate(),
             "features": None if self.features is None else list(self.features),
             "arrays": None if self.features is None else
-            tuple(a.copy() for a in (self._feature, self._threshold, self._l_mass, self._r_mass)),
+            tuple(a.copy() for a in (self._feature, self._threshold, self._l_leaf, self._r_mass)),
             "counter": self.counter,
             "first_window": self._first_window,
         }
@@ -354,7 +368,7 @@ class HalfSpaceTrees:
         if state["features"] is not None:
             self.features = list(state["features"])
             self._index = {f: i for i, f in enumerate(self.features)}
-            self._feature, self._threshold, self._l_mass, self._r_mass = (
+            self._feature, self._threshold, self._l_leaf, self._r_mass = (
                 a.copy() for a in state["arrays"])
         self.counter = state["counter"]
         self._first_window = state["first_window"]
