@@ -168,8 +168,9 @@ class Anomaly(Stage):
         c, now = self.config, self.ctx.clock()
         X, bad = self._matrix(batch)
         row_bad = bad.any(axis=1)
+        any_bad = bool(row_bad.any())
         keep = np.ones(n, dtype=bool)
-        if row_bad.any():
+        if any_bad:
             self.ctx.count("bad_values", int(row_bad.sum()))
             if c.bad_values == "dead_letter":
                 idx = np.flatnonzero(row_bad)
@@ -188,16 +189,21 @@ class Anomaly(Stage):
             if not len(rows):
                 continue
             st = self._get(key, now)
-            Xk, badk = X[rows], bad[rows]
-            learn = ~badk.any(axis=1)
-            if c.bad_values == "impute_last" and badk.any():
-                Xk = _forward_fill(Xk, badk, st.last)
-            usable = np.isfinite(Xk).all(axis=1)
-            if learn.any():
-                st.last = Xk[learn][-1].copy()
-            rows, Xk, learn = rows[usable], Xk[usable], learn[usable]
-            if not len(rows):
-                continue
+            Xk = X[rows]
+            if not any_bad:  # the common case: every reading usable and learned
+                learn = np.ones(len(rows), dtype=bool)
+                st.last = Xk[-1].copy()
+            else:
+                badk = bad[rows]
+                learn = ~badk.any(axis=1)
+                if c.bad_values == "impute_last" and badk.any():
+                    Xk = _forward_fill(Xk, badk, st.last)
+                usable = np.isfinite(Xk).all(axis=1)
+                if learn.any():
+                    st.last = Xk[learn][-1].copy()
+                rows, Xk, learn = rows[usable], Xk[usable], learn[usable]
+                if not len(rows):
+                    continue
             cuts = self._drift(st, key, Xk, learn, rows, batch.ts, events)
             protect = c.threshold if c.learn == "normal" else None
             s, warm = np.zeros(len(rows)), np.zeros(len(rows), dtype=bool)
