@@ -18,6 +18,9 @@ STAGES: dict[str, str] = {
     "onnx": "pipeline.stages.onnx:Onnx",
     "window": "pipeline.stages.window:Window",
     "anomaly": "detectors.anomaly:Anomaly",
+    "frame_diff": "cache.frame_diff:FrameDiff",
+    "deadband": "cache.deadband:DeadbandStage",
+    "dedup": "cache.dedup:Dedup",
 }
 
 SINKS: dict[str, str] = {
