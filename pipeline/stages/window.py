@@ -20,11 +20,11 @@ from __future__ import annotations
 from typing import Literal
 
 import numpy as np
-import pandas as pd
 from pydantic import Field, model_validator
 
 from ..batch import Batch
 from ..config import Duration, StageConfig
+from ..keys import key_codes
 from ..numeric import split_numeric
 from ..stage import Context, Stage
 from .window_aggregate import AGGREGATES, aggregate_groups
@@ -75,29 +75,16 @@ class Window(Stage):
 
     # ------------------------------------------------------------------ ingest
     def _key_ids(self, batch: Batch) -> np.ndarray:
-        n = len(batch)
-        if not self.config.key:
-            if not self._key_values:
-                self._keys[()] = 0
-                self._key_values.append(())
-            return np.zeros(n, dtype=np.int64)
-        combined = np.zeros(n, dtype=np.int64)
-        for name in self.config.key:
-            col = batch.tags.get(name)
-            codes, uniques = pd.factorize(col if col is not None else np.full(n, None, dtype=object))
-            combined = combined * (len(uniques) + 1) + (codes + 1)
-        local, first_rows = np.unique(combined, return_index=True)
-        local_ids = np.searchsorted(local, combined)
-        table = np.empty(len(local), dtype=np.int64)
-        cols = [batch.tags.get(name) for name in self.config.key]
-        for j, row in enumerate(first_rows):
-            key = tuple(None if c is None else c[row] for c in cols)
+        """Per row, a stable id of its key for the life of the stage (kept in the checkpoint)."""
+        codes, keys = key_codes(batch, self.config.key)
+        table = np.empty(len(keys), dtype=np.int64)
+        for j, key in enumerate(keys):
             gid = self._keys.get(key)
             if gid is None:
                 gid = self._keys[key] = len(self._key_values)
                 self._key_values.append(key)
             table[j] = gid
-        return table[local_ids]
+        return table[codes]
 
     def process(self, batch: Batch) -> Batch:
         good, bad, reasons = split_numeric(batch, self.fields, f"stage {self.ctx.item_id!r}")
