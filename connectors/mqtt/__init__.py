@@ -1,0 +1,1 @@
+"""MQTT source and sink (see docs/mqtt.md)."""
