@@ -1,0 +1,299 @@
+"""What the ``mqtt`` source and sink share: connection settings, credentials, TLS, status topic, and a network
+thread that reconnects with exponential backoff and jitter.
+
+All paho calls that write to the socket happen on the network thread; other threads (the pipeline's acks,
+the sink's publishes) only queue packets, which wakes the thread.
+
+>>> import random
+>>> [round(d, 2) for d in backoff(0.5, 8.0, attempts=6, rng=random.Random(1))]
+[0.32, 0.92, 1.38, 2.2, 6.02, 4.36]
+>>> parse_url("mqtts://broker.local")
+('mqtts', 'broker.local', 8883)
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import random
+import re
+import socket
+import ssl
+import threading
+import time
+import zlib
+from pathlib import Path
+from typing import Annotated, Callable, Iterator, Literal
+from urllib.parse import urlsplit
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.properties import Properties
+from paho.mqtt.packettypes import PacketTypes
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, SecretStr, field_validator, model_validator
+
+log = logging.getLogger("edgesieve.mqtt")
+VERSION = "0.1.0"
+_AUTH_REFUSALS = {"Bad user name or password", "Not authorized", "Banned"}
+
+
+def parse_url(url: str) -> tuple[str, str, int]:
+    """(scheme, host, port) of an ``mqtt://`` or ``mqtts://`` url; ValueError says what is wrong."""
+    u = urlsplit(url)
+    if u.scheme not in ("mqtt", "mqtts", "tcp", "ssl"):
+        raise ValueError(f"url {url!r}: use mqtt://host:1883 or mqtts://host:8883")
+    if not u.hostname:
+        raise ValueError(f"url {url!r} has no host")
+    if u.username or u.password:
+        raise ValueError("url must not contain credentials: use username/password_env/password_file")
+    scheme = "mqtts" if u.scheme in ("mqtts", "ssl") else "mqtt"
+    return scheme, u.hostname, u.port or (8883 if scheme == "mqtts" else 1883)
+
+
+def backoff(min_delay: float, max_delay: float, attempts: int | None = None,
+            rng: random.Random | None = None) -> Iterator[float]:
+    """Reconnect delays: doubling from min_delay up to max_delay, each drawn from [d/2, d) ("equal jitter")."""
+    rng = rng or random.Random()
+    d, i = min_delay, 0
+    while attempts is None or i < attempts:
+        yield d / 2 + rng.random() * d / 2
+        d, i = min(max_delay, d * 2), i + 1
+
+
+class TlsOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    ca_file: str | None = Field(None, description="PEM file of the CA(s) to trust; default: the system's CAs.")
+    cert_file: str | None = Field(None, description="Client certificate (PEM) for brokers that require one.")
+    key_file: str | None = Field(None, description="Private key (PEM) of cert_file.")
+    insecure: bool = Field(False, description="Skip hostname verification (logs a warning). Never in production.")
+
+    @model_validator(mode="after")
+    def _pair(self):
+        if (self.cert_file is None) != (self.key_file is None):
+            raise ValueError("tls: give both cert_file and key_file, or neither")
+        return self
+
+
+class ReconnectOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    min_delay: float = Field(0.5, gt=0, le=60, description="First reconnect delay in seconds (doubles each try, with jitter).")
+    max_delay: float = Field(30.0, gt=0, le=3600, description="Longest reconnect delay in seconds.")
+
+
+class MqttConnectionFields(BaseModel):
+    """Connection settings shared by the mqtt source and sink."""
+
+    url: str = Field("mqtt://localhost:1883", description="Broker: mqtt://host:port, or mqtts://host:port for TLS.")
+    client_id: str | None = Field(None, max_length=128, description="MQTT client id; default: stable, from node, pipeline and id.")
+    protocol: Annotated[Literal["3.1.1", "5"], BeforeValidator(str)] = Field(
+        "5", description="MQTT protocol version: 5 (receive-maximum, shared subscriptions, user properties) or 3.1.1.")
+    keepalive: int = Field(30, ge=5, le=3600, description="Keep-alive interval in seconds.")
+    username: str | None = Field(None, description="User name (not secret).")
+    username_env: str | None = Field(None, description="Environment variable holding the user name.")
+    password: SecretStr | None = Field(None, description="Password; prefer password_env or password_file (never logged).")
+    password_env: str | None = Field(None, description="Environment variable holding the password.")
+    password_file: str | None = Field(None, description="File whose first line is the password.")
+    tls: TlsOptions | None = Field(None, description="TLS settings; mqtts:// alone uses the system CAs.")
+    node: str = Field(default_factory=socket.gethostname, pattern=r"^[^/+#]+$",
+                      description="Name of this gateway in edgesieve/{node}/status and .../deadletter; default: host name.")
+    reconnect: ReconnectOptions = Field(default_factory=ReconnectOptions, description="Reconnect backoff.")
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, v: str) -> str:
+        parse_url(v)
+        return v
+
+    @model_validator(mode="after")
+    def _one_password(self):
+        given = [k for k in ("password", "password_env", "password_file") if getattr(self, k) is not None]
+        if len(given) > 1:
+            raise ValueError(f"give one of password, password_env, password_file (got {', '.join(given)})")
+        if self.username and self.username_env:
+            raise ValueError("give username or username_env, not both")
+        return self
+
+
+def credentials(cfg: MqttConnectionFields, where: str) -> tuple[str | None, SecretStr | None]:
+    """(username, password) resolved from the config, the environment or a file. Errors never include the secret."""
+    user = cfg.username
+    if cfg.username_env:
+        user = os.environ.get(cfg.username_env)
+        if user is None:
+            raise ValueError(f"{where}: environment variable {cfg.username_env} (username_env) is not set")
+    pw = cfg.password
+    if cfg.password_env:
+        if cfg.password_env not in os.environ:
+            raise ValueError(f"{where}: environment variable {cfg.password_env} (password_env) is not set")
+        pw = SecretStr(os.environ[cfg.password_env])
+    elif cfg.password_file:
+        try:
+            pw = SecretStr(Path(cfg.password_file).read_text().splitlines()[0] if Path(cfg.password_file).stat().st_size else "")
+        except OSError as e:
+            raise ValueError(f"{where}: cannot read password_file {cfg.password_file}: {e.strerror}") from None
+    if pw is not None and user is None:
+        raise ValueError(f"{where}: a password is set but no username")
+    return user, pw
+
+
+def default_client_id(node: str, pipeline: str, item_id: str) -> str:
+    """Stable across restarts (so a persistent session is found again); hashed when long."""
+    cid = re.sub(r"[^A-Za-z0-9_.-]", "_", f"edgesieve-{node}-{pipeline}-{item_id}")
+    return cid if len(cid) <= 64 else f"{cid[:55]}-{zlib.crc32(cid.encode()):08x}"
+
+
+def status_payload(state: str, node: str, pipeline: str) -> bytes:
+    return json.dumps({"status": state, "node": node, "pipeline": pipeline, "version": VERSION}).encode()
+
+
+class Connection:
+    """A paho client plus the thread that runs its network loop and reconnects. See the module docstring."""
+
+    def __init__(self, cfg: MqttConnectionFields, *, where: str, pipeline: str, client_id: str,
+                 persistent: bool = False, session_expiry: int = 0, receive_maximum: int | None = None,
+                 manual_ack: bool = False, status: bool = False,
+                 on_connect: Callable[[mqtt.Client, bool], None] | None = None,
+                 paused: Callable[[], bool] | None = None):
+        self.cfg, self.where, self.pipeline = cfg, where, pipeline
+        self.scheme, self.host, self.port = parse_url(cfg.url)
+        self.v5 = cfg.protocol == "5"
+        self.persistent, self.session_expiry, self.receive_maximum = persistent, session_expiry, receive_maximum
+        self._user_on_connect, self._paused = on_connect, paused or (lambda: False)
+        self.connected = threading.Event()
+        self.generation = 0                 # +1 per successful connect: acks of older connections are void
+        self.ever_connected = False
+        self.error: str | None = None       # fatal: refused credentials, untrusted certificate
+        self.status_topic = f"edgesieve/{cfg.node}/status" if status else None
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id,
+                                  protocol=mqtt.MQTTv5 if self.v5 else mqtt.MQTTv311,
+                                  clean_session=None if self.v5 else not persistent, manual_ack=manual_ack)
+        # Writes only on the network thread: a registered write-callback stops paho from writing from the
+        # calling thread; the loop sees pending packets through want_write() and is woken by paho's socketpair.
+        self.client.on_socket_register_write = lambda *a: None
+        self.client.on_connect = self._on_connect
+        self.client.on_disconnect = self._on_disconnect
+        user, pw = credentials(cfg, where)
+        if user is not None:
+            self.client.username_pw_set(user, pw.get_secret_value() if pw is not None else None)
+        if self.scheme == "mqtts" or cfg.tls is not None:
+            t = cfg.tls or TlsOptions()
+            for f in (t.ca_file, t.cert_file, t.key_file):
+                if f is not None and not Path(f).is_file():
+                    raise ValueError(f"{where}: TLS file {f} does not exist")
+            self.client.tls_set(ca_certs=t.ca_file, certfile=t.cert_file, keyfile=t.key_file,
+                                cert_reqs=ssl.CERT_REQUIRED, tls_version=ssl.PROTOCOL_TLS_CLIENT)
+            if t.insecure:
+                log.warning("%s: tls.insecure is on: the broker's host name is NOT verified", where)
+                self.client.tls_insecure_set(True)
+        if self.status_topic:
+            self.client.will_set(self.status_topic, status_payload("offline", cfg.node, pipeline), qos=1, retain=True)
+        self.client.max_queued_messages_set(0)
+        self.client.max_inflight_messages_set(0 if self.v5 else 1000)
+
+    # -- lifecycle -------------------------------------------------------------------------------
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._loop, name=f"mqtt:{self.where}", daemon=True)
+        self._thread.start()
+
+    def wait_connected(self, timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and not self.error:
+            if self.connected.wait(0.05):
+                return True
+        return False
+
+    def close(self, timeout: float = 5.0) -> None:
+        """Publish offline status (when connected), disconnect cleanly, stop the thread."""
+        if self._thread is None:
+            return
+        if self.connected.is_set() and self.status_topic:
+            info = self.client.publish(self.status_topic, status_payload("offline", self.cfg.node, self.pipeline),
+                                       qos=1, retain=True)
+            try:
+                info.wait_for_publish(timeout=min(timeout, 2.0))
+            except (RuntimeError, ValueError):
+                pass
+        self._stop.set()
+        self.connected.clear()
+        self._thread.join(timeout)
+        self._thread = None
+
+    # -- paho callbacks (network thread) --------------------------------------------------------------
+    def _on_connect(self, client, userdata, flags, reason_code, properties) -> None:
+        if reason_code.is_failure:
+            name = str(reason_code)
+            msg = f"{self.where}: broker {self.host}:{self.port} refused the connection: {name}"
+            if name in _AUTH_REFUSALS or reason_code.value in (4, 5):
+                msg += " (check username and password_env / password_file)"
+                if not self.ever_connected:
+                    self.error = msg
+            log.error("%s", msg)
+            return
+        self.generation += 1
+        self.ever_connected = True
+        if self.status_topic:
+            client.publish(self.status_topic, status_payload("online", self.cfg.node, self.pipeline), qos=1, retain=True)
+        if self._user_on_connect is not None:
+            self._user_on_connect(client, bool(flags.session_present))
+        self.connected.set()
+        log.info("%s: connected to %s:%d (session present: %s)", self.where, self.host, self.port, flags.session_present)
+
+    def _on_disconnect(self, client, userdata, flags, reason_code, properties) -> None:
+        if self.connected.is_set() and not self._stop.is_set():
+            log.warning("%s: disconnected from %s:%d (%s); reconnecting", self.where, self.host, self.port, reason_code)
+        self.connected.clear()
+
+    # -- network thread --------------------------------------------------------------------------
+    def _connect_once(self) -> None:
+        if self.v5:
+            props = Properties(PacketTypes.CONNECT)
+            if self.persistent:
+                props.SessionExpiryInterval = self.session_expiry
+            if self.receive_maximum:
+                props.ReceiveMaximum = self.receive_maximum
+            self.client.connect(self.host, self.port, self.cfg.keepalive,
+                                clean_start=not self.persistent, properties=props)
+        else:
+            self.client.connect(self.host, self.port, self.cfg.keepalive)
+
+    def _loop(self) -> None:
+        delays = backoff(self.cfg.reconnect.min_delay, self.cfg.reconnect.max_delay)
+        c = self.client
+        while not self._stop.is_set():
+            try:
+                self._connect_once()
+            except ssl.SSLCertVerificationError as e:
+                msg = (f"{self.where}: TLS certificate of {self.host}:{self.port} not trusted: {e.verify_message}; "
+                       "set tls.ca_file to the CA that signed it")
+                if not self.ever_connected:
+                    self.error = msg
+                    log.error("%s", msg)
+                    return
+                log.error("%s", msg)
+            except (OSError, ssl.SSLError) as e:
+                log.warning("%s: cannot connect to %s:%d: %s", self.where, self.host, self.port, e)
+            else:
+                rc = mqtt.MQTT_ERR_SUCCESS
+                while not self._stop.is_set() and rc == mqtt.MQTT_ERR_SUCCESS:
+                    if self._paused() and self.connected.is_set():
+                        rc = c.loop_write() if c.want_write() else c.loop_misc()
+                        time.sleep(0.002)
+                    else:
+                        rc = c.loop(timeout=0.05)
+                    if self.connected.is_set():
+                        delays = backoff(self.cfg.reconnect.min_delay, self.cfg.reconnect.max_delay)
+                if self.error:
+                    c.disconnect()
+                    return
+                if self._stop.is_set():
+                    c.disconnect()
+                    for _ in range(20):        # send DISCONNECT (and pending acks) before closing
+                        if c.loop(timeout=0.05) != mqtt.MQTT_ERR_SUCCESS:
+                            break
+                    return
+                self.connected.clear()
+            if self._stop.wait(next(delays)):
+                return
