@@ -1,0 +1,206 @@
+"""Columnar micro-batches: the physical shape of records between stages.
+
+A record (the logical shape) is a dict::
+
+    {"ts": 1700000000.0, "tags": {"device": "pump7"}, "fields": {"temperature": 21.5}}
+
+with an optional ``"frame"`` (a numpy array) and any other annotation keys a stage adds.
+A :class:`Batch` holds many records as numpy columns so that stages work per micro-batch.
+
+>>> b = Batch.from_records([
+...     {"ts": 1.0, "tags": {"device": "a"}, "fields": {"t": 20.0}},
+...     {"ts": 2.0, "tags": {"device": "b"}, "fields": {"t": 21.0, "p": 1.5}},
+... ])
+>>> len(b), b.fields["p"].tolist()
+(2, [nan, 1.5])
+>>> b.to_records()[0]
+{'ts': 1.0, 'tags': {'device': 'a'}, 'fields': {'t': 20.0}}
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, Iterable, Mapping, Sequence
+
+import numpy as np
+
+_RESERVED = ("ts", "tags", "fields", "frame")
+
+
+def _object_array(values: Sequence[Any]) -> np.ndarray:
+    out = np.empty(len(values), dtype=object)
+    out[:] = values
+    return out
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool)
+
+
+def _field_column(values: list[Any]) -> np.ndarray:
+    """Best typed column for one field: float64 (NaN = absent), bool, or object when a value is not a number."""
+    present = [v for v in values if v is not None]
+    if present and all(isinstance(v, (bool, np.bool_)) for v in present) and len(present) == len(values):
+        return np.array(values, dtype=bool)
+    if all(v is None or _is_number(v) or isinstance(v, (bool, np.bool_)) for v in values):
+        return np.array([math.nan if v is None else float(v) for v in values], dtype=np.float64)
+    return _object_array(values)
+
+
+@dataclass(frozen=True)
+class Batch:
+    """An immutable columnar batch of records (see module docstring)."""
+
+    ts: np.ndarray
+    tags: dict[str, np.ndarray] = field(default_factory=dict)
+    fields: dict[str, np.ndarray] = field(default_factory=dict)
+    frames: np.ndarray | None = None
+    extra: dict[str, np.ndarray] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return int(self.ts.shape[0])
+
+    # ------------------------------------------------------------------ construction
+    @classmethod
+    def empty(cls) -> "Batch":
+        return cls(ts=np.empty(0, dtype=np.float64))
+
+    @classmethod
+    def from_records(cls, records: Iterable[Mapping[str, Any]]) -> "Batch":
+        """Build a batch from record dicts. A missing ``ts`` is NaN (a source decides what to do with it)."""
+        records = list(records)
+        n = len(records)
+        ts = np.empty(n, dtype=np.float64)
+        tag_cols: dict[str, list[Any]] = {}
+        field_cols: dict[str, list[Any]] = {}
+        extra_cols: dict[str, list[Any]] = {}
+        frames: list[Any] | None = None
+        for i, rec in enumerate(records):
+            t = rec.get("ts")
+            ts[i] = float(t) if _is_number(t) else math.nan
+            for k, v in (rec.get("tags") or {}).items():
+                tag_cols.setdefault(k, [None] * n)[i] = None if v is None else str(v)
+            for k, v in (rec.get("fields") or {}).items():
+                field_cols.setdefault(k, [None] * n)[i] = v
+            if rec.get("frame") is not None:
+                if frames is None:
+                    frames = [None] * n
+                frames[i] = rec["frame"]
+            for k, v in rec.items():
+                if k not in _RESERVED:
+                    extra_cols.setdefault(k, [None] * n)[i] = v
+        return cls(
+            ts=ts,
+            tags={k: _object_array(v) for k, v in tag_cols.items()},
+            fields={k: _field_column(v) for k, v in field_cols.items()},
+            frames=None if frames is None else _object_array(frames),
+            extra={k: _object_array(v) for k, v in extra_cols.items()},
+        )
+
+    @classmethod
+    def concat(cls, batches: Sequence["Batch"]) -> "Batch":
+        """Concatenate batches; columns missing in some batch are filled with absent values."""
+        batches = [b for b in batches if len(b)]
+        if not batches:
+            return cls.empty()
+        if len(batches) == 1:
+            return batches[0]
+
+        def merge(attr: str, fill_kind: str) -> dict[str, np.ndarray]:
+            names: dict[str, None] = {}
+            for b in batches:
+                names.update(dict.fromkeys(getattr(b, attr)))
+            out = {}
+            for name in names:
+                parts = []
+                for b in batches:
+                    col = getattr(b, attr).get(name)
+                    if col is None:
+                        col = np.full(len(b), np.nan) if fill_kind == "field" else np.full(len(b), None, dtype=object)
+                    parts.append(col)
+                dtypes = {p.dtype for p in parts}
+                if len(dtypes) > 1 and fill_kind == "field":
+                    if all(d.kind in "fb" for d in dtypes):
+                        parts = [p.astype(np.float64) for p in parts]
+                    else:
+                        parts = [p.astype(object) for p in parts]
+                out[name] = np.concatenate(parts)
+            return out
+
+        frames = None
+        if any(b.frames is not None for b in batches):
+            frames = np.concatenate(
+                [b.frames if b.frames is not None else np.full(len(b), None, dtype=object) for b in batches]
+            )
+        return cls(
+            ts=np.concatenate([b.ts for b in batches]),
+            tags=merge("tags", "tag"),
+            fields=merge("fields", "field"),
+            frames=frames,
+            extra=merge("extra", "tag"),
+        )
+
+    # ------------------------------------------------------------------ selection / derivation
+    def take(self, index: np.ndarray | Sequence[int] | slice) -> "Batch":
+        """Rows selected by a boolean mask, an index array or a slice, as a new batch."""
+        if not isinstance(index, slice):
+            index = np.asarray(index)
+        return Batch(
+            ts=self.ts[index],
+            tags={k: v[index] for k, v in self.tags.items()},
+            fields={k: v[index] for k, v in self.fields.items()},
+            frames=None if self.frames is None else self.frames[index],
+            extra={k: v[index] for k, v in self.extra.items()},
+        )
+
+    def with_fields(self, **cols: np.ndarray) -> "Batch":
+        return Batch(self.ts, self.tags, {**self.fields, **cols}, self.frames, self.extra)
+
+    def with_tags(self, **cols: np.ndarray) -> "Batch":
+        return Batch(self.ts, {**self.tags, **cols}, self.fields, self.frames, self.extra)
+
+    def with_extra(self, **cols: np.ndarray) -> "Batch":
+        return Batch(self.ts, self.tags, self.fields, self.frames, {**self.extra, **cols})
+
+    def without_fields(self, *names: str) -> "Batch":
+        return Batch(self.ts, self.tags, {k: v for k, v in self.fields.items() if k not in names}, self.frames, self.extra)
+
+    def with_ts(self, ts: np.ndarray) -> "Batch":
+        return Batch(np.asarray(ts, dtype=np.float64), self.tags, self.fields, self.frames, self.extra)
+
+    def column(self, name: str) -> np.ndarray | None:
+        """A field, else a tag, else an annotation column by name (None if absent)."""
+        if name in self.fields:
+            return self.fields[name]
+        if name in self.tags:
+            return self.tags[name]
+        if name == "ts":
+            return self.ts
+        return self.extra.get(name)
+
+    # ------------------------------------------------------------------ output
+    def to_records(self) -> list[dict[str, Any]]:
+        """Record dicts; absent tags/fields (None / NaN) are left out."""
+        n = len(self)
+        ts = self.ts.tolist()
+        tag_items = [(k, v.tolist()) for k, v in self.tags.items()]
+        field_items = [(k, v.tolist()) for k, v in self.fields.items()]
+        extra_items = [(k, v.tolist()) for k, v in self.extra.items()]
+        out = []
+        for i in range(n):
+            tags = {k: v[i] for k, v in tag_items if v[i] is not None}
+            fields = {}
+            for k, v in field_items:
+                x = v[i]
+                if x is None or (isinstance(x, float) and x != x):
+                    continue
+                fields[k] = x
+            rec: dict[str, Any] = {"ts": ts[i], "tags": tags, "fields": fields}
+            if self.frames is not None and self.frames[i] is not None:
+                rec["frame"] = self.frames[i]
+            for k, v in extra_items:
+                if v[i] is not None:
+                    rec[k] = v[i]
+            out.append(rec)
+        return out

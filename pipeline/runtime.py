@@ -1,0 +1,298 @@
+"""Running a pipeline: sources on their threads, stages on one pipeline thread, sinks on their threads.
+
+Micro-batches from a source wait in a bounded queue (``overload: block`` back-pressures the source, ``shed``
+drops and counts). The pipeline thread merges what is queued into micro-batches (``runtime.batching``), runs
+them through the graph, ticks time-driven stage work, and writes atomic checkpoints. On stop (end of sources,
+``--for``, SIGINT/SIGTERM) it stops ingest, drains, checkpoints, flushes open windows and sinks, and returns a summary.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any, Iterable
+
+from . import registry
+from .batch import Batch
+from .checkpoint import read_checkpoint, write_checkpoint
+from .graph import DeadLetters, Graph
+from .loader import PipelineSpec
+from .metrics import Metrics
+from .stage import Sink, Source
+
+log = logging.getLogger("edgesieve")
+_DONE = object()
+
+
+@dataclass
+class RunSummary:
+    pipeline: str
+    seconds: float
+    counters: dict[str, dict[str, int]]
+    stopped_by: str
+    error: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class _SinkWorker:
+    """A sink on its own thread, fed through a bounded queue."""
+
+    def __init__(self, sink: Sink, metrics: Metrics):
+        self.sink, self.metrics, self.id = sink, metrics, sink.config.id
+        self.queue: queue.Queue = queue.Queue(maxsize=256)
+        self.thread = threading.Thread(target=self._loop, name=f"sink:{self.id}", daemon=True)
+        self.thread.start()
+
+    def _loop(self) -> None:
+        while True:
+            batch = self.queue.get()
+            try:
+                if batch is _DONE:
+                    return
+                started = time.perf_counter()
+                self.sink.write(batch)
+                self.metrics.observe_latency(self.id, time.perf_counter() - started)
+                self.metrics.count(self.id, "out", len(batch))
+            except Exception as exc:
+                self.metrics.count(self.id, "errors", len(batch))
+                log.error("sink %r failed to write %d record(s): %s: %s", self.id, len(batch), type(exc).__name__, exc)
+            finally:
+                self.queue.task_done()
+
+    def drain(self) -> None:
+        self.queue.join()
+
+    def stop(self) -> None:
+        self.queue.put(_DONE)
+        self.thread.join(timeout=30)
+
+
+class Pipeline:
+    """A validated, built pipeline. ``run()`` runs it for real; ``run_records()`` feeds records synchronously."""
+
+    def __init__(self, spec: PipelineSpec, clock=time.time):
+        self.spec = spec
+        self.name = spec.name
+        self.metrics = Metrics(spec.name)
+        self.dead_letters = DeadLetters(self.metrics, None, keep_in_memory=True)
+        self.graph = Graph(spec, self.metrics, self.dead_letters, clock)
+        self._stop = threading.Event()
+        self.stopped_by = "end of sources"
+
+    # ------------------------------------------------------------------ synchronous API
+    def run_records(self, records: Iterable[dict], source: str | None = None, batch_size: int | None = None) -> dict[str, list[dict]]:
+        """Feed ``records`` as if ``source`` (default: the only source) emitted them; flush; return ``{sink_id: records}``.
+
+        Sinks are not opened: what each sink would have received is returned instead. Rejected records are in
+        ``self.dead_letters.records``. The pipeline keeps its state between calls (windows are flushed at the end of each).
+        """
+        source_ids = [s.id for s in self.spec.sources]
+        if source is None:
+            if len(source_ids) != 1:
+                raise ValueError(f"the pipeline has {len(source_ids)} sources ({', '.join(source_ids)}): name one with source=")
+            source = source_ids[0]
+        elif source not in source_ids:
+            raise ValueError(f"no source {source!r} in this pipeline (sources: {', '.join(source_ids)})")
+        out: dict[str, list[Batch]] = {s.id: [] for s in self.spec.sinks}
+        self.graph.deliver = lambda sink_id, batch: out[sink_id].append(batch)
+        records = list(records)
+        size = batch_size or self.spec.runtime.batching.max_records
+        for i in range(0, len(records), size):
+            batch = Batch.from_records(records[i:i + size])
+            self.metrics.count(source, "out", len(batch))
+            self.graph.push(source, batch)
+        self.graph.flush()
+        return {sid: Batch.concat(bs).to_records() for sid, bs in out.items()}
+
+    # ------------------------------------------------------------------ threaded run
+    def stop(self, reason: str = "stop requested") -> None:
+        self.stopped_by = reason
+        self._stop.set()
+
+    def run(self, duration: float | None = None, on_tick=None) -> RunSummary:
+        spec, rt = self.spec, self.spec.runtime
+        started = time.monotonic()
+        self.dead_letters = DeadLetters(self.metrics, rt.dead_letter)
+        self.graph.dead_letters = self.dead_letters
+        for stage in self.graph.stages.values():
+            stage.ctx._dead_letter = self.dead_letters
+        sources: dict[str, Source] = {}
+        sinks: dict[str, _SinkWorker] = {}
+        threads: list[threading.Thread] = []
+        error: str | None = None
+        try:
+            for c in spec.sources:
+                sources[c.id] = registry.load("sources", c.type)(c, self.graph.context(c.id))
+            for c in spec.sinks:
+                sinks[c.id] = _SinkWorker(registry.load("sinks", c.type)(c, self.graph.context(c.id)), self.metrics)
+            for sid in self.graph.dead_letter_consumers():
+                self.dead_letters.listeners.append(lambda b, w=sinks[sid]: w.queue.put(b))
+            self.graph.deliver = lambda sink_id, batch: sinks[sink_id].queue.put(batch)
+            positions = self._restore(sources, sinks)
+            queues = {sid: queue.Queue(maxsize=c.max_queue) for sid, c in ((c.id, c) for c in spec.sources)}
+            wake = threading.Event()
+            for sid, src in sources.items():
+                t = threading.Thread(target=self._source_loop, args=(sid, src, queues[sid], wake), name=f"source:{sid}", daemon=True)
+                threads.append(t)
+                t.start()
+            self._loop(sources, sinks, queues, threads, wake, positions, duration, started, on_tick)
+        except Exception as exc:
+            error = f"{type(exc).__name__}: {exc}"
+            self.stopped_by = "error"
+            log.error("pipeline %r stopped: %s", self.name, error)
+            self._stop.set()
+        finally:
+            self._stop.set()
+            for t in threads:
+                t.join(timeout=10)
+            for w in sinks.values():
+                w.stop()
+                w.sink.close()
+            for s in sources.values():
+                s.close()
+            self.graph.close()
+            self.dead_letters.close()
+        return RunSummary(self.name, time.monotonic() - started, self.metrics.by_item(), self.stopped_by, error)
+
+    def _source_loop(self, sid: str, src: Source, q: queue.Queue, wake: threading.Event) -> None:
+        shed = self.spec.sources[[c.id for c in self.spec.sources].index(sid)].overload == "shed"
+
+        def emit(batch: Batch, position: Any = None) -> None:
+            if not len(batch) and position is None:
+                return
+            if shed:
+                try:
+                    q.put_nowait((batch, position))
+                except queue.Full:
+                    self.metrics.count(sid, "shed", len(batch))
+                    return
+            else:
+                while not self._stop.is_set():
+                    try:
+                        q.put((batch, position), timeout=0.1)
+                        break
+                    except queue.Full:
+                        self.metrics.count(sid, "blocked", 1)
+                else:
+                    return
+            wake.set()
+
+        try:
+            src.run(emit, self._stop)
+        except Exception as exc:
+            log.error("source %r failed: %s: %s", sid, type(exc).__name__, exc)
+            self.metrics.count(sid, "errors", 1)
+            self._source_error = f"source {sid!r} failed: {type(exc).__name__}: {exc}"
+        finally:
+            q.put((None, _DONE))
+            wake.set()
+
+    def _loop(self, sources, sinks, queues, threads, wake, positions, duration, started, on_tick) -> None:
+        rt = self.spec.runtime
+        max_records, max_wait = rt.batching.max_records, rt.batching.max_wait
+        pending: dict[str, list] = {sid: [] for sid in queues}
+        first_at: dict[str, float] = {}
+        live = set(queues)
+        last_tick = last_checkpoint = time.monotonic()
+        self._source_error = None
+        while True:
+            now = time.monotonic()
+            if duration is not None and now - started >= duration:
+                self.stopped_by = f"--for {duration:g}s elapsed"
+                break
+            if self._stop.is_set() or not live and not any(pending.values()):
+                break
+            wake.wait(timeout=min(rt.tick, max_wait) if any(pending.values()) else rt.tick)
+            wake.clear()
+            for sid, q in queues.items():
+                while True:
+                    try:
+                        batch, position = q.get_nowait()
+                    except queue.Empty:
+                        break
+                    if position is _DONE:
+                        live.discard(sid)
+                        break
+                    pending[sid].append((batch, position))
+                    first_at.setdefault(sid, time.monotonic())
+                    if sum(len(b) for b, _ in pending[sid]) >= max_records:
+                        break
+            for sid, items in pending.items():
+                if not items:
+                    continue
+                size = sum(len(b) for b, _ in items)
+                if size >= max_records or sid not in live or time.monotonic() - first_at[sid] >= max_wait:
+                    self._process(sid, items, positions, sources)
+                    pending[sid] = []
+                    first_at.pop(sid, None)
+            now = time.monotonic()
+            if now - last_tick >= rt.tick:
+                self.graph.tick(time.time())
+                last_tick = now
+                if on_tick:
+                    on_tick(self)
+            if rt.checkpoint.path and now - last_checkpoint >= rt.checkpoint.interval:
+                self._checkpoint(positions, sources, sinks)
+                last_checkpoint = now
+        self._stop.set()
+        for t in threads:
+            t.join(timeout=10)
+        for sid, q in queues.items():  # drain what the sources already handed over
+            items = pending[sid]
+            while True:
+                try:
+                    batch, position = q.get_nowait()
+                except queue.Empty:
+                    break
+                if position is not _DONE:
+                    items.append((batch, position))
+            if items:
+                self._process(sid, items, positions, sources)
+        if rt.checkpoint.path:
+            self._checkpoint(positions, sources, sinks)
+        self.graph.flush()
+        for w in sinks.values():
+            w.drain()
+            w.sink.flush()
+        if self._source_error:
+            raise RuntimeError(self._source_error)
+
+    def _process(self, sid: str, items: list, positions: dict, sources: dict) -> None:
+        batch = Batch.concat([b for b, _ in items]) if len(items) > 1 else items[0][0]
+        position = next((p for _, p in reversed(items) if p is not None), None)
+        self.metrics.count(sid, "out", len(batch))
+        if len(batch):
+            self.graph.push(sid, batch)
+        if position is not None:
+            positions[sid] = position
+            if not self.spec.runtime.checkpoint.path:
+                sources[sid].committed(position)
+
+    def _checkpoint(self, positions: dict, sources: dict, sinks: dict) -> None:
+        for w in sinks.values():
+            w.drain()
+            w.sink.flush()
+        state = {"sources": dict(positions), "stages": self.graph.snapshot(),
+                 "sinks": {sid: w.sink.snapshot() for sid, w in sinks.items()}}
+        write_checkpoint(self.spec.runtime.checkpoint.path, state)
+        self.metrics.count("runtime", "checkpoints", 1)
+        for sid, position in positions.items():
+            sources[sid].committed(position)
+
+    def _restore(self, sources: dict, sinks: dict) -> dict:
+        path = self.spec.runtime.checkpoint.path
+        state = read_checkpoint(path) if path else None
+        if state is None:
+            return {}
+        log.info("resuming pipeline %r from checkpoint %s", self.name, path)
+        for sid, position in state["sources"].items():
+            if sid in sources:
+                sources[sid].restore(position)
+        self.graph.restore(state["stages"])
+        for sid, sink_state in state["sinks"].items():
+            if sid in sinks and sink_state is not None:
+                sinks[sid].sink.restore(sink_state)
+        return dict(state["sources"])

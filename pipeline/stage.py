@@ -1,0 +1,115 @@
+"""Base classes for stages, sources and sinks (the contract is in docs/architecture.md)."""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+from typing import Any, Callable, ClassVar, Sequence
+
+from .batch import Batch
+from .config import ItemConfig, SinkConfig, SourceConfig, StageConfig
+from .metrics import Metrics
+
+
+class Context:
+    """What the runtime gives a stage, source or sink: its id, counters, dead-letter path, clock and state folder."""
+
+    def __init__(
+        self,
+        item_id: str,
+        metrics: Metrics,
+        dead_letter: Callable[[str, Batch, Sequence[str] | str], None] | None = None,
+        state_dir: Path | str = ".edgesieve",
+        pipeline: str = "pipeline",
+        clock: Callable[[], float] = time.time,
+        base_dir: Path | str | None = None,
+    ):
+        self.base_dir = Path(base_dir) if base_dir is not None else None
+        self.item_id = item_id
+        self.metrics = metrics
+        self._dead_letter = dead_letter
+        self.state_dir = Path(state_dir)
+        self.pipeline = pipeline
+        self.clock = clock
+
+    @property
+    def stage_id(self) -> str:
+        return self.item_id
+
+    def count(self, name: str, n: int = 1) -> None:
+        self.metrics.count(self.item_id, name, n)
+
+    def dead_letter(self, batch: Batch, reasons: Sequence[str] | str) -> None:
+        """Reject the records of ``batch`` with a reason each (or one for all); they are counted and kept with the reason."""
+        if not len(batch):
+            return
+        self.count("dead_lettered", len(batch))
+        if self._dead_letter is not None:
+            self._dead_letter(self.item_id, batch, reasons)
+
+
+class _Item:
+    Config: ClassVar[type[ItemConfig]]
+    EXAMPLE: ClassVar[dict[str, Any]] = {}
+
+    def __init__(self, config: ItemConfig, ctx: Context):
+        self.config = config
+        self.ctx = ctx
+
+    def snapshot(self) -> Any:
+        return None
+
+    def restore(self, state: Any) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+class Stage(_Item):
+    Config: ClassVar[type[StageConfig]]
+
+    def process(self, batch: Batch) -> Batch:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def tick(self, now: float) -> Batch | None:
+        return None
+
+    def flush(self) -> Batch | None:
+        return None
+
+    @classmethod
+    def sample_records(cls) -> list[dict]:
+        """Good records for the conformance test; override when the stage needs e.g. frames."""
+        return [
+            {"ts": 1000.0 + i, "tags": {"site": "s1", "device": f"d{i % 3}"},
+             "fields": {"temperature": 20.0 + i, "pressure": 1.0 + 0.1 * i, "vibration": 0.5}}
+            for i in range(30)
+        ]
+
+    @classmethod
+    def sample_bad_record(cls) -> dict:
+        """A record the stage must dead-letter (not raise on) in the conformance test."""
+        return {"ts": 1030.0, "tags": {"site": "s1", "device": "d0"},
+                "fields": {"temperature": "hot", "pressure": 1.0, "vibration": 0.5}}
+
+
+class Source(_Item):
+    Config: ClassVar[type[SourceConfig]]
+
+    def run(self, emit: Callable[..., None], stop: threading.Event) -> None:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def committed(self, position: Any) -> None:
+        """Everything up to ``position`` is processed (and checkpointed when checkpoints are on)."""
+
+
+class Sink(_Item):
+    Config: ClassVar[type[SinkConfig]]
+
+    def write(self, batch: Batch) -> None:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def flush(self) -> None:
+        pass

@@ -1,0 +1,1 @@
+"""Built-in stage types of the spine (one module per type)."""

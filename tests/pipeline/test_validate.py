@@ -1,0 +1,131 @@
+"""`edgesieve validate`: every error at once, each with file:line:column, the item and what to do."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from pipeline import ConfigError, load_pipeline
+from pipeline.loader import parse_pipeline
+
+GOOD = """\
+pipeline: plant
+sources:
+  - {id: readings, type: replay, path: data/readings.csv, tags: [site, device]}
+stages:
+  - id: per_device
+    type: window
+    inputs: [readings]
+    size: 10s
+    key: [site, device]
+    aggregates: {temperature: [mean, min, max], pressure: [p95]}
+sinks:
+  - {id: out, type: file, inputs: [per_device], path: out/aggregates.ndjson}
+"""
+
+
+def problems(text, env=None):
+    with pytest.raises(ConfigError) as info:
+        parse_pipeline(text, env=env or {})
+    return info.value.problems
+
+
+def test_good_file_is_valid():
+    spec = parse_pipeline(GOOD, env={})
+    assert [s.id for s in spec.stages] == ["per_device"]
+    assert spec.stages[0].size == 10.0
+
+
+def test_every_error_is_reported_at_once_with_positions():
+    bad = """\
+pipeline: plant
+sources:
+  - {id: readings, type: replay, path: x.csv}
+  - {id: readings, type: replay, path: y.csv}
+stages:
+  - id: w
+    type: windw
+    inputs: [readings]
+  - id: f
+    type: filter
+    inputs: [readngs]
+    where: "t > 1"
+    colour: blue
+  - id: w2
+    type: window
+    inputs: [readings]
+    size: ten seconds
+    aggregates: {t: [mean, median]}
+sinks:
+  - {id: out, type: file, inputs: [f, w2], path: o.ndjson}
+"""
+    found = problems(bad)
+    text = "\n".join(str(p) for p in found)
+    assert "<text>:4:" in text and "id 'readings' is already used at line 3" in text
+    assert "<text>:7:11: stage 'w' (windw): unknown stage type 'windw' — did you mean 'window'?" in text
+    assert "<text>:11:14: stage 'f' (filter): input 'readngs' is not a source or stage — did you mean 'readings'?" in text
+    assert "<text>:13:13: stage 'f' (filter): unknown key 'colour'" in text
+    assert "<text>:17:11: stage 'w2' (window): field 'size': invalid duration 'ten seconds'" in text
+    assert "stage 'w2' (window): field 'aggregates.t.1'" in text and "median" in text
+    assert "<text>:6:9: stage 'w' (windw): its output goes nowhere" in text
+    assert len(found) == 7
+
+
+def test_cycle_and_dangling_stage():
+    text = "\n".join(map(str, problems("""\
+sources: [{id: s, type: replay, path: x.csv}]
+stages:
+  - {id: a, type: filter, inputs: [s, b], where: "x > 1"}
+  - {id: b, type: filter, inputs: [a], where: "x > 2"}
+  - {id: c, type: filter, inputs: [s], where: "x > 3"}
+sinks: [{id: out, type: stdout, inputs: [a]}]
+""")))
+    assert "stage 'a' (filter): is part of a cycle (a -> b)" in text
+    assert "stage 'c' (filter): its output goes nowhere" in text
+
+
+def test_sink_fed_by_nothing_and_unsafe_expression():
+    text = "\n".join(map(str, problems("""\
+sources: [{id: s, type: replay, path: x.csv}]
+stages:
+  - {id: f, type: filter, inputs: [s], where: "__import__('os').system('true')"}
+sinks: [{id: out, type: stdout, inputs: []}, {id: out2, type: stdout, inputs: [f]}]
+""")))
+    assert "function \"__import__('os').system\" is not allowed" in text
+    assert "sink 'out' (stdout): field 'inputs'" in text
+
+
+def test_environment_substitution_and_missing_variable():
+    spec = parse_pipeline(GOOD.replace("out/aggregates.ndjson", "'${OUT_DIR:-out}/${NAME}.ndjson'"), env={"NAME": "agg"})
+    assert spec.sinks[0].path == "out/agg.ndjson"
+    found = problems(GOOD.replace("out/aggregates.ndjson", "'${NOPE}/a.ndjson'"))
+    assert str(found[0]).startswith("<text>:12:") and "environment variable NOPE is not set" in str(found[0])
+
+
+def test_invalid_yaml_names_the_line():
+    found = problems("sources: [\n  {id: a\n")
+    assert "not valid YAML" in str(found[0]) and str(found[0]).startswith("<text>:3:")
+
+
+def test_cli_validate_exit_codes(tmp_path: Path):
+    good = tmp_path / "good.yaml"
+    good.write_text(GOOD)
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(GOOD.replace("size: 10s", "size: -3s").replace("type: file", "type: fiel"))
+    ok = subprocess.run([sys.executable, "-m", "pipeline", "validate", str(good)], capture_output=True, text=True)
+    assert ok.returncode == 0 and "pipeline 'plant' is valid" in ok.stdout and "per_device (window) <- readings" in ok.stdout
+    no = subprocess.run([sys.executable, "-m", "pipeline", "validate", str(bad)], capture_output=True, text=True)
+    assert no.returncode == 1
+    assert f"{bad}:8:11: stage 'per_device' (window): field 'size'" in no.stderr
+    assert f"{bad}:12:21: sink 'out' (fiel): unknown sink type 'fiel' — did you mean 'file'?" in no.stderr
+    assert "2 problems" in no.stderr
+
+
+def test_run_records_api():
+    p = load_pipeline(GOOD)
+    out = p.run_records([{"ts": 100.0 + i, "tags": {"site": "s", "device": "d"}, "fields": {"temperature": float(i), "pressure": 1.0}}
+                         for i in range(20)])
+    assert [r["fields"]["temperature_mean"] for r in out["out"]] == [4.5, 14.5]
+    with pytest.raises(ValueError, match="no source 'nope'"):
+        p.run_records([], source="nope")
