@@ -10,6 +10,7 @@ from typing import Any
 
 SOURCES: dict[str, str] = {
     "replay": "pipeline.sources.replay:Replay",
+    "mqtt": "connectors.mqtt.source:MqttSource",
 }
 
 STAGES: dict[str, str] = {
@@ -21,6 +22,7 @@ STAGES: dict[str, str] = {
 SINKS: dict[str, str] = {
     "file": "pipeline.sinks.file:FileSink",
     "stdout": "pipeline.sinks.stdout:StdoutSink",
+    "mqtt": "connectors.mqtt.sink:MqttSink",
 }
 
 KINDS: dict[str, dict[str, str]] = {"sources": SOURCES, "stages": STAGES, "sinks": SINKS}

@@ -42,7 +42,8 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from connectors.mqtt.rows import RowBuilder, Rows  # noqa: F401  (re-exported for callers)
+from connectors.mqtt.rows import RowBuilder
+from pipeline.batch import Batch
 
 try:  # optional: 3-4x faster parsing; on any error the stdlib decoder runs to name the exact reason
     from orjson import JSONDecodeError as _OrjsonError, loads as _fast_loads
@@ -255,7 +256,7 @@ class Decoder:
             b.field(k, v)
         b.end_row()
 
-    def _columns(self, readings: list, topic_tags: dict[str, str], arrival: float) -> Rows | None:
+    def _columns(self, readings: list, topic_tags: dict[str, str], arrival: float) -> Batch | None:
         """Vectorised json-batch path for readings that all have the same keys and clean numeric values.
 
         Returns None whenever anything is irregular; the per-value path then decodes the message (and
@@ -303,7 +304,7 @@ class Decoder:
             else:
                 fields[k] = matrix[:, j].copy()
         tags = {k: np.full(n, v, dtype=object) for k, v in topic_tags.items()}
-        return Rows(ts, tags, fields, None, extra)
+        return Batch(ts, tags, fields, None, extra)
 
     @staticmethod
     def _tag_value(k, v, i) -> str:

@@ -6,7 +6,7 @@ the sink's publishes) only queue packets, which wakes the thread.
 
 >>> import random
 >>> [round(d, 2) for d in backoff(0.5, 8.0, attempts=6, rng=random.Random(1))]
-[0.32, 0.92, 1.38, 2.2, 6.02, 4.36]
+[0.28, 0.92, 1.76, 2.51, 5.98, 5.8]
 >>> parse_url("mqtts://broker.local")
 ('mqtts', 'broker.local', 8883)
 """

@@ -1,4 +1,4 @@
-"""RowBuilder: collects decoded readings column by column, with per-message rollback.
+"""RowBuilder: collects decoded readings column by column into a Batch, with per-message rollback.
 
 Codecs append values to Python lists (cheap per value); ``build()`` turns the lists into numpy columns
 once per micro-batch. A column that appears in some rows only is padded (NaN for fields, None for tags).
@@ -18,78 +18,11 @@ once per micro-batch. A column that appears in some rows only is padded (NaN for
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
 import numpy as np
 
+from pipeline.batch import Batch
+
 _NAN = float("nan")
-
-
-@dataclass
-class Rows:
-    """Columns of n readings, shaped like the spine's Batch (ts, tags, fields, frames, extra)."""
-
-    ts: np.ndarray
-    tags: dict[str, np.ndarray] = field(default_factory=dict)
-    fields: dict[str, np.ndarray] = field(default_factory=dict)
-    frames: np.ndarray | None = None
-    extra: dict[str, np.ndarray] = field(default_factory=dict)
-
-    def __len__(self) -> int:
-        return len(self.ts)
-
-    @staticmethod
-    def concat(parts: "list[Rows]") -> "Rows":
-        """Rows of all parts in order; a column missing from a part is NaN (fields) or None (tags, extra)."""
-        parts = [p for p in parts if len(p)]
-        if len(parts) == 1:
-            return parts[0]
-        if not parts:
-            return Rows(np.empty(0, np.float64))
-        lens = [len(p) for p in parts]
-
-        def union(attr: str, fill) -> dict[str, np.ndarray]:
-            names = dict.fromkeys(k for p in parts for k in getattr(p, attr))
-            out = {}
-            for k in names:
-                cols = [getattr(p, attr).get(k) for p in parts]
-                if fill is None:
-                    cols = [c if c is not None else np.full(n, None, dtype=object) for c, n in zip(cols, lens)]
-                    out[k] = np.concatenate(cols)
-                elif all(c is not None and c.dtype == np.bool_ for c in cols):
-                    out[k] = np.concatenate(cols)
-                else:
-                    out[k] = np.concatenate([c.astype(np.float64, copy=False) if c is not None
-                                             else np.full(n, np.nan) for c, n in zip(cols, lens)])
-            return out
-
-        frames = None
-        if any(p.frames is not None for p in parts):
-            frames = np.concatenate([p.frames if p.frames is not None else np.full(n, None, dtype=object)
-                                     for p, n in zip(parts, lens)])
-        return Rows(np.concatenate([p.ts for p in parts]), union("tags", None), union("fields", np.nan),
-                    frames, union("extra", None))
-
-    def to_records(self) -> list[dict]:
-        """Record dicts (absent tags/fields left out): for tests and for Batch.from_records."""
-        out = []
-        for i in range(len(self.ts)):
-            r: dict = {"ts": float(self.ts[i]),
-                       "tags": {k: v[i] for k, v in self.tags.items() if v[i] is not None},
-                       "fields": {}}
-            for k, col in self.fields.items():
-                v = col[i]
-                if col.dtype == np.bool_:
-                    r["fields"][k] = bool(v)
-                elif v == v:
-                    r["fields"][k] = float(v)
-            if self.frames is not None and self.frames[i] is not None:
-                r["frame"] = self.frames[i]
-            for k, col in self.extra.items():
-                if col[i] is not None:
-                    r[k] = col[i]
-            out.append(r)
-        return out
 
 
 class RowBuilder:
@@ -99,7 +32,7 @@ class RowBuilder:
         self._clear()
 
     def _clear(self) -> None:
-        self._chunks: list[Rows] = []     # whole messages added as columns (see add)
+        self._chunks: list[Batch] = []     # whole messages added as columns (see add)
         self._chunk_rows = 0
         self._clear_segment()
 
@@ -161,7 +94,7 @@ class RowBuilder:
         if self._frames is not None and len(self._frames) < n:
             self._frames.append(None)
 
-    def add(self, rows: Rows) -> None:
+    def add(self, rows: Batch) -> None:
         """Append readings that are already columns (a codec's vectorised path). Must be a message's last step."""
         if self.n:
             self._chunk_rows += self.n
@@ -192,16 +125,16 @@ class RowBuilder:
         return self._chunk_rows + self.n
 
     # -- output ----------------------------------------------------------------------------------
-    def build(self) -> Rows:
+    def build(self) -> Batch:
         """Numpy columns of everything appended so far; empties the builder."""
         chunks = self._chunks
         if self.n or not chunks:
             chunks.append(self._build_segment())
-        rows = Rows.concat(chunks)
+        rows = Batch.concat(chunks)
         self._clear()
         return rows
 
-    def _build_segment(self) -> Rows:
+    def _build_segment(self) -> Batch:
         n = self.n
         fields = {}
         for k, col in self._fields.items():
@@ -222,6 +155,6 @@ class RowBuilder:
             src = np.full(n, None, dtype=object)
             src[self._arrival] = "arrival"
             extra["ts_source"] = src
-        rows = Rows(np.array(self._ts, dtype=np.float64), tags, fields, frames, extra)
+        rows = Batch(np.array(self._ts, dtype=np.float64), tags, fields, frames, extra)
         self._clear_segment()
         return rows

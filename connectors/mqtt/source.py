@@ -40,7 +40,7 @@ from pydantic import Field, model_validator
 
 from connectors.mqtt.codecs import CodecOptions, Decoder, DecodeError
 from connectors.mqtt.connection import Connection, MqttConnectionFields, default_client_id
-from connectors.mqtt.rows import RowBuilder, Rows
+from connectors.mqtt.rows import RowBuilder
 from connectors.mqtt.topics import TopicTemplate
 from pipeline.batch import Batch
 from pipeline.config import SourceConfig
@@ -214,7 +214,7 @@ class MqttSource(Source):
             self.ctx.dead_letter(Batch(np.array([arrival]), tags={"topic": np.array([topic], dtype=object)},
                                        extra={"payload_b64": np.array([base64.b64encode(payload).decode()], dtype=object)}),
                                  f"{self.where} topic {topic!r}: {reason}: {detail}")
-        emit(_to_batch(rows) if rows is not None else Batch.empty(), position=seq)
+        emit(rows if rows is not None else Batch.empty(), position=seq)
         return seq
 
     def committed(self, position) -> None:
@@ -234,6 +234,3 @@ class MqttSource(Source):
     def close(self) -> None:
         self.conn.close()
 
-
-def _to_batch(rows: Rows) -> Batch:
-    return Batch(rows.ts, rows.tags, rows.fields, rows.frames, rows.extra)
