@@ -234,10 +234,10 @@ class Connection:
             return
         self.generation += 1
         self.ever_connected = True
+        if self._user_on_connect is not None:      # subscribe first: "online" then means "receiving"
+            self._user_on_connect(client, bool(flags.session_present))
         if self.status_topic:
             client.publish(self.status_topic, status_payload("online", self.cfg.node, self.pipeline), qos=1, retain=True)
-        if self._user_on_connect is not None:
-            self._user_on_connect(client, bool(flags.session_present))
         self.connected.set()
         log.info("%s: connected to %s:%d (session present: %s)", self.where, self.host, self.port, flags.session_present)
 

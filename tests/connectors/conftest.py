@@ -13,6 +13,7 @@ import uuid
 
 import pytest
 
+from tests.support.clients import Client, RunningPipeline
 from tests.support.mosquitto import Mosquitto, available, make_tls_files
 
 
@@ -53,3 +54,32 @@ def tls_files(tmp_path_factory):
 def topic_prefix(request) -> str:
     name = re.sub(r"[^A-Za-z0-9_-]+", "_", request.node.name)[:40]
     return f"t/{name}-{uuid.uuid4().hex[:6]}"
+
+
+@pytest.fixture
+def clients():
+    """``clients(broker, **kw)`` makes a test Client; all are closed afterwards."""
+    made: list[Client] = []
+
+    def factory(broker, **kw) -> Client:
+        made.append(Client(broker, **kw))
+        return made[-1]
+
+    yield factory
+    for c in made:
+        c.close()
+
+
+@pytest.fixture
+def run_pipeline():
+    """``run_pipeline(yaml_text)`` starts a pipeline on a thread; any still running are stopped afterwards."""
+    started: list[RunningPipeline] = []
+
+    def factory(text: str, env: dict | None = None) -> RunningPipeline:
+        started.append(RunningPipeline(text, env))
+        return started[-1]
+
+    yield factory
+    for p in started:
+        if p.thread.is_alive():
+            p.stop()
