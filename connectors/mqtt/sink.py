@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import logging
 import threading
+import time
 from collections import deque
 from typing import Literal
 
@@ -40,6 +41,7 @@ class MqttSinkConfig(SinkConfig, MqttConnectionFields):
     offline_queue: int = Field(10_000, ge=0, le=10_000_000,
                                description="Records kept while disconnected; beyond that the oldest are dropped (counted).")
     status: bool = Field(False, description="Publish retained online/offline on edgesieve/{node}/status (usually the source does).")
+    flush_timeout: float = Field(5.0, ge=0, le=600, description="Seconds flush/close wait for queued records to reach the broker.")
 
     @field_validator("topic_template")
     @classmethod
@@ -74,10 +76,12 @@ class MqttSink(Sink):
         client_id = config.client_id or default_client_id(config.node, ctx.pipeline, config.id)
         self.conn = Connection(config, where=self.where, pipeline=ctx.pipeline, client_id=client_id,
                                status=config.status, on_connect=self._flush_queue)
+        self._last = None                       # MQTTMessageInfo of the latest publish (flush waits for it)
         self.conn.start()
+        self.conn.wait_connected(min(config.flush_timeout, 5.0))
 
     def _publish(self, topic: str, payload: bytes) -> None:
-        self.conn.client.publish(topic, payload, qos=self.config.qos, retain=self.config.retain)
+        self._last = self.conn.client.publish(topic, payload, qos=self.config.qos, retain=self.config.retain)
 
     def _flush_queue(self, client, session_present: bool) -> None:   # network thread, on every connect
         with self._lock:
@@ -85,6 +89,8 @@ class MqttSink(Sink):
                 self._publish(*self._queue.popleft())
 
     def write(self, batch: Batch) -> None:
+        if self.conn.error:
+            raise ConnectionError(self.conn.error)
         records = batch.to_records()
         out, bad, reasons = [], [], []
         for i, rec in enumerate(records):
@@ -116,9 +122,19 @@ class MqttSink(Sink):
         return len(self._queue)
 
     def flush(self) -> None:
-        pass
+        """Wait (up to flush_timeout) until queued records are handed to the broker."""
+        deadline = time.monotonic() + self.config.flush_timeout
+        while self._queue and time.monotonic() < deadline and not self.conn.error:
+            time.sleep(0.01)
+        last = self._last
+        if last is not None and self.conn.connected.is_set():
+            try:
+                last.wait_for_publish(max(0.0, deadline - time.monotonic()))
+            except (RuntimeError, ValueError):
+                pass                             # disconnected meanwhile: paho re-sends after the reconnect
 
     def close(self) -> None:
+        self.flush()
         if self._queue:
             log.warning("%s: closing with %d record(s) still queued (broker unreachable): they are lost",
                         self.where, len(self._queue))

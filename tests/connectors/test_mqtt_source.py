@@ -234,8 +234,7 @@ def test_bad_password_stops_with_a_clear_error(make_broker, tls_files, topic_pre
     p = run_pipeline(pipeline_yaml(tmp_path, {
         "url": b.url, "username": "edge", "password_file": str(pw), "tls": {"ca_file": str(tls_files.ca)},
         "subscriptions": [{"topic": f"{topic_prefix}/t"}]}))
-    p.thread.join(10)
-    summary = p.stop()
+    summary = p.wait(10)
     assert "refused the connection" in summary.error and "password" in summary.error
     assert "wrong-secret" not in summary.error and "wrong-secret" not in caplog.text
 
@@ -247,8 +246,7 @@ def test_untrusted_certificate_stops_with_a_clear_error(make_broker, tls_files, 
     b = make_broker(tls=tls_files)
     p = run_pipeline(pipeline_yaml(tmp_path, {"url": b.url, "tls": {"ca_file": str(other.ca)},
                                               "subscriptions": [{"topic": f"{topic_prefix}/t"}]}))
-    p.thread.join(10)
-    summary = p.stop()
+    summary = p.wait(10)
     assert "not trusted" in summary.error and "ca_file" in summary.error
 
 

@@ -90,6 +90,12 @@ class RunningPipeline:
             time.sleep(0.02)
         return self.counter(item, name)
 
+    def wait(self, timeout: float = 20.0):
+        """Wait for the pipeline to end by itself (end of sources, or an error); return its RunSummary."""
+        self.thread.join(timeout)
+        assert not self.thread.is_alive(), "pipeline did not end"
+        return self.summary
+
     def stop(self, timeout: float = 20.0):
         self.pipeline.stop()
         self.thread.join(timeout)
