@@ -13,7 +13,9 @@ from pathlib import Path
 from .errors import ConfigError
 
 # Commands implemented elsewhere: name -> "module:function" taking argv and returning an exit code.
-EXTERNAL_COMMANDS: dict[str, tuple[str, str]] = {}
+EXTERNAL_COMMANDS: dict[str, tuple[str, str]] = {
+    "demo": ("pipeline.demo", "main"),
+}
 
 
 class JsonFormatter(logging.Formatter):

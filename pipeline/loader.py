@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import difflib
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
@@ -14,6 +15,7 @@ from .config import ItemConfig, RuntimeConfig
 from .errors import ConfigError, Problem
 from .yaml_source import YamlDocument, load_yaml_with_positions
 
+_SECRET = re.compile(r"(token|password|passwd|secret|api_?key|private_?key)", re.I)
 TOP_LEVEL = ("pipeline", "sources", "stages", "sinks", "runtime")
 DEAD_LETTER_ID = "deadletter"
 
@@ -56,7 +58,8 @@ def _pydantic_problems(doc: YamlDocument, path: tuple, exc: ValidationError, ite
             msg = f"required key {field_name!r} is missing"
         else:
             value = err.get("input")
-            shown = "" if isinstance(value, (dict, list)) or value is None else f" (got {value!r})"
+            secret = any(_SECRET.search(str(part)) for part in loc)
+            shown = "" if isinstance(value, (dict, list)) or value is None or secret else f" (got {value!r})"
             msg = f"field {field_name!r}: {msg}{shown}"
         out.append(Problem(doc.file, line, col, msg, item=item, hint=hint))
     return out

@@ -10,7 +10,7 @@ from pydantic import Field, create_model
 from pydantic_core import PydanticUndefined
 
 from . import registry
-from .config import RuntimeConfig
+from .config import RuntimeConfig, parse_duration
 
 _BASE_FIELDS = {"id", "type", "inputs", "match", "on_error", "overload", "max_queue"}
 
@@ -29,9 +29,18 @@ def list_types() -> list[tuple[str, str, str]]:
     return out
 
 
-def _type_text(annotation: Any) -> str:
-    from typing import Literal, get_args, get_origin
+def _is_duration(metadata) -> bool:
+    return any(getattr(m, "func", None) is parse_duration for m in metadata)
 
+
+def _type_text(annotation: Any, metadata=()) -> str:
+    from typing import Annotated, Literal, get_args, get_origin
+
+    if _is_duration(metadata):
+        return "duration"
+    if get_origin(annotation) is Annotated:
+        args = get_args(annotation)
+        return "duration" if _is_duration(annotation.__metadata__) else _type_text(args[0])
     if get_origin(annotation) is Literal:
         return " | ".join(json.dumps(a) for a in get_args(annotation))
     if get_origin(annotation) is Union or type(annotation).__name__ == "UnionType":
@@ -66,7 +75,7 @@ def reference_markdown() -> str:
                 if field_name in _BASE_FIELDS:
                     continue
                 desc = (info.description or "").replace("|", "\\|").replace("\n", " ")
-                type_text = _type_text(info.annotation).replace("|", "\\|")
+                type_text = _type_text(info.annotation, info.metadata).replace("|", "\\|")
                 lines.append(f"| `{field_name}` | {type_text} | {_default_text(info)} | {desc} |")
             if getattr(cls, "EXAMPLE", None):
                 lines += ["", "Example:", "", "```yaml", f"- {{id: my_{name}, type: {name}"

@@ -170,14 +170,18 @@ class Pipeline:
                     self.metrics.count(sid, "shed", len(batch))
                     return
             else:
-                while not self._stop.is_set():
-                    try:
-                        q.put((batch, position), timeout=0.1)
-                        break
-                    except queue.Full:
-                        self.metrics.count(sid, "blocked", 1)
-                else:
-                    return
+                try:
+                    q.put_nowait((batch, position))
+                except queue.Full:
+                    self.metrics.count(sid, "blocked", 1)  # back-pressure: the source waits for the pipeline
+                    while not self._stop.is_set():
+                        try:
+                            q.put((batch, position), timeout=0.1)
+                            break
+                        except queue.Full:
+                            pass
+                    else:
+                        return
             wake.set()
 
         try:

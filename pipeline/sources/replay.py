@@ -95,11 +95,11 @@ class Replay(Source):
                 if skip == 0:
                     self.ctx.count("bytes_in", path.stat().st_size)
                 reader = self._ndjson_chunks if self._is_ndjson(path) else self._csv_chunks
-                for batch, rows_done in reader(path, skip):
+                for batch, rows, rows_done in reader(path, skip):
                     if stop.is_set():
                         return
-                    for part, last in pacer.parts(batch, stop):
-                        emit(part, position=(fi, rows_done if last else skip, loop_n))
+                    for part, upto in pacer.parts(batch, rows, rows_done, stop):
+                        emit(part, position=(fi, upto, loop_n))
                     skip = rows_done
                 skip = 0
             if not self.config.loop or stop.is_set():
@@ -111,6 +111,7 @@ class Replay(Source):
         return self.config.format == "ndjson" or (self.config.format == "auto" and path.suffix in (".ndjson", ".jsonl"))
 
     def _csv_chunks(self, path: Path, skip: int):
+        """Yield (batch, data-row index of each record, data rows consumed). Rows count every line after the header."""
         delimiter = self.config.delimiter or _sniff_delimiter(path)
         rows_done = skip
         with warnings.catch_warnings(record=True) as caught:
@@ -119,26 +120,32 @@ class Replay(Source):
                                  skiprows=range(1, skip + 1) if skip else None, dtype={t: str for t in self.config.tags},
                                  low_memory=False, skipinitialspace=True)
             for frame in reader:
-                first_line = rows_done + 2  # header is line 1
-                rows_done += len(frame)
-                self._report_bad_lines(path, caught)
-                yield self._frame_to_batch(frame, path, first_line), rows_done
-            self._report_bad_lines(path, caught)
+                bad_lines = [line + skip for line in self._report_bad_lines(path, caught, skip)]
+                lines = rows_done + 2 + np.arange(len(frame))  # the header is line 1
+                for line in sorted(bad_lines):
+                    lines[lines >= line] += 1
+                rows_done += len(frame) + len(bad_lines)
+                batch, kept = self._frame_to_batch(frame, path, lines)
+                yield batch, lines[kept] - 2, rows_done
+            self._report_bad_lines(path, caught, skip)
 
-    def _report_bad_lines(self, path: Path, caught: list) -> None:
+    def _report_bad_lines(self, path: Path, caught: list, skip: int) -> list[int]:
+        """Dead-letter the lines pandas skipped (wrong number of columns); return their line numbers as pandas counts them."""
+        found = []
         for w in caught:
             for line in str(w.message).splitlines():
                 m = _SKIP.search(line)
                 if m:
-                    self._dead(path, int(m.group(1)), m.group(2), raw=None)
+                    found.append(int(m.group(1)))
+                    self._dead(path, int(m.group(1)) + skip, m.group(2), raw=None)
         caught.clear()
+        return found
 
-    def _frame_to_batch(self, frame: pd.DataFrame, path: Path, first_line: int) -> Batch:
+    def _frame_to_batch(self, frame: pd.DataFrame, path: Path, lines: np.ndarray) -> tuple[Batch, np.ndarray]:
         cfg = self.config
         if cfg.timestamp not in frame.columns:
             raise ValueError(f"source {self.ctx.item_id!r}: {path.name} has no timestamp column {cfg.timestamp!r} "
                              f"(columns: {', '.join(map(str, frame.columns))}); set `timestamp:`")
-        lines = np.arange(first_line, first_line + len(frame))
         bad = np.zeros(len(frame), dtype=bool)
         reasons: dict[int, str] = {}
         ts = _timestamps(frame[cfg.timestamp], cfg.timestamp_format)
@@ -171,15 +178,16 @@ class Replay(Source):
         if cfg.file_tag:
             tags[cfg.file_tag] = np.full(len(frame), path.stem, dtype=object)
         batch = Batch(ts=ts, tags=tags, fields=fields)
+        kept = np.flatnonzero(~bad)
         if bad.any():
             rejected = batch.take(bad)
             self.ctx.dead_letter(rejected.with_extra(source_line=np.array([f"{path.name}:{l}" for l in lines[bad]], dtype=object)),
                                  [reasons[i] for i in np.flatnonzero(bad)])
             batch = batch.take(~bad)
-        return batch
+        return batch, kept
 
     def _ndjson_chunks(self, path: Path, skip: int):
-        records, rows_done = [], skip
+        records, rows, rows_done = [], [], skip
         with path.open() as fh:
             for lineno, line in enumerate(fh, start=1):
                 if lineno <= skip or not line.strip():
@@ -188,13 +196,14 @@ class Replay(Source):
                 try:
                     obj = json.loads(line)
                     records.append(self._json_record(obj))
+                    rows.append(lineno - 1)
                 except (ValueError, TypeError) as exc:
                     self._dead(path, lineno, str(exc), raw=line.strip()[:500])
                 if len(records) >= self.config.chunk_size:
-                    yield self._checked(Batch.from_records(records), path), rows_done
-                    records = []
-        if records:
-            yield self._checked(Batch.from_records(records), path), rows_done
+                    yield self._checked(Batch.from_records(records), path), np.array(rows), rows_done
+                    records, rows = [], []
+        if records or rows_done > skip:
+            yield self._checked(Batch.from_records(records), path), np.array(rows, dtype=np.int64), rows_done
 
     def _json_record(self, obj) -> dict:
         if not isinstance(obj, dict):
@@ -246,9 +255,9 @@ def _timestamps(col: pd.Series, fmt: str) -> np.ndarray:
         return _parse_dates(col, None if fmt == "iso" else fmt)
     if fmt == "auto":
         mag = np.abs(values)
-        scale = np.where(mag > 1e17, 1e-9, np.where(mag > 1e14, 1e-6, np.where(mag > 1e11, 1e-3, 1.0)))
-        return values * scale
-    return values * {"s": 1.0, "ms": 1e-3, "us": 1e-6, "ns": 1e-9}[fmt]
+        scale = np.where(mag > 1e17, 1e9, np.where(mag > 1e14, 1e6, np.where(mag > 1e11, 1e3, 1.0)))
+        return values / scale
+    return values / {"s": 1.0, "ms": 1e3, "us": 1e6, "ns": 1e9}[fmt]
 
 
 def _parse_dates(col: pd.Series, fmt: str | None) -> np.ndarray:
@@ -264,9 +273,10 @@ class _Pacer:
         self.speed = speed
         self.origin: tuple[float, float] | None = None
 
-    def parts(self, batch: Batch, stop: threading.Event):
+    def parts(self, batch: Batch, rows: np.ndarray, rows_done: int, stop: threading.Event):
+        """Yield (part, rows consumed up to and including it) at the pace of ``speed``."""
         if self.speed == "max" or not len(batch):
-            yield batch, True
+            yield batch, rows_done
             return
         if self.origin is None:
             self.origin = (time.monotonic(), float(batch.ts[0]))
@@ -279,4 +289,4 @@ class _Pacer:
             wait = due[part[0]] - time.monotonic()
             if wait > 0 and stop.wait(wait):
                 return
-            yield batch.take(part), i == len(parts) - 1
+            yield batch.take(part), rows_done if i == len(parts) - 1 else int(rows[part[-1]]) + 1

@@ -1,13 +1,12 @@
 """`edgesieve validate`: every error at once, each with file:line:column, the item and what to do."""
 
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from pipeline import ConfigError, load_pipeline
 from pipeline.loader import parse_pipeline
+from tests.support.cli import edgesieve
 
 GOOD = """\
 pipeline: plant
@@ -113,9 +112,9 @@ def test_cli_validate_exit_codes(tmp_path: Path):
     good.write_text(GOOD)
     bad = tmp_path / "bad.yaml"
     bad.write_text(GOOD.replace("size: 10s", "size: -3s").replace("type: file", "type: fiel"))
-    ok = subprocess.run([sys.executable, "-m", "pipeline", "validate", str(good)], capture_output=True, text=True)
+    ok = edgesieve("validate", str(good))
     assert ok.returncode == 0 and "pipeline 'plant' is valid" in ok.stdout and "per_device (window) <- readings" in ok.stdout
-    no = subprocess.run([sys.executable, "-m", "pipeline", "validate", str(bad)], capture_output=True, text=True)
+    no = edgesieve("validate", str(bad))
     assert no.returncode == 1
     assert f"{bad}:8:11: stage 'per_device' (window): field 'size'" in no.stderr
     assert f"{bad}:12:21: sink 'out' (fiel): unknown sink type 'fiel' — did you mean 'file'?" in no.stderr
@@ -129,3 +128,31 @@ def test_run_records_api():
     assert [r["fields"]["temperature_mean"] for r in out["out"]] == [4.5, 14.5]
     with pytest.raises(ValueError, match="no source 'nope'"):
         p.run_records([], source="nope")
+
+
+def test_a_secret_value_is_never_echoed_in_errors():
+    from pydantic import Field, SecretStr
+    from typing import Literal
+    from pipeline.config import SinkConfig
+    from pipeline import registry
+    import pipeline.sinks.stdout as stdout_mod
+
+    class SecretSinkConfig(SinkConfig):
+        type: Literal["stdout"]
+        token: SecretStr = Field(description="a secret")
+        retries: int = Field(1, description="not a secret")
+
+    original = stdout_mod.StdoutSink.Config
+    stdout_mod.StdoutSink.Config = SecretSinkConfig
+    try:
+        text = GOOD.replace("type: file, inputs: [per_device], path: out/aggregates.ndjson",
+                            "type: stdout, inputs: [per_device], token: [hunter2-s3cret], retries: many")
+        found = "\n".join(map(str, problems(text)))
+        assert "field 'token'" in found and "hunter2" not in found
+        assert "(got 'many')" in found
+        ok = GOOD.replace("type: file, inputs: [per_device], path: out/aggregates.ndjson",
+                          "type: stdout, inputs: [per_device], token: hunter2-s3cret")
+        spec = parse_pipeline(ok, env={})
+        assert "hunter2" not in repr(spec.sinks[0]) and "hunter2" not in spec.sinks[0].model_dump_json()
+    finally:
+        stdout_mod.StdoutSink.Config = original

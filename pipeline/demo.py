@@ -1,0 +1,25 @@
+"""``edgesieve demo``: the quickstart pipeline on embedded example data, with the live view and a summary."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "quickstart" / "pipeline.yaml"
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="edgesieve demo", description="Run the quickstart pipeline on the embedded example data.")
+    parser.add_argument("--for", dest="duration", type=float, default=None, metavar="SECONDS")
+    parser.add_argument("--out", default="out", help="folder for the aggregates and dead letters (default: out)")
+    args = parser.parse_args(argv)
+    os.environ.setdefault("OUT_DIR", args.out)
+    os.chdir(EXAMPLE.parents[2])
+    from .cli import main as cli_main
+
+    run_args = ["run", str(EXAMPLE), "--progress"] + (["--for", str(args.duration)] if args.duration else [])
+    rc = cli_main(run_args)
+    print(f"aggregates: {Path(args.out).resolve() / 'quickstart.ndjson'}", file=sys.stderr)
+    return rc
