@@ -28,12 +28,12 @@ from typing import Annotated, Callable, Iterator, Literal
 from urllib.parse import urlsplit
 
 import paho.mqtt.client as mqtt
+from pipeline import __version__ as VERSION
 from paho.mqtt.properties import Properties
 from paho.mqtt.packettypes import PacketTypes
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, SecretStr, field_validator, model_validator
 
 log = logging.getLogger("edgesieve.mqtt")
-VERSION = "0.1.0"
 _AUTH_REFUSALS = {"Bad user name or password", "Not authorized", "Banned"}
 
 
@@ -94,8 +94,8 @@ class MqttConnectionFields(BaseModel):
     password_env: str | None = Field(None, description="Environment variable holding the password.")
     password_file: str | None = Field(None, description="File whose first line is the password.")
     tls: TlsOptions | None = Field(None, description="TLS settings; mqtts:// alone uses the system CAs.")
-    node: str = Field(default_factory=socket.gethostname, pattern=r"^[^/+#]+$",
-                      description="Name of this gateway in edgesieve/{node}/status and .../deadletter; default: host name.")
+    node: str | None = Field(None, pattern=r"^[^/+#]+$",
+                             description="Name of this gateway in edgesieve/{node}/status and .../deadletter; default: host name.")
     reconnect: ReconnectOptions = Field(default_factory=ReconnectOptions, description="Reconnect backoff.")
 
     @field_validator("url")
@@ -103,6 +103,10 @@ class MqttConnectionFields(BaseModel):
     def _url(cls, v: str) -> str:
         parse_url(v)
         return v
+
+    @property
+    def node_name(self) -> str:
+        return self.node or socket.gethostname()
 
     @model_validator(mode="after")
     def _one_password(self):
@@ -163,7 +167,7 @@ class Connection:
         self.generation = 0                 # +1 per successful connect: acks of older connections are void
         self.ever_connected = False
         self.error: str | None = None       # fatal: refused credentials, untrusted certificate
-        self.status_topic = f"edgesieve/{cfg.node}/status" if status else None
+        self.status_topic = f"edgesieve/{cfg.node_name}/status" if status else None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -189,7 +193,7 @@ class Connection:
                 log.warning("%s: tls.insecure is on: the broker's host name is NOT verified", where)
                 self.client.tls_insecure_set(True)
         if self.status_topic:
-            self.client.will_set(self.status_topic, status_payload("offline", cfg.node, pipeline), qos=1, retain=True)
+            self.client.will_set(self.status_topic, status_payload("offline", cfg.node_name, pipeline), qos=1, retain=True)
         self.client.max_queued_messages_set(0)
         self.client.max_inflight_messages_set(0 if self.v5 else 1000)
 
@@ -210,7 +214,7 @@ class Connection:
         if self._thread is None:
             return
         if self.connected.is_set() and self.status_topic:
-            info = self.client.publish(self.status_topic, status_payload("offline", self.cfg.node, self.pipeline),
+            info = self.client.publish(self.status_topic, status_payload("offline", self.cfg.node_name, self.pipeline),
                                        qos=1, retain=True)
             try:
                 info.wait_for_publish(timeout=min(timeout, 2.0))
@@ -237,7 +241,7 @@ class Connection:
         if self._user_on_connect is not None:      # subscribe first: "online" then means "receiving"
             self._user_on_connect(client, bool(flags.session_present))
         if self.status_topic:
-            client.publish(self.status_topic, status_payload("online", self.cfg.node, self.pipeline), qos=1, retain=True)
+            client.publish(self.status_topic, status_payload("online", self.cfg.node_name, self.pipeline), qos=1, retain=True)
         self.connected.set()
         log.info("%s: connected to %s:%d (session present: %s)", self.where, self.host, self.port, flags.session_present)
 

@@ -73,7 +73,7 @@ class MqttSink(Sink):
         self.template = TopicTemplate(config.topic_template)
         self._queue: deque[tuple[str, bytes]] = deque()
         self._lock = threading.Lock()
-        client_id = config.client_id or default_client_id(config.node, ctx.pipeline, config.id)
+        client_id = config.client_id or default_client_id(config.node_name, ctx.pipeline, config.id)
         self.conn = Connection(config, where=self.where, pipeline=ctx.pipeline, client_id=client_id,
                                status=config.status, on_connect=self._flush_queue)
         self._last = None                       # MQTTMessageInfo of the latest publish (flush waits for it)

@@ -94,6 +94,11 @@ class MqttSourceConfig(SourceConfig, MqttConnectionFields):
 
     @model_validator(mode="after")
     def _v5_features(self):
+        if self.deadletter_topic is not None:
+            try:
+                self.deadletter_topic.format(node="n")
+            except (KeyError, IndexError, ValueError):
+                raise ValueError(f"deadletter_topic {self.deadletter_topic!r}: the only placeholder is {{node}}") from None
         if self.protocol != "5" and any(s.share_group for s in self.subscriptions):
             raise ValueError("share_group needs protocol: 5")
         return self
@@ -126,9 +131,9 @@ class MqttSource(Source):
         self._acks: deque[tuple[int, int, int, int]] = deque()   # (seq, generation, mid, qos)
         self._dead: list[tuple[float, str, str, str, bytes]] = []
         self.dead_counts: dict[str, int] = {}
-        self.deadletter_topic = (config.deadletter_topic.format(node=config.node)
+        self.deadletter_topic = (config.deadletter_topic.format(node=config.node_name)
                                  if config.deadletter_topic else None)
-        client_id = config.client_id or default_client_id(config.node, ctx.pipeline, config.id)
+        client_id = config.client_id or default_client_id(config.node_name, ctx.pipeline, config.id)
         self.conn = Connection(config, where=self.where, pipeline=ctx.pipeline, client_id=client_id,
                                persistent=config.persistent, session_expiry=config.session_expiry,
                                receive_maximum=config.receive_maximum, manual_ack=True, status=config.status,
