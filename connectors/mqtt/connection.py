@@ -115,6 +115,8 @@ class MqttConnectionFields(BaseModel):
             raise ValueError(f"give one of password, password_env, password_file (got {', '.join(given)})")
         if self.username and self.username_env:
             raise ValueError("give username or username_env, not both")
+        if given and not (self.username or self.username_env):
+            raise ValueError(f"{given[0]} is set but no username: add username or username_env")
         return self
 
 
