@@ -263,3 +263,22 @@ def test_config_errors_name_the_field():
         text = yaml.safe_dump({**base, "sources": [{"id": "in", "type": "mqtt", **source}]})
         with pytest.raises(ConfigError, match=needle):
             parse_pipeline(text, env={})
+
+
+def test_mqtt_311_round_trip(broker, topic_prefix, tmp_path, run_pipeline, clients):
+    p = start(run_pipeline, clients, broker, tmp_path, {"protocol": "3.1.1", "subscriptions": [
+        {"topic_template": f"{topic_prefix}/{{device}}", "codec": "json", "qos": 1}]})
+    pub = clients(broker)
+    for i in range(5):
+        pub.publish(f"{topic_prefix}/d{i}", {"ts": T0 + i, "x": i})
+    assert p.wait_counter("out", "out", 5) == 5
+    assert p.stop().error is None
+
+
+def test_insecure_tls_warns(make_broker, tls_files, topic_prefix, tmp_path, run_pipeline, clients, caplog):
+    b = make_broker(tls=tls_files)
+    p = start(run_pipeline, clients, b, tmp_path, {"tls": {"ca_file": str(tls_files.ca), "insecure": True},
+                                                   "subscriptions": [{"topic": f"{topic_prefix}/t"}]},
+              client_kw={"ca": tls_files.ca})
+    assert p.stop().error is None
+    assert "NOT verified" in caplog.text
