@@ -157,7 +157,7 @@ class Connection:
 
     def __init__(self, cfg: MqttConnectionFields, *, where: str, pipeline: str, client_id: str,
                  persistent: bool = False, session_expiry: int = 0, receive_maximum: int | None = None,
-                 manual_ack: bool = False, status: bool = False,
+                 manual_ack: bool = False, status: bool = False, max_inflight: int = 20,
                  on_connect: Callable[[mqtt.Client, bool], None] | None = None,
                  paused: Callable[[], bool] | None = None):
         self.cfg, self.where, self.pipeline = cfg, where, pipeline
@@ -197,7 +197,8 @@ class Connection:
         if self.status_topic:
             self.client.will_set(self.status_topic, status_payload("offline", cfg.node_name, pipeline), qos=1, retain=True)
         self.client.max_queued_messages_set(0)
-        self.client.max_inflight_messages_set(0 if self.v5 else 1000)
+        # paho does not read the broker's Receive Maximum; going over it is a protocol error (mosquitto: 20)
+        self.client.max_inflight_messages_set(max_inflight)
 
     # -- lifecycle -------------------------------------------------------------------------------
     def start(self) -> None:

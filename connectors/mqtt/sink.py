@@ -41,6 +41,8 @@ class MqttSinkConfig(SinkConfig, MqttConnectionFields):
     offline_queue: int = Field(10_000, ge=0, le=10_000_000,
                                description="Records kept while disconnected; beyond that the oldest are dropped (counted).")
     status: bool = Field(False, description="Publish retained online/offline on edgesieve/{node}/status (usually the source does).")
+    max_inflight: int = Field(20, ge=1, le=65_535,
+                              description="QoS>=1 publishes awaiting the broker's ack; keep <= the broker's receive maximum (mosquitto: 20).")
     flush_timeout: float = Field(5.0, ge=0, le=600, description="Seconds flush/close wait for queued records to reach the broker.")
 
     @field_validator("topic_template")
@@ -75,7 +77,7 @@ class MqttSink(Sink):
         self._lock = threading.Lock()
         client_id = config.client_id or default_client_id(config.node_name, ctx.pipeline, config.id)
         self.conn = Connection(config, where=self.where, pipeline=ctx.pipeline, client_id=client_id,
-                               status=config.status, on_connect=self._flush_queue)
+                               status=config.status, max_inflight=config.max_inflight, on_connect=self._flush_queue)
         self._last = None                       # MQTTMessageInfo of the latest publish (flush waits for it)
         self.conn.start()
         self.conn.wait_connected(min(config.flush_timeout, 5.0))

@@ -93,7 +93,7 @@ class MqttSourceConfig(SourceConfig, MqttConnectionFields):
     deadletter_max_bytes: int = Field(1024, ge=0, le=1_048_576, description="Payload bytes kept (base64) in a dead-letter message.")
 
     @model_validator(mode="after")
-    def _v5_features(self):
+    def _check(self):
         if self.deadletter_topic is not None:
             try:
                 self.deadletter_topic.format(node="n")
@@ -105,10 +105,11 @@ class MqttSourceConfig(SourceConfig, MqttConnectionFields):
 
 
 class _Route:
-    __slots__ = ("sub", "template", "decoder")
+    __slots__ = ("sub", "filter", "template", "decoder")
 
     def __init__(self, sub: Subscription):
         self.sub = sub
+        self.filter = sub.filter()
         self.template = TopicTemplate(sub.topic_template) if sub.topic_template else None
         self.decoder = Decoder(sub)
 
@@ -129,8 +130,7 @@ class MqttSource(Source):
         self._builder = RowBuilder()
         self._seq = 0                                  # messages taken (good and bad)
         self._acks: deque[tuple[int, int, int, int]] = deque()   # (seq, generation, mid, qos)
-        self._dead: list[tuple[float, str, str, str, bytes]] = []
-        self.dead_counts: dict[str, int] = {}
+        self._dead: list[tuple[float, str, str, str, str]] = []   # (arrival, topic, reason, detail, payload_b64)
         self.deadletter_topic = (config.deadletter_topic.format(node=config.node_name)
                                  if config.deadletter_topic else None)
         client_id = config.client_id or default_client_id(config.node_name, ctx.pipeline, config.id)
@@ -152,7 +152,7 @@ class MqttSource(Source):
             return self._route_cache[topic]
         except KeyError:
             pass
-        route = next((r for r in self._routes if mqtt.topic_matches_sub(r.sub.filter(), topic)), None)
+        route = next((r for r in self._routes if mqtt.topic_matches_sub(r.filter, topic)), None)
         if len(self._route_cache) > 10_000:
             self._route_cache.clear()
         self._route_cache[topic] = route
@@ -185,14 +185,13 @@ class MqttSource(Source):
                 self._reject(arrival, topic, e.reason, e.detail, msg.payload)
 
     def _reject(self, arrival: float, topic: str, reason: str, detail: str, payload: bytes) -> None:
-        self.dead_counts[reason] = self.dead_counts.get(reason, 0) + 1
-        self._dead.append((arrival, topic, reason, detail, bytes(payload[: self.config.deadletter_max_bytes])))
+        keep = self.config.deadletter_max_bytes
+        b64 = base64.b64encode(payload[:keep]).decode()
+        self._dead.append((arrival, topic, reason, detail, b64))
         if self.deadletter_topic:
             self.conn.client.publish(self.deadletter_topic, json.dumps({
                 "reason": reason, "detail": detail, "source": self.config.id, "topic": topic, "ts": arrival,
-                "payload_bytes": len(payload), "truncated": len(payload) > self.config.deadletter_max_bytes,
-                "payload_b64": base64.b64encode(payload[: self.config.deadletter_max_bytes]).decode(),
-            }), qos=1)
+                "payload_bytes": len(payload), "truncated": len(payload) > keep, "payload_b64": b64}), qos=1)
 
     # -- source thread ----------------------------------------------------------------------------
     def run(self, emit, stop: threading.Event) -> None:
@@ -214,10 +213,10 @@ class MqttSource(Source):
                 return sent
             rows = self._builder.build() if len(self._builder) else None
             dead, self._dead = self._dead, []
-        for arrival, topic, reason, detail, payload in dead:
+        for arrival, topic, reason, detail, b64 in dead:
             self.ctx.count(f"dead_lettered.{reason}", 1)
             self.ctx.dead_letter(Batch(np.array([arrival]), tags={"topic": np.array([topic], dtype=object)},
-                                       extra={"payload_b64": np.array([base64.b64encode(payload).decode()], dtype=object)}),
+                                       extra={"payload_b64": np.array([b64], dtype=object)}),
                                  f"{self.where} topic {topic!r}: {reason}: {detail}")
         emit(rows if rows is not None else Batch.empty(), position=seq)
         return seq
