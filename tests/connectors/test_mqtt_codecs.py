@@ -123,16 +123,34 @@ def test_columnar_json_batch_equals_per_value_path():
             r = {"ts": (T0 + m + i / 100) * scale} if with_ts else {}
             for k in keys:
                 r[k] = rng.random() < 0.5 if k == "flag" else rng.randint(-5, 5) if k == "n" else rng.gauss(0, 1)
-            if rng.random() < 0.05:
+            u = rng.random()
+            if u < 0.03:
                 r.pop(keys[0])            # irregular: falls back to the per-value path
+            elif u < 0.05:
+                r[keys[0]] = None         # null: absent
+            elif u < 0.06:
+                r[keys[0]] = "1.5"        # a string: the message is refused
+            elif u < 0.07:
+                r["extra"] = 1            # a key the first reading lacks
             readings.append(r)
-        payloads.append(json.dumps(readings).encode())
-    out = []
+        payloads.append(json.dumps(readings).encode() if m % 7 else json.dumps({"readings": readings}).encode())
+    out, outcomes = [], []
     for columnar in (True, False):
-        dec, b = Decoder(CodecOptions(codec="json-batch"), columnar=columnar), RowBuilder()
+        dec, b, reasons = Decoder(CodecOptions(codec="json-batch"), columnar=columnar), RowBuilder(), []
+        vectorised = []
+        inner = dec._columns
+        dec._columns = lambda *a: vectorised.append(inner(*a)) or vectorised[-1]
         for i, p in enumerate(payloads):
-            dec.decode(p, b, {"dev": f"d{i % 3}"}, T0 + 1000)
+            try:
+                dec.decode(p, b, {"dev": f"d{i % 3}"}, T0 + 1000)
+                reasons.append(None)
+            except DecodeError as e:
+                reasons.append(e.reason)
         out.append(b.build())
+        outcomes.append(reasons)
+        if columnar:
+            assert sum(v is not None for v in vectorised) > 20      # the vectorised path really ran
+    assert outcomes[0] == outcomes[1] and "wrong_type" in outcomes[0]
     fast, slow = out
     np.testing.assert_array_equal(fast.ts, slow.ts)
     assert fast.fields.keys() == slow.fields.keys() and fast.tags.keys() == slow.tags.keys()
