@@ -76,20 +76,26 @@ class Batch:
         field_cols: dict[str, list[Any]] = {}
         extra_cols: dict[str, list[Any]] = {}
         frames: list[Any] | None = None
+        def column(cols: dict[str, list[Any]], name: str) -> list[Any]:
+            col = cols.get(name)
+            if col is None:
+                col = cols[name] = [None] * n
+            return col
+
         for i, rec in enumerate(records):
             t = rec.get("ts")
             ts[i] = float(t) if _is_number(t) else math.nan
             for k, v in (rec.get("tags") or {}).items():
-                tag_cols.setdefault(k, [None] * n)[i] = None if v is None else str(v)
+                column(tag_cols, k)[i] = None if v is None else str(v)
             for k, v in (rec.get("fields") or {}).items():
-                field_cols.setdefault(k, [None] * n)[i] = v
+                column(field_cols, k)[i] = v
             if rec.get("frame") is not None:
                 if frames is None:
                     frames = [None] * n
                 frames[i] = rec["frame"]
             for k, v in rec.items():
                 if k not in _RESERVED:
-                    extra_cols.setdefault(k, [None] * n)[i] = v
+                    column(extra_cols, k)[i] = v
         return cls(
             ts=ts,
             tags={k: _object_array(v) for k, v in tag_cols.items()},

@@ -123,15 +123,15 @@ def _run(args) -> int:
         return 1
     setup_logging(args.log_format or spec.runtime.log_format)
     pipeline = Pipeline(spec)
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda signum, frame: pipeline.stop(signal.Signals(signum).name))
     port = args.metrics_port or spec.runtime.metrics_port
     server = None
     if port:
         from .metrics import serve_prometheus
 
-        server = serve_prometheus(pipeline.metrics, port)
+        server = serve_prometheus(pipeline.metrics, port, spec=spec)
         logging.getLogger("edgesieve").info("metrics on http://127.0.0.1:%d/metrics", port)
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda signum, frame: pipeline.stop(signal.Signals(signum).name))
     view = LiveView(pipeline) if args.progress else None
     try:
         summary = pipeline.run(duration=args.duration, on_tick=view.update if view else None)

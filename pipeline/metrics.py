@@ -83,12 +83,16 @@ class PrometheusCollector:
         yield hist
 
 
-def serve_prometheus(metrics: Metrics, port: int, addr: str = "127.0.0.1"):
+def serve_prometheus(metrics: Metrics, port: int, addr: str = "127.0.0.1", spec=None):
     """Start the /metrics HTTP endpoint on its own thread; returns the server (call ``shutdown()`` to stop)."""
     from prometheus_client import start_http_server
     from prometheus_client.registry import CollectorRegistry
 
     registry = CollectorRegistry()
     registry.register(PrometheusCollector(metrics))
+    if spec is not None:
+        from connectors.bandwidth import BandwidthCollector
+
+        registry.register(BandwidthCollector(metrics, spec))
     server, _thread = start_http_server(port, addr=addr, registry=registry)
     return server

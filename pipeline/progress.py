@@ -56,10 +56,8 @@ def print_summary(summary, console: Console | None = None) -> None:
     console = console or Console(file=sys.stderr)
     console.print(counters_table(summary.counters, title=f"pipeline {summary.pipeline!r}: {summary.seconds:.2f}s, "
                                  f"stopped by {summary.stopped_by}"))
-    byte_in = sum(c.get("bytes_in", 0) for c in summary.counters.values())
-    byte_out = sum(c.get("bytes_out", 0) for c in summary.counters.values())
-    if byte_in or byte_out:
-        ratio = f" ({byte_in / byte_out:,.1f}x less)" if byte_out else ""
-        console.print(f"bytes in {byte_in:,} · bytes out {byte_out:,}{ratio}")
+    bandwidth = summary.extra.get("bandwidth")
+    if bandwidth is not None and (bandwidth.bytes_in or bandwidth.bytes_out):
+        console.print(f"bandwidth: {bandwidth}")
     if summary.error:
         console.print(f"[red]error: {summary.error}[/red]")

@@ -16,12 +16,15 @@ SOURCES: dict[str, str] = {
 STAGES: dict[str, str] = {
     "filter": "pipeline.stages.filter:Filter",
     "map": "pipeline.stages.map:Map",
+    "onnx": "pipeline.stages.onnx:Onnx",
     "window": "pipeline.stages.window:Window",
 }
 
 SINKS: dict[str, str] = {
     "file": "pipeline.sinks.file:FileSink",
     "stdout": "pipeline.sinks.stdout:StdoutSink",
+    "influxdb": "connectors.influx.influxdb:InfluxdbSink",
+    "sqlite": "connectors.local.sqlite:SqliteSink",
     "mqtt": "connectors.mqtt.sink:MqttSink",
 }
 

@@ -155,7 +155,11 @@ class Pipeline:
                 s.close()
             self.graph.close()
             self.dead_letters.close()
-        return RunSummary(self.name, time.monotonic() - started, self.metrics.by_item(), self.stopped_by, error)
+        from connectors.bandwidth import Bandwidth
+
+        counters = self.metrics.by_item()
+        return RunSummary(self.name, time.monotonic() - started, counters, self.stopped_by, error,
+                          extra={"bandwidth": Bandwidth.of_pipeline(spec, counters)})
 
     def _source_loop(self, sid: str, src: Source, q: queue.Queue, wake: threading.Event) -> None:
         shed = self.spec.sources[[c.id for c in self.spec.sources].index(sid)].overload == "shed"

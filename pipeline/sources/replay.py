@@ -187,25 +187,42 @@ class Replay(Source):
         return batch, kept
 
     def _ndjson_chunks(self, path: Path, skip: int):
-        records, rows, rows_done = [], [], skip
+        records, raw_ts, rows, rows_done = [], [], [], skip
         with path.open() as fh:
             for lineno, line in enumerate(fh, start=1):
                 if lineno <= skip or not line.strip():
                     continue
                 rows_done = lineno
                 try:
-                    obj = json.loads(line)
-                    records.append(self._json_record(obj))
-                    rows.append(lineno - 1)
+                    rec, ts = self._json_record(json.loads(line))
                 except (ValueError, TypeError) as exc:
                     self._dead(path, lineno, str(exc), raw=line.strip()[:500])
+                    continue
+                records.append(rec)
+                raw_ts.append(ts)
+                rows.append(lineno - 1)
                 if len(records) >= self.config.chunk_size:
-                    yield self._checked(Batch.from_records(records), path), np.array(rows), rows_done
-                    records, rows = [], []
+                    yield *self._ndjson_batch(path, records, raw_ts, rows), rows_done
+                    records, raw_ts, rows = [], [], []
         if records or rows_done > skip:
-            yield self._checked(Batch.from_records(records), path), np.array(rows, dtype=np.int64), rows_done
+            yield *self._ndjson_batch(path, records, raw_ts, rows), rows_done
 
-    def _json_record(self, obj) -> dict:
+    def _ndjson_batch(self, path: Path, records: list, raw_ts: list, rows: list) -> tuple[Batch, np.ndarray]:
+        """Timestamps of a whole chunk are parsed at once; records with a bad one are dead-lettered."""
+        rows_arr = np.array(rows, dtype=np.int64)
+        batch = Batch.from_records(records)
+        if not records:
+            return batch, rows_arr
+        ts = _timestamps(pd.Series(raw_ts, dtype=object), self.config.timestamp_format)
+        bad = np.isnan(ts)
+        batch = self._checked(batch.with_ts(np.where(bad, 0.0, ts)), path)
+        if bad.any():
+            self.ctx.dead_letter(batch.take(bad), [f"{path.name}:{rows_arr[i] + 1}: timestamp {raw_ts[i]!r} is not a time"
+                                                   for i in np.flatnonzero(bad)])
+            batch, rows_arr = batch.take(~bad), rows_arr[~bad]
+        return batch, rows_arr
+
+    def _json_record(self, obj) -> tuple[dict, object]:
         if not isinstance(obj, dict):
             raise ValueError("a line must be a JSON object")
         cfg = self.config
@@ -214,14 +231,10 @@ class Replay(Source):
         else:
             tags = {k: str(obj[k]) for k in cfg.tags if k in obj}
             names = cfg.fields if cfg.fields is not None else [k for k in obj if k != cfg.timestamp and k not in cfg.tags]
-            rec = {"ts": obj.get(cfg.timestamp), "tags": tags, "fields": {k: obj[k] for k in names if k in obj}}
-        raw_ts = obj.get(cfg.timestamp, obj.get("ts"))
-        ts = _timestamps(pd.Series([raw_ts]), cfg.timestamp_format)[0]
-        if np.isnan(ts):
-            raise ValueError(f"timestamp {raw_ts!r} is not a time")
-        rec["ts"] = float(ts)
-        rec["tags"] = {**(rec.get("tags") or {}), **cfg.static_tags}
-        return rec
+            rec = {"tags": tags, "fields": {k: obj[k] for k in names if k in obj}}
+        if cfg.static_tags:
+            rec["tags"] = {**(rec.get("tags") or {}), **cfg.static_tags}
+        return rec, obj.get(cfg.timestamp, obj.get("ts"))
 
     def _checked(self, batch: Batch, path: Path) -> Batch:
         if self.config.file_tag:

@@ -105,7 +105,7 @@ runtime: {{dead_letter: {tmp_path}/dead.ndjson}}
     while time.monotonic() < deadline:
         try:
             body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=1).read().decode()
-            if 'event="dead_lettered",item="r"' in body:
+            if 'event="dead_lettered",item="r"' in body and "edgesieve_batch_seconds_bucket" in body:
                 break
         except OSError:
             pass

@@ -1,0 +1,158 @@
+"""Turn records into model input tensors, vectorised per micro-batch (numpy only).
+
+Frames are resized without OpenCV so the runtime needs only numpy:
+an integer down-scale factor uses block averaging (identical to OpenCV's
+``INTER_AREA`` for integer factors), anything else uses bilinear interpolation
+(half-pixel centres, like ``cv2.INTER_LINEAR``).
+
+>>> import numpy as np
+>>> f = np.arange(16, dtype=np.uint8).reshape(4, 4)
+>>> resize_stack(f[None], 2, 2, "area")[0]
+array([[ 2.5,  4.5],
+       [10.5, 12.5]], dtype=float32)
+"""
+from __future__ import annotations
+
+import numpy as np
+
+# ITU-R BT.601 luma, the weights cv2.COLOR_BGR2GRAY uses
+_LUMA_BGR = np.array([0.114, 0.587, 0.299], np.float32)
+
+
+def frame_problem(frame) -> str | None:
+    """Why this frame cannot be used (None when it can)."""
+    if not isinstance(frame, np.ndarray):
+        return f"no frame (got {type(frame).__name__})"
+    if frame.ndim not in (2, 3) or (frame.ndim == 3 and frame.shape[2] not in (1, 3, 4)):
+        return f"frame shape {frame.shape} is not HxW, HxWx1, HxWx3 or HxWx4"
+    if frame.dtype != np.uint8 and not np.issubdtype(frame.dtype, np.floating):
+        return f"frame dtype {frame.dtype} is not uint8 or float"
+    if frame.shape[0] < 1 or frame.shape[1] < 1:
+        return f"frame shape {frame.shape} is empty"
+    if np.issubdtype(frame.dtype, np.floating) and not np.isfinite(frame).all():
+        return "frame has NaN or infinite pixels"
+    return None
+
+
+def to_color(stack: np.ndarray, color: str, order: str) -> np.ndarray:
+    """(n, h, w[, c]) -> (n, h, w, C) with C=1 for gray, 3 for rgb/bgr (a view where no arithmetic is needed)."""
+    x = stack
+    if x.ndim == 3:
+        x = x[..., None]
+    if x.shape[3] == 4:
+        x = x[..., :3]
+    if color == "gray":
+        if x.shape[3] == 1:
+            return x
+        luma = _LUMA_BGR if order == "bgr" else _LUMA_BGR[::-1]
+        return (x.astype(np.float32, copy=False) @ luma)[..., None]
+    if x.shape[3] == 1:
+        x = np.repeat(x, 3, axis=3)
+    return x if color == order else x[..., ::-1]
+
+
+def resize_stack(stack: np.ndarray, height: int, width: int, method: str = "area") -> np.ndarray:
+    """Resize (n, h, w[, c]) frames to (n, height, width[, c]) float32 (unchanged when the size already fits)."""
+    n, h, w = stack.shape[:3]
+    if (h, w) == (height, width):
+        return stack
+    if method == "area" and h % height == 0 and w % width == 0:
+        fy, fx = h // height, w // width
+        if stack.dtype == np.uint8 and fy * fx <= 257:
+            return _block_mean_uint8(stack, fy, fx)
+        shape = (n, height, fy, width, fx) + stack.shape[3:]
+        return stack.astype(np.float32, copy=False).reshape(shape).mean(axis=(2, 4), dtype=np.float32)
+    x = stack.astype(np.float32, copy=False)
+    if method == "nearest":
+        ys = np.minimum((np.arange(height) + 0.5) * h / height, h - 1).astype(np.intp)
+        xs = np.minimum((np.arange(width) + 0.5) * w / width, w - 1).astype(np.intp)
+        return x[:, ys][:, :, xs]
+    # bilinear with half-pixel centres
+    sy = np.clip((np.arange(height) + 0.5) * h / height - 0.5, 0, h - 1)
+    sx = np.clip((np.arange(width) + 0.5) * w / width - 0.5, 0, w - 1)
+    y0, x0 = np.floor(sy).astype(np.intp), np.floor(sx).astype(np.intp)
+    y1, x1 = np.minimum(y0 + 1, h - 1), np.minimum(x0 + 1, w - 1)
+    wy, wx = (sy - y0).astype(np.float32), (sx - x0).astype(np.float32)
+    extra = (1,) * (x.ndim - 3)
+    wy = wy.reshape((1, height, 1) + extra)
+    wx = wx.reshape((1, 1, width) + extra)
+    top = x[:, y0][:, :, x0] * (1 - wx) + x[:, y0][:, :, x1] * wx
+    bottom = x[:, y1][:, :, x0] * (1 - wx) + x[:, y1][:, :, x1] * wx
+    return top * (1 - wy) + bottom * wy
+
+
+def _block_mean_uint8(stack: np.ndarray, fy: int, fx: int) -> np.ndarray:
+    """Integer-factor block mean of uint8 frames with integer adds (exact sums; ~5x faster than float mean)."""
+    n, h, w = stack.shape[:3]
+    rows = stack.reshape(n, h // fy, fy, -1)
+    acc = rows[:, :, 0].astype(np.uint16)
+    for k in range(1, fy):
+        acc += rows[:, :, k]
+    cols = acc.reshape((n, h // fy, w // fx, fx) + stack.shape[3:])
+    out = cols[:, :, :, 0].astype(np.uint16)
+    for k in range(1, fx):
+        out += cols[:, :, :, k]
+    return out.astype(np.float32) * np.float32(1.0 / (fy * fx))
+
+
+def frames_to_tensor(frames: list[np.ndarray], *, height: int, width: int, color: str, order: str,
+                     resize: str, scale: float, mean, std, layout: str, dtype: np.dtype) -> np.ndarray:
+    """Frames (any sizes) -> one (n, C, H, W) or (n, H, W, C) tensor.
+
+    Frames of the same size are processed together as one numpy stack.
+    """
+    groups: dict[tuple, list[int]] = {}
+    for i, f in enumerate(frames):
+        groups.setdefault((f.shape, f.dtype.str), []).append(i)
+    if len(groups) == 1:  # the usual case: one camera, one size; no scatter copy
+        return _group_tensor(frames, height, width, color, order, resize, scale, mean, std, layout, dtype)
+    out = None
+    for idx in groups.values():
+        x = _group_tensor([frames[i] for i in idx], height, width, color, order, resize, scale, mean, std, layout, dtype)
+        if out is None:
+            out = np.empty((len(frames),) + x.shape[1:], dtype)
+        out[idx] = x
+    return out
+
+
+def _group_tensor(frames, height, width, color, order, resize, scale, mean, std, layout, dtype) -> np.ndarray:
+    args = (height, width, color, order, resize, scale, mean, std, layout)
+    if frames[0].size < 65536 or len(frames) == 1:
+        return _cast(_float_tensor(frames, *args), dtype)
+    # large frames: one at a time straight into the output (no stacked copy of the raw pixels)
+    first = _float_tensor(frames[:1], *args)
+    out = np.empty((len(frames),) + first.shape[1:], np.float32)
+    out[0] = first[0]
+    for i in range(1, len(frames)):
+        _float_tensor(frames[i:i + 1], *args, out=out[i:i + 1])
+    return _cast(out, dtype)
+
+
+def _float_tensor(frames, height, width, color, order, resize, scale, mean, std, layout, out=None) -> np.ndarray:
+    stack = np.stack(frames) if len(frames) > 1 else frames[0][None]
+    if stack.ndim == 4 and stack.shape[3] == 1 and color == "gray":
+        stack = stack[..., 0]
+    # both are linear, so resizing first (on the integer frame) does the least work
+    x = to_color(resize_stack(stack, height, width, resize), color, order)
+    if layout == "NCHW":
+        x = x.transpose(0, 3, 1, 2)
+    # one pass from the (strided, maybe uint8) view into a fresh contiguous float32 tensor
+    if out is None:
+        out = np.empty(x.shape, np.float32)
+    if scale != 1.0:
+        np.multiply(x, np.float32(scale), out=out, casting="unsafe")
+    else:
+        np.copyto(out, x, casting="unsafe")
+    per_channel = (-1, 1, 1) if layout == "NCHW" else (-1,)
+    if mean is not None:
+        np.subtract(out, np.asarray(mean, np.float32).reshape(per_channel), out=out)
+    if std is not None:
+        np.divide(out, np.asarray(std, np.float32).reshape(per_channel), out=out)
+    return out
+
+
+def _cast(out: np.ndarray, dtype) -> np.ndarray:
+    if np.issubdtype(dtype, np.integer):
+        info = np.iinfo(dtype)
+        return np.clip(np.rint(out), info.min, info.max).astype(dtype)
+    return out if dtype == np.float32 else out.astype(dtype)

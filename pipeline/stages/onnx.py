@@ -1,0 +1,289 @@
+"""The ``onnx`` stage: micro-batched onnxruntime inference with sha256-verified, hot-swappable models.
+
+Inputs are built per micro-batch from the record's ``frame``, its ``fields``, or a ``window`` of
+its recent readings per key, and checked at start against the model's declared inputs. Outputs are
+decoded into tags/fields (class label + probability, top-k, regression values) or kept raw.
+Every output record carries the tag ``model_version``. Records wait for up to ``max_batch``
+records or ``max_wait`` (flushed by ``tick``); a fixed-batch model gets padded/split chunks.
+
+``feeds:`` maps each model input name to one of: ``{source: frame, size: [h, w], color: gray|rgb|bgr,
+frame_order: bgr|rgb, resize: area|bilinear|nearest, scale: 1/255, mean: [...], std: [...],
+layout: NCHW|NHWC, dtype}``; ``{source: fields, fields: [...], dtype}``; or ``{source: window,
+fields: [...], length: N, key: [tags], flatten: false, dtype}`` (records before a key's window is full
+are counted as ``window_filling``). ``outputs:`` maps model output names to ``{decode: label|topk|
+regression|raw, field, labels: file-or-list, k, softmax, names}``. A record whose frame or fields cannot
+be used is dead-lettered with the reason. ``sha256:`` pins the model (else ``<model>.sha256`` is checked
+when present); ``watch:`` or ``request_swap(path, sha256)`` (thread-safe, e.g. from an MQTT command)
+load, verify, warm up and check a new model in the background, then swap it in between two batches;
+on any failure the running model keeps serving (counted as ``model_swap_failures``).
+
+>>> from pipeline.testing import run_stage
+>>> out = run_stage(Onnx, {"model": "examples/models/pump_state.onnx",
+...     "feeds": {"window": {"source": "window", "length": 60, "key": ["pump"], "fields": SKAB_SENSORS}},
+...     "outputs": {"probabilities": {"decode": "label", "field": "state"}}},
+...     [{"ts": t, "tags": {"pump": "p1"}, "fields": dict.fromkeys(SKAB_SENSORS, 1.0)} for t in range(61)])
+>>> len(out), sorted(out[0]["tags"]), "state_probability" in out[0]["fields"]
+(2, ['model_version', 'pump', 'state'], True)
+"""
+from __future__ import annotations
+
+import logging
+from concurrent.futures import Future
+from pathlib import Path
+from typing import Annotated, Callable, Literal
+
+import numpy as np
+from pydantic import Field
+
+from ..batch import Batch
+from ..config import Duration, StageConfig
+from ..errors import ConfigError, Problem
+from ..inference.contract import OutputSpec, make_builders, make_decoders
+from ..inference.inputs import FieldsInput, FrameInput, WindowInput
+from ..inference.model import LoadedModel, ModelError, load_model, resolve_model, sidecar_sha256
+from ..inference.swap import Swapper
+from ..stage import Context, Stage
+
+log = logging.getLogger("edgesieve.onnx")
+SKAB_SENSORS = ["Accelerometer1RMS", "Accelerometer2RMS", "Current", "Pressure", "Temperature",
+                "Thermocouple", "Voltage", "Volume Flow RateRMS"]
+Input = Annotated[FrameInput | FieldsInput | WindowInput, Field(discriminator="source")]
+
+
+class OnnxConfig(StageConfig):
+    type: Literal["onnx"]
+    model: str = Field(description="The .onnx file, or a versioned folder with a `current` pointer "
+                             "(relative: to the working directory, else to the pipeline file's folder).")
+    sha256: str | None = Field(None, pattern=r"^[0-9a-fA-F]{64}$",
+                               description="Pin: the model's sha256; a mismatch refuses to start, and swaps then need a digest too. "
+                                           "Without it a `<model>.sha256` file beside the model is checked when present.")
+    feeds: dict[str, Input] = Field(min_length=1, description="Per model input name: how to build it from the record "
+                                    "(`source: frame`, `fields` or `window`).")
+    outputs: dict[str, OutputSpec] | None = Field(None, description="Per model output name: how to decode it; none = every output raw.")
+    providers: list[str] = Field(["cpu"], min_length=1, description="Execution providers in order of preference "
+                                 "(cpu, cuda, openvino, tensorrt, or full onnxruntime names); missing ones are skipped, CPU is the fallback.")
+    intra_op_threads: int = Field(1, ge=0, le=256, description="onnxruntime intra-op threads (0 = onnxruntime decides).")
+    max_batch: int = Field(32, ge=1, le=4096, description="Most records per model call.")
+    max_wait: Duration = Field(0.0, le=10, description="Longest a record waits for its batch to fill (0 = run what each micro-batch brings).")
+    watch: Duration | None = Field(None, gt=0, le=3600, description="Poll the model file / `current` pointer this often and hot-swap on change.")
+    warmup_records: int = Field(4, ge=1, le=1024, description="Records a new model is warmed up and checked on before a swap.")
+
+
+class Onnx(Stage):
+    """ONNX inference on micro-batches (see module docstring)."""
+
+    Config = OnnxConfig
+    EXAMPLE = {"model": "examples/models/pump_state.onnx",
+               "feeds": {"window": {"source": "window", "length": 60, "key": ["device"], "fields": SKAB_SENSORS}},
+               "outputs": {"probabilities": {"decode": "label", "field": "state"}}}
+
+    def __init__(self, config: OnnxConfig, ctx: Context):
+        super().__init__(config, ctx)
+        self.where = f"stage {ctx.item_id!r} (onnx)"
+        self.base_dir = ctx.base_dir or Path.cwd()
+        path = self._path(config.model)
+        try:
+            self._model, self._builders, self._decoders = self._prepare(path, config.sha256, initial=True)
+        except ModelError as exc:
+            msg = str(exc).removeprefix(f"{self.where}: ")
+            raise ConfigError([Problem(str(path), 1, 1, msg, item=self.where,
+                                       hint="the pipeline cannot start without its model")]) from exc
+        self._infer_fn: Callable[[dict], dict] = self._run_model
+        self._pending: list[tuple[Batch, dict[str, np.ndarray]]] = []
+        self._pending_n = 0
+        self._since = 0.0
+        self._sample: dict[str, np.ndarray] | None = None
+        self._swap = Swapper(lambda p, s: self._prepare(p, s), self.where,
+                             watch_path=path if config.watch else None, interval=config.watch or 2.0,
+                             count=ctx.count)
+
+    # ------------------------------------------------------------------ model lifecycle
+    def _prepare(self, path: Path, sha256: str | None, initial: bool = False):
+        cfg = self.config
+        if sha256 is None and not initial and cfg.sha256 and path == self._path(cfg.model):
+            if sidecar_sha256(resolve_model(path)[0]) is None:
+                sha256 = cfg.sha256      # re-reading the pinned file: hold it to the pin
+        model = load_model(path, expected_sha256=sha256, require_sha256=bool(cfg.sha256) and not initial,
+                           providers=cfg.providers, intra_op_threads=cfg.intra_op_threads)
+        builders = make_builders(cfg.feeds, model, self.where)
+        decoders = make_decoders(cfg.outputs, model, self._path, self.where)
+        if not initial:
+            self._check_new(model, builders)
+        return model, builders, decoders
+
+    def _check_new(self, model: LoadedModel, builders: dict) -> None:
+        """Warm up on recent real inputs (or zeros) and compare output shapes with the running model."""
+        sample = self._sample or {n: b.sample(self.config.warmup_records) for n, b in builders.items()}
+        new = model.run(sample)
+        old = self._model.run(sample)
+        for name, arr in new.items():
+            if arr.dtype.kind == "f" and not np.isfinite(arr).all():
+                raise ModelError(f"{self.where}: new model {model.path.name} gives non-finite {name!r} on sample inputs")
+        for name in old:
+            if name not in new or new[name].shape != old[name].shape:
+                got = new[name].shape if name in new else "nothing"
+                raise ModelError(f"{self.where}: new model {model.path.name} gives {name!r} of shape {got} where the "
+                                 f"running model gives {old[name].shape}; the outputs config would not fit")
+
+    def _path(self, name: str | Path) -> Path:
+        """Relative paths: from the working directory when there, else from the pipeline file's folder (like `replay`)."""
+        here = Path(name)
+        return here if here.is_absolute() or here.exists() else self.base_dir / here
+
+    def request_swap(self, path: str | Path | None = None, sha256: str | None = None) -> Future:
+        """Load ``path`` (default: the configured model, re-read) in the background and swap it in when it is ready.
+
+        Thread-safe (for MQTT command handlers). The future gives the new ``model_version``, or the error
+        that kept the old model serving."""
+        target = self._path(path if path is not None else self.config.model)
+        return self._swap.request(target, sha256)
+
+    def _apply_swap(self) -> None:
+        got = self._swap.take_ready()
+        if got is None:
+            return
+        (model, builders, decoders), fut = got
+        for name, b in builders.items():           # window history carries over
+            if getattr(b, "stateful", False):
+                b.history = self._builders[name].history
+        old = self._model.version
+        self._model, self._builders, self._decoders = model, builders, decoders
+        self.ctx.count("model_swaps")
+        self._swap.events.append({"ok": True, "path": str(model.path), "version": model.version})
+        log.info("%s: model %s swapped in (was %s)", self.where, model.version, old)
+        fut.set_result(model.version)
+
+    @property
+    def model_version(self) -> str:
+        return self._model.version
+
+    @property
+    def swap_events(self) -> list[dict]:
+        """Every swap outcome so far: ``{"ok": True, "version"}`` or ``{"ok": False, "error"}``."""
+        return self._swap.events
+
+    # ------------------------------------------------------------------ inference
+    def infer(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """The one place the model runs: input tensors (n records) -> output tensors (n records)."""
+        return self._infer_fn(inputs)
+
+    def wrap_infer(self, wrapper: Callable[[Callable], Callable]) -> None:
+        """Put e.g. a result cache in front of the model: ``wrapper(inner) -> new infer function``.
+
+        The wrapper can read ``stage.model_version`` to keep results of different models apart."""
+        self._infer_fn = wrapper(self._infer_fn)
+
+    def _run_model(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        return self._model.run(inputs)
+
+    def _decode(self, batch: Batch, outputs: dict[str, np.ndarray]) -> Batch:
+        fields, tags, extra = {}, {}, {}
+        for name, fn in self._decoders:
+            f, t, e = fn(outputs[name])
+            fields.update(f), tags.update(t), extra.update(e)
+        version = np.empty(len(batch), object)
+        version[:] = self._model.version
+        out = batch.with_fields(**fields).with_tags(**tags, model_version=version)
+        return out.with_extra(**extra) if extra else out
+
+    def _run(self, batch: Batch, inputs: dict[str, np.ndarray]) -> Batch:
+        outputs = self.infer(inputs)
+        self._sample = {k: v[: self.config.warmup_records] for k, v in inputs.items()}  # views: swap warm-up data
+        return self._decode(batch, outputs)
+
+    # ------------------------------------------------------------------ stage API
+    def _accept(self, batch: Batch) -> tuple[Batch, dict[str, np.ndarray]] | None:
+        bad = np.zeros(len(batch), bool)
+        reasons: dict[int, str] = {}
+        for b in self._builders.values():
+            m, r = b.problems(batch)
+            bad |= m
+            for i, why in r.items():
+                reasons.setdefault(i, why)
+        if bad.any():
+            self.ctx.dead_letter(batch.take(bad), [reasons[i] for i in np.flatnonzero(bad)])
+            batch = batch.take(~bad)
+        if not len(batch):
+            return None
+        inputs, ready = {}, np.ones(len(batch), bool)
+        stateful = {n: b for n, b in self._builders.items() if b.stateful}
+        for name, b in stateful.items():
+            x, r = b.build(batch)
+            inputs[name] = (x, r)
+            ready &= r
+        if not ready.all():
+            self.ctx.count("window_filling", int((~ready).sum()))
+            self.ctx.count("filtered", int((~ready).sum()))
+        inputs = {n: x[ready[r]] for n, (x, r) in inputs.items()}
+        batch = batch.take(ready) if not ready.all() else batch
+        if not len(batch):
+            return None
+        for name, b in self._builders.items():
+            if not b.stateful:
+                inputs[name] = b.build(batch)[0]
+        return batch, inputs
+
+    def process(self, batch: Batch) -> Batch:
+        self._apply_swap()
+        got = self._accept(batch)
+        if got is not None:
+            if not self._pending:
+                self._since = self.ctx.clock()
+            self._pending.append(got)
+            self._pending_n += len(got[0])
+        limit = self.config.max_batch
+        if self.config.max_wait <= 0:
+            return self._drain(everything=True)
+        return self._drain(everything=False) if self._pending_n >= limit else Batch.empty()
+
+    def _drain(self, everything: bool) -> Batch:
+        if not self._pending:
+            return Batch.empty()
+        if len(self._pending) == 1:
+            batch, inputs = self._pending[0]
+        else:
+            batch = Batch.concat([b for b, _ in self._pending])
+            inputs = {n: np.concatenate([i[n] for _, i in self._pending]) for n in self._pending[0][1]}
+        k = self.config.max_batch
+        n = len(batch)
+        upto = n if everything else n - n % k
+        outs = [self._run(batch.take(slice(s, min(s + k, upto))), {m: v[s:min(s + k, upto)] for m, v in inputs.items()})
+                for s in range(0, upto, k)]
+        rest = batch.take(slice(upto, n)) if upto < n else None
+        self._pending = [(rest, {m: v[upto:] for m, v in inputs.items()})] if rest is not None else []
+        self._pending_n = n - upto  # `_since` stays: the rest waited at most since then (never past max_wait)
+        return Batch.concat(outs)
+
+    def tick(self, now: float) -> Batch | None:
+        self._apply_swap()
+        if self._pending and self.ctx.clock() - self._since >= self.config.max_wait:
+            return self._drain(everything=True)
+        return None
+
+    def flush(self) -> Batch | None:
+        self._apply_swap()
+        return self._drain(everything=True)
+
+    def snapshot(self):
+        windows = {n: b.snapshot() for n, b in self._builders.items() if b.stateful}
+        return {"windows": windows, "pending": list(self._pending), "model_version": self._model.version}
+
+    def restore(self, state) -> None:
+        for n, h in state["windows"].items():
+            if n in self._builders:
+                self._builders[n].restore(h)
+        self._pending = list(state["pending"])
+        self._pending_n = sum(len(b) for b, _ in self._pending)
+        self._since = self.ctx.clock()
+
+    def close(self) -> None:
+        self._swap.close()
+
+    @classmethod
+    def sample_records(cls) -> list[dict]:
+        return [{"ts": 1000.0 + i, "tags": {"device": f"d{i % 2}"},
+                 "fields": {s: 1.0 + 0.01 * i for s in SKAB_SENSORS}} for i in range(130)]
+
+    @classmethod
+    def sample_bad_record(cls) -> dict:
+        return {"ts": 2000.0, "tags": {"device": "d0"}, "fields": {**dict.fromkeys(SKAB_SENSORS, 1.0), "Current": "hot"}}
