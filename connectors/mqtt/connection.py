@@ -152,6 +152,40 @@ def status_payload(state: str, node: str, pipeline: str) -> bytes:
     return json.dumps({"status": state, "node": node, "pipeline": pipeline, "version": VERSION}).encode()
 
 
+class _BufferedSocket:
+    """paho's socket, read 64 KiB at a time.
+
+    paho reads each packet with three or more recv() calls (type byte, length bytes, body), each a system call that
+    also hands the GIL to another thread. Serving those reads from one large recv() removes them. ``pending()``
+    tells paho's loop that bytes are buffered (its mechanism for TLS), and the network loop drains the buffer.
+    Everything else is delegated to the socket.
+    """
+
+    __slots__ = ("_sock", "_data", "_pos")
+
+    def __init__(self, sock):
+        self._sock, self._data, self._pos = sock, b"", 0
+
+    def recv(self, n: int) -> bytes:
+        data, pos = self._data, self._pos
+        if pos >= len(data):
+            data = self._sock.recv(max(n, 65_536))     # BlockingIOError / ssl.SSLWantReadError pass through to paho
+            if len(data) <= n:
+                self._data, self._pos = b"", 0
+                return data
+            pos = 0
+        self._data, self._pos = data, pos + n
+        return data[pos:pos + n]
+
+    def pending(self) -> int:
+        buffered = len(self._data) - self._pos
+        inner = getattr(self._sock, "pending", None)
+        return buffered + (inner() if inner is not None else 0)
+
+    def __getattr__(self, name):
+        return getattr(self._sock, name)
+
+
 class Connection:
     """A paho client plus the thread that runs its network loop and reconnects. See the module docstring."""
 
@@ -255,6 +289,12 @@ class Connection:
 
     # -- network thread --------------------------------------------------------------------------
     def _connect_once(self) -> None:
+        self._connect_paho()
+        sock = getattr(self.client, "_sock", None)       # paho private: see _BufferedSocket
+        if sock is not None and not isinstance(sock, _BufferedSocket):
+            self.client._sock = _BufferedSocket(sock)
+
+    def _connect_paho(self) -> None:
         if self.v5:
             props = Properties(PacketTypes.CONNECT)
             if self.persistent:
@@ -290,6 +330,12 @@ class Connection:
                         time.sleep(0.002)
                     else:
                         rc = c.loop(timeout=0.05)
+                        sock = c.socket()
+                        burst = 0                  # packets already in the read buffer: no select() needed
+                        while rc == mqtt.MQTT_ERR_SUCCESS and isinstance(sock, _BufferedSocket) and \
+                                sock.pending() and burst < 1000 and not self._paused():
+                            rc = c.loop_read()
+                            burst += 1
                     if self.connected.is_set():
                         delays = backoff(self.cfg.reconnect.min_delay, self.cfg.reconnect.max_delay)
                 if self.error:
