@@ -174,8 +174,9 @@ class _BufferedSocket:
                 self._data, self._pos = b"", 0
                 return data
             pos = 0
-        self._data, self._pos = data, pos + n
-        return data[pos:pos + n]
+        end = min(pos + n, len(data))
+        self._data, self._pos = data, end
+        return data[pos:end]
 
     def pending(self) -> int:
         buffered = len(self._data) - self._pos
