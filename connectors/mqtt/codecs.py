@@ -33,9 +33,7 @@ non_finite | non-finite number NaN (NaN and Infinity are not readings)
 from __future__ import annotations
 
 import datetime as _dt
-import io
 import json
-import math
 from operator import itemgetter
 from typing import Any, Literal
 
@@ -63,8 +61,6 @@ REASONS = (
 )
 
 _SCALE = {"s": 1.0, "ms": 1e-3, "us": 1e-6, "ns": 1e-9}
-_NPY_MAGIC = b"\x93NUMPY"
-_SENML_RELATIVE = 2 ** 28   # RFC 8428 4.5.3: times below this are relative to "now"
 
 
 class DecodeError(ValueError):
@@ -159,8 +155,14 @@ class Decoder:
         self._numeric_ts = unit != "iso"
         self._skip = {options.timestamp_field, "tags", *options.tag_fields}
         self._only = list(options.fields) if options.fields is not None else None
-        self._decode = {"json": self._json, "json-batch": self._json_batch,
-                        "senml": self._senml, "frame": self._frame}[options.codec]
+        if options.codec == "senml":
+            from connectors.mqtt.senml import decode_senml
+            self._decode = lambda *a: decode_senml(self, *a)
+        elif options.codec == "frame":
+            from connectors.mqtt.frames import decode_frame
+            self._decode = lambda *a: decode_frame(self, *a)
+        else:
+            self._decode = self._json if options.codec == "json" else self._json_batch
 
     def decode(self, payload: bytes, builder: RowBuilder, topic_tags: dict[str, str], arrival: float,
                user_properties: dict[str, str] | None = None) -> int:
@@ -179,9 +181,12 @@ class Decoder:
         except RecursionError:
             builder.rollback(mark)
             raise DecodeError("json_too_deep", "JSON nested too deep to parse") from None
+        except BaseException:
+            builder.rollback(mark)     # whatever went wrong, the message leaves no trace
+            raise
 
     # -- json -----------------------------------------------------------------------------------
-    def _parse(self, payload: bytes) -> Any:
+    def parse_json(self, payload: bytes) -> Any:
         if _fast_loads is not None:
             try:
                 return _fast_loads(payload)
@@ -197,7 +202,7 @@ class Decoder:
             raise DecodeError("undecodable", f"payload is not JSON: {e.msg} at line {e.lineno} column {e.colno}") from None
 
     def _json(self, payload, b, topic_tags, arrival, props) -> int:
-        obj = self._parse(payload)
+        obj = self.parse_json(payload)
         if type(obj) is not dict:
             raise DecodeError("wrong_type", f"json codec expects one object per message, got a {type(obj).__name__} "
                                             "(use codec: json-batch for lists)")
@@ -205,7 +210,7 @@ class Decoder:
         return 1
 
     def _json_batch(self, payload, b, topic_tags, arrival, props) -> int:
-        obj = self._parse(payload)
+        obj = self.parse_json(payload)
         quotes = 0                      # quote characters outside the readings (see _columns)
         if type(obj) is dict:
             quotes = 2 * len(obj)
@@ -231,7 +236,7 @@ class Decoder:
         if ts_raw is None:
             b.begin_row(arrival, topic_tags, arrival_ts=True)
         else:
-            b.begin_row(self._ts(ts_raw, i), topic_tags)
+            b.begin_row(self.timestamp(ts_raw, i), topic_tags)
         if "tags" in obj:
             tags = obj["tags"]
             if type(tags) is not dict:
@@ -324,7 +329,7 @@ class Decoder:
             return str(v)
         raise DecodeError("wrong_type", f"reading [{i}] tag {k!r} is a {type(v).__name__}, not a string")
 
-    def _ts(self, v, i: int) -> float:
+    def timestamp(self, v, i: int) -> float:
         t = type(v)
         if t is str:
             if not self._iso:
@@ -345,108 +350,3 @@ class Decoder:
         if s < 0:
             raise DecodeError("bad_timestamp", f"reading [{i}] timestamp {v!r} is before 1970")
         return float(s)
-
-    # -- senml ----------------------------------------------------------------------------------
-    def _senml(self, payload, b, topic_tags, arrival, props) -> int:
-        pack = self._parse(payload)
-        if type(pack) is dict:
-            pack = [pack]
-        if type(pack) is not list or not pack:
-            raise DecodeError("wrong_type", "SenML pack must be a non-empty array of records")
-        bn, bt, bv = "", 0.0, 0.0
-        rows: dict[tuple[str, float], dict[str, Any]] = {}
-        no_time = True
-        for i, rec in enumerate(pack):
-            if type(rec) is not dict:
-                raise DecodeError("wrong_type", f"SenML record [{i}] is a {type(rec).__name__}, not an object")
-            bn = self._senml_get(rec, "bn", str, bn, i)
-            bt = self._senml_get(rec, "bt", (int, float), bt, i)
-            bv = self._senml_get(rec, "bv", (int, float), bv, i)
-            n = self._senml_get(rec, "n", str, "", i)
-            t = self._senml_get(rec, "t", (int, float), 0.0, i)
-            if "t" in rec or "bt" in rec:
-                no_time = False
-            if "v" in rec:
-                v = self._senml_get(rec, "v", (int, float), 0.0, i) + bv
-            elif "vb" in rec:
-                v = self._senml_get(rec, "vb", bool, False, i)
-            elif "vs" in rec or "vd" in rec:
-                raise DecodeError("wrong_type", f"SenML record [{i}] ({bn + n!r}) has a string/data value; "
-                                                "only numeric (v) and boolean (vb) values are readings")
-            elif "s" in rec:
-                v, n = self._senml_get(rec, "s", (int, float), 0.0, i), (n or "value") + "_sum"
-            else:
-                raise DecodeError("missing_field", f"SenML record [{i}] ({bn + n!r}) has no value (v, vb or s)")
-            if type(v) is float and v - v:
-                raise DecodeError("non_finite", f"SenML record [{i}] value is {v}")
-            when = bt + t
-            if when < _SENML_RELATIVE:
-                when = arrival + when
-            dev = bn.rstrip(":/") if bn else ""
-            if not n:
-                n = "value"
-            rows.setdefault((dev, when), {})[n] = v
-        for (dev, when), fields in rows.items():
-            b.begin_row(when, topic_tags, arrival_ts=no_time)
-            if dev:
-                b.tag(self.o.senml_device_tag, dev)
-            for k, v in fields.items():
-                b.field(k, v)
-            b.end_row()
-        return len(rows)
-
-    @staticmethod
-    def _senml_get(rec, key, types, default, i):
-        if key not in rec:
-            return default
-        v = rec[key]
-        ok = (type(v) in types) if isinstance(types, tuple) else (type(v) is types)
-        if not ok or (types != bool and type(v) is bool):
-            raise DecodeError("wrong_type", f"SenML record [{i}] {key!r} is a {type(v).__name__} ({str(v)[:30]!r})")
-        return v
-
-    # -- frame ----------------------------------------------------------------------------------
-    def _frame(self, payload, b, topic_tags, arrival, props) -> int:
-        fmt = self.o.frame_format
-        if fmt == "auto":
-            fmt = "npy" if payload[:6] == _NPY_MAGIC else "raw"
-        if fmt == "npy":
-            try:
-                frame = np.load(io.BytesIO(payload), allow_pickle=False)
-            except Exception as e:  # numpy raises ValueError/OSError/EOFError for damaged files
-                raise DecodeError("undecodable", f"payload is not a .npy array ({type(e).__name__}: {str(e)[:80]})") from None
-            if frame.dtype.hasobject:
-                raise DecodeError("bad_frame", "object arrays are not frames")
-        else:
-            dtype_s = props.get("dtype", self.o.dtype)
-            shape_s = props.get("shape")
-            if dtype_s is None:
-                raise DecodeError("bad_frame", "raw frame without dtype: set the subscription's dtype or send the "
-                                               "MQTT 5 user property dtype")
-            try:
-                dtype = np.dtype(dtype_s)
-                if dtype.hasobject:
-                    raise TypeError("object dtype")
-                shape = ([int(x) for x in shape_s.split(",") if x.strip()] if shape_s is not None
-                         else list(self.o.shape) if self.o.shape is not None else [-1])
-            except (TypeError, ValueError) as e:
-                raise DecodeError("bad_frame", f"raw frame dtype {dtype_s!r} / shape {shape_s!r} invalid: {e}") from None
-            want = math.prod(shape) * dtype.itemsize
-            if (-1 not in shape and want != len(payload)) or len(payload) % dtype.itemsize:
-                raise DecodeError("bad_frame", f"raw frame is {len(payload)} bytes, dtype {dtype} x shape {shape} "
-                                               f"needs {want}")
-            frame = np.frombuffer(payload, dtype).reshape(shape)
-        if frame.dtype.kind == "f" and not np.isfinite(frame).all():
-            raise DecodeError("non_finite", "frame contains NaN or Infinity")
-        ts = props.get("ts")
-        if ts is None:
-            b.begin_row(arrival, topic_tags, arrival_ts=True)
-        else:
-            try:
-                num = float(ts)
-            except ValueError:
-                num = ts
-            b.begin_row(self._ts(num, 0), topic_tags)
-        b.frame(frame)
-        b.end_row()
-        return 1

@@ -183,6 +183,9 @@ class MqttSource(Source):
                 route.decoder.decode(msg.payload, self._builder, tags, arrival, props)
             except DecodeError as e:
                 self._reject(arrival, topic, e.reason, e.detail, msg.payload)
+            except Exception as e:  # a decoder bug must not kill the network thread: dead-letter and go on
+                log.exception("%s: decoding a message on %r failed", self.where, topic)
+                self._reject(arrival, topic, "undecodable", f"decoder error {type(e).__name__}: {e}", msg.payload)
 
     def _reject(self, arrival: float, topic: str, reason: str, detail: str, payload: bytes) -> None:
         keep = self.config.deadletter_max_bytes

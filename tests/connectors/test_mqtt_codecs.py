@@ -245,3 +245,13 @@ def test_topic_templates():
     for bad in ["a/{x}/{x}", "a/#/b", "a/x{y}", "", "a/{r...}/b"]:
         with pytest.raises(ValueError):
             TopicTemplate(bad)
+
+
+def test_unexpected_decoder_error_still_rolls_back(monkeypatch):
+    dec, b = Decoder(CodecOptions(codec="json")), RowBuilder()
+    dec.decode(b'{"ts": 1, "a": 1}', b, {}, T0)
+    monkeypatch.setattr(RowBuilder, "end_row", lambda self: (_ for _ in ()).throw(RuntimeError("bug")))
+    with pytest.raises(RuntimeError):
+        dec.decode(b'{"ts": 2, "a": 2, "b": 3}', b, {}, T0)
+    monkeypatch.undo()
+    assert b.build().to_records() == [{"ts": 1.0, "tags": {}, "fields": {"a": 1.0}}]
