@@ -307,6 +307,23 @@ class Connection:
         else:
             self.client.connect(self.host, self.port, self.cfg.keepalive)
 
+    def _serve(self) -> None:
+        """Run paho's loop until the connection ends or stop is asked."""
+        c = self.client
+        rc = mqtt.MQTT_ERR_SUCCESS
+        while not self._stop.is_set() and rc == mqtt.MQTT_ERR_SUCCESS:
+            if self._paused() and self.connected.is_set():
+                rc = c.loop_write() if c.want_write() else c.loop_misc()
+                time.sleep(0.002)
+                continue
+            rc = c.loop(timeout=0.05)
+            sock = c.socket()
+            burst = 0                  # packets already in the read buffer: no select() needed
+            while rc == mqtt.MQTT_ERR_SUCCESS and isinstance(sock, _BufferedSocket) and \
+                    sock.pending() and burst < 1000 and not self._paused():
+                rc = c.loop_read()
+                burst += 1
+
     def _loop(self) -> None:
         delays = backoff(self.cfg.reconnect.min_delay, self.cfg.reconnect.max_delay)
         c = self.client
@@ -324,21 +341,11 @@ class Connection:
             except (OSError, ssl.SSLError) as e:
                 log.warning("%s: cannot connect to %s:%d: %s", self.where, self.host, self.port, e)
             else:
-                rc = mqtt.MQTT_ERR_SUCCESS
-                while not self._stop.is_set() and rc == mqtt.MQTT_ERR_SUCCESS:
-                    if self._paused() and self.connected.is_set():
-                        rc = c.loop_write() if c.want_write() else c.loop_misc()
-                        time.sleep(0.002)
-                    else:
-                        rc = c.loop(timeout=0.05)
-                        sock = c.socket()
-                        burst = 0                  # packets already in the read buffer: no select() needed
-                        while rc == mqtt.MQTT_ERR_SUCCESS and isinstance(sock, _BufferedSocket) and \
-                                sock.pending() and burst < 1000 and not self._paused():
-                            rc = c.loop_read()
-                            burst += 1
-                    if self.connected.is_set():
-                        delays = backoff(self.cfg.reconnect.min_delay, self.cfg.reconnect.max_delay)
+                generation = self.generation
+                try:
+                    self._serve()
+                except Exception:        # a bug in a callback must not end reconnecting: log it, start over
+                    log.exception("%s: MQTT network loop failed; reconnecting", self.where)
                 if self.error:
                     c.disconnect()
                     return
@@ -349,5 +356,7 @@ class Connection:
                             break
                     return
                 self.connected.clear()
+                if self.generation != generation:    # it was connected: start the backoff afresh
+                    delays = backoff(self.cfg.reconnect.min_delay, self.cfg.reconnect.max_delay)
             if self._stop.wait(next(delays)):
                 return
