@@ -4,6 +4,8 @@
 - ``make_broker(**options)``: a private broker for this test (passwords, TLS, restarts), stopped afterwards.
 - ``tls_files``: a CA, server and client certificate generated for this session.
 - ``topic_prefix``: a topic prefix unique to this test, e.g. ``t/test_round_trip-1a2b3c``.
+- ``clients(broker, **kw)``: paho test clients (publish, subscribe, wait_for), closed afterwards.
+- ``run_pipeline(yaml_text)``: a pipeline running on a thread (``stop()``/``wait()`` return its RunSummary).
 """
 
 from __future__ import annotations
