@@ -10,7 +10,8 @@ Codecs (one per subscription, option ``codec``):
   config or from MQTT 5 user properties (``dtype``, ``shape`` as ``"480,640,3"``, optional ``ts``).
 
 Timestamps (``timestamp_unit``): ``s``, ``ms``, ``us``, ``ns``, ``iso`` (ISO 8601 strings) or ``auto``
-(ISO strings are parsed, numbers are read by magnitude: < 1e11 s, < 1e14 ms, < 1e17 us, else ns).
+(ISO strings are parsed, numbers are read by magnitude: up to 1e11 s, 1e14 ms, 1e17 us, else ns; divided
+exactly, as the ``replay`` source does, so both give the same times for the same data).
 A reading without one gets the arrival time and the annotation ``ts_source="arrival"``.
 
 A message that cannot be decoded raises :class:`DecodeError` with a ``reason`` from :data:`REASONS`
@@ -60,7 +61,7 @@ REASONS = (
     "topic_mismatch",      # raised by the source when the topic does not fit topic_template
 )
 
-_SCALE = {"s": 1.0, "ms": 1e-3, "us": 1e-6, "ns": 1e-9}
+_DIVISOR = {"s": 1.0, "ms": 1e3, "us": 1e6, "ns": 1e9}
 
 
 class DecodeError(ValueError):
@@ -150,7 +151,7 @@ class Decoder:
         self.o = options
         self._columnar_ok = columnar and options.fields is None and not options.tag_fields
         unit = options.timestamp_unit
-        self._scale = _SCALE.get(unit)
+        self._divisor = _DIVISOR.get(unit)
         self._iso = unit in ("auto", "iso")
         self._numeric_ts = unit != "iso"
         self._skip = {options.timestamp_field, "tags", *options.tag_fields}
@@ -311,10 +312,10 @@ class Decoder:
         if ts is not None:
             if type(first[tsk]) is bool or not self._numeric_ts or not (np.isfinite(ts).all() and (ts >= 0).all()):
                 return None
-            if self._scale is not None:
-                ts = ts * self._scale
-            elif ts.max() >= 1e11:          # not all in seconds (ts >= 0 here)
-                ts = np.where(ts < 1e11, ts, np.where(ts < 1e14, ts * 1e-3, np.where(ts < 1e17, ts * 1e-6, ts * 1e-9)))
+            if self._divisor is not None:
+                ts = ts / self._divisor
+            elif ts.max() > 1e11:           # not all in seconds (ts >= 0 here)
+                ts = ts / np.where(ts > 1e17, 1e9, np.where(ts > 1e14, 1e6, np.where(ts > 1e11, 1e3, 1.0)))
         else:
             ts = np.full(n, arrival)
             extra["ts_source"] = _const(n, "arrival")
@@ -339,11 +340,11 @@ class Decoder:
         elif (t is float or t is int) and self._numeric_ts:
             if t is float and v - v:
                 raise DecodeError("bad_timestamp", f"reading [{i}] timestamp is {v}")
-            if self._scale is not None:
-                s = v * self._scale
+            if self._divisor is not None:
+                s = v / self._divisor
             else:
                 a = abs(v)
-                s = v if a < 1e11 else v * 1e-3 if a < 1e14 else v * 1e-6 if a < 1e17 else v * 1e-9
+                s = v / (1e9 if a > 1e17 else 1e6 if a > 1e14 else 1e3 if a > 1e11 else 1.0)
         else:
             raise DecodeError("bad_timestamp", f"reading [{i}] timestamp {str(v)[:40]!r} is a {t.__name__}; "
                                                f"timestamp_unit={self.o.timestamp_unit}")

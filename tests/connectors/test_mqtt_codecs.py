@@ -255,3 +255,15 @@ def test_unexpected_decoder_error_still_rolls_back(monkeypatch):
         dec.decode(b'{"ts": 2, "a": 2, "b": 3}', b, {}, T0)
     monkeypatch.undo()
     assert b.build().to_records() == [{"ts": 1.0, "tags": {}, "fields": {"a": 1.0}}]
+
+
+def test_timestamps_match_the_replay_source():
+    import pandas as pd
+
+    from pipeline.sources.replay import _timestamps
+
+    raw = [1_700_000_000.123, 1_700_000_000_123, 1_700_000_000_123_456, 1_700_000_000_123_456_789, 99_999_999_999]
+    expected = _timestamps(pd.Series(raw), "auto")
+    single = [decode({"ts": v, "x": 1})[0]["ts"] for v in raw]
+    batch = [r["ts"] for r in decode([{"ts": v, "x": 1} for v in raw], codec="json-batch")]
+    assert single == batch == expected.tolist()
