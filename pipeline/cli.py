@@ -15,6 +15,7 @@ from .errors import ConfigError
 # Commands implemented elsewhere: name -> "module:function" taking argv and returning an exit code.
 EXTERNAL_COMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("pipeline.demo", "main"),
+    "quantize": ("pipeline.quantize", "main"),
 }
 
 
@@ -96,9 +97,38 @@ def _load(file: str):
         return None
 
 
+def _stage_start_problems(spec) -> list[str]:
+    """Build each stage once (models loaded and checked against their config) and collect what fails, by stage."""
+    import tempfile
+
+    from . import registry
+    from .graph import DeadLetters
+    from .metrics import Metrics
+    from .stage import Context
+
+    problems = []
+    with tempfile.TemporaryDirectory() as state_dir:
+        for c in spec.stages:
+            line, col = spec.document.position(("stages", [x.id for x in spec.stages].index(c.id))) if spec.document else (1, 1)
+            try:
+                stage = registry.load("stages", c.type)(
+                    c, Context(c.id, Metrics(spec.name), DeadLetters(Metrics(spec.name), None, True), state_dir,
+                               spec.name, base_dir=spec.base_dir))
+                stage.close()
+            except Exception as exc:
+                problems.append(f"{spec.file}:{line}:{col}: stage {c.id!r} ({c.type}): cannot start: {exc}")
+    return problems
+
+
 def _validate(file: str) -> int:
     spec = _load(file)
     if spec is None:
+        return 1
+    problems = _stage_start_problems(spec)
+    if problems:
+        print(f"{file}: {len(problems)} stage(s) cannot start:", file=sys.stderr)
+        for p in problems:
+            print(f"  {p}", file=sys.stderr)
         return 1
     print(f"{file}: pipeline {spec.name!r} is valid")
     for title, items in (("sources", spec.sources), ("stages", spec.stages), ("sinks", spec.sinks)):
@@ -122,7 +152,11 @@ def _run(args) -> int:
     if spec is None:
         return 1
     setup_logging(args.log_format or spec.runtime.log_format)
-    pipeline = Pipeline(spec)
+    try:
+        pipeline = Pipeline(spec)
+    except Exception as exc:  # a stage that cannot start (model file, bad state dir): say which and why
+        print(f"{args.file}: the pipeline cannot start: {exc}", file=sys.stderr)
+        return 1
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda signum, frame: pipeline.stop(signal.Signals(signum).name))
     port = args.metrics_port or spec.runtime.metrics_port

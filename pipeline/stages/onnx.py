@@ -43,6 +43,8 @@ from ..inference.inputs import FieldsInput, FrameInput, WindowInput
 from ..inference.model import LoadedModel, ModelError, load_model, resolve_model, sidecar_sha256
 from ..inference.swap import Swapper
 from ..stage import Context, Stage
+from cache.options import CacheOptions, ReuseOptions, agreement_fn, cache_wrapper
+from cache.reuse import ReuseTracker
 
 log = logging.getLogger("edgesieve.onnx")
 SKAB_SENSORS = ["Accelerometer1RMS", "Accelerometer2RMS", "Current", "Pressure", "Temperature",
@@ -67,6 +69,8 @@ class OnnxConfig(StageConfig):
     max_wait: Duration = Field(0.0, le=10, description="Longest a record waits for its batch to fill (0 = run what each micro-batch brings).")
     watch: Duration | None = Field(None, gt=0, le=3600, description="Poll the model file / `current` pointer this often and hot-swap on change.")
     warmup_records: int = Field(4, ge=1, le=1024, description="Records a new model is warmed up and checked on before a swap.")
+    cache: CacheOptions | None = Field(None, description="Reuse results of identical or near inputs (computation-redundancy cache, see cache/).")
+    reuse: ReuseOptions = Field(default_factory=ReuseOptions, description="Records marked `reused` by frame_diff skip the model and get their key's last result.")
 
 
 class Onnx(Stage):
@@ -96,6 +100,11 @@ class Onnx(Stage):
         self._swap = Swapper(lambda p, s: self._prepare(p, s), self.where,
                              watch_path=path if config.watch else None, interval=config.watch or 2.0,
                              count=ctx.count)
+        r = config.reuse
+        self._reuse = ReuseTracker(r.key, None, ctx.pipeline, agreement_fn(r.agreement), r.agreement_field,
+                                   confidence=r.confidence)
+        if config.cache is not None:
+            self.wrap_infer(cache_wrapper(config.cache, self, name=str(path), now=ctx.clock))
 
     # ------------------------------------------------------------------ model lifecycle
     def _prepare(self, path: Path, sha256: str | None, initial: bool = False):
@@ -187,9 +196,14 @@ class Onnx(Stage):
         return out.with_extra(**extra) if extra else out
 
     def _run(self, batch: Batch, inputs: dict[str, np.ndarray]) -> Batch:
+        mask = self._reuse.compute_mask(batch)          # rows frame_diff marked `reused` skip the model
+        if not mask.any():
+            return self._reuse.merge(batch, mask, batch.take(mask))
+        if not mask.all():
+            inputs = {k: v[mask] for k, v in inputs.items()}
         outputs = self.infer(inputs)
         self._sample = {k: v[: self.config.warmup_records] for k, v in inputs.items()}  # views: swap warm-up data
-        return self._decode(batch, outputs)
+        return self._reuse.merge(batch, mask, self._decode(batch.take(mask) if not mask.all() else batch, outputs))
 
     # ------------------------------------------------------------------ stage API
     def _accept(self, batch: Batch) -> tuple[Batch, dict[str, np.ndarray]] | None:
@@ -218,9 +232,16 @@ class Onnx(Stage):
         batch = batch.take(ready) if not ready.all() else batch
         if not len(batch):
             return None
+        need = self._reuse.compute_mask(batch)      # frames marked `reused` are not preprocessed either
         for name, b in self._builders.items():
             if not b.stateful:
-                inputs[name] = b.build(batch)[0]
+                if need.all():
+                    inputs[name] = b.build(batch)[0]
+                else:
+                    x = b.sample(len(batch))
+                    if need.any():
+                        x[need] = b.build(batch.take(need))[0]
+                    inputs[name] = x
         return batch, inputs
 
     def process(self, batch: Batch) -> Batch:
@@ -266,7 +287,10 @@ class Onnx(Stage):
 
     def snapshot(self):
         windows = {n: b.snapshot() for n, b in self._builders.items() if b.stateful}
-        return {"windows": windows, "pending": list(self._pending), "model_version": self._model.version}
+        cache = getattr(self._infer_fn, "cache", None)
+        return {"windows": windows, "pending": list(self._pending), "model_version": self._model.version,
+                "reuse": self._reuse.snapshot(),
+                "cache": cache.snapshot(self.config.cache.snapshot_entries) if cache is not None else None}
 
     def restore(self, state) -> None:
         for n, h in state["windows"].items():
@@ -275,6 +299,10 @@ class Onnx(Stage):
         self._pending = list(state["pending"])
         self._pending_n = sum(len(b) for b, _ in self._pending)
         self._since = self.ctx.clock()
+        self._reuse.restore(state.get("reuse"))
+        cache = getattr(self._infer_fn, "cache", None)
+        if cache is not None and state.get("cache") is not None:
+            cache.restore(state["cache"])
 
     def close(self) -> None:
         self._swap.close()

@@ -156,3 +156,16 @@ def test_a_secret_value_is_never_echoed_in_errors():
         assert "hunter2" not in repr(spec.sinks[0]) and "hunter2" not in spec.sinks[0].model_dump_json()
     finally:
         stdout_mod.StdoutSink.Config = original
+
+
+def test_validate_builds_stages_so_a_missing_model_is_caught(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("""\
+sources: [{id: s, type: replay, path: x.csv}]
+stages:
+  - {id: count, type: onnx, inputs: [s], model: nope/model.onnx, feeds: {window: {source: window, fields: [a], length: 4}}}
+sinks: [{id: o, type: stdout, inputs: [count]}]
+""")
+    result = edgesieve("validate", str(bad))
+    assert result.returncode == 1
+    assert f"{bad}:3:5: stage 'count' (onnx): cannot start:" in result.stderr and "nope/model.onnx" in result.stderr

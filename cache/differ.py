@@ -1,0 +1,235 @@
+"""The frame-difference algorithm behind the ``frame_diff`` stage: skip frames that look like the last *processed* one.
+
+:class:`FrameDiffer` is the algorithm (no pipeline needed): per key it keeps the downscaled grayscale
+copy of the last processed frame (the *reference*, not the previous frame, so slow drift accumulates
+and is caught), compares each new frame with it, and decides: process, or reuse the last result.
+A frame is processed when its distance is above the key's threshold, when a forced refresh is due
+(``refresh_frames`` frames or ``refresh_seconds`` seconds since the reference), or when it is drawn
+for an audit (``audit_rate`` of the frames it would have skipped, seeded, independent of batching).
+Audited frames report their agreement back through :meth:`FrameDiffer.observe`, which drives the
+:class:`cache.guard.AccuracyGuard` (adaptive threshold).
+
+>>> import numpy as np
+>>> fd = FrameDiffer(feature="pixel", threshold=0.01, downscale=4, audit_rate=0.0)
+>>> still = np.zeros((48, 64), dtype=np.uint8)
+>>> moved = still.copy(); moved[8:24, 8:24] = 255
+>>> d = fd.decide(["cam"] * 3, [0.0, 0.1, 0.2], [still, still, moved])
+>>> d.process.tolist(), d.reason.tolist(), d.frames_since.tolist()
+([True, False, True], ['first', 'reuse', 'changed'], [0, 1, 0])
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from cache import features as F
+from cache.guard import AccuracyGuard, uniform
+
+REASONS = ("reuse", "first", "changed", "forced", "audit", "bad")
+
+
+@dataclass
+class Decision:
+    """Per-row outcome of :meth:`FrameDiffer.decide` (arrays of length n)."""
+    process: np.ndarray       # bool: run the expensive stage on this row
+    reason: np.ndarray        # object: one of REASONS
+    distance: np.ndarray      # float: feature distance to the reference (NaN when there was none)
+    frames_since: np.ndarray  # int: frames since the last processed frame of the key (0 when processed)
+    age_s: np.ndarray         # float: seconds since the last processed frame of the key (0 when processed)
+    threshold: np.ndarray     # float: the key's threshold used for the decision
+    bad: dict                 # row index -> reason text (wrong shape, not numeric): dead-letter these
+
+
+class FrameDiffer:
+    """Per-key reference frames, feature distances, forced refresh, audits and the accuracy guard."""
+
+    def __init__(self, feature: str = "pixel", threshold: float = 0.01, *, downscale: int = 8, sampling: str = "sparse",
+                 pixel_threshold: float = 25.0, blocks: int = 8, block_min: float = 0.05, bins: int = 32,
+                 norm_ord: float = 2, relative: bool = True, refresh_frames: int | None = None,
+                 refresh_seconds: float | None = None, audit_rate: float = 0.05, seed: int = 0,
+                 adaptive: bool = False, target: float = 0.95, guard: dict | None = None,
+                 confidence_power: float = 0.0, relative_target: bool = True):
+        if feature not in F.FEATURES:
+            raise ValueError(f"unknown feature {feature!r}; expected one of {F.FEATURES}")
+        self.feature = feature
+        self.downscale = int(downscale)
+        self.sampling = sampling
+        self.kw = dict(pixel_threshold=pixel_threshold, blocks=blocks, block_min=block_min, bins=bins,
+                       ord=norm_ord, relative=relative)
+        self.refresh_frames = refresh_frames
+        self.refresh_seconds = refresh_seconds
+        self.audit_rate = float(audit_rate)
+        self.seed = int(seed)
+        self.confidence_power = float(confidence_power)
+        self.relative_target = bool(relative_target)   # the target is on all frames, processed ones included
+        self.guard = AccuracyGuard(threshold, target, adaptive, **(guard or {}))
+        self.keys: dict = {}   # key -> {"ref", "ref_ts", "since", "count", "shape", "run", counters}
+
+    # -- preparation -----------------------------------------------------------------------------
+    def _prepare(self, data: list) -> tuple[list, dict]:
+        """Reduce every item to its comparison form; returns (list of arrays or None, bad)."""
+        out: list = [None] * len(data)
+        bad: dict = {}
+        groups: dict = {}
+        for i, x in enumerate(data):
+            a = x if isinstance(x, np.ndarray) else None
+            if a is None:
+                try:
+                    a = np.asarray(x, dtype=np.float64)
+                except (TypeError, ValueError):
+                    bad[i] = f"not a numeric array ({type(x).__name__})"
+                    continue
+            if a.size == 0 or a.dtype.kind not in "biuf":
+                bad[i] = f"empty or non-numeric array (dtype {a.dtype}, shape {a.shape})"
+                continue
+            if self.feature == "vector_norm":
+                out[i] = a.astype(np.float64).ravel()
+            elif a.ndim not in (2, 3) or min(a.shape[:2]) < self.downscale:
+                bad[i] = (f"frame shape {a.shape} is not (h, w) or (h, w, c) with h, w >= "
+                          f"downscale={self.downscale}")
+            else:
+                groups.setdefault(a.shape, []).append(i)
+        for shape, idx in groups.items():       # one vectorised downscale per frame shape
+            small = F.prepare_list([data[i] for i in idx], self.downscale, self.sampling)
+            for j, i in enumerate(idx):
+                out[i] = small[j]
+        return out, bad
+
+    # -- decisions -------------------------------------------------------------------------------
+    def decide(self, keys, ts, data) -> Decision:
+        """Decide for a batch of rows (keys, event timestamps in s, frames or vectors)."""
+        n = len(data)
+        ts = np.asarray(ts, dtype=np.float64)
+        prepared, bad = self._prepare(data)
+        process = np.zeros(n, bool)
+        reason = np.full(n, "reuse", dtype=object)
+        dist = np.full(n, np.nan)
+        since = np.zeros(n, np.int64)
+        age = np.zeros(n)
+        thr = np.full(n, np.nan)
+        rows_by_key: dict = {}
+        for i, k in enumerate(keys):
+            if i in bad:
+                continue
+            rows_by_key.setdefault(k, []).append(i)
+        for k, rows in rows_by_key.items():
+            st = self.keys.get(k)
+            ok = []
+            for i in rows:                      # a shape that differs from the key's reference is bad
+                shape = prepared[i].shape
+                want = st["shape"] if st is not None else (prepared[ok[0]].shape if ok else shape)
+                if shape != want:
+                    bad[i] = f"shape {np.shape(data[i])} differs from this key's earlier frames"
+                else:
+                    ok.append(i)
+            if ok:
+                self._decide_key(k, np.array(ok), ts, prepared, process, reason, dist, since, age, thr)
+        for i in bad:
+            reason[i] = "bad"
+        return Decision(process, reason, dist, since, age, thr, bad)
+
+    def _decide_key(self, k, rows, ts, prepared, process, reason, dist, since, age, thr):
+        st = self.keys.get(k)
+        small = np.stack([prepared[i] for i in rows])
+        m = len(rows)
+        pos = 0
+        if st is None:
+            st = self.keys[k] = {"ref": small[0], "ref_ts": float(ts[rows[0]]), "since": 0, "count": 0,
+                                 "shape": small[0].shape, "run": 8, "frames": 0, "processed": 0,
+                                 "audits": 0, "forced": 0}
+            process[rows[0]] = True
+            reason[rows[0]] = "first"
+            self._count(st, "first", 1)
+            pos = 1
+        u = uniform(self.seed, k, st["count"] + np.arange(m)) if self.audit_rate > 0 else np.ones(m)
+        st["count"] += m
+        while pos < m:
+            w = min(m - pos, max(4, 2 * st["run"]))          # galloping window: expect a run like the last
+            seg = slice(pos, pos + w)
+            t = self.guard.threshold(k)
+            if self.confidence_power and st.get("confidence") is not None:
+                t *= max(st["confidence"], 1e-3) ** self.confidence_power
+            d = F.distance(self.feature, small[seg], st["ref"], **self.kw)
+            r = rows[seg]
+            s = st["since"] + np.arange(1, w + 1)
+            a = ts[r] - st["ref_ts"]
+            forced = np.zeros(w, bool)
+            if self.refresh_frames:
+                forced |= s >= self.refresh_frames
+            if self.refresh_seconds:
+                forced |= a >= self.refresh_seconds
+            changed = d > t
+            audit = u[seg] < self.audit_rate
+            hit = changed | forced | audit
+            j = int(np.argmax(hit)) if hit.any() else w
+            dist[r] = d
+            thr[r] = t
+            since[r[:j]] = s[:j]
+            age[r[:j]] = a[:j]
+            if j == w:                                      # whole window reused
+                st["since"] += w
+                st["run"] = st["since"]
+                pos += w
+                self._count(st, "reuse", w)
+                continue
+            i = r[j]
+            why = "changed" if changed[j] else ("forced" if forced[j] else "audit")
+            process[i] = True
+            reason[i] = why
+            self._count(st, "reuse", j)
+            self._count(st, why, 1)
+            st["run"] = int(s[j])
+            st["ref"], st["ref_ts"], st["since"] = small[pos + j], float(ts[i]), 0
+            st["confidence"] = None                         # until the new result's confidence is reported
+            pos += j + 1
+
+    @staticmethod
+    def _count(st, why, n):
+        if n:       # recent share of reused frames (audits count as processed), decay 1/200 per frame
+            d = 0.995 ** n
+            st["reuse_ema"] = st.get("reuse_ema", 0.0) * d + (1.0 - d) * (why == "reuse")
+        st["frames"] += n
+        if why != "reuse":
+            st["processed"] += n
+        if why == "audit":
+            st["audits"] += n
+        elif why == "forced":
+            st["forced"] += n
+
+    # -- feedback, statistics, state -------------------------------------------------------------
+    def observe_confidence(self, key, confidence: float) -> None:
+        """Report how confident the result of the key's last processed frame was (0..1, e.g. the margin
+        of a rounded count or top-1 minus top-2 probability). With ``confidence_power`` > 0 the threshold
+        is scaled by ``confidence ** confidence_power`` until the next processed frame: a result near a
+        decision boundary is reused only for smaller changes. Frames of the key that follow a processed frame
+        in the same micro-batch use the unscaled threshold (its result is not known yet)."""
+        st = self.keys.get(key)
+        if st is not None:
+            st["confidence"] = min(max(float(confidence), 0.0), 1.0)
+
+    def observe(self, key, score: float) -> None:
+        """Report an audit result: agreement (0..1) of the reused result with the fresh one."""
+        st = self.keys.get(key)
+        self.guard.observe(key, score, st.get("reuse_ema") if st is not None and self.relative_target else None)
+
+    def stats(self) -> dict:
+        """Per key: frames, processed, skipped, skip_rate, audits, forced, threshold, agreement, bound."""
+        out = {}
+        for k, st in self.keys.items():
+            g = self.guard.stats(k)
+            skipped = st["frames"] - st["processed"]
+            out[k] = {"frames": st["frames"], "processed": st["processed"], "skipped": skipped,
+                      "skip_rate": skipped / st["frames"] if st["frames"] else 0.0,
+                      "audits": st["audits"], "forced": st["forced"], **g}
+        return out
+
+    def snapshot(self) -> dict:
+        return {"keys": {k: {**v, "ref": v["ref"].copy()} for k, v in self.keys.items()},
+                "guard": self.guard.snapshot()}
+
+    def restore(self, state: dict | None) -> None:
+        state = state or {}
+        self.keys = {k: {**v, "ref": np.array(v["ref"])} for k, v in state.get("keys", {}).items()}
+        self.guard.restore(state.get("guard"))

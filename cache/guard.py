@@ -1,0 +1,143 @@
+"""Accuracy guard: an adaptive reuse threshold driven by audits and a Wilson lower bound on agreement.
+
+A stage that reuses results (``frame_diff``, the redundancy cache) processes a small, seeded random
+fraction of the inputs it would have reused (*audits*) and reports how well the reused result agreed
+with the fresh one (a score in ``[0, 1]``). The guard keeps, per key, exponentially decayed counts of
+audits and agreement, and a Wilson score lower bound on the agreement rate. When an audit disagrees
+and the bound is below the target, the threshold is multiplied by ``tighten`` at once; when the bound
+is comfortably above the target (``target + margin``) after at least ``min_audits`` audits, it grows
+by ``loosen`` (slowly, one step per audit) up to ``max_threshold``.
+
+>>> g = AccuracyGuard(threshold=0.02, target=0.95, adaptive=True)
+>>> g.observe("cam1", 0.0)         # a reused result turned out wrong: tighten at once
+>>> g.threshold("cam1")
+0.01
+>>> for _ in range(150): g.observe("cam1", 1.0)
+>>> round(g.threshold("cam1"), 4) > 0.01   # 150 agreeing audits later it has loosened again
+True
+"""
+
+from __future__ import annotations
+
+import math
+import zlib
+
+import numpy as np
+
+_M64 = np.uint64(0xFFFFFFFFFFFFFFFF)
+
+
+def wilson_lower(successes: float, n: float, z: float = 1.0) -> float:
+    """Wilson score lower bound of a binomial proportion (0 when ``n == 0``).
+
+    >>> round(wilson_lower(19, 20, z=1.96), 3)
+    0.764
+    """
+    if n <= 0:
+        return 0.0
+    p = min(max(successes / n, 0.0), 1.0)
+    z2 = z * z
+    centre = p + z2 / (2 * n)
+    spread = z * math.sqrt(max(p * (1 - p) / n + z2 / (4 * n * n), 0.0))
+    return max(0.0, (centre - spread) / (1 + z2 / n))
+
+
+def key_hash(key) -> int:
+    """A stable 32-bit hash of a key (``hash(str)`` is salted per process, this is not)."""
+    return zlib.crc32(str(key).encode("utf-8"))
+
+
+def uniform(seed: int, key, counters: np.ndarray) -> np.ndarray:
+    """Deterministic uniforms in [0, 1) for (seed, key, counter): splitmix64, vectorised.
+
+    The draw depends only on the key and the per-key frame counter, never on how the stream was cut
+    into batches, so a restart or a different batch size audits exactly the same frames.
+    """
+    with np.errstate(over="ignore"):
+        x = (np.asarray(counters, dtype=np.uint64) * np.uint64(0x9E3779B97F4A7C15)
+             + np.uint64((int(seed) * 0x100000001B3 + key_hash(key)) & 0xFFFFFFFFFFFFFFFF)) & _M64
+        x = ((x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)) & _M64
+        x = ((x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)) & _M64
+        x = x ^ (x >> np.uint64(31))
+    return (x >> np.uint64(11)).astype(np.float64) / float(1 << 53)
+
+
+class AccuracyGuard:
+    """Per-key adaptive threshold (see module docstring). ``adaptive=False`` keeps the threshold fixed
+    but still keeps the agreement statistics."""
+
+    def __init__(self, threshold: float, target: float = 0.95, adaptive: bool = False, *,
+                 min_threshold: float | None = None, max_threshold: float | None = None,
+                 tighten: float = 0.5, loosen: float = 1.1, margin: float = 0.02, z: float = 1.0,
+                 window: int = 200, min_audits: int = 10, agree_at: float = 1.0):
+        self.initial = float(threshold)
+        self.target = float(target)
+        self.adaptive = bool(adaptive)
+        self.min_threshold = float(min_threshold if min_threshold is not None else threshold / 64)
+        self.max_threshold = float(max_threshold if max_threshold is not None else threshold * 4)
+        self.tighten, self.loosen, self.margin, self.z = float(tighten), float(loosen), float(margin), float(z)
+        self.decay = 1.0 - 1.0 / max(int(window), 1)
+        self.min_audits = int(min_audits)
+        self.agree_at = float(agree_at)
+        self.keys: dict = {}
+
+    def _state(self, key) -> dict:
+        st = self.keys.get(key)
+        if st is None:
+            st = self.keys[key] = {"threshold": self.initial, "n": 0.0, "s": 0.0, "audits": 0,
+                                   "agree_sum": 0.0, "tightened": 0, "loosened": 0}
+        return st
+
+    def threshold(self, key) -> float:
+        st = self.keys.get(key)
+        return self.initial if st is None else st["threshold"]
+
+    def bound(self, key) -> float:
+        st = self.keys.get(key)
+        return 0.0 if st is None else wilson_lower(st["s"], st["n"], self.z)
+
+    def effective_target(self, reuse_fraction: float | None) -> float:
+        """Agreement the *reused* results need so that all results (processed ones agree by definition)
+        meet ``target``: ``1 - (1 - target) / reuse_fraction``.
+
+        >>> round(AccuracyGuard(0.1, target=0.95).effective_target(0.5), 6)
+        0.9
+        """
+        if reuse_fraction is None or reuse_fraction <= 0:
+            return self.target
+        return max(0.0, 1.0 - (1.0 - self.target) / min(1.0, reuse_fraction))
+
+    def observe(self, key, score: float, reuse_fraction: float | None = None) -> None:
+        """Record one audit: ``score`` is the agreement of the reused result with the fresh one (0..1).
+
+        With ``reuse_fraction`` (the share of recent results that were reused) the bound is compared with
+        :meth:`effective_target` (the target is on all results, and processed ones are exact)."""
+        score = min(max(float(score), 0.0), 1.0)
+        st = self._state(key)
+        st["n"] = st["n"] * self.decay + 1.0
+        st["s"] = st["s"] * self.decay + score
+        st["audits"] += 1
+        st["agree_sum"] += score
+        if not self.adaptive:
+            return
+        lb = wilson_lower(st["s"], st["n"], self.z)
+        target = round(self.effective_target(reuse_fraction), 12)
+        if score < self.agree_at and lb < target:
+            st["threshold"] = max(self.min_threshold, st["threshold"] * self.tighten)
+            st["tightened"] += 1
+        elif st["n"] >= self.min_audits and lb >= target + self.margin:
+            st["threshold"] = min(self.max_threshold, st["threshold"] * self.loosen)
+            st["loosened"] += 1
+
+    def stats(self, key) -> dict:
+        st = self.keys.get(key) or self._state(key)
+        return {"threshold": st["threshold"], "audits": st["audits"],
+                "agreement": st["agree_sum"] / st["audits"] if st["audits"] else None,
+                "agreement_lower_bound": wilson_lower(st["s"], st["n"], self.z),
+                "tightened": st["tightened"], "loosened": st["loosened"]}
+
+    def snapshot(self) -> dict:
+        return {k: dict(v) for k, v in self.keys.items()}
+
+    def restore(self, state: dict | None) -> None:
+        self.keys = {k: dict(v) for k, v in (state or {}).items()}

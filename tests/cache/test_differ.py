@@ -1,0 +1,215 @@
+"""FrameDiffer (the algorithm behind the frame_diff stage) and its features."""
+
+import numpy as np
+import pytest
+
+from cache import features as F
+from cache.differ import FrameDiffer
+from cache.guard import AccuracyGuard, uniform, wilson_lower
+
+
+def scene(n, h=48, w=64, seed=0, noise=2.0):
+    """A static noisy scene with a bright square that jumps at frames n//2."""
+    rng = np.random.default_rng(seed)
+    base = rng.integers(40, 200, size=(h, w)).astype(np.float32)
+    out = []
+    for i in range(n):
+        f = base + rng.normal(0, noise, size=(h, w))
+        if i >= n // 2:
+            f[10:30, 10:30] = 255
+        out.append(np.clip(f, 0, 255).astype(np.uint8))
+    return out
+
+
+def test_static_frames_are_reused_and_a_change_is_processed():
+    frames = scene(20)
+    fd = FrameDiffer("pixel", threshold=0.02, downscale=4, audit_rate=0.0)
+    d = fd.decide(["a"] * 20, np.arange(20) * 0.1, frames)
+    assert d.process.tolist() == [True] + [False] * 9 + [True] + [False] * 9
+    assert d.reason[0] == "first" and d.reason[10] == "changed"
+    assert d.frames_since[1:10].tolist() == list(range(1, 10))
+    assert d.age_s[9] == pytest.approx(0.9)
+    st = fd.stats()["a"]
+    assert st["frames"] == 20 and st["processed"] == 2 and st["skip_rate"] == pytest.approx(0.9)
+
+
+def test_compares_with_last_processed_frame_not_the_previous_one():
+    # brightness creeps up by 10 a frame: each step is below the pixel threshold of 25,
+    # but the distance to the last processed frame grows and triggers processing every 3rd frame
+    frames = [np.full((32, 32), 50 + 10 * i, np.uint8) for i in range(7)]
+    fd = FrameDiffer("pixel", threshold=0.5, downscale=4, audit_rate=0.0)
+    d = fd.decide(["a"] * 7, np.zeros(7), frames)
+    assert d.process.tolist() == [True, False, False, True, False, False, True]
+
+
+def test_forced_refresh_by_frames_and_by_seconds():
+    frames = scene(10)[:5] * 2
+    fd = FrameDiffer("pixel", threshold=0.5, downscale=4, audit_rate=0.0, refresh_frames=4)
+    d = fd.decide(["a"] * 10, np.zeros(10), frames)
+    assert np.flatnonzero(d.process).tolist() == [0, 4, 8]
+    assert set(d.reason[[4, 8]]) == {"forced"}
+    fd = FrameDiffer("pixel", threshold=0.5, downscale=4, audit_rate=0.0, refresh_seconds=1.0)
+    d = fd.decide(["a"] * 10, np.arange(10) * 0.3, frames)
+    assert np.flatnonzero(d.process).tolist() == [0, 4, 8]      # 1.2 s and 2.4 s
+
+
+def test_keys_are_independent_and_wrong_shapes_are_bad():
+    frames = scene(20)
+    keys = ["a", "b", "a", "b", "a", "a"]
+    data = frames[:4] + [np.zeros((10, 10), np.uint8), np.zeros((3, 48, 64, 2, 2), np.uint8)]
+    fd = FrameDiffer("pixel", threshold=0.02, downscale=4, audit_rate=0.0)
+    d = fd.decide(keys, np.zeros(6), data)
+    assert d.process.tolist() == [True, True, False, False, False, False]
+    assert sorted(d.bad) == [4, 5] and "differs" in d.bad[4] and "shape" in d.bad[5]
+    assert d.reason[4] == "bad"
+    d2 = fd.decide(["c"], [0.0], ["not a frame"])
+    assert 0 in d2.bad
+
+
+@pytest.mark.parametrize("feature,thr", [("pixel", 0.02), ("block", 0.05), ("histogram", 0.05)])
+def test_batch_decisions_equal_one_at_a_time(feature, thr):
+    rng = np.random.default_rng(3)
+    frames, keys = [], []
+    base = {k: rng.integers(0, 255, (40, 56)).astype(np.uint8) for k in "xyz"}
+    for i in range(150):
+        k = "xyz"[rng.integers(3)]
+        f = base[k].copy()
+        if rng.random() < 0.15:                        # occasional change that persists
+            y, x = rng.integers(0, 30, 2)
+            f[y:y + 10, x:x + 20] = rng.integers(0, 255)
+            base[k] = f
+        frames.append(f)
+        keys.append(k)
+    ts = np.arange(150) * 0.1
+    kw = dict(downscale=4, audit_rate=0.1, seed=7, refresh_frames=12)
+    whole = FrameDiffer(feature, thr, **kw).decide(keys, ts, frames)
+    one = FrameDiffer(feature, thr, **kw)
+    singles = [one.decide([k], [t], [f]) for k, t, f in zip(keys, ts, frames)]
+    assert whole.process.tolist() == [s.process[0] for s in singles]
+    assert whole.reason.tolist() == [s.reason[0] for s in singles]
+    assert whole.frames_since.tolist() == [s.frames_since[0] for s in singles]
+    assert 0.2 < whole.process.mean() < 0.9
+
+
+def test_snapshot_restore_mid_stream_gives_identical_decisions():
+    import pickle
+    frames = scene(40)
+    keys = ["a", "b"] * 20
+    ts = np.arange(40) * 0.1
+    kw = dict(downscale=4, audit_rate=0.2, seed=1, adaptive=True)
+
+    def run(fd, lo, hi):
+        out = []
+        for i in range(lo, hi, 8):
+            out += fd.decide(keys[i:i + 8], ts[i:i + 8], frames[i:i + 8]).process.tolist()
+            fd.observe("a", 0.0 if i == 8 else 1.0)
+        return out
+
+    ref = FrameDiffer("block", 0.05, **kw)
+    expected = run(ref, 0, 40)
+    first = FrameDiffer("block", 0.05, **kw)
+    got = run(first, 0, 16)
+    second = FrameDiffer("block", 0.05, **kw)
+    second.restore(pickle.loads(pickle.dumps(first.snapshot())))
+    got += run(second, 16, 40)
+    assert got == expected
+    assert second.stats() == ref.stats()
+
+
+def test_guard_tightens_when_a_drifting_scene_breaks_agreement():
+    # a bright bar grows one row per frame; the "model" reports its area in steps of 64 px;
+    # the initial threshold (25% of pixels) is far too loose for that model
+    h, w = 64, 64
+    fd = FrameDiffer("pixel", threshold=0.25, downscale=2, audit_rate=0.25, seed=5, adaptive=True,
+                     target=0.95)
+    last = {}
+    agree = []
+    for i in range(120):
+        f = np.zeros((h, w), np.uint8)
+        f[: (i % 60) + 1, :] = 255                 # two slow sweeps
+        label = int(f.astype(bool).sum() // 256)
+        d = fd.decide(["cam"], [i * 0.1], [f])
+        if d.process[0]:
+            if d.reason[0] == "audit":
+                fd.observe("cam", float(last["cam"] == label))
+            last["cam"] = label
+        agree.append(last["cam"] == label)
+    st = fd.stats()["cam"]
+    assert st["threshold"] < 0.25 / 4 and st["tightened"] >= 2
+    assert np.mean(agree[60:]) > np.mean(agree[:60])
+
+
+def test_vector_norm_on_numeric_vectors():
+    fd = FrameDiffer("vector_norm", threshold=0.05, audit_rate=0.0)
+    spectra = [np.array([1.0, 2.0, 3.0]), [1.0, 2.0, 3.01], [1.0, 2.5, 3.0], [1.0, 2.0]]
+    d = fd.decide(["m"] * 4, np.zeros(4), spectra)
+    assert d.process.tolist() == [True, False, True, False] and 3 in d.bad
+
+
+def test_features_vectorised_match_loops():
+    rng = np.random.default_rng(0)
+    small = rng.uniform(0, 255, (5, 24, 40)).astype(np.float32)
+    ref = rng.uniform(0, 255, (24, 40)).astype(np.float32)
+    for i in range(5):
+        ch = np.abs(small[i] - ref) > 60
+        assert F.pixel_fraction(small, ref, 60)[i] == pytest.approx(ch.mean())
+        cells = [ch[y * 3:(y + 1) * 3, x * 5:(x + 1) * 5].mean() > 0.3 for y in range(8) for x in range(8)]
+        assert F.block_fraction(small, ref, 60, 8, 0.3)[i] == pytest.approx(np.mean(cells))
+        hs, _ = np.histogram(small[i], bins=16, range=(0, 256))
+        hr, _ = np.histogram(ref, bins=16, range=(0, 256))
+        tv = 0.5 * np.abs(hs / hs.sum() - hr / hr.sum()).sum()
+        assert F.histogram_distance(small, ref, 16)[i] == pytest.approx(tv)
+    color = rng.integers(0, 255, (2, 16, 16, 3)).astype(np.uint8)
+    assert F.prepare(color, 4).shape == (2, 4, 4)
+
+
+def test_audit_draws_are_seeded_and_independent_of_batching():
+    a = uniform(3, "cam", np.arange(1000))
+    b = np.concatenate([uniform(3, "cam", np.arange(0, 500)), uniform(3, "cam", np.arange(500, 1000))])
+    assert np.array_equal(a, b) and 0.45 < a.mean() < 0.55
+    assert not np.array_equal(a, uniform(4, "cam", np.arange(1000)))
+
+
+def test_wilson_bound_and_static_guard():
+    assert wilson_lower(0, 0) == 0.0
+    assert wilson_lower(50, 50, 1.0) > wilson_lower(45, 50, 1.0)
+    g = AccuracyGuard(0.1, adaptive=False)
+    g.observe("k", 0.0)
+    assert g.threshold("k") == 0.1 and g.stats("k")["audits"] == 1
+
+
+@pytest.mark.parametrize("f", [2, 3, 4, 6, 8])
+def test_sparse_and_area_downscale_agree_on_smooth_frames(f):
+    y, x = np.mgrid[0:48, 0:64]
+    smooth = np.stack([(y * 2 + x).astype(np.uint8), (255 - y * 3).astype(np.uint8)])
+    area, sparse = F.prepare(smooth, f, "area"), F.prepare(smooth, f, "sparse")
+    assert area.shape == sparse.shape == (2, 48 // f, 64 // f)
+    assert np.abs(area - sparse).max() <= 1.5 * f
+    assert np.array_equal(F.prepare_list(list(smooth), f, "sparse"), sparse)
+    color = np.random.default_rng(f).integers(0, 255, (3, 48, 64, 3)).astype(np.uint8)
+    assert np.allclose(F.prepare_list(list(color), f, "sparse"), F.prepare(color, f, "sparse"), atol=1e-4)
+
+
+def test_guard_target_applies_to_all_frames_not_only_reused_ones():
+    g = AccuracyGuard(0.1, target=0.95, adaptive=True, min_audits=5)
+    assert g.effective_target(None) == 0.95
+    assert g.effective_target(0.5) == pytest.approx(0.90)
+    # audits agreeing 95%: not enough for 0.95 on reused results alone, but half the frames are processed
+    strict = AccuracyGuard(0.1, target=0.95, adaptive=True)
+    loose = AccuracyGuard(0.1, target=0.95, adaptive=True)
+    for i in range(100):
+        score = 0.0 if i % 20 == 19 else 1.0
+        strict.observe("k", score)
+        loose.observe("k", score, reuse_fraction=0.5)
+    assert strict.stats("k")["tightened"] > loose.stats("k")["tightened"]
+    assert strict.threshold("k") < loose.threshold("k")
+
+
+def test_confidence_scales_the_threshold_until_the_next_processed_frame():
+    frames = [np.full((32, 32), 100, np.uint8)] + [np.full((32, 32), 100, np.uint8) for _ in range(3)]
+    frames[2][:8] = 160                                   # 25% of pixels change
+    fd = FrameDiffer("pixel", threshold=0.3, downscale=4, audit_rate=0.0, confidence_power=1.0)
+    fd.decide(["a"], [0.0], frames[:1])
+    fd.observe_confidence("a", 0.5)                       # the last result was near a boundary: 0.3 -> 0.15
+    d = fd.decide(["a"] * 3, [1.0, 2.0, 3.0], frames[1:])
+    assert d.process.tolist() == [False, True, False] and d.threshold[0] == pytest.approx(0.15)

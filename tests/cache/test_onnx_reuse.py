@@ -1,0 +1,108 @@
+"""frame_diff -> onnx (camera model, cache: and reuse: options) -> dedup, in one pipeline file."""
+
+import json
+import pickle
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from pipeline import load_pipeline
+
+MODELS = Path(__file__).resolve().parents[2] / "examples" / "models"
+CAMERA = MODELS / "camera_counter.onnx"
+pytestmark = pytest.mark.skipif(not CAMERA.exists(), reason=f"{CAMERA} is missing")
+
+
+def scene(n=40, seed=0):
+    """Two cameras, mostly static, a bright 'person' block moving now and then."""
+    rng = np.random.default_rng(seed)
+    bg = {c: rng.integers(40, 120, (192, 256)).astype(np.uint8) for c in ("c1", "c2")}
+    recs = []
+    for i in range(n):
+        cam = ("c1", "c2")[i % 2]
+        f = bg[cam].copy()
+        x = 20 + 40 * ((i // 10) % 4)
+        f[60:160, x:x + 30] = 230
+        recs.append({"ts": 100.0 + i * 0.1, "tags": {"device": cam}, "frame": f})
+    return recs
+
+
+def spec(cache=None, diff=True, dedup=False, audit=0.0):
+    stages = []
+    src = "cams"
+    if diff:
+        stages.append({"id": "diff", "type": "frame_diff", "inputs": [src], "threshold": 0.02, "downscale": 4,
+                       "audit_rate": audit, "adaptive": audit > 0})
+        src = "diff"
+    onnx = {"id": "count", "type": "onnx", "inputs": [src], "model": str(CAMERA),
+            "feeds": {"frame": {"source": "frame"}},
+            "outputs": {"count": {"decode": "regression", "field": "people"}, "occupancy": {"decode": "raw"}},
+            "reuse": {"agreement": "count", "confidence": "rounding"}}
+    if cache:
+        onnx["cache"] = cache
+    stages.append(onnx)
+    sinks = [{"id": "out", "type": "stdout", "inputs": ["count"]}]
+    if dedup:
+        stages.append({"id": "changes", "type": "dedup", "inputs": ["count"], "fields": ["people"]})
+        sinks.append({"id": "changed", "type": "stdout", "inputs": ["changes"]})
+    return json.dumps({"pipeline": "cache-onnx", "sources": [{"id": "cams", "type": "replay", "path": "x.csv"}],
+                       "stages": stages, "sinks": sinks}) + "\n"
+
+
+def test_reused_frames_skip_inference_and_carry_the_last_result():
+    recs = scene()
+    every = load_pipeline(spec(diff=False)).run_records(recs, batch_size=5)["out"]
+    p = load_pipeline(spec())
+    out = p.run_records(recs, batch_size=5)["out"]
+    assert len(out) == len(every) == 40
+    reused = [r for r in out if r["reused"]]
+    assert len(reused) >= 25                                   # the block moves every 10 frames only
+    assert p.metrics.get("diff", "reused") == len(reused)
+    for r, e in zip(out, every):                               # same answers as running the model every time
+        assert round(r["fields"]["people"]) == round(e["fields"]["people"])
+        assert "occupancy" in r and "model_version" in r["tags"]
+        if r["reused"]:
+            assert r["fields"]["staleness_frames"] >= 1 and r["fields"]["staleness_s"] > 0
+
+
+def test_cache_option_exact_hits_across_devices_and_dedup():
+    c1 = [r for r in scene(40) if r["tags"]["device"] == "c1"]          # three cameras see the same view
+    recs = [{**r, "tags": {"device": f"d{i % 3}"}} for i, r in enumerate(c1)]
+    p = load_pipeline(spec(cache={"name": "t-onnx-shared", "approximate": False}, diff=False, dedup=True))
+    out = p.run_records(recs, batch_size=4)
+    cache = p.graph.stages["count"]._infer_fn.cache
+    st = cache.stats()
+    assert st["exact_hits"] + st["batch_hits"] == 16 and st["model_version"].startswith("camera_counter@")
+    assert len(out["out"]) == 20
+    assert 0 < len(out["changed"]) < 20 and p.metrics.get("changes", "deduplicated") == 20 - len(out["changed"])
+
+
+def test_restart_mid_stream_gives_identical_output():
+    recs = scene(40)
+    full = load_pipeline(spec(cache={"name": "t-onnx-restart-a"}, audit=0.2)).run_records(recs, batch_size=5)["out"]
+    a = load_pipeline(spec(cache={"name": "t-onnx-restart-b"}, audit=0.2))
+    first = a.run_records(recs[:15], batch_size=5)["out"]
+    state = pickle.loads(pickle.dumps(a.graph.snapshot()))
+    b = load_pipeline(spec(cache={"name": "t-onnx-restart-c"}, audit=0.2))
+    b.graph.restore(state)
+    rest = b.run_records(recs[15:], batch_size=5)["out"]
+    strip = lambda rs: [(r["reused"], r["reuse_reason"], round(r["fields"]["people"], 4)) for r in rs]
+    assert strip(first + rest) == strip(full)
+
+
+def test_cache_ttl_uses_the_pipeline_clock():
+    from pipeline.loader import parse_pipeline
+    from pipeline.runtime import Pipeline
+    from pipeline.testing import FakeClock
+    clock = FakeClock(1000.0)
+    p = Pipeline(parse_pipeline(spec(cache={"name": "t-onnx-ttl", "approximate": False, "ttl": "5s"}, diff=False),
+                                env={}), clock=clock)
+    recs = scene(4)
+    p.run_records(recs[:1])
+    p.run_records(recs[:1])
+    cache = p.graph.stages["count"]._infer_fn.cache
+    assert cache.stats()["exact_hits"] == 1
+    clock.advance(10)
+    p.run_records(recs[:1])
+    assert cache.stats()["expired"] == 1 and cache.stats()["exact_hits"] == 1

@@ -1,0 +1,145 @@
+"""RedundancyCache: exact and approximate tiers, agreement, invalidation, bounds, audits, state."""
+
+import pickle
+
+import numpy as np
+import pytest
+
+from cache.redundancy import RedundancyCache, default_feature, shared
+from cache.neighbors import NeighborIndex
+
+
+def img(level, h=24, w=32, seed=None):
+    a = np.full((h, w), level, np.float32)
+    if seed is not None:
+        a += np.random.default_rng(seed).normal(0, 1.0, (h, w))
+    return np.clip(a, 0, 255).astype(np.uint8)
+
+
+def model(xs):
+    return [int(np.asarray(x).mean() // 50) for x in xs]     # a "classifier": brightness class
+
+
+def test_exact_tier_hits_on_identical_bytes_only():
+    c = RedundancyCache(model_version="v1", approximate=False)
+    out, r = c.run([img(10), img(120)], model)
+    assert r.kind.tolist() == ["miss", "miss"] and out.tolist() == [0, 2]
+    out, r = c.run([img(120), img(121), img(10)], model)
+    assert r.kind.tolist() == ["exact", "miss", "exact"] and out.tolist() == [2, 2, 0]
+    assert c.stats()["exact_hits"] == 2 and c.stats()["misses"] == 3
+    # same bytes, different shape or dtype: not the same input
+    _, r = c.run([img(10).reshape(32, 24), img(10).astype(np.int16)], model)
+    assert r.kind.tolist() == ["miss", "miss"]
+
+
+def test_approximate_hits_only_when_neighbours_agree():
+    c = RedundancyCache(min_neighbors=2, k=3, radius=3.0, audit_rate=0.0, adaptive=False)
+    c.run([img(100, seed=1), img(100, seed=2)], lambda xs: ["A", "A"])
+    _, r = c.run([img(100, seed=3)], model)
+    assert r.kind.tolist() == ["approx"] and r.values[0] == "A"
+    # around level 200 the two neighbours disagree: no reuse
+    c.run([img(200, seed=1), img(200, seed=2)], lambda xs: ["B", "C"])
+    _, r = c.run([img(200, seed=3)], lambda xs: ["B"])
+    assert r.kind.tolist() == ["miss"]
+    # far from everything: miss
+    _, r = c.run([img(30, seed=4)], model)
+    assert r.kind.tolist() == ["miss"]
+    # one neighbour is not enough with min_neighbors=2
+    c2 = RedundancyCache(min_neighbors=2, radius=3.0, audit_rate=0.0)
+    c2.run([img(100, seed=1)], lambda xs: ["A"])
+    assert c2.lookup([img(100, seed=3)]).kind.tolist() == ["miss"]
+
+
+def test_model_version_change_invalidates():
+    c = RedundancyCache(model_version="v1", min_neighbors=1)
+    c.run([img(10), img(20)], model)
+    assert c.lookup([img(10)]).kind[0] == "exact"
+    assert c.set_model_version("v1") is False
+    assert c.set_model_version("v2") is True
+    assert len(c) == 0 and c.stats()["invalidations"] == 1
+    assert c.lookup([img(10)]).kind[0] == "miss"
+
+
+def test_eviction_bounds_entries_and_bytes_lru():
+    c = RedundancyCache(max_entries=3, approximate=False)
+    for lvl in (1, 2, 3):
+        c.run([img(lvl)], model)
+    c.run([img(1)], model)                       # touch 1: 2 is now least recently used
+    c.run([img(4)], model)
+    assert len(c) == 3 and c.stats()["evictions"] == 1
+    assert c.lookup([img(2)]).kind[0] == "miss" and c.lookup([img(1)]).kind[0] == "exact"
+    big = RedundancyCache(max_bytes=5000, approximate=False)
+    for lvl in range(10):
+        big.run([img(lvl)], lambda xs: [np.zeros(200)])   # ~1.7 kB per entry
+    assert big.stats()["bytes"] <= 5000 and len(big) == 2
+
+
+def test_cost_aware_eviction_keeps_expensive_results():
+    c = RedundancyCache(max_entries=2, approximate=False, eviction="cost")
+    c.run([img(1)], model, cost=100.0)
+    c.run([img(2)], model, cost=1.0)
+    c.run([img(3)], model, cost=1.0)             # evicts the cheap one, not the expensive one
+    assert c.lookup([img(1)]).kind[0] == "exact" and c.lookup([img(2)]).kind[0] == "miss"
+
+
+def test_ttl_expires_entries():
+    c = RedundancyCache(ttl=10.0, approximate=False)
+    c.run([img(1)], model, now=0.0)
+    assert c.lookup([img(1)], now=5.0).kind[0] == "exact"
+    assert c.lookup([img(1)], now=11.0).kind[0] == "miss" and c.stats()["expired"] == 1
+
+
+def test_audits_count_false_reuses_and_tighten_the_radius():
+    # a model that reacts to a 2-gray-level change, far below the cache's radius: approx reuse is wrong
+    c = RedundancyCache(min_neighbors=1, radius=8.0, audit_rate=0.5, seed=3, adaptive=True)
+    fine = lambda xs: [int(np.asarray(x).mean()) for x in xs]
+    for i in range(60):
+        c.run([img(100 + (i % 5) * 2, seed=i)], fine, now=float(i))
+    st = c.stats()
+    assert st["audits"] > 5 and st["false_reuses"] > 0
+    assert st["radius"] < 8.0 and st["guard_tightened"] >= 1
+
+
+def test_snapshot_restore_gives_identical_lookups():
+    inputs = [img(l, seed=s) for l in (20, 90, 160) for s in range(4)]
+    rng = np.random.default_rng(0)
+    order = rng.integers(0, len(inputs), 60)
+    kw = dict(min_neighbors=2, radius=3.0, audit_rate=0.2, max_entries=8)
+
+    def go(c, lo, hi):
+        return [c.run([inputs[j]], model, now=float(i))[1].kind[0] for i, j in enumerate(order[lo:hi], lo)]
+
+    ref = RedundancyCache(**kw)
+    expected = go(ref, 0, 60)
+    a = RedundancyCache(**kw)
+    got = go(a, 0, 25)
+    b = RedundancyCache(**kw)
+    b.restore(pickle.loads(pickle.dumps(a.snapshot())))
+    got += go(b, 25, 60)
+    assert got == expected and b.stats() == ref.stats()
+    assert len(a.snapshot(max_entries=3)["entries"]) == 3
+
+
+def test_shared_by_name_and_default_feature_shapes():
+    assert shared("t-cache-1", max_entries=10) is shared("t-cache-1")
+    assert default_feature(np.zeros((576, 768, 3), np.uint8)).shape == (192,)
+    assert default_feature(np.zeros((1, 3, 64, 64), np.float32)).shape == (192,)
+    assert default_feature(np.arange(1000.0)).shape == (192,)
+    assert default_feature(np.arange(10.0)).shape == (192,)
+
+
+def test_lsh_finds_the_same_near_neighbours_as_brute_force():
+    rng = np.random.default_rng(1)
+    centres = rng.uniform(0, 255, (50, 64))
+    pts = np.repeat(centres, 4, axis=0) + rng.normal(0, 1.0, (200, 64))
+    brute = NeighborIndex(64, 256, "brute", radius=3.0)
+    lsh = NeighborIndex(64, 256, "lsh", radius=3.0)
+    for i, p in enumerate(pts):
+        brute.add(i, p)
+        lsh.add(i, p)
+    q = centres + rng.normal(0, 1.0, centres.shape)
+    ib, db = brute.query(q, 3)
+    il, dl = lsh.query(q, 3)
+    assert (ib == il).mean() > 0.95 and np.allclose(db[ib == il], dl[ib == il])
+    lsh.remove(0)
+    assert 0 not in lsh.query(pts[:1], 3)[0]
