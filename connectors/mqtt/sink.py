@@ -48,10 +48,9 @@ class MqttSinkConfig(SinkConfig, MqttConnectionFields):
     @field_validator("topic_template")
     @classmethod
     def _template(cls, v: str) -> str:
-        t = TopicTemplate(v)
-        if "+" in v.split("/") or "#" in v.split("/"):
+        TopicTemplate(v)                           # raises for a malformed template
+        if {"+", "#"} & set(v.split("/")):
             raise ValueError(f"topic_template {v!r}: a publish topic cannot contain + or #")
-        del t
         return v
 
 
@@ -124,9 +123,17 @@ class MqttSink(Sink):
         return len(self._queue)
 
     def flush(self) -> None:
-        """Wait (up to flush_timeout) until queued records are handed to the broker."""
+        """While connected, wait (up to flush_timeout) until what was written reached the broker.
+
+        While disconnected, return at once: the records stay queued (a checkpoint must not stall on an outage).
+        """
+        self._drain(wait_for_connection=False)
+
+    def _drain(self, wait_for_connection: bool) -> None:
         deadline = time.monotonic() + self.config.flush_timeout
         while self._queue and time.monotonic() < deadline and not self.conn.error:
+            if not wait_for_connection and not self.conn.connected.is_set():
+                return
             time.sleep(0.01)
         last = self._last
         if last is not None and self.conn.connected.is_set():
@@ -136,7 +143,7 @@ class MqttSink(Sink):
                 pass                             # disconnected meanwhile: paho re-sends after the reconnect
 
     def close(self) -> None:
-        self.flush()
+        self._drain(wait_for_connection=True)    # give a reconnect up to flush_timeout to send the queue
         if self._queue:
             log.warning("%s: closing with %d record(s) still queued (broker unreachable): they are lost",
                         self.where, len(self._queue))
