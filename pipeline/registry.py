@@ -18,6 +18,7 @@ STAGES: dict[str, str] = {
     "map": "pipeline.stages.map:Map",
     "onnx": "pipeline.stages.onnx:Onnx",
     "window": "pipeline.stages.window:Window",
+    "anomaly": "detectors.anomaly:Anomaly",
     "frame_diff": "cache.frame_diff:FrameDiff",
     "deadband": "cache.deadband:DeadbandStage",
     "dedup": "cache.dedup:Dedup",

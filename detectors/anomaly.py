@@ -1,0 +1,285 @@
+"""The ``anomaly`` stage: one online detector per key (device) that scores, then learns, every reading.
+
+Each output record gets the fields ``anomaly_score`` (in [0, 1], comparable across keys),
+``is_anomaly`` (after thresholding and debouncing), ``warming_up`` (the key's model has seen too
+little to judge: score 0, never an anomaly), ``anomaly_alert`` (True on the row that opens an
+episode) and ``anomaly_count`` (flagged rows in the open episode).  When an episode closes, or a
+field drifts, an event record is added with the key's tags and ``event: anomaly_end`` (fields
+``anomaly_count``, ``duration_s``) or ``event: drift`` (``drift_field``).
+Bad values (NaN, inf, strings, missing fields) follow ``bad_values``: ``dead_letter`` the record,
+``skip`` it (passed on unscored), or ``impute_last`` (the key's last good value; scored, not learned).
+They are counted (``bad_values``) and never learned.
+
+>>> from pipeline.testing import run_stage
+>>> recs = [{"ts": float(i), "tags": {"device": "p1"}, "fields": {"t": 20.0 + 0.1 * (i % 7)}} for i in range(120)]
+>>> recs.append({"ts": 120.0, "tags": {"device": "p1"}, "fields": {"t": 90.0}})
+>>> out = run_stage(Anomaly, {"fields": ["t"], "params": {"min_samples": 64}}, recs)
+>>> out[0]["fields"]["warming_up"], out[-1]["fields"]["warming_up"]
+(True, False)
+>>> round(out[-1]["fields"]["anomaly_score"], 2), out[-1]["fields"]["is_anomaly"], out[-1]["fields"]["anomaly_alert"]
+(0.98, True, True)
+"""
+from __future__ import annotations
+
+import hashlib
+import pickle
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import pandas as pd
+from pydantic import Field, model_validator
+
+from pipeline.batch import Batch
+from pipeline.config import Duration, StageConfig
+from pipeline.stage import Context, Stage
+
+from .base import DETECTORS, detector_class, make_detector
+from .keystate import AdaptiveThreshold, Debounce, KeyState
+
+OUT_FIELDS = ("anomaly_score", "is_anomaly", "warming_up", "anomaly_alert", "anomaly_count")
+
+
+class AnomalyConfig(StageConfig):
+    type: Literal["anomaly"]
+    fields: list[str] = Field(min_length=1, description="Numeric fields the detector watches (one model sees them all).")
+    key: list[str] = Field(["device"], description="Tags that select a model: one model per distinct key (per device by default).")
+    detector: Literal[tuple(DETECTORS)] = Field(  # type: ignore[valid-type]
+        "mad", description="Detector: " + ", ".join(DETECTORS) + ". `mad` (robust rolling z-score) scored best on SKAB.")
+    params: dict[str, Any] = Field(default_factory=dict, description="Detector parameters, e.g. `{window: 256}` for mad or `{n_trees: 10, height: 8}` for hst.")
+    threshold: float = Field(0.8, gt=0, le=1, description="Score at or above which a row is anomalous (with `adaptive`: the lowest threshold).")
+    adaptive: float | None = Field(None, gt=0.5, lt=1, description="Adaptive threshold: the per-key quantile (e.g. 0.995) of recent normal scores, never below `threshold`.")
+    learn: Literal["normal", "all"] = Field("normal", description="`normal`: rows scoring >= threshold are not learned (a stuck anomaly stays visible); `all`: learn every row.")
+    alert_after: int = Field(1, ge=1, le=10_000, description="Flagged rows in a row before an episode opens (debounce).")
+    clear_after: int = Field(1, ge=1, le=10_000, description="Clear rows in a row before an episode closes (one `anomaly_end` event with the count).")
+    bad_values: Literal["dead_letter", "skip", "impute_last"] = Field("dead_letter", description="What to do with NaN, inf, non-numbers and missing fields.")
+    drift: Literal["none", "adwin", "page_hinkley"] = Field("none", description="Per-field drift detection (river) that emits `event: drift` records.")
+    relearn_on_drift: bool = Field(False, description="Start the key's model afresh (warming up again) after a drift.")
+    idle_spill: Duration | None = Field(None, gt=0, description="Write models of keys idle this long (processing time) to `state_dir` and drop them from memory.")
+
+    @model_validator(mode="after")
+    def _detector_params(self):
+        try:
+            make_detector(self.detector, self.fields, self.params)
+        except (TypeError, ValueError) as exc:
+            import inspect
+
+            names = [p for p in inspect.signature(detector_class(self.detector)).parameters if p != "fields"]
+            raise ValueError(f"params for detector {self.detector!r} are invalid: {exc}; "
+                             f"accepted: {', '.join(names)}") from None
+        return self
+
+
+class Anomaly(Stage):
+    """Per-key online anomaly detection with thresholds, debouncing, drift events and spill (module docstring)."""
+
+    Config = AnomalyConfig
+    EXAMPLE = {"fields": ["temperature", "pressure"], "key": ["device"], "detector": "mad", "threshold": 0.8}
+
+    def __init__(self, config: AnomalyConfig, ctx: Context):
+        super().__init__(config, ctx)
+        self.fields = list(config.fields)
+        self.models: dict[tuple, KeyState] = {}
+        self.spilled: dict[tuple, Path] = {}
+        self.spill_dir = Path(ctx.state_dir) / "anomaly" / ctx.stage_id
+        self.where = f"anomaly {ctx.stage_id!r}"
+
+    # ------------------------------------------------------------------ models
+    def _new(self, now: float) -> KeyState:
+        c = self.config
+        drift = None
+        if c.drift != "none":
+            from river import drift as rdrift
+
+            drift = [rdrift.ADWIN() if c.drift == "adwin" else rdrift.PageHinkley() for _ in self.fields]
+        return KeyState(
+            detector=make_detector(c.detector, self.fields, c.params),
+            last=np.full(len(self.fields), np.nan),
+            threshold=AdaptiveThreshold(c.threshold, c.adaptive) if c.adaptive else None,
+            debounce=Debounce(c.alert_after, c.clear_after),
+            drift=drift, last_seen=now)
+
+    def _get(self, key: tuple, now: float) -> KeyState:
+        st = self.models.get(key)
+        if st is None:
+            path = self.spilled.pop(key, None)
+            if path is not None:
+                st = pickle.loads(path.read_bytes())
+                path.unlink(missing_ok=True)
+                self.ctx.count("models_reloaded")
+            else:
+                st = self._new(now)
+                self.ctx.count("models_created")
+            self.models[key] = st
+        st.last_seen = now
+        return st
+
+    def _spill_idle(self, now: float) -> None:
+        if self.config.idle_spill is None:
+            return
+        idle = [k for k, st in self.models.items() if now - st.last_seen >= self.config.idle_spill]
+        if idle:
+            self.spill_dir.mkdir(parents=True, exist_ok=True)
+        for k in idle:
+            path = self.spill_dir / (hashlib.sha1(repr(k).encode()).hexdigest() + ".pkl")
+            path.write_bytes(pickle.dumps(self.models.pop(k), protocol=pickle.HIGHEST_PROTOCOL))
+            self.spilled[k] = path
+        if idle:
+            self.ctx.count("models_spilled", len(idle))
+
+    # ------------------------------------------------------------------ batch
+    def _matrix(self, batch: Batch) -> tuple[np.ndarray, np.ndarray]:
+        n, X = len(batch), np.full((len(batch), len(self.fields)), np.nan)
+        for j, name in enumerate(self.fields):
+            col = batch.fields.get(name)
+            if col is None:
+                continue
+            if col.dtype == object:
+                col = np.array([v if isinstance(v, (int, float, np.number)) else np.nan for v in col], dtype=np.float64)
+            X[:, j] = col.astype(np.float64)
+        return X, ~np.isfinite(X) if n else np.zeros((0, len(self.fields)), bool)
+
+    def _reason(self, batch: Batch, i: int, bad_row: np.ndarray) -> str:
+        j = int(np.flatnonzero(bad_row)[0])
+        col = batch.fields.get(self.fields[j])
+        value = "missing" if col is None or (col.dtype != object and np.isnan(col[i])) else repr(col[i])
+        key = ", ".join(f"{k}={batch.tags[k][i]!r}" for k in self.config.key if k in batch.tags)
+        return f"{self.where}: field {self.fields[j]!r} is {value}, not a finite number" + (f" ({key})" if key else "")
+
+    def _keys(self, batch: Batch) -> tuple[np.ndarray, list[tuple]]:
+        n = len(batch)
+        cols = [batch.tags.get(k, np.full(n, None, dtype=object)) for k in self.config.key]
+        if not cols:
+            return np.zeros(n, dtype=np.int64), [()]
+        parts = [pd.factorize(col, use_na_sentinel=False) for col in cols]
+        combined = np.zeros(n, dtype=np.int64)
+        for codes, uniques in parts:
+            combined = combined * (len(uniques) + 1) + codes
+        codes, inverse = np.unique(combined, return_inverse=True)
+        firsts = np.zeros(len(codes), dtype=np.int64)
+        firsts[inverse[::-1]] = np.arange(n)[::-1]  # first row of every key
+        keys = [tuple(_tag(u[c[i]]) for (c, u) in parts) for i in firsts.tolist()]
+        return inverse.reshape(-1), keys
+
+    def process(self, batch: Batch) -> Batch:
+        n = len(batch)
+        if n == 0:
+            return batch
+        c, now = self.config, self.ctx.clock()
+        X, bad = self._matrix(batch)
+        row_bad = bad.any(axis=1)
+        any_bad = bool(row_bad.any())
+        keep = np.ones(n, dtype=bool)
+        if any_bad:
+            self.ctx.count("bad_values", int(row_bad.sum()))
+            if c.bad_values == "dead_letter":
+                idx = np.flatnonzero(row_bad)
+                self.ctx.dead_letter(batch.take(idx), [self._reason(batch, i, bad[i]) for i in idx])
+                keep = ~row_bad
+        score = np.full(n, np.nan)
+        cols = {name: np.zeros(n, dtype=bool) for name in ("is_anomaly", "warming_up", "anomaly_alert")}
+        count = np.zeros(n)
+        events: list[dict] = []
+        codes, keys = self._keys(batch)
+        order = np.argsort(codes, kind="stable")
+        bounds = np.flatnonzero(np.diff(codes[order])) + 1
+        for rows in np.split(order, bounds):
+            key = keys[codes[rows[0]]]
+            rows = rows[keep[rows]]
+            if not len(rows):
+                continue
+            st = self._get(key, now)
+            Xk = X[rows]
+            if not any_bad:  # the common case: every reading usable and learned
+                learn = np.ones(len(rows), dtype=bool)
+                st.last = Xk[-1].copy()
+            else:
+                badk = bad[rows]
+                learn = ~badk.any(axis=1)
+                if c.bad_values == "impute_last" and badk.any():
+                    Xk = _forward_fill(Xk, badk, st.last)
+                usable = np.isfinite(Xk).all(axis=1)
+                if learn.any():
+                    st.last = Xk[learn][-1].copy()
+                rows, Xk, learn = rows[usable], Xk[usable], learn[usable]
+                if not len(rows):
+                    continue
+            cuts = self._drift(st, key, Xk, learn, rows, batch.ts, events)
+            protect = c.threshold if c.learn == "normal" else None
+            s, warm = np.zeros(len(rows)), np.zeros(len(rows), dtype=bool)
+            for a, b in zip([0, *cuts], [*cuts, len(rows)]):  # relearn: a fresh model from the drift row on
+                if a > 0:
+                    st.detector = make_detector(c.detector, self.fields, c.params)
+                s[a:b], warm[a:b] = st.detector.score_learn_many(Xk[a:b], protect, learn[a:b])
+            flags = st.threshold.flags(s, warm) if st.threshold else (s >= c.threshold) & ~warm
+            state, opened, cnt, closed = st.debounce.apply(flags, batch.ts[rows])
+            score[rows], count[rows] = s, cnt
+            cols["is_anomaly"][rows], cols["warming_up"][rows], cols["anomaly_alert"][rows] = state, warm, opened
+            for start, end, k, r in closed:
+                events.append((int(rows[r]), self._event(key, end, "anomaly_end",
+                                                         {"anomaly_count": k, "duration_s": end - start})))
+        out = batch.with_fields(anomaly_score=score, anomaly_count=count, **cols)
+        if not keep.all():
+            out = out.take(keep)
+        self._spill_idle(now)
+        if events:  # each event goes right after the reading that raised it: same output for any batching
+            pos = np.concatenate([np.flatnonzero(keep), [p for p, _ in events]]).astype(np.float64)
+            pos[len(out):] += 0.5
+            out = Batch.concat([out, Batch.from_records([e for _, e in events])])
+            out = out.take(np.argsort(pos, kind="stable"))
+        return out
+
+    def _event(self, key: tuple, ts: float, kind: str, fields: dict, **extra) -> dict:
+        tags = {k: v for k, v in zip(self.config.key, key) if v is not None}
+        base = {"anomaly_score": None, "is_anomaly": False, "warming_up": False, "anomaly_alert": False,
+                "anomaly_count": 0.0}  # same columns as readings, so bool columns stay bool after concat
+        return {"ts": ts, "tags": tags, "fields": {**base, **fields}, "event": kind, **extra}
+
+    def _drift(self, st: KeyState, key: tuple, Xk: np.ndarray, learn: np.ndarray, rows: np.ndarray,
+               ts: np.ndarray, events: list) -> list[int]:
+        """Feed the good rows to the per-field drift detectors; return the rows where the model restarts."""
+        if st.drift is None:
+            return []
+        cuts = set()
+        good = np.flatnonzero(learn)
+        for j, det in enumerate(st.drift):
+            for i, v in zip(good.tolist(), Xk[good, j].tolist()):
+                det.update(v)
+                if det.drift_detected:
+                    self.ctx.count("drifts")
+                    events.append((int(rows[i]), self._event(key, float(ts[rows[i]]), "drift", {},
+                                                             drift_field=self.fields[j])))
+                    if self.config.relearn_on_drift:  # from the next row on (maybe the next batch's)
+                        cuts.add(i + 1)
+        return sorted(cuts)
+
+    def tick(self, now: float) -> None:
+        self._spill_idle(self.ctx.clock())
+        return None
+
+    # ------------------------------------------------------------------ state
+    def snapshot(self) -> dict:
+        spilled = {k: p.read_bytes() for k, p in self.spilled.items() if p.exists()}
+        return {"models": pickle.dumps(self.models, protocol=pickle.HIGHEST_PROTOCOL), "spilled": spilled}
+
+    def restore(self, state: dict) -> None:
+        self.models = pickle.loads(state["models"])
+        self.spilled = {}
+        if state["spilled"]:
+            self.spill_dir.mkdir(parents=True, exist_ok=True)
+        for k, blob in state["spilled"].items():
+            path = self.spill_dir / (hashlib.sha1(repr(k).encode()).hexdigest() + ".pkl")
+            path.write_bytes(blob)
+            self.spilled[k] = path
+
+
+def _forward_fill(X: np.ndarray, bad: np.ndarray, last: np.ndarray) -> np.ndarray:
+    """Replace bad cells by the previous good value of the same column (or `last` from earlier batches)."""
+    X = np.vstack([last[None, :], np.where(bad, np.nan, X)])
+    idx = np.where(np.isfinite(X), np.arange(len(X))[:, None], 0)
+    np.maximum.accumulate(idx, axis=0, out=idx)
+    return X[idx, np.arange(X.shape[1])][1:]
+
+
+def _tag(value: Any) -> Any:
+    return None if value is None or (isinstance(value, float) and value != value) else value
