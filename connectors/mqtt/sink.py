@@ -24,7 +24,8 @@ from typing import Literal
 import numpy as np
 from pydantic import Field, field_validator
 
-from connectors.mqtt.connection import Connection, MqttConnectionFields, default_client_id
+from connectors.mqtt.connection import Connection
+from connectors.mqtt.settings import MqttConnectionFields, default_client_id
 from connectors.mqtt.topics import TopicTemplate
 from pipeline.batch import Batch
 from pipeline.config import SinkConfig

@@ -39,7 +39,8 @@ import paho.mqtt.client as mqtt
 from pydantic import Field, model_validator
 
 from connectors.mqtt.codecs import CodecOptions, Decoder, DecodeError
-from connectors.mqtt.connection import Connection, MqttConnectionFields, default_client_id
+from connectors.mqtt.connection import Connection
+from connectors.mqtt.settings import MqttConnectionFields, default_client_id
 from connectors.mqtt.rows import RowBuilder
 from connectors.mqtt.topics import TopicTemplate
 from pipeline.batch import Batch

@@ -6,8 +6,8 @@ import socket
 import pytest
 from pydantic import SecretStr
 
-from connectors.mqtt.connection import (MqttConnectionFields, _BufferedSocket, backoff, credentials,
-                                        default_client_id)
+from connectors.mqtt.connection import _BufferedSocket, backoff
+from connectors.mqtt.settings import MqttConnectionFields, credentials, default_client_id
 
 
 def test_buffered_socket_serves_small_reads_from_one_recv():
