@@ -1,6 +1,6 @@
 """Connection settings shared by the ``mqtt`` source and sink: broker url, client id, credentials, TLS, reconnect.
 
-The password is a pydantic ``SecretStr`` read from the file, the environment or a file; it is never logged or
+The password is a pydantic ``SecretStr`` from the pipeline file, the environment or a password file; never logged or
 printed, and errors about it never include it.
 
 >>> parse_url("mqtts://broker.local")
