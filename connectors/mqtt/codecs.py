@@ -43,6 +43,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from connectors.mqtt.rows import RowBuilder
 from pipeline.batch import Batch
+from pipeline.epoch import UNIT_DIVISORS, epoch_second, epoch_seconds
 
 try:  # optional: 3-4x faster parsing; on any error the stdlib decoder runs to name the exact reason
     from orjson import JSONDecodeError as _OrjsonError, loads as _fast_loads
@@ -61,7 +62,7 @@ REASONS = (
     "topic_mismatch",      # raised by the source when the topic does not fit topic_template
 )
 
-_DIVISOR = {"s": 1.0, "ms": 1e3, "us": 1e6, "ns": 1e9}
+_DIVISOR = UNIT_DIVISORS
 
 
 class DecodeError(ValueError):
@@ -315,7 +316,7 @@ class Decoder:
             if self._divisor is not None:
                 ts = ts / self._divisor
             elif ts.max() > 1e11:           # not all in seconds (ts >= 0 here)
-                ts = ts / np.where(ts > 1e17, 1e9, np.where(ts > 1e14, 1e6, np.where(ts > 1e11, 1e3, 1.0)))
+                ts = epoch_seconds(ts)
         else:
             ts = np.full(n, arrival)
             extra["ts_source"] = _const(n, "arrival")
@@ -343,8 +344,7 @@ class Decoder:
             if self._divisor is not None:
                 s = v / self._divisor
             else:
-                a = abs(v)
-                s = v / (1e9 if a > 1e17 else 1e6 if a > 1e14 else 1e3 if a > 1e11 else 1.0)
+                s = epoch_second(v)
         else:
             raise DecodeError("bad_timestamp", f"reading [{i}] timestamp {str(v)[:40]!r} is a {t.__name__}; "
                                                f"timestamp_unit={self.o.timestamp_unit}")
