@@ -148,8 +148,8 @@ def main() -> None:
     n = args.readings
     p, b = best["pipeline"], best["baseline"]
     print(f"readings: {n:,} from {args.devices:,} devices; windows out: {windows:,}; best of {args.repeat}")
-    print(f"| run | seconds | readings/s | peak RSS |")
-    print(f"|---|---|---|---|")
+    print("| run | seconds | readings/s | peak RSS |")
+    print("|---|---|---|---|")
     print(f"| edgesieve pipeline | {p['seconds']:.2f} | {n / p['seconds']:,.0f} | {p['maxrss_kb'] / 1024:,.0f} MiB |")
     print(f"| hand-written pandas | {b['seconds']:.2f} | {n / b['seconds']:,.0f} | {b['maxrss_kb'] / 1024:,.0f} MiB |")
     print(f"pipeline speed / hand-written speed: {b['seconds'] / p['seconds']:.2f}")

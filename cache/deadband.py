@@ -38,6 +38,7 @@ from pydantic import Field, model_validator
 from cache.reuse import key_column
 from pipeline.batch import Batch
 from pipeline.config import Duration, StageConfig
+from pipeline.keys import factorize, group_rows
 from pipeline.numeric import split_numeric
 from pipeline.stage import Context, Stage
 
@@ -82,11 +83,9 @@ class Deadband:
         passed = np.zeros(n, bool)
         reason = np.full(n, "suppressed", dtype=object)
         before = np.zeros(n, np.int64)
-        rows_by_key: dict = {}
-        for i, k in enumerate(keys):
-            rows_by_key.setdefault(k, []).append(i)
-        for k, rows in rows_by_key.items():
-            self._decide_key(k, np.asarray(rows), ts, values, passed, reason, before)
+        codes, uniques = factorize(keys)
+        for k, rows in zip(uniques, group_rows(codes, len(uniques))):
+            self._decide_key(k, rows, ts, values, passed, reason, before)
         return DeadbandDecision(passed, reason, before)
 
     def _decide_key(self, k, rows, ts, values, passed, reason, before):

@@ -14,7 +14,6 @@ Each emitted record carries ``repeats``: identical results held back before it.
 
 from __future__ import annotations
 
-import zlib
 from typing import Literal
 
 import numpy as np
@@ -51,6 +50,7 @@ class Dedup(Stage):
     def __init__(self, config: DedupConfig, ctx: Context):
         super().__init__(config, ctx)
         self.band = Deadband(deviation=0.0, max_interval=config.window)
+        self._codes: dict[str, int] = {}
 
     def process(self, batch: Batch) -> Batch:
         good, bad, reasons = split_numeric(batch, self.config.fields, f"stage {self.ctx.item_id!r}")
@@ -61,14 +61,16 @@ class Dedup(Stage):
         cols = [good.fields.get(f, np.full(n, np.nan)) for f in self.config.fields]
         for t in self.config.tags:        # a tag value becomes a number that is equal exactly when the text is
             col = good.tags.get(t, np.full(n, None, dtype=object))
-            cols.append(np.array([np.nan if v is None else float(zlib.crc32(v.encode())) for v in col]))
+            codes = self._codes  # each distinct text gets its own number (kept in the checkpoint): no collisions
+            cols.append(np.array([np.nan if v is None else float(codes.setdefault(v, len(codes))) for v in col]))
         d = self.band.decide(key_column(good, self.config.key), good.ts, np.column_stack(cols))
         self.ctx.count("filtered", int(n - d.passed.sum()))
         self.ctx.count("deduplicated", int(n - d.passed.sum()))
         return good.with_fields(repeats=d.suppressed_before.astype(np.float64)).take(d.passed)
 
     def snapshot(self):
-        return self.band.snapshot()
+        return {"band": self.band.snapshot(), "codes": dict(self._codes)}
 
     def restore(self, state) -> None:
-        self.band.restore(state)
+        self.band.restore(state["band"])
+        self._codes = dict(state["codes"])

@@ -26,6 +26,7 @@ import numpy as np
 
 from cache import features as F
 from cache.guard import AccuracyGuard, uniform
+from pipeline.keys import factorize, group_rows
 
 REASONS = ("reuse", "first", "changed", "forced", "audit", "bad")
 
@@ -109,12 +110,11 @@ class FrameDiffer:
         since = np.zeros(n, np.int64)
         age = np.zeros(n)
         thr = np.full(n, np.nan)
-        rows_by_key: dict = {}
-        for i, k in enumerate(keys):
-            if i in bad:
-                continue
-            rows_by_key.setdefault(k, []).append(i)
-        for k, rows in rows_by_key.items():
+        good = np.ones(n, dtype=bool)
+        good[list(bad)] = False
+        kept = np.flatnonzero(good)
+        codes, uniques = factorize([keys[i] for i in kept])
+        for k, rows in zip(uniques, (kept[g].tolist() for g in group_rows(codes, len(uniques)))):
             st = self.keys.get(k)
             ok = []
             for i in rows:                      # a shape that differs from the key's reference is bad

@@ -30,6 +30,7 @@ from typing import Callable
 import numpy as np
 
 from pipeline.batch import Batch
+from pipeline.keys import key_codes
 
 _GUARDS: "weakref.WeakValueDictionary[tuple[str, str], object]" = weakref.WeakValueDictionary()
 _LOCK = threading.Lock()
@@ -68,14 +69,12 @@ def exact_agreement(a, b) -> float:
 
 
 def key_column(batch: Batch, key: list[str]) -> np.ndarray:
-    """One string key per row from the ``key`` tags (missing tags read as empty)."""
-    n = len(batch)
-    if not key:
-        return np.full(n, "", dtype=object)
-    cols = [batch.tags.get(k, np.full(n, None, dtype=object)) for k in key]
-    if len(cols) == 1:
-        return np.array(["" if v is None else v for v in cols[0]], dtype=object)
-    return np.array(["|".join("" if v is None else v for v in vals) for vals in zip(*cols)], dtype=object)
+    """One key per row, as an object array: the tag value for one key tag, the tuple of values for several."""
+    codes, keys = key_codes(batch, key)
+    table = np.empty(len(keys), dtype=object)
+    for i, k in enumerate(keys):
+        table[i] = k[0] if len(k) == 1 else k
+    return table[codes]
 
 
 class ReuseTracker:

@@ -27,11 +27,11 @@ from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
-import pandas as pd
 from pydantic import Field, model_validator
 
 from pipeline.batch import Batch
 from pipeline.config import Duration, StageConfig
+from pipeline.keys import key_codes
 from pipeline.stage import Context, Stage
 
 from .base import DETECTORS, detector_class, make_detector
@@ -146,21 +146,6 @@ class Anomaly(Stage):
         key = ", ".join(f"{k}={batch.tags[k][i]!r}" for k in self.config.key if k in batch.tags)
         return f"{self.where}: field {self.fields[j]!r} is {value}, not a finite number" + (f" ({key})" if key else "")
 
-    def _keys(self, batch: Batch) -> tuple[np.ndarray, list[tuple]]:
-        n = len(batch)
-        cols = [batch.tags.get(k, np.full(n, None, dtype=object)) for k in self.config.key]
-        if not cols:
-            return np.zeros(n, dtype=np.int64), [()]
-        parts = [pd.factorize(col, use_na_sentinel=False) for col in cols]
-        combined = np.zeros(n, dtype=np.int64)
-        for codes, uniques in parts:
-            combined = combined * (len(uniques) + 1) + codes
-        codes, inverse = np.unique(combined, return_inverse=True)
-        firsts = np.zeros(len(codes), dtype=np.int64)
-        firsts[inverse[::-1]] = np.arange(n)[::-1]  # first row of every key
-        keys = [tuple(_tag(u[c[i]]) for (c, u) in parts) for i in firsts.tolist()]
-        return inverse.reshape(-1), keys
-
     def process(self, batch: Batch) -> Batch:
         n = len(batch)
         if n == 0:
@@ -180,7 +165,7 @@ class Anomaly(Stage):
         cols = {name: np.zeros(n, dtype=bool) for name in ("is_anomaly", "warming_up", "anomaly_alert")}
         count = np.zeros(n)
         events: list[dict] = []
-        codes, keys = self._keys(batch)
+        codes, keys = key_codes(batch, self.config.key)
         order = np.argsort(codes, kind="stable")
         bounds = np.flatnonzero(np.diff(codes[order])) + 1
         for rows in np.split(order, bounds):
@@ -279,7 +264,3 @@ def _forward_fill(X: np.ndarray, bad: np.ndarray, last: np.ndarray) -> np.ndarra
     idx = np.where(np.isfinite(X), np.arange(len(X))[:, None], 0)
     np.maximum.accumulate(idx, axis=0, out=idx)
     return X[idx, np.arange(X.shape[1])][1:]
-
-
-def _tag(value: Any) -> Any:
-    return None if value is None or (isinstance(value, float) and value != value) else value

@@ -59,7 +59,8 @@ def _pydantic_problems(doc: YamlDocument, path: tuple, exc: ValidationError, ite
         else:
             value = err.get("input")
             secret = any(_SECRET.search(str(part)) for part in loc)
-            shown = "" if isinstance(value, (dict, list)) or value is None or secret else f" (got {value!r})"
+            shown = "" if isinstance(value, (dict, list)) or value is None or secret else \
+                f" (got {re.sub(r'//[^@/]*@', '//***@', repr(value))})"  # no credentials written into a URL
             msg = f"field {field_name!r}: {msg}{shown}"
         out.append(Problem(doc.file, line, col, msg, item=item, hint=hint))
     return out

@@ -10,6 +10,7 @@ from typing import Any
 
 SOURCES: dict[str, str] = {
     "replay": "pipeline.sources.replay:Replay",
+    "mqtt": "connectors.mqtt.source:MqttSource",
 }
 
 STAGES: dict[str, str] = {
@@ -28,6 +29,7 @@ SINKS: dict[str, str] = {
     "stdout": "pipeline.sinks.stdout:StdoutSink",
     "influxdb": "connectors.influx.influxdb:InfluxdbSink",
     "sqlite": "connectors.local.sqlite:SqliteSink",
+    "mqtt": "connectors.mqtt.sink:MqttSink",
 }
 
 KINDS: dict[str, dict[str, str]] = {"sources": SOURCES, "stages": STAGES, "sinks": SINKS}

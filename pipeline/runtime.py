@@ -132,6 +132,7 @@ class Pipeline:
                 self.dead_letters.listeners.append(lambda b, w=sinks[sid]: w.queue.put(b))
             self.graph.deliver = lambda sink_id, batch: sinks[sink_id].queue.put(batch)
             positions = self._restore(sources, sinks)
+            self._source_error = None
             queues = {sid: queue.Queue(maxsize=c.max_queue) for sid, c in ((c.id, c) for c in spec.sources)}
             wake = threading.Event()
             for sid, src in sources.items():
@@ -205,7 +206,6 @@ class Pipeline:
         first_at: dict[str, float] = {}
         live = set(queues)
         last_tick = last_checkpoint = time.monotonic()
-        self._source_error = None
         while True:
             now = time.monotonic()
             if duration is not None and now - started >= duration:
@@ -262,9 +262,7 @@ class Pipeline:
         if rt.checkpoint.path:
             self._checkpoint(positions, sources, sinks)
         self.graph.flush()
-        for w in sinks.values():
-            w.drain()
-            w.sink.flush()
+        self._flush_sinks(sinks)
         if self._source_error:
             raise RuntimeError(self._source_error)
 
@@ -279,10 +277,18 @@ class Pipeline:
             if not self.spec.runtime.checkpoint.path:
                 sources[sid].committed(position)
 
-    def _checkpoint(self, positions: dict, sources: dict, sinks: dict) -> None:
-        for w in sinks.values():
+    def _flush_sinks(self, sinks: dict) -> None:
+        """Wait until every sink wrote what it was given, then flush it; a sink's failure is logged and counted, not fatal."""
+        for sid, w in sinks.items():
             w.drain()
-            w.sink.flush()
+            try:
+                w.sink.flush()
+            except Exception as exc:
+                self.metrics.count(sid, "errors", 1)
+                log.error("sink %r failed to flush: %s: %s", sid, type(exc).__name__, exc)
+
+    def _checkpoint(self, positions: dict, sources: dict, sinks: dict) -> None:
+        self._flush_sinks(sinks)
         state = {"sources": dict(positions), "stages": self.graph.snapshot(),
                  "sinks": {sid: w.sink.snapshot() for sid, w in sinks.items()}}
         write_checkpoint(self.spec.runtime.checkpoint.path, state)
@@ -293,6 +299,8 @@ class Pipeline:
     def _restore(self, sources: dict, sinks: dict) -> dict:
         path = self.spec.runtime.checkpoint.path
         state = read_checkpoint(path) if path else None
+        for w in sinks.values():
+            w.sink.started(resumed=state is not None)
         if state is None:
             return {}
         log.info("resuming pipeline %r from checkpoint %s", self.name, path)

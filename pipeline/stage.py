@@ -111,5 +111,8 @@ class Sink(_Item):
     def write(self, batch: Batch) -> None:  # pragma: no cover - abstract
         raise NotImplementedError
 
+    def started(self, resumed: bool) -> None:
+        """Called once before the first write: ``resumed`` says whether state was restored from a checkpoint."""
+
     def flush(self) -> None:
         pass

@@ -17,6 +17,8 @@ False
 """
 from __future__ import annotations
 
+import re
+
 import os
 from pathlib import Path
 from typing import Literal, Mapping
@@ -47,7 +49,7 @@ class InfluxdbConfig(OutboxSinkConfig):
     @classmethod
     def _http(cls, v: str) -> str:
         if not v.startswith(("http://", "https://")):
-            raise ValueError(f"url must start with http:// or https://, got {v!r}")
+            raise ValueError(f"url must start with http:// or https://, got {re.sub(r'//[^@/]*@', '//***@', v)!r}")
         return v.rstrip("/")
 
 

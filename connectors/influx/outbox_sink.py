@@ -100,12 +100,23 @@ class OutboxSink(Sink):
         ts = (np.round(np.asarray(batch.ts, dtype=np.float64) * 1e6).astype(np.int64) * 1000).tolist()
         tag_lists = [(k, v.tolist()) for k, v in tag_cols]
         m = cfg.measurement
-        out = []
+        out, empty, dropped = [], [], 0
         for i in range(n):
-            fields = {k: v[i] for k, v in field_cols
-                      if v[i] is not None and not (isinstance(v[i], float) and math.isnan(v[i]))}
+            fields = {}
+            for k, v in field_cols:
+                x = v[i]
+                if x is None or (isinstance(x, float) and not math.isfinite(x)):
+                    dropped += x is not None and not math.isnan(x)  # ±inf cannot be stored: counted, left out
+                    continue
+                fields[k] = x
             if fields:
                 out.append((m, {k: str(v[i]) for k, v in tag_lists if v[i] is not None}, ts[i], fields))
+            else:
+                empty.append(i)
+        if dropped:
+            self.ctx.count("not_finite", dropped)
+        if empty:
+            self.ctx.dead_letter(batch.take(np.array(empty)), f"sink {cfg.id!r}: record has no finite numeric field to send")
         return out
 
     # --- the Sink contract -------------------------------------------------------------------------
@@ -114,13 +125,21 @@ class OutboxSink(Sink):
         if pts:
             self.outbox.put(pts, res=self.config.window or 0.0)   # durable before we return
         self._account()
-        self._raise_new_error()
+        message = self._new_error()
+        if message:  # the batch itself is safely in the outbox: say it loudly, but do not fail the write
+            log.error("%s", message)
+            self.ctx.count("cloud_rejected", 1)
 
     def flush(self) -> None:
-        """Points are durable as soon as ``write`` returns; flushing asks the sender not to wait for a full batch."""
+        """Points are durable as soon as ``write`` returns; flushing asks the sender not to wait for a full batch.
+
+        Raises :class:`CloudRejected` once per permanent failure not yet reported by ``write``.
+        """
         self.sender.nudge()
         self._account()
-        self._raise_new_error()
+        message = self._new_error()
+        if message:
+            raise CloudRejected(message)
 
     def snapshot(self):
         return {"outbox_generation": self.outbox.checkpoint()}
@@ -147,12 +166,14 @@ class OutboxSink(Sink):
                 self.ctx.count(f"outbox_{name}", delta)
                 self._counted[name] = now[name]
 
-    def _raise_new_error(self) -> None:
+    def _new_error(self) -> str | None:
+        """The sender's permanent failure as a message, once (None when there is nothing new)."""
         err = self.sender.error
-        if err is not None and err is not self._raised:
-            self._raised = err
-            raise CloudRejected(f"{err} [{self.outbox.stats()['dead']} points in the dead-letter table of "
-                                f"{self.outbox.path}; after fixing the cause they can be re-queued]")
+        if err is None or err is self._raised:
+            return None
+        self._raised = err
+        return (f"{err} [{self.outbox.stats()['dead']} points in the dead-letter table of "
+                f"{self.outbox.path}; after fixing the cause they can be re-queued]")
 
     def stats(self) -> dict:
         return {**self.outbox.stats(), "retries": self.sender.retries, "bytes_sent": self.sender.bytes_sent,

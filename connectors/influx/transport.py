@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import gzip as _gzip
 import json
+import re
 
 from connectors.influx.outbox import Row
 from connectors.influx.sender import PermanentError, TransientError, parse_retry_after
@@ -58,6 +59,7 @@ class InfluxTransport:
         from influxdb_client.client.write_api import SYNCHRONOUS
 
         self.url, self.org, self.bucket, self.precision, self.sink_id = url, org, bucket, precision, sink_id
+        self.shown_url = re.sub(r"//[^@/]*@", "//***@", url)  # never log credentials written into the URL
         self.gzip = gzip
         self._client = InfluxDBClient(url=url, token=token, org=org, timeout=int(timeout_s * 1000),
                                       enable_gzip=gzip, verify_ssl=verify_tls, ssl_ca_cert=ca_file)
@@ -75,7 +77,7 @@ class InfluxTransport:
             self._write.write(self.bucket, self.org, body, write_precision=self.precision)
         except ApiException as e:
             status, msg = e.status, server_message(e.body)
-            where = f"sink {self.sink_id!r}: {self.url} answered {status} {e.reason or ''}".rstrip()
+            where = f"sink {self.sink_id!r}: {self.shown_url} answered {status} {e.reason or ''}".rstrip()
             if status == 429 or (status or 0) >= 500:
                 raise TransientError(f"{where}: {msg}", parse_retry_after((e.headers or {}).get("Retry-After")),
                                      status) from None
@@ -86,7 +88,7 @@ class InfluxTransport:
                     413: "the batch is too large; lower batch_size"}.get(status, "see the server's message")
             raise PermanentError(f"{where}: {msg} ({hint})", status, halt=status in HALT_STATUSES) from None
         except (HTTPError, OSError) as e:
-            raise TransientError(f"sink {self.sink_id!r}: {self.url} unreachable: {type(e).__name__}") from None
+            raise TransientError(f"sink {self.sink_id!r}: {self.shown_url} unreachable: {type(e).__name__}") from None
         return len(_gzip.compress(body)) if self.gzip else len(body)     # what went over the wire
 
     def close(self) -> None:

@@ -6,7 +6,6 @@ what the model declares and what the config gives, and what to change.
 from __future__ import annotations
 
 from functools import partial
-from pathlib import Path
 from typing import Literal
 
 import numpy as np
@@ -75,7 +74,7 @@ def make_builders(specs: dict[str, InputSpec], model: LoadedModel, where: str, o
                 size = hw
             channels = 1 if spec.color == "gray" else 3
             per = (channels, *size) if spec.layout == "NCHW" else (*size, channels)
-            _check_shape(where, info, per, f"check `layout` (NCHW/NHWC), `color` (gray = 1 channel, rgb/bgr = 3) and `size`")
+            _check_shape(where, info, per, "check `layout` (NCHW/NHWC), `color` (gray = 1 channel, rgb/bgr = 3) and `size`")
             builders[name] = FrameBuilder(spec, dtype, where, tuple(size))
         elif isinstance(spec, FieldsInput):
             _check_shape(where, info, (len(spec.fields),), "list one field per model feature")

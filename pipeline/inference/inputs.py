@@ -17,10 +17,10 @@ from __future__ import annotations
 from typing import Literal
 
 import numpy as np
-import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field
 
 from ..batch import Batch
+from ..keys import key_groups
 from .preprocess import frame_problem, frames_to_tensor
 
 DType = Literal["float32", "float16", "float64", "uint8", "int8", "int32", "int64"]
@@ -159,34 +159,12 @@ class WindowBuilder:
     def problems(self, batch: Batch):
         return numeric_problems(batch, self.spec.fields, self.where)
 
-    def _groups(self, batch: Batch) -> list[tuple[tuple, np.ndarray]]:
-        """(key, row indices in batch order) per distinct key, without a Python loop over records."""
-        n = len(batch)
-        if not self.spec.key:
-            return [((), np.arange(n))]
-        if len(self.spec.key) == 1:   # fast path: one key tag with one value in the whole batch
-            col = batch.tags.get(self.spec.key[0])
-            if col is not None and n and (col == col[0]).all():
-                return [((col[0],), np.arange(n))]
-        codes = np.zeros(n, np.int64)
-        cols = []
-        for name in self.spec.key:
-            col = batch.tags.get(name, np.full(n, None, object))
-            c, uniques = pd.factorize(col, use_na_sentinel=False)
-            codes = codes * (len(uniques) + 1) + c
-            cols.append(col)
-        if n and (codes == codes[0]).all():
-            return [(tuple(c[0] for c in cols), np.arange(n))]
-        order = np.argsort(codes, kind="stable")
-        bounds = np.flatnonzero(np.diff(codes[order])) + 1
-        return [(tuple(c[rows[0]] for c in cols), rows) for rows in np.split(order, bounds)]
-
     def build(self, batch: Batch):
         L, F = self.spec.length, len(self.spec.fields)
         values = _matrix(batch, self.spec.fields, self.dtype)
         ready = np.zeros(len(batch), bool)
         parts = []
-        for key, rows in self._groups(batch):
+        for key, rows in key_groups(batch, self.spec.key):
             past = self.history.get(key)
             series = values[rows] if past is None else np.concatenate([past, values[rows]])
             first, m = len(series) - len(rows), len(rows)

@@ -21,7 +21,7 @@ from .encode import ndjson_lines
 class FileSinkConfig(SinkConfig):
     type: Literal["file"]
     path: str = Field(description="NDJSON file to append to (its folder is created).")
-    truncate: bool = Field(False, description="Empty the file when the pipeline starts fresh (no checkpoint to resume).")
+    truncate: bool = Field(False, description="Empty the file when the pipeline starts fresh; a run that resumes from a checkpoint keeps it.")
     fsync: bool = Field(False, description="fsync after every flush (slower, survives power loss).")
 
 
@@ -35,7 +35,7 @@ class FileSink(Sink):
         super().__init__(config, ctx)
         self.path = Path(config.path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._fh = open(self.path, "wb" if config.truncate else "ab")
+        self._fh = open(self.path, "ab")
 
     def write(self, batch: Batch) -> None:
         data = ndjson_lines(batch)
@@ -51,11 +51,17 @@ class FileSink(Sink):
         self.flush()
         return {"size": self._fh.tell()}
 
+    def started(self, resumed: bool) -> None:
+        if self.config.truncate and not resumed:
+            self._fh.truncate(0)
+            self._fh.seek(0)
+
     def restore(self, state) -> None:
         if state:
             self._fh.flush()
-            self._fh.truncate(state["size"])
-            self._fh.seek(state["size"])
+            size = min(state["size"], self.path.stat().st_size)  # never pad: a shorter file was changed by someone else
+            self._fh.truncate(size)
+            self._fh.seek(size)
 
     def close(self) -> None:
         if not self._fh.closed:

@@ -33,6 +33,7 @@ from pydantic import Field
 
 from ..batch import Batch
 from ..config import SourceConfig
+from ..epoch import UNIT_DIVISORS, epoch_seconds
 from ..stage import Context, Source
 
 
@@ -267,10 +268,8 @@ def _timestamps(col: pd.Series, fmt: str) -> np.ndarray:
     else:
         return _parse_dates(col, None if fmt == "iso" else fmt)
     if fmt == "auto":
-        mag = np.abs(values)
-        scale = np.where(mag > 1e17, 1e9, np.where(mag > 1e14, 1e6, np.where(mag > 1e11, 1e3, 1.0)))
-        return values / scale
-    return values / {"s": 1.0, "ms": 1e3, "us": 1e6, "ns": 1e9}[fmt]
+        return epoch_seconds(values)
+    return values / UNIT_DIVISORS[fmt]
 
 
 def _parse_dates(col: pd.Series, fmt: str | None) -> np.ndarray:

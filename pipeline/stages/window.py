@@ -17,15 +17,14 @@ Standard deviation is the population one (ddof=0); percentiles interpolate linea
 
 from __future__ import annotations
 
-import time
 from typing import Literal
 
 import numpy as np
-import pandas as pd
 from pydantic import Field, model_validator
 
 from ..batch import Batch
 from ..config import Duration, StageConfig
+from ..keys import key_codes
 from ..numeric import split_numeric
 from ..stage import Context, Stage
 from .window_aggregate import AGGREGATES, aggregate_groups
@@ -71,33 +70,21 @@ class Window(Stage):
         self._min_end = np.inf
         self._max_ts = -np.inf
         self._seq = 0
-        self._last_arrival = time.monotonic()
+        self._closed_wm = -np.inf  # watermark floor set by idle closes: those windows must not reopen
+        self._last_arrival = ctx.clock()
 
     # ------------------------------------------------------------------ ingest
     def _key_ids(self, batch: Batch) -> np.ndarray:
-        n = len(batch)
-        if not self.config.key:
-            if not self._key_values:
-                self._keys[()] = 0
-                self._key_values.append(())
-            return np.zeros(n, dtype=np.int64)
-        combined = np.zeros(n, dtype=np.int64)
-        for name in self.config.key:
-            col = batch.tags.get(name)
-            codes, uniques = pd.factorize(col if col is not None else np.full(n, None, dtype=object))
-            combined = combined * (len(uniques) + 1) + (codes + 1)
-        local, first_rows = np.unique(combined, return_index=True)
-        local_ids = np.searchsorted(local, combined)
-        table = np.empty(len(local), dtype=np.int64)
-        cols = [batch.tags.get(name) for name in self.config.key]
-        for j, row in enumerate(first_rows):
-            key = tuple(None if c is None else c[row] for c in cols)
+        """Per row, a stable id of its key for the life of the stage (kept in the checkpoint)."""
+        codes, keys = key_codes(batch, self.config.key)
+        table = np.empty(len(keys), dtype=np.int64)
+        for j, key in enumerate(keys):
             gid = self._keys.get(key)
             if gid is None:
                 gid = self._keys[key] = len(self._key_values)
                 self._key_values.append(key)
             table[j] = gid
-        return table[local_ids]
+        return table[codes]
 
     def process(self, batch: Batch) -> Batch:
         good, bad, reasons = split_numeric(batch, self.fields, f"stage {self.ctx.item_id!r}")
@@ -105,13 +92,13 @@ class Window(Stage):
         n = len(good)
         if n == 0:
             return self._close(self._watermark())
-        self._last_arrival = time.monotonic()
+        self._last_arrival = self.ctx.clock()
         ts = good.ts
         key_ids = self._key_ids(good)
         seq = np.arange(self._seq, self._seq + n, dtype=np.int64)
         self._seq += n
         running_max = np.maximum.accumulate(np.concatenate(([self._max_ts], ts)))
-        watermark_before = running_max[:-1] - self.config.allowed_lateness
+        watermark_before = np.maximum(running_max[:-1] - self.config.allowed_lateness, self._closed_wm)
         self._max_ts = float(running_max[-1])
         values = {f: good.fields[f] if f in good.fields else np.full(n, np.nan) for f in self.fields}
 
@@ -145,7 +132,7 @@ class Window(Stage):
         return self._close(self._watermark())
 
     def _watermark(self) -> float:
-        return self._max_ts - self.config.allowed_lateness
+        return max(self._max_ts - self.config.allowed_lateness, self._closed_wm)
 
     # ------------------------------------------------------------------ emit
     def _close(self, watermark: float) -> Batch:
@@ -181,9 +168,10 @@ class Window(Stage):
 
     def tick(self, now: float) -> Batch | None:
         idle = self.config.idle_close if self.config.idle_close is not None else self.size + self.config.allowed_lateness
-        quiet = time.monotonic() - self._last_arrival
+        quiet = self.ctx.clock() - self._last_arrival
         if self._pending and quiet >= idle:
-            return self._close(self._max_ts + quiet - self.config.allowed_lateness)
+            self._closed_wm = max(self._closed_wm, self._max_ts + quiet - self.config.allowed_lateness)
+            return self._close(self._closed_wm)
         return None
 
     def flush(self) -> Batch | None:
@@ -192,7 +180,8 @@ class Window(Stage):
     # ------------------------------------------------------------------ state
     def snapshot(self):
         pending = {k: np.concatenate([c[k] for c in self._pending]) for k in self._pending[0]} if self._pending else None
-        return {"keys": list(self._key_values), "pending": pending, "max_ts": self._max_ts, "seq": self._seq}
+        return {"keys": list(self._key_values), "pending": pending, "max_ts": self._max_ts, "seq": self._seq,
+                "closed_wm": self._closed_wm}
 
     def restore(self, state) -> None:
         self._key_values = [tuple(k) for k in state["keys"]]
@@ -201,3 +190,4 @@ class Window(Stage):
         self._min_end = float(state["pending"]["start"].min()) + self.size if self._pending else np.inf
         self._max_ts = state["max_ts"]
         self._seq = state["seq"]
+        self._closed_wm = state.get("closed_wm", -np.inf)

@@ -3,7 +3,6 @@
 import pickle
 
 import numpy as np
-import pytest
 
 from cache.redundancy import RedundancyCache, default_feature, shared
 from cache.neighbors import NeighborIndex

@@ -150,3 +150,14 @@ def test_stages_in_a_pipeline_file():
     out = pipe.run_records(camera_records(30), batch_size=6)
     assert len(out["marked"]) == 30 and sum(r["reused"] for r in out["marked"]) > 15
     assert 0 < len(out["banded"]) < 30
+
+
+def test_dedup_tells_apart_tag_values_whose_crc32_collide():
+    from pipeline.testing import run_stage
+    from cache.dedup import Dedup
+    assert __import__("zlib").crc32(b"plumless") == __import__("zlib").crc32(b"buckeroo")
+    out = run_stage(Dedup, {"tags": ["label"], "fields": []}, [
+        {"ts": 1.0, "tags": {"device": "c", "label": "plumless"}, "fields": {}},
+        {"ts": 2.0, "tags": {"device": "c", "label": "buckeroo"}, "fields": {}},
+    ])
+    assert [r["tags"]["label"] for r in out] == ["plumless", "buckeroo"]

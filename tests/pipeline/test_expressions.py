@@ -1,6 +1,5 @@
 """Safe expressions (filter/map): what is allowed, what is refused, and vectorised results."""
 
-import numpy as np
 import pytest
 
 from pipeline.batch import Batch

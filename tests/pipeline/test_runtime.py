@@ -127,3 +127,41 @@ def test_cli_stages_and_schema():
         assert f" {name} " in listing.stdout
     schema = json.loads(edgesieve("schema").stdout)
     assert "sources" in schema["properties"] and schema["additionalProperties"] is False
+
+
+def test_file_sink_truncate_keeps_output_when_resuming(tmp_path):
+    from pipeline.sinks.file import FileSink
+    from pipeline.batch import Batch
+    from pipeline.testing import make_context
+
+    def sink():
+        ctx, _ = make_context("out")
+        return FileSink(FileSink.Config(id="out", type="file", inputs=["x"], path=str(tmp_path / "o.ndjson"), truncate=True), ctx)
+
+    first = sink()
+    first.started(resumed=False)
+    first.write(Batch.from_records([{"ts": 1.0, "fields": {"x": 1}}]))
+    state = first.snapshot()
+    first.write(Batch.from_records([{"ts": 2.0, "fields": {"x": 2}}]))  # after the checkpoint: to be redone
+    first.close()
+    second = sink()
+    second.started(resumed=True)
+    second.restore(state)
+    second.close()
+    assert (tmp_path / "o.ndjson").read_text() == '{"ts":1.0,"tags":{},"fields":{"x":1.0}}\n'
+    third = sink()
+    third.started(resumed=False)  # a fresh start empties it
+    third.close()
+    assert (tmp_path / "o.ndjson").read_text() == ""
+
+
+def test_a_source_that_fails_at_once_is_an_error_not_a_clean_end(tmp_path):
+    p = load_pipeline(f"""
+sources:
+  - {{id: a, type: replay, path: {tmp_path}/missing-a.csv}}
+  - {{id: b, type: replay, path: {tmp_path}/missing-b.csv}}
+sinks: [{{id: out, type: stdout, inputs: [a, b]}}]
+runtime: {{dead_letter: null}}
+""")
+    summary = p.run()
+    assert summary.stopped_by == "error" and "missing-" in summary.error and "does not exist" in summary.error

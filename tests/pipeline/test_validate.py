@@ -134,7 +134,6 @@ def test_a_secret_value_is_never_echoed_in_errors():
     from pydantic import Field, SecretStr
     from typing import Literal
     from pipeline.config import SinkConfig
-    from pipeline import registry
     import pipeline.sinks.stdout as stdout_mod
 
     class SecretSinkConfig(SinkConfig):

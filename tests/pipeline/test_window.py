@@ -130,3 +130,17 @@ def test_hop_longer_than_size_is_rejected():
     with pytest.raises(Exception, match="hop"):
         Window.Config.model_validate({"id": "w", "type": "window", "inputs": ["a"], "size": "5s", "hop": "10s",
                                       "aggregates": {"t": ["mean"]}})
+
+
+def test_idle_close_then_a_record_for_the_closed_window_is_late_not_a_second_copy():
+    from pipeline.testing import FakeClock
+    clock = FakeClock(1000.0)
+    stage, _ = build_stage(Window, {"size": "10s", "aggregates": {"t": ["count", "mean"]}}, clock=clock)
+    first = stage.process(Batch.from_records([{"ts": 1.0, "fields": {"t": 1.0}}, {"ts": 2.0, "fields": {"t": 2.0}}]))
+    assert len(first) == 0
+    clock.advance(20)
+    closed = stage.tick(clock())
+    assert closed.to_records() == [{"ts": 0.0, "tags": {}, "fields": {"count": 2, "t_count": 2, "t_mean": 1.5}}]
+    after = stage.process(Batch.from_records([{"ts": 3.0, "fields": {"t": 100.0}}]))
+    assert len(after) == 0 and len(stage.flush() or Batch.empty()) == 0
+    assert stage.ctx.metrics.get("under_test", "late") == 1

@@ -239,3 +239,24 @@ def test_disk_bound_coarsens_inside_the_sink_and_counts_it(tmp_path, http_stub):
         "SELECT json_extract(tags, '$.device'), sum(json_extract(fields, '$.count')), "
         "sum(json_extract(fields, '$.t_sum')) FROM pending GROUP BY 1 ORDER BY 1").fetchall()
     assert rows == [(f"d{d}", 600.0, 600.0 * d) for d in range(5)]       # every reading still accounted for
+
+
+def test_inf_fields_are_left_out_and_records_without_fields_dead_lettered(tmp_path, http_stub):
+    from connectors.influx.influxdb import InfluxdbConfig, InfluxdbSink
+    from pipeline.batch import Batch
+    from pipeline.testing import make_context
+
+    cfg = InfluxdbConfig(id="cloud", type="influxdb", inputs=["w"], url=http_stub.url, org="o", bucket="b",
+                         token=TOKEN, outbox=str(tmp_path / "o.db"))
+    ctx, dead = make_context("cloud")
+    sink = InfluxdbSink(cfg, ctx)
+    try:
+        sink.write(Batch.from_records([
+            {"ts": 1e9, "tags": {"d": "a"}, "fields": {"t_mean": 1.0, "ratio": float("inf")}},
+            {"ts": 1e9 + 10, "tags": {"d": "a"}, "fields": {"ratio": float("-inf")}},
+        ]))
+        assert sink.outbox.pending() == 1                      # the good point is stored, without its inf field
+        assert ctx.metrics.get("cloud", "not_finite") == 2
+        assert dead[0][2] == "sink 'cloud': record has no finite numeric field to send"
+    finally:
+        sink.close()

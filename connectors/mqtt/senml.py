@@ -1,0 +1,81 @@
+"""The ``senml`` codec: SenML JSON (RFC 8428) packs -> readings.
+
+Base name/time/value resolve per record (``bn`` + ``n``, ``bt`` + ``t``, ``bv`` + ``v``); times below 2**28 are
+relative to the arrival time. Records with the same base name and time become one reading whose fields are the
+record names (``value`` when empty, ``<name>_sum`` for ``s``) and whose tag ``device`` (``senml_device_tag``) is the
+base name without a trailing ``:`` or ``/``. String and data values (``vs``, ``vd``) are refused (``wrong_type``).
+
+>>> from connectors.mqtt.codecs import CodecOptions, Decoder, RowBuilder
+>>> b = RowBuilder()
+>>> Decoder(CodecOptions(codec="senml")).decode(
+...     b'[{"bn": "urn:dev:ow:10e2073a:", "bt": 1700000000, "n": "temp", "v": 23.1}, {"n": "hum", "v": 40}]', b, {}, 0.0)
+1
+>>> b.build().to_records()
+[{'ts': 1700000000.0, 'tags': {'device': 'urn:dev:ow:10e2073a'}, 'fields': {'temp': 23.1, 'hum': 40.0}}]
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from connectors.mqtt.codecs import DecodeError
+
+_RELATIVE = 2 ** 28   # RFC 8428 4.5.3: times below this are relative to "now"
+
+
+def decode_senml(dec, payload: bytes, b, topic_tags: dict[str, str], arrival: float, props) -> int:
+    """SenML JSON (RFC 8428) -> readings; see the module docstring."""
+    pack = dec.parse_json(payload)
+    if type(pack) is dict:
+        pack = [pack]
+    if type(pack) is not list or not pack:
+        raise DecodeError("wrong_type", "SenML pack must be a non-empty array of records")
+    bn, bt, bv = "", 0.0, 0.0
+    rows: dict[tuple[str, float], dict[str, Any]] = {}
+    no_time = True
+    for i, rec in enumerate(pack):
+        if type(rec) is not dict:
+            raise DecodeError("wrong_type", f"SenML record [{i}] is a {type(rec).__name__}, not an object")
+        bn = _get(rec, "bn", str, bn, i)
+        bt = _get(rec, "bt", (int, float), bt, i)
+        bv = _get(rec, "bv", (int, float), bv, i)
+        n = _get(rec, "n", str, "", i)
+        t = _get(rec, "t", (int, float), 0.0, i)
+        if "t" in rec or "bt" in rec:
+            no_time = False
+        if "v" in rec:
+            v = _get(rec, "v", (int, float), 0.0, i) + bv
+        elif "vb" in rec:
+            v = _get(rec, "vb", bool, False, i)
+        elif "vs" in rec or "vd" in rec:
+            raise DecodeError("wrong_type", f"SenML record [{i}] ({bn + n!r}) has a string/data value; "
+                                            "only numeric (v) and boolean (vb) values are readings")
+        elif "s" in rec:
+            v, n = _get(rec, "s", (int, float), 0.0, i), (n or "value") + "_sum"
+        else:
+            raise DecodeError("missing_field", f"SenML record [{i}] ({bn + n!r}) has no value (v, vb or s)")
+        if type(v) is float and v - v:
+            raise DecodeError("non_finite", f"SenML record [{i}] value is {v}")
+        when = bt + t
+        if when < _RELATIVE:
+            when = arrival + when
+        dev = bn.rstrip(":/") if bn else ""
+        if not n:
+            n = "value"
+        rows.setdefault((dev, when), {})[n] = v
+    for (dev, when), fields in rows.items():
+        b.begin_row(when, topic_tags, arrival_ts=no_time)
+        if dev:
+            b.tag(dec.o.senml_device_tag, dev)
+        for k, v in fields.items():
+            b.field(k, v)
+        b.end_row()
+    return len(rows)
+
+def _get(rec: dict, key: str, types, default, i: int):
+    if key not in rec:
+        return default
+    v = rec[key]
+    if not ((type(v) in types) if isinstance(types, tuple) else (type(v) is types)):   # bool is not a number here
+        raise DecodeError("wrong_type", f"SenML record [{i}] {key!r} is a {type(v).__name__} ({str(v)[:30]!r})")
+    return v

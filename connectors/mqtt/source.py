@@ -1,0 +1,244 @@
+"""The ``mqtt`` source: readings from an MQTT broker (paho-mqtt 2, MQTT 5 or 3.1.1).
+
+Each message is decoded on arrival by its subscription's codec (json, json-batch, senml, frame; see
+``connectors/mqtt/codecs.py``) into a shared column builder; the source thread hands the collected rows to the
+pipeline every ``emit_interval`` as one batch whose position is the number of messages taken so far. QoS 1/2
+messages are acknowledged (paho manual acks) only when the runtime reports that position as processed
+(``committed``), so a crash or restart before that makes the broker deliver them again (at-least-once).
+
+A message that cannot be used (undecodable, wrong types, missing fields, NaN/inf, too large, too deep, a topic
+that does not fit ``topic_template``) is published to ``edgesieve/{node}/deadletter`` (reason, topic, payload
+in base64, truncated), counted as ``dead_lettered.<reason>`` and handed to the pipeline's dead-letter path;
+it is acknowledged like any other message and the source goes on.
+
+>>> cfg = MqttSourceConfig.model_validate({"id": "in", "type": "mqtt", "node": "gw1",
+...     "subscriptions": [{"topic_template": "sensors/{site}/{device}", "codec": "json", "qos": 1}]})
+>>> cfg.subscriptions[0].filter(), cfg.subscriptions[0].qos
+('sensors/+/+', 1)
+>>> MqttSourceConfig.model_validate({"id": "in", "type": "mqtt", "subscriptions": [{"qos": 1}]})
+Traceback (most recent call last):
+...
+pydantic_core._pydantic_core.ValidationError: 1 validation error for MqttSourceConfig
+subscriptions.0
+  Value error, a subscription needs a topic or a topic_template [type=value_error, input_value={'qos': 1}, input_type=dict]
+...
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+import threading
+import time
+from collections import deque
+from typing import Literal
+
+import numpy as np
+import paho.mqtt.client as mqtt
+from pydantic import Field, model_validator
+
+from connectors.mqtt.codecs import CodecOptions, Decoder, DecodeError
+from connectors.mqtt.connection import Connection
+from connectors.mqtt.settings import MqttConnectionFields, default_client_id
+from connectors.mqtt.rows import RowBuilder
+from connectors.mqtt.topics import TopicTemplate
+from pipeline.batch import Batch
+from pipeline.config import SourceConfig
+from pipeline.stage import Context, Source
+
+log = logging.getLogger("edgesieve.mqtt")
+
+
+class Subscription(CodecOptions):
+    """One MQTT subscription and how to decode its messages."""
+
+    topic: str | None = Field(None, description="Topic filter (+ and # wildcards); default: derived from topic_template.")
+    topic_template: str | None = Field(
+        None, description="Named levels become tags: sensors/{site}/{device} -> site, device. A topic that does not fit is dead-lettered.")
+    qos: int = Field(1, ge=0, le=2, description="Subscription QoS: 0 at most once, 1 at least once (recommended), 2.")
+    share_group: str | None = Field(
+        None, pattern=r"^[^/+#]+$", description="MQTT 5 shared subscription group: instances in one group split the messages.")
+    topic_tag: str | None = Field(None, description="Also put the whole topic in this tag.")
+
+    @model_validator(mode="after")
+    def _check(self):
+        if self.topic is None and self.topic_template is None:
+            raise ValueError("a subscription needs a topic or a topic_template")
+        if self.topic_template is not None:
+            TopicTemplate(self.topic_template)
+        if self.topic is not None and self.topic.startswith("$share/"):
+            raise ValueError(f"topic {self.topic!r}: use share_group instead of writing $share/ in the topic")
+        return self
+
+    def filter(self) -> str:
+        return self.topic if self.topic is not None else TopicTemplate(self.topic_template).subscription_filter()
+
+    def subscribe_topic(self) -> str:
+        return f"$share/{self.share_group}/{self.filter()}" if self.share_group else self.filter()
+
+
+class MqttSourceConfig(SourceConfig, MqttConnectionFields):
+    type: Literal["mqtt"]
+    subscriptions: list[Subscription] = Field(min_length=1, description="Topics to subscribe to, each with its codec.")
+    persistent: bool = Field(True, description="Keep the session (subscriptions, unacknowledged QoS>=1 messages) while disconnected.")
+    session_expiry: int = Field(86_400, ge=0, le=4_294_967_295, description="MQTT 5: seconds the broker keeps the session after a disconnect.")
+    receive_maximum: int = Field(
+        2_000, ge=1, le=65_535, description="MQTT 5: most QoS>=1 messages in flight unacknowledged (flow control).")
+    max_pending: int = Field(
+        200_000, ge=100, le=10_000_000, description="Readings decoded but not yet taken by the pipeline before the network loop pauses.")
+    emit_interval: float = Field(0.01, gt=0, le=5, description="Seconds between batches handed to the pipeline.")
+    status: bool = Field(True, description="Publish retained online/offline (last will) on edgesieve/{node}/status.")
+    deadletter_topic: str | None = Field(
+        "edgesieve/{node}/deadletter", description="Where undecodable messages are published; null: only counted and logged.")
+    deadletter_max_bytes: int = Field(1024, ge=0, le=1_048_576, description="Payload bytes kept (base64) in a dead-letter message.")
+
+    @model_validator(mode="after")
+    def _check(self):
+        if self.deadletter_topic is not None:
+            try:
+                self.deadletter_topic.format(node="n")
+            except (KeyError, IndexError, ValueError):
+                raise ValueError(f"deadletter_topic {self.deadletter_topic!r}: the only placeholder is {{node}}") from None
+        if self.protocol != "5" and any(s.share_group for s in self.subscriptions):
+            raise ValueError("share_group needs protocol: 5")
+        return self
+
+
+class _Route:
+    __slots__ = ("sub", "filter", "template", "decoder")
+
+    def __init__(self, sub: Subscription):
+        self.sub = sub
+        self.filter = sub.filter()
+        self.template = TopicTemplate(sub.topic_template) if sub.topic_template else None
+        self.decoder = Decoder(sub)
+
+
+class MqttSource(Source):
+    """Subscribe to an MQTT broker and emit decoded readings (see the module docstring)."""
+
+    Config = MqttSourceConfig
+    EXAMPLE = {"url": "mqtt://localhost:1883",
+               "subscriptions": [{"topic_template": "sensors/{site}/{device}/{kind}", "qos": 1, "codec": "json"}]}
+
+    def __init__(self, config: MqttSourceConfig, ctx: Context):
+        super().__init__(config, ctx)
+        self.where = f"source {config.id!r}"
+        self._routes = [_Route(s) for s in config.subscriptions]
+        self._route_cache: dict[str, _Route | None] = {}
+        self._lock = threading.Lock()
+        self._builder = RowBuilder()
+        self._seq = 0                                  # messages taken (good and bad)
+        self._acks: deque[tuple[int, int, int, int]] = deque()   # (seq, generation, mid, qos)
+        self._dead: list[tuple[float, str, str, str, str]] = []   # (arrival, topic, reason, detail, payload_b64)
+        self.deadletter_topic = (config.deadletter_topic.format(node=config.node_name)
+                                 if config.deadletter_topic else None)
+        client_id = config.client_id or default_client_id(config.node_name, ctx.pipeline, config.id)
+        self.conn = Connection(config, where=self.where, pipeline=ctx.pipeline, client_id=client_id,
+                               persistent=config.persistent, session_expiry=config.session_expiry,
+                               receive_maximum=config.receive_maximum, manual_ack=True, status=config.status,
+                               on_connect=self._subscribe, paused=lambda: len(self._builder) >= config.max_pending)
+        self.conn.client.on_message = self._on_message
+
+    # -- network thread ---------------------------------------------------------------------------
+    def _subscribe(self, client: mqtt.Client, session_present: bool) -> None:
+        # Always (re)subscribe: harmless when the session kept the subscriptions, essential when it did not.
+        topics = [(s.subscribe_topic(), s.qos) for s in self.config.subscriptions]
+        client.subscribe(topics)
+        log.info("%s: subscribed to %s", self.where, ", ".join(t for t, _ in topics))
+
+    def _route(self, topic: str) -> _Route | None:
+        try:
+            return self._route_cache[topic]
+        except KeyError:
+            pass
+        route = next((r for r in self._routes if mqtt.topic_matches_sub(r.filter, topic)), None)
+        if len(self._route_cache) > 10_000:
+            self._route_cache.clear()
+        self._route_cache[topic] = route
+        return route
+
+    def _on_message(self, client, userdata, msg: mqtt.MQTTMessage) -> None:
+        arrival = time.time()
+        topic = msg.topic
+        route = self._routes[0] if len(self._routes) == 1 else self._route(topic)
+        props = None
+        if msg.properties is not None and hasattr(msg.properties, "UserProperty"):
+            props = dict(msg.properties.UserProperty)
+        with self._lock:
+            self._seq += 1
+            if msg.qos:
+                self._acks.append((self._seq, self.conn.generation, msg.mid, msg.qos))
+            if route is None:       # retained message or overlapping filter we did not expect
+                self._reject(arrival, topic, "topic_mismatch", "topic matches no subscription", msg.payload)
+                return
+            tags = route.template.match(topic) if route.template is not None else {}
+            if tags is None:
+                self._reject(arrival, topic, "topic_mismatch",
+                             f"topic does not fit topic_template {route.sub.topic_template!r}", msg.payload)
+                return
+            if route.sub.topic_tag:
+                tags = {**tags, route.sub.topic_tag: topic}
+            try:
+                route.decoder.decode(msg.payload, self._builder, tags, arrival, props)
+            except DecodeError as e:
+                self._reject(arrival, topic, e.reason, e.detail, msg.payload)
+            except Exception as e:  # a decoder bug must not kill the network thread: dead-letter and go on
+                log.exception("%s: decoding a message on %r failed", self.where, topic)
+                self._reject(arrival, topic, "undecodable", f"decoder error {type(e).__name__}: {e}", msg.payload)
+
+    def _reject(self, arrival: float, topic: str, reason: str, detail: str, payload: bytes) -> None:
+        keep = self.config.deadletter_max_bytes
+        b64 = base64.b64encode(payload[:keep]).decode()
+        self._dead.append((arrival, topic, reason, detail, b64))
+        if self.deadletter_topic:
+            self.conn.client.publish(self.deadletter_topic, json.dumps({
+                "reason": reason, "detail": detail, "source": self.config.id, "topic": topic, "ts": arrival,
+                "payload_bytes": len(payload), "truncated": len(payload) > keep, "payload_b64": b64}), qos=1)
+
+    # -- source thread ----------------------------------------------------------------------------
+    def run(self, emit, stop: threading.Event) -> None:
+        self.conn.start()
+        sent = 0
+        try:
+            while not stop.wait(self.config.emit_interval):
+                if self.conn.error:
+                    raise ConnectionError(self.conn.error)
+                sent = self._emit(emit, sent)
+            self._emit(emit, sent)
+        finally:
+            self.conn.close()
+
+    def _emit(self, emit, sent: int) -> int:
+        with self._lock:
+            seq = self._seq
+            if seq == sent:
+                return sent
+            rows = self._builder.build() if len(self._builder) else None
+            dead, self._dead = self._dead, []
+        for arrival, topic, reason, detail, b64 in dead:
+            self.ctx.count(f"dead_lettered.{reason}", 1)
+            self.ctx.dead_letter(Batch(np.array([arrival]), tags={"topic": np.array([topic], dtype=object)},
+                                       extra={"payload_b64": np.array([b64], dtype=object)}),
+                                 f"{self.where} topic {topic!r}: {reason}: {detail}")
+        emit(rows if rows is not None else Batch.empty(), position=seq)
+        return seq
+
+    def committed(self, position) -> None:
+        """The pipeline processed every message up to ``position``: acknowledge the QoS>=1 ones."""
+        gen, client = self.conn.generation, self.conn.client
+        with self._lock:
+            acks = self._acks
+            while acks and acks[0][0] <= position:
+                _, g, mid, qos = acks.popleft()
+                if g == gen:        # a message of an older connection is redelivered and acked afresh
+                    client.ack(mid, qos)
+
+    def restore(self, position) -> None:
+        # Message sequence numbers do not survive a restart: the broker's session holds what is not acknowledged.
+        pass
+
+    def close(self) -> None:
+        self.conn.close()
+

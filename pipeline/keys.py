@@ -1,0 +1,69 @@
+"""Grouping the rows of a batch by key tags (per device, per site and device, ...), without a loop over records.
+
+A key is the tuple of the record's values of the key tags (None where a tag is absent). Keys are numbered in the
+order they first appear in the batch.
+
+>>> from pipeline.batch import Batch
+>>> b = Batch.from_records([{"ts": 1, "tags": {"device": "b"}}, {"ts": 2, "tags": {"device": "a"}},
+...                         {"ts": 3, "tags": {"device": "b"}}, {"ts": 4, "tags": {}}])
+>>> codes, keys = key_codes(b, ["device"])
+>>> codes.tolist(), keys
+([0, 1, 0, 2], [('b',), ('a',), (None,)])
+>>> [(k, rows.tolist()) for k, rows in key_groups(b, ["device"])]
+[(('b',), [0, 2]), (('a',), [1]), ((None,), [3])]
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+import pandas as pd
+
+from .batch import Batch
+
+
+def key_codes(batch: Batch, key: Sequence[str]) -> tuple[np.ndarray, list[tuple]]:
+    """Per row, the number of its key; and the key tuple of each number (first-appearance order)."""
+    n = len(batch)
+    if not key:
+        return np.zeros(n, dtype=np.int64), [()] if n else []
+    cols = [batch.tags.get(k) for k in key]
+    cols = [c if c is not None else np.full(n, None, dtype=object) for c in cols]
+    if len(cols) == 1:
+        codes, uniques = pd.factorize(cols[0], use_na_sentinel=False)
+        return codes.astype(np.int64), [(None if pd.isna(u) else u,) for u in uniques]
+    combined = np.zeros(n, dtype=np.int64)
+    for col in cols:
+        c, uniques = pd.factorize(col, use_na_sentinel=False)
+        combined = combined * (len(uniques) + 1) + c
+    codes, firsts = pd.factorize(combined, use_na_sentinel=False)
+    first_rows = np.zeros(len(firsts), dtype=np.int64)
+    first_rows[codes[::-1]] = np.arange(n)[::-1]
+    keys = [tuple(c[i] for c in cols) for i in first_rows.tolist()]
+    return codes.astype(np.int64), keys
+
+
+def factorize(values) -> tuple[np.ndarray, list]:
+    """Codes (first-appearance order) and distinct values of a list or array of hashable keys (tuples too)."""
+    if not isinstance(values, np.ndarray) or values.dtype != object:
+        arr = np.empty(len(values), dtype=object)
+        for i, v in enumerate(values):
+            arr[i] = v
+        values = arr
+    codes, uniques = pd.factorize(values, use_na_sentinel=False)
+    return codes.astype(np.int64), list(uniques)
+
+
+def group_rows(codes: np.ndarray, ngroups: int) -> list[np.ndarray]:
+    """Row indices (in batch order) of each code 0..ngroups-1."""
+    if ngroups <= 1:
+        return [np.arange(len(codes))] if ngroups else []
+    order = np.argsort(codes, kind="stable")
+    return np.split(order, np.cumsum(np.bincount(codes, minlength=ngroups))[:-1])
+
+
+def key_groups(batch: Batch, key: Sequence[str]) -> list[tuple[tuple, np.ndarray]]:
+    """(key tuple, row indices in batch order) per distinct key, in order of first appearance."""
+    codes, keys = key_codes(batch, key)
+    return list(zip(keys, group_rows(codes, len(keys))))
