@@ -215,3 +215,23 @@ def test_keeps_publishing_across_a_broker_restart(tmp_path, prefix):
     assert "reconnecting" in text
     summary = json.loads(text.rsplit("simulate: ", 1)[1])
     assert summary["messages"] >= 2 * 20 * 3      # it went on publishing after the restart
+
+
+def test_tls_and_password_file(tmp_path, prefix):
+    mosq = pytest.importorskip("tests.support.mosquitto", reason="tests/support/mosquitto.py is not here")
+    pytest.importorskip("cryptography", reason="the test generates its certificates with cryptography")
+    if not mosq.available():
+        pytest.skip("mosquitto is not installed")
+    tls = mosq.make_tls_files(tmp_path / "pki")
+    (tmp_path / "pw").write_text("s3cret-pw\n")
+    with mosq.Mosquitto(tmp_path / "broker", users={"dev": "s3cret-pw"}, tls=tls) as broker:
+        base = ("simulate", "--url", broker.url, "--topic", prefix + "/{device}", "--count", "3", "--rate", "0",
+                "--username", "dev", "--quiet")
+        ok = edgesieve(*base, "--password-file", str(tmp_path / "pw"), "--ca-file", str(tls.ca))
+        assert ok.returncode == 0, ok.stderr
+        assert '"messages": 9' in ok.stderr and "s3cret" not in ok.stderr
+        untrusted = edgesieve(*base, "--password-file", str(tmp_path / "pw"))        # system CAs only
+        assert untrusted.returncode == 1 and "cannot connect" in untrusted.stderr
+        (tmp_path / "bad").write_text("nope\n")
+        refused = edgesieve(*base, "--password-file", str(tmp_path / "bad"), "--ca-file", str(tls.ca))
+        assert refused.returncode == 1 and "refused" in refused.stderr and "nope" not in refused.stderr
