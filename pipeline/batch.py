@@ -189,24 +189,40 @@ class Batch:
     def to_records(self) -> list[dict[str, Any]]:
         """Record dicts; absent tags/fields (None / NaN) are left out."""
         n = len(self)
-        ts = self.ts.tolist()
-        tag_items = [(k, v.tolist()) for k, v in self.tags.items()]
-        field_items = [(k, v.tolist()) for k, v in self.fields.items()]
-        extra_items = [(k, v.tolist()) for k, v in self.extra.items()]
-        out = []
-        for i in range(n):
-            tags = {k: v[i] for k, v in tag_items if v[i] is not None}
-            fields = {}
-            for k, v in field_items:
-                x = v[i]
-                if x is None or (isinstance(x, float) and x != x):
-                    continue
-                fields[k] = x
-            rec: dict[str, Any] = {"ts": ts[i], "tags": tags, "fields": fields}
-            if self.frames is not None and self.frames[i] is not None:
-                rec["frame"] = self.frames[i]
-            for k, v in extra_items:
-                if v[i] is not None:
-                    rec[k] = v[i]
-            out.append(rec)
+        tags = _row_dicts(self.tags, n)
+        fields = _row_dicts(self.fields, n)
+        out = [{"ts": t, "tags": tg, "fields": f} for t, tg, f in zip(self.ts.tolist(), tags, fields)]
+        if self.frames is not None:
+            for rec, frame in zip(out, self.frames):
+                if frame is not None:
+                    rec["frame"] = frame
+        for k, v in self.extra.items():
+            for rec, x in zip(out, v.tolist()):
+                if x is not None:
+                    rec[k] = x
         return out
+
+
+def _missing(col: np.ndarray) -> np.ndarray | None:
+    """Mask of absent values (None, NaN) in a column, or None when every value is present."""
+    if col.dtype.kind == "f":
+        mask = np.isnan(col)
+    elif col.dtype == object:
+        mask = np.fromiter((v is None or (isinstance(v, float) and v != v) for v in col), dtype=bool, count=len(col))
+    else:
+        return None
+    return mask if mask.any() else None
+
+
+def _row_dicts(columns: dict[str, np.ndarray], n: int) -> list[dict[str, Any]]:
+    """One dict per row from named columns, leaving absent values out (dense columns are zipped in C)."""
+    dense, sparse = [], []
+    for name, col in columns.items():
+        mask = _missing(col)
+        (dense if mask is None else sparse).append((name, col.tolist(), mask))
+    names = [name for name, _, _ in dense]
+    rows = [dict(zip(names, values)) for values in zip(*(v for _, v, _ in dense))] if dense else [{} for _ in range(n)]
+    for name, values, mask in sparse:
+        for i in np.flatnonzero(~mask).tolist():
+            rows[i][name] = values[i]
+    return rows
