@@ -203,7 +203,10 @@ def _run(args) -> int:
         stats.sample()
         print_summary(summary)
         bytes_out = stats.samples[-1]["bytes_out"]
-        report = write_report(stats, out_dir / "report.png", title, bytes_out)
+        try:
+            report = write_report(stats, out_dir / "report.png", title, bytes_out)
+        except ImportError:
+            report = "(no PNG report: pip install matplotlib)"
         result = _summary(stats, summary, broker, sources, out_dir, report, bytes_out, influx)
         (out_dir / "summary.json").write_text(json.dumps(result, indent=2))
         _print_demo_summary(result, human_bytes)
