@@ -215,14 +215,17 @@ def _missing(col: np.ndarray) -> np.ndarray | None:
 
 
 def _row_dicts(columns: dict[str, np.ndarray], n: int) -> list[dict[str, Any]]:
-    """One dict per row from named columns, leaving absent values out (dense columns are zipped in C)."""
-    dense, sparse = [], []
-    for name, col in columns.items():
-        mask = _missing(col)
-        (dense if mask is None else sparse).append((name, col.tolist(), mask))
-    names = [name for name, _, _ in dense]
-    rows = [dict(zip(names, values)) for values in zip(*(v for _, v, _ in dense))] if dense else [{} for _ in range(n)]
-    for name, values, mask in sparse:
-        for i in np.flatnonzero(~mask).tolist():
-            rows[i][name] = values[i]
-    return rows
+    """One dict per row from named columns, in column order, leaving absent values out.
+
+    When no value is absent the rows are zipped in C; otherwise each row is built value by value.
+    """
+    names = list(columns)
+    values = [col.tolist() for col in columns.values()]
+    masks = [_missing(col) for col in columns.values()]
+    if not names:
+        return [{} for _ in range(n)]
+    if all(m is None for m in masks):
+        return [dict(zip(names, row)) for row in zip(*values)]
+    present = [np.ones(n, dtype=bool).tolist() if m is None else (~m).tolist() for m in masks]
+    cols = list(zip(names, values, present))
+    return [{name: v[i] for name, v, ok in cols if ok[i]} for i in range(n)]
