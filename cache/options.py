@@ -115,6 +115,7 @@ def cache_wrapper(opts: CacheOptions, stage, name: str, now: Callable[[], float]
             if opts.approximate:
                 src = inputs[opts.feature_input or names[0]]
                 feats = [cache.feature(src[i]) for i in range(n)]
+            before = dict(cache.counters)
             look = cache.lookup(rows, now=now(), features=feats)
             todo = np.flatnonzero(look.compute)
             fresh = []
@@ -122,6 +123,11 @@ def cache_wrapper(opts: CacheOptions, stage, name: str, now: Callable[[], float]
                 out = inner({m: inputs[m][todo] for m in names})
                 fresh = [{k: v[j] for k, v in out.items()} for j in range(len(todo))]
             values = cache.complete(look, fresh)
+            ctx = getattr(stage, "ctx", None)
+            if ctx is not None:  # this stage's share of the (possibly shared) cache's counters, for /metrics
+                for key, value in cache.counters.items():
+                    if isinstance(value, (int, np.integer)) and value != before.get(key, 0):
+                        ctx.count(f"cache_{key}", int(value - before.get(key, 0)))
             return {k: np.stack([v[k] for v in values]) for k in values[0]}
         infer.cache = cache
         return infer

@@ -130,6 +130,7 @@ class MqttSource(Source):
         self._lock = threading.Lock()
         self._builder = RowBuilder()
         self._seq = 0                                  # messages taken (good and bad)
+        self._bytes_in = 0                             # payload bytes received since the last emit
         self._acks: deque[tuple[int, int, int, int]] = deque()   # (seq, generation, mid, qos)
         self._dead: list[tuple[float, str, str, str, str]] = []   # (arrival, topic, reason, detail, payload_b64)
         self.deadletter_topic = (config.deadletter_topic.format(node=config.node_name)
@@ -168,6 +169,7 @@ class MqttSource(Source):
             props = dict(msg.properties.UserProperty)
         with self._lock:
             self._seq += 1
+            self._bytes_in += len(msg.payload)
             if msg.qos:
                 self._acks.append((self._seq, self.conn.generation, msg.mid, msg.qos))
             if route is None:       # retained message or overlapping filter we did not expect
@@ -217,6 +219,8 @@ class MqttSource(Source):
                 return sent
             rows = self._builder.build() if len(self._builder) else None
             dead, self._dead = self._dead, []
+            received, self._bytes_in = self._bytes_in, 0
+        self.ctx.count("bytes_in", received)
         for arrival, topic, reason, detail, b64 in dead:
             self.ctx.count(f"dead_lettered.{reason}", 1)
             self.ctx.dead_letter(Batch(np.array([arrival]), tags={"topic": np.array([topic], dtype=object)},

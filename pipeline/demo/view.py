@@ -83,9 +83,8 @@ class DemoStats:
 
     def cache_stats(self) -> dict:
         stage = getattr(self.pipeline.graph, "stages", {}).get(self.camera_stage)
-        cache = getattr(getattr(stage, "_infer_fn", None), "cache", None)
         try:
-            return cache.stats() if cache is not None else {}
+            return (stage.cache_stats() or {}) if stage is not None else {}
         except Exception:  # noqa: BLE001 - a view must never stop the pipeline
             return {}
 

@@ -182,6 +182,11 @@ class Onnx(Stage):
         The wrapper can read ``stage.model_version`` to keep results of different models apart."""
         self._infer_fn = wrapper(self._infer_fn)
 
+    def cache_stats(self) -> dict | None:
+        """The redundancy cache's statistics (hits, misses, hit rate, ...), or None without ``cache:``."""
+        cache = getattr(self._infer_fn, "cache", None)
+        return None if cache is None else cache.stats()
+
     def _run_model(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         return self._model.run(inputs)
 

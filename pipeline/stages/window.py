@@ -87,6 +87,12 @@ class Window(Stage):
         return table[codes]
 
     def process(self, batch: Batch) -> Batch:
+        events = batch.extra.get("event")
+        if events is not None:  # event records (anomaly_end, drift) are not readings: never aggregated
+            is_event = np.fromiter((e is not None for e in events), dtype=bool, count=len(events))
+            if is_event.any():
+                self.ctx.count("events_skipped", int(is_event.sum()))
+                batch = batch.take(~is_event)
         good, bad, reasons = split_numeric(batch, self.fields, f"stage {self.ctx.item_id!r}")
         self.ctx.dead_letter(bad, reasons)
         n = len(good)

@@ -71,9 +71,11 @@ def test_cache_option_exact_hits_across_devices_and_dedup():
     recs = [{**r, "tags": {"device": f"d{i % 3}"}} for i, r in enumerate(c1)]
     p = load_pipeline(spec(cache={"name": "t-onnx-shared", "approximate": False}, diff=False, dedup=True))
     out = p.run_records(recs, batch_size=4)
-    cache = p.graph.stages["count"]._infer_fn.cache
-    st = cache.stats()
+    st = p.graph.stages["count"].cache_stats()
     assert st["exact_hits"] + st["batch_hits"] == 16 and st["model_version"].startswith("camera_counter@")
+    # the same counts reach the per-stage counters (and so /metrics)
+    assert p.metrics.get("count", "cache_exact_hits") + p.metrics.get("count", "cache_batch_hits") == 16
+    assert p.metrics.get("count", "cache_misses") == st["misses"] > 0
     assert len(out["out"]) == 20
     assert 0 < len(out["changed"]) < 20 and p.metrics.get("changes", "deduplicated") == 20 - len(out["changed"])
 

@@ -51,12 +51,16 @@ def test_round_trip_with_template_tags_status_and_wildcards(broker, topic_prefix
     assert json.loads(status[-1].payload) == {"status": "online", "node": "gw1", "pipeline": "p", "version": "0.1.0"}
     assert status[-1].retain or len(status) == 1
     pub = clients(broker)
+    sent_bytes = 0
     for i in range(30):
         pub.publish(f"{topic_prefix}/sensors/plant{i % 2}/pump{i % 3}/vibration", {"ts": T0 + i, "rms": i / 10})
+        sent_bytes += len(json.dumps({"ts": T0 + i, "rms": i / 10}))
     pub.publish(f"{topic_prefix}/sensors/plant1/pump7", {"ts": T0, "rms": 1.0})      # does not fit the template
+    sent_bytes += len(json.dumps({"ts": T0, "rms": 1.0}))
     assert p.wait_counter("out", "out", 30) == 30
     summary = p.stop()
     assert summary.error is None
+    assert summary.counters["in"]["bytes_in"] == sent_bytes          # bandwidth accounting: every payload byte
     out = read_ndjson(tmp_path / "out.ndjson")
     assert sorted(r["fields"]["rms"] for r in out) == [i / 10 for i in range(30)]
     r5 = next(r for r in out if r["ts"] == T0 + 5)

@@ -144,3 +144,12 @@ def test_idle_close_then_a_record_for_the_closed_window_is_late_not_a_second_cop
     after = stage.process(Batch.from_records([{"ts": 3.0, "fields": {"t": 100.0}}]))
     assert len(after) == 0 and len(stage.flush() or Batch.empty()) == 0
     assert stage.ctx.metrics.get("under_test", "late") == 1
+
+
+def test_event_records_are_not_aggregated():
+    stage, _ = build_stage(Window, {"size": 10, "key": ["device"], "aggregates": {"t": ["count"]}})
+    batch = Batch.from_records([{"ts": 1.0, "tags": {"device": "a"}, "fields": {"t": 1.0}},
+                                {"ts": 2.0, "tags": {"device": "a"}, "fields": {"t": 9.0}, "event": "anomaly_end"}])
+    out = Batch.concat([stage.process(batch), stage.flush()]).to_records()
+    assert [r["fields"]["count"] for r in out] == [1]
+    assert stage.ctx.metrics.get("under_test", "events_skipped") == 1
