@@ -19,10 +19,11 @@ from typing import Iterable, Mapping
 CLOUD_SINKS = frozenset({"influxdb", "mqtt"})
 
 
-def _human(n: float) -> str:
+def human_bytes(n: float) -> str:
+    """``1234567`` -> ``'1.2 MB'`` (decimal units)."""
     for unit in ("B", "kB", "MB", "GB"):
         if abs(n) < 1000 or unit == "GB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+            return f"{n:,.0f} {unit}" if unit == "B" else f"{n:,.1f} {unit}"
         n /= 1000
     return f"{n:.1f} GB"  # pragma: no cover
 
@@ -52,7 +53,7 @@ class Bandwidth:
     def __str__(self) -> str:
         r = self.reduction
         tail = f" ({r:.0f}x less)" if r is not None and r >= 1 else ""
-        return f"{_human(self.bytes_in)} in from devices, {_human(self.bytes_out)} out to the cloud{tail}"
+        return f"{human_bytes(self.bytes_in)} in from devices, {human_bytes(self.bytes_out)} out to the cloud{tail}"
 
 
 class BandwidthCollector:

@@ -20,13 +20,7 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
-
-def human_bytes(n: float) -> str:
-    for unit in ("B", "kB", "MB", "GB"):
-        if abs(n) < 1000 or unit == "GB":
-            return f"{n:,.0f} {unit}" if unit == "B" else f"{n:,.1f} {unit}"
-        n /= 1000
-    return f"{n:.1f} GB"  # pragma: no cover
+from connectors.bandwidth import human_bytes
 
 
 class DemoStats:

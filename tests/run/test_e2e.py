@@ -19,7 +19,9 @@ import pytest
 from pipeline import registry
 from tests.support.cli import cli_env, edgesieve, start_edgesieve
 
-from .conftest import MOSQUITTO, free_port
+from tests.support.mosquitto import free_port
+
+from .conftest import MOSQUITTO
 
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE = ROOT / "compose"
