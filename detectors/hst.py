@@ -15,16 +15,17 @@ gather, and one bincount learns it (`score_learn_many`; the kernels are in `dete
 from __future__ import annotations
 
 import random
-from typing import Any, Hashable, Iterable, Mapping, Sequence
+from typing import Hashable, Iterable, Mapping, Sequence
 
 import numpy as np
 
 from .hst_build import build_trees
 from .hst_core import leaf_counts, leaf_scores, node_masses, walk
+from .hst_rows import RowAPI
 
 __all__ = ["HalfSpaceTrees"]
 
-class HalfSpaceTrees:
+class HalfSpaceTrees(RowAPI):
     """Half-Space Trees anomaly detector, score-equal to river's, vectorised per window.
 
     Parameters
@@ -138,36 +139,6 @@ class HalfSpaceTrees:
         self._feature[:, :k], self._threshold[:, :k] = feat[:, :k], thr[:, :k]
 
     # ------------------------------------------------------------------ vectorised core
-    def _as_matrix(self, X, features: Sequence[Hashable] | None) -> np.ndarray:
-        X = np.asarray(X, dtype=np.float64)
-        if X.ndim != 2:
-            raise ValueError(f"HalfSpaceTrees: X must be 2-D (rows, features), got shape {X.shape}")
-        if features is None:
-            if self.features is None:
-                self._build(range(X.shape[1]))
-            if X.shape[1] != len(self.features):
-                raise ValueError(
-                    f"HalfSpaceTrees: X has {X.shape[1]} columns, the trees use {len(self.features)} "
-                    f"features {self.features}; pass features=[...] to name the columns"
-                )
-            return X  # columns are self.features, in that (sorted) order
-        key = tuple(features)
-        if key != self._columns[0]:  # the column order of the last call, checked once
-            if len(key) != X.shape[1]:
-                raise ValueError(f"HalfSpaceTrees: {len(key)} feature names for {X.shape[1]} columns")
-            if self.features is None:
-                self._build(key)
-            pos = {f: j for j, f in enumerate(key)}
-            missing = [f for f in self.features if f not in pos]
-            if missing:
-                raise ValueError(f"HalfSpaceTrees: X lacks features {missing}; use learn_one for sparse rows")
-            take = [pos[f] for f in self.features]
-            self._columns = (key, None if take == list(range(X.shape[1])) else np.array(take, dtype=np.intp))
-        elif len(key) != X.shape[1]:
-            raise ValueError(f"HalfSpaceTrees: {len(key)} feature names for {X.shape[1]} columns")
-        take = self._columns[1]
-        return X if take is None else X.take(take, axis=1)
-
     def _leaves(self, X: np.ndarray, chunk: int = 2048) -> np.ndarray:
         """Flat leaf index (tree * 2**height + leaf) that each row reaches in each tree: (T, n)."""
         if X.shape[0] > chunk:  # cache-sized pieces: faster on big batches
@@ -191,16 +162,6 @@ class HalfSpaceTrees:
         if self._first_window:
             return np.zeros(p.shape[-1], dtype=np.float64)
         return self._score_with(self._leaf_table(), p)
-
-    @property
-    def _l_mass(self) -> np.ndarray:
-        """river's l_mass of every node (this window's visits), derived from the leaf counts."""
-        return node_masses(self._l_leaf)
-
-    @property
-    def _r_mass(self) -> np.ndarray:
-        """river's r_mass of every node (the last complete window's), derived from its leaf counts."""
-        return node_masses(self._r_leaf, self._r_leaf.dtype)
 
     def _learn_leaves(self, p: np.ndarray) -> None:
         """Learn rows: one more visit for every node on their paths (kept as leaf counts)."""
@@ -283,51 +244,6 @@ class HalfSpaceTrees:
         if self.features is None:
             return np.zeros(np.asarray(X).shape[0], dtype=np.float64)
         return self._run(self._as_matrix(X, features), score=True, learn=False)
-
-    def learn_one(self, x: Mapping[Hashable, Any]) -> None:
-        """Learn one observation given as ``{feature: value}`` (river's API)."""
-        if self.features is None:
-            self._build(x.keys())
-        if all(f in x for f in self.features):
-            self._run(np.array([[x[f] for f in self.features]], dtype=np.float64), False, True)
-            return
-        l_mass = self._l_mass  # sparse row: river routes a missing feature by l_mass (before this row)
-        for t in range(self.n_trees):
-            node = 0
-            for _ in range(self.height):
-                node = self._next(t, node, x, l_mass)
-            self._l_leaf[t, node - (2**self.height - 1)] += 1  # and counts it on every node of the path
-        self.counter += 1
-        if self.counter == self.window_size:
-            self._pivot()
-
-    def score_one(self, x: Mapping[Hashable, Any]) -> float:
-        """Anomaly score in [0, 1] of one observation (0 during the first window, as in river)."""
-        if self._first_window or self.features is None:
-            return 0.0
-        if all(f in x for f in self.features):
-            row = np.array([[x[f] for f in self.features]], dtype=np.float64)
-            return float(self._run(row, True, False)[0])
-        size_limit, score, l_mass, r_mass = self.size_limit, 0, self._l_mass, self._r_mass
-        for t in range(self.n_trees):
-            node, depth_pow = 0, 1
-            for _ in range(self.height):
-                r = int(r_mass[t, node])
-                score += r * depth_pow
-                if r < size_limit:
-                    break
-                node = self._next(t, node, x, l_mass)
-                depth_pow <<= 1
-            else:
-                score += int(r_mass[t, node]) * depth_pow
-        return 1 - float(score) / self._max_score
-
-    def _next(self, t: int, node: int, x: Mapping, l_mass: np.ndarray) -> int:
-        name = self.features[self._feature[t, node]]
-        left, right = 2 * node + 1, 2 * node + 2
-        if name not in x:
-            return right if l_mass[t, left] < l_mass[t, right] else left
-        return left if x[name] < self._threshold[t, node] else right
 
     # ------------------------------------------------------------------ state
     def snapshot(self) -> dict:

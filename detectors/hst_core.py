@@ -9,7 +9,6 @@ its step), which indexes the flat `(T * L)` leaf-count and leaf-score arrays dir
 """
 from __future__ import annotations
 
-import math
 from functools import lru_cache
 
 import numpy as np
