@@ -63,7 +63,8 @@ def bench_hst(n: int) -> None:
     print("| implementation | samples/s | vs river | scores equal to river's |")
     print("|---|---|---|---|")
     print(f"| river 0.26.1 score_one + learn_one | {n / t_river:,.0f} | 1.0x | - |")
-    for batch, label in [(n, "one array"), (1000, "micro-batches of 1,000"), (100, "micro-batches of 100")]:
+    for batch, label in [(n, "one array"), (1000, "micro-batches of 1,000"), (100, "micro-batches of 100"),
+                         (10, "micro-batches of 10")]:
         t, got = _best(lambda: ours_run(batch), 5)
         print(f"| ours, score_learn_many, {label} | {n / t:,.0f} | {t_river / t:.0f}x | {np.array_equal(got, expected)} |")
 
