@@ -278,3 +278,17 @@ class HalfSpaceTrees(RowAPI):
         model = cls.__new__(cls)
         model.restore(state)
         return model
+
+    def __setstate__(self, state: dict) -> None:
+        """Unpickle; also a model pickled before the flat layout (the anomaly stage's checkpoints
+        pickle detectors whole): trees as (T, internal nodes) and `_r_mass` per node."""
+        if "_r_leaf" not in state:
+            state = dict(state, _table=None, _columns=((), None))
+            r_mass = state.pop("_r_mass", None)
+            self.__dict__.update(state)
+            self._r_leaf = None
+            if self._feature is not None:
+                self._set_trees(self._feature, self._threshold)
+                self._r_leaf = np.ascontiguousarray(r_mass[:, -self._l_leaf.shape[1]:])
+            return
+        self.__dict__.update(state)

@@ -136,3 +136,19 @@ def test_snapshot_keeps_river_shaped_arrays():
     assert feat.shape == thr.shape == (3, 15) and l_leaf.shape == (3, 16) and r_mass.shape == (3, 31)
     assert (r_mass[:, 0] == 20).all()  # the root saw the whole last window
     assert np.array_equal(r_mass[:, :15], r_mass[:, 1:31:2] + r_mass[:, 2:31:2])
+
+
+def test_unpickles_a_model_pickled_before_the_flat_layout():
+    """Checkpoints pickle detectors whole: a model pickled by the previous layout (trees as
+    (T, internal nodes), `_r_mass` per node, no leaf counts of the last window) keeps going."""
+    params = dict(n_trees=4, height=5, window_size=30, seed=6)
+    X = _data(200, 2, seed=3)
+    model = HalfSpaceTrees(**params)
+    model.score_learn_many(X[:75])
+    old = dict(model.__dict__, _r_mass=model._r_mass, _table=None)
+    old["_feature"], old["_threshold"] = model._feature[:, :31], model._threshold[:, :31]
+    for name in ("_r_leaf", "_columns"):
+        del old[name]
+    revived = HalfSpaceTrees.__new__(HalfSpaceTrees)
+    revived.__setstate__(pickle.loads(pickle.dumps(old)))
+    assert np.array_equal(revived.score_learn_many(X[75:]), model.score_learn_many(X[75:]))
