@@ -2,7 +2,7 @@
 
 Layout (see `detectors.hst`): tree `t` of a forest with leaves per tree `L = 2**height` keeps its
 internal nodes in heap order in row `t` of a `(T, L)` array (the last column is padding), so node
-`i` of tree `t` has the flat index `t * L + i`, and its children `2i + 1`, `2i + 2` have the flat
+`i` of tree `t` has the flat index `g = t * L + i`, and its children `2i + 1`, `2i + 2` have the flat
 indices `2 g + (2 - t L) - 1` and `2 g + (2 - t L)`.  A walk of `height` levels ends on the flat
 leaf index `p = t * L + leaf` (the deepest step folds the `- (L - 1)` of the leaf numbering into
 its step), which indexes the flat `(T * L)` leaf-count and leaf-score arrays directly.
