@@ -5,23 +5,27 @@
 (it replays river's calls on a `random.Random(seed)`), and returns the same scores, bit for bit.
 
 Storage: every tree is a complete binary tree in heap order (node `i` has children `2i+1` and
-`2i+2`), so a model is four small arrays: split feature and threshold per internal node, and the
-latest ("l") and reference ("r") mass per node.  Inside one window the score of a row depends only on
-the reference masses frozen at the last window boundary, so a micro-batch is scored and learned
-with a handful of numpy operations per window (`score_learn_many`).
+`2i+2`), so a model is a few small arrays: split feature and threshold per internal node, and the
+count per leaf of this window ("l") and of the last complete one ("r"); every path ends in a leaf,
+so a node's mass is the sum of the leaf counts below it.  Inside one window the score of a row
+depends only on the leaf it reaches (the reference masses are frozen at the last window boundary),
+so a per-window table of leaf scores, computed once per window, scores a micro-batch with one
+gather, and one bincount learns it (`score_learn_many`; the kernels are in `detectors.hst_core`).
 """
 from __future__ import annotations
 
 import random
-from typing import Any, Hashable, Iterable, Mapping, Sequence
+from typing import Hashable, Iterable, Mapping, Sequence
 
 import numpy as np
 
 from .hst_build import build_trees
+from .hst_core import leaf_counts, leaf_scores, node_masses, walk
+from .hst_rows import RowAPI
 
 __all__ = ["HalfSpaceTrees"]
 
-class HalfSpaceTrees:
+class HalfSpaceTrees(RowAPI):
     """Half-Space Trees anomaly detector, score-equal to river's, vectorised per window.
 
     Parameters
@@ -77,13 +81,14 @@ class HalfSpaceTrees:
         self._rng = random.Random(seed)
         self.features: list | None = None  # sorted feature names, set when the trees are built
         self._index: dict = {}
-        self._feature: np.ndarray | None = None  # (T, n_internal) index into self.features
-        self._threshold: np.ndarray | None = None  # (T, n_internal) float64
+        self._feature: np.ndarray | None = None  # (T, 2**h) index into self.features, heap order
+        self._threshold: np.ndarray | None = None  # (T, 2**h) float64 (last column: padding)
         self._l_leaf: np.ndarray | None = None  # (T, 2**h): this window's count per leaf
-        self._r_mass: np.ndarray | None = None  # (T, n_nodes)
+        self._r_leaf: np.ndarray | None = None  # (T, 2**h): the last complete window's count per leaf
         self.counter = 0
         self._first_window = True
-        self._table: np.ndarray | None = None  # leaf score table of the current window (derived)
+        self._table: np.ndarray | None = None  # flat leaf scores of the current window (derived)
+        self._columns: tuple = ((), None)  # column names of the last call, and how to reorder them
         self._max_windows = 8  # windows handled by one vectorised step (bounded temporaries)
 
     # ------------------------------------------------------------------ properties
@@ -107,8 +112,8 @@ class HalfSpaceTrees:
 
     @property
     def nbytes(self) -> int:
-        """Bytes held by the tree arrays."""
-        arrays = (self._feature, self._threshold, self._l_leaf, self._r_mass)
+        """Bytes held by the model's arrays (trees, leaf counts and this window's leaf scores)."""
+        arrays = (self._feature, self._threshold, self._l_leaf, self._r_leaf, self._table)
         return sum(a.nbytes for a in arrays if a is not None)
 
     # ------------------------------------------------------------------ construction
@@ -120,142 +125,77 @@ class HalfSpaceTrees:
         self.features = names
         self._index = {f: i for i, f in enumerate(names)}
         lim = np.array([tuple(self.limits.get(f, (0.0, 1.0))) for f in names], dtype=np.float64)
-        self._feature, self._threshold = build_trees(lim, self.n_trees, self.height, self._rng)
+        self._set_trees(*build_trees(lim, self.n_trees, self.height, self._rng))
         mdt = np.uint16 if self.window_size < 2**16 else np.uint32
         self._l_leaf = np.zeros((self.n_trees, 2**self.height), dtype=mdt)
-        self._r_mass = np.zeros((self.n_trees, self.n_nodes), dtype=mdt)
+        self._r_leaf = np.zeros_like(self._l_leaf)
+
+    def _set_trees(self, feat: np.ndarray, thr: np.ndarray) -> None:
+        """Keep split features and thresholds as (T, 2**height): heap order, last column padding."""
+        L = 2**self.height
+        k = min(feat.shape[1], L)
+        self._feature = np.zeros((self.n_trees, L), dtype=feat.dtype)
+        self._threshold = np.zeros((self.n_trees, L), dtype=np.float64)
+        self._feature[:, :k], self._threshold[:, :k] = feat[:, :k], thr[:, :k]
 
     # ------------------------------------------------------------------ vectorised core
-    def _as_matrix(self, X, features: Sequence[Hashable] | None) -> np.ndarray:
-        X = np.asarray(X, dtype=np.float64)
-        if X.ndim != 2:
-            raise ValueError(f"HalfSpaceTrees: X must be 2-D (rows, features), got shape {X.shape}")
-        names = list(features) if features is not None else None
-        if names is not None and len(names) != X.shape[1]:
-            raise ValueError(f"HalfSpaceTrees: {len(names)} feature names for {X.shape[1]} columns")
-        if self.features is None:
-            self._build(names if names is not None else range(X.shape[1]))
-        if names is None:
-            if X.shape[1] != len(self.features):
-                raise ValueError(
-                    f"HalfSpaceTrees: X has {X.shape[1]} columns, the trees use {len(self.features)} "
-                    f"features {self.features}; pass features=[...] to name the columns"
-                )
-            return X  # columns are self.features, in that (sorted) order
-        pos = {f: j for j, f in enumerate(names)}
-        missing = [f for f in self.features if f not in pos]
-        if missing:
-            raise ValueError(f"HalfSpaceTrees: X lacks features {missing}; use learn_one for sparse rows")
-        return X[:, [pos[f] for f in self.features]]
-
     def _leaves(self, X: np.ndarray, chunk: int = 2048) -> np.ndarray:
-        """Leaf (heap index) that each row reaches in each tree: (T, n).  Every path ends in a leaf."""
-        if X.shape[0] > chunk:  # cache-sized pieces: about 2x faster on big batches
+        """Flat leaf index (tree * 2**height + leaf) that each row reaches in each tree: (T, n)."""
+        if X.shape[0] > chunk:  # cache-sized pieces: faster on big batches
             return np.concatenate([self._leaves(X[i:i + chunk]) for i in range(0, X.shape[0], chunk)], axis=1)
-        n = X.shape[0]
-        T, h = self.n_trees, self.height
-        col_start = self._feature.ravel().astype(np.intp) * n  # where each split feature's column starts
-        thr = self._threshold.ravel()
-        Xt = np.ascontiguousarray(X.T).ravel()
-        offset = (np.arange(T, dtype=np.intp) * (2**h - 1))[:, None]  # tree t's internal nodes start here
-        rows = np.arange(n, dtype=np.intp)[None, :]
-        g = np.repeat(offset, n, axis=1)  # g = offset_t + node: the roots
-        step = 2 - offset  # child: offset_t + 2 node + 2 - left = 2 g + step_t - left
-        for _ in range(h):
-            c = col_start.take(g)
-            c += rows
-            left = Xt.take(c) < thr.take(g)  # NaN is not < threshold: it goes right, as in river
-            g *= 2
-            g += step
-            g -= left
-        return g - offset
+        return walk(self._feature, self._threshold, X, self.height)
 
-    def _leaf_scores(self, r_mass: np.ndarray | None = None) -> np.ndarray:
-        """Per tree and leaf, the score of a walk that ends there under reference masses: (..., T, 2**h).
+    def _leaf_table(self) -> np.ndarray:
+        """Flat (T * 2**height) leaf scores of the current window, computed once per window."""
+        if self._table is None:
+            small = self.window_size * self.n_nodes < 2**31  # the largest possible leaf score
+            dtype = np.int32 if small else np.int64  # int32: half the bytes per model
+            self._table = leaf_scores(node_masses(self._r_leaf, dtype), self.size_limit, dtype).ravel()
+        return self._table
 
-        The walk adds r_mass * 2**depth at each node and stops below the first node whose reference
-        mass is under size_limit, so within a window the score depends only on the leaf reached.
-        Without `r_mass`, the table of the current window (cached until the next window boundary).
-        """
-        if r_mass is None:
-            if self._table is None:
-                table = self._leaf_scores(self._r_mass)
-                small = self.window_size * self.n_nodes < 2**31  # the largest possible leaf score
-                self._table = table.astype(np.int32) if small else table  # half the bytes per model
-            return self._table
-        r = r_mass.astype(np.int64)
-        total = r[..., :1]
-        go_on = r[..., :1] >= self.size_limit  # the walk continues below this node
-        for d in range(1, self.height + 1):  # level by level: 2**(h+1) - 1 cells per tree in all
-            lo = 2**d - 1
-            level = r[..., lo:2 * lo + 1]
-            alive = np.repeat(go_on, 2, axis=-1)
-            total = np.repeat(total, 2, axis=-1) + np.where(alive, level << d, 0)
-            go_on = alive & (level >= self.size_limit)
-        return total
+    def _score_with(self, table: np.ndarray, p: np.ndarray) -> np.ndarray:
+        """Scores of rows whose flat leaf indices into `table` are `p` (..., T, m): sum over trees."""
+        total = table.take(p).sum(axis=-2)
+        return 1.0 - total / self._max_score  # integer sum, then river's float operations
 
-    def _score_with(self, table: np.ndarray, leaves: np.ndarray) -> np.ndarray:
-        """Scores of rows whose leaves are (T, m), or (k, T, m) with one table per window (k, T, L)."""
-        L = table.shape[-1]
-        flat = leaves - (L - 1) + (np.arange(table.size // L, dtype=np.intp) * L).reshape(table.shape[:-1] + (1,))
-        total = table.ravel().take(flat).sum(axis=-2)
-        return 1.0 - total.astype(np.float64) / self._max_score
-
-    def _score_leaves(self, leaves: np.ndarray) -> np.ndarray:
+    def _score_leaves(self, p: np.ndarray) -> np.ndarray:
         if self._first_window:
-            return np.zeros(leaves.shape[-1], dtype=np.float64)
-        return self._score_with(self._leaf_scores(), leaves)
+            return np.zeros(p.shape[-1], dtype=np.float64)
+        return self._score_with(self._leaf_table(), p)
 
-    def _leaf_counts(self, leaves: np.ndarray) -> np.ndarray:
-        """How many rows reached each leaf: (..., T, 2**h) from leaves (..., T, m)."""
-        L = 2**self.height
-        lead = leaves.shape[:-1]
-        cells = int(np.prod(lead))
-        flat = leaves - (L - 1) + (np.arange(cells, dtype=np.intp) * L).reshape(lead + (1,))
-        return np.bincount(flat.ravel(), minlength=cells * L).reshape(lead + (L,))
-
-    def _tree(self, counts: np.ndarray) -> np.ndarray:
-        """Node masses (..., T, n_nodes) from leaf counts: every path ends in a leaf, so a node's
-        mass is the sum over the leaves below it."""
-        mass = np.empty(counts.shape[:-1] + (self.n_nodes,), dtype=np.int64)
-        c = counts.astype(np.int64)
-        for d in range(self.height, -1, -1):
-            mass[..., 2**d - 1: 2 ** (d + 1) - 1] = c
-            c = c[..., 0::2] + c[..., 1::2]
-        return mass
-
-    @property
-    def _l_mass(self) -> np.ndarray:
-        """river's l_mass of every node (this window's visits), derived from the leaf counts."""
-        return self._tree(self._l_leaf)
-
-    def _learn_leaves(self, leaves: np.ndarray) -> None:
+    def _learn_leaves(self, p: np.ndarray) -> None:
         """Learn rows: one more visit for every node on their paths (kept as leaf counts)."""
-        self._l_leaf += self._leaf_counts(leaves).astype(self._l_leaf.dtype)
+        flat = self._l_leaf.reshape(-1)
+        np.add(flat, leaf_counts(p, flat.size), out=flat, casting="unsafe")
 
     def _pivot(self) -> None:
-        self._r_mass = self._tree(self._l_leaf).astype(self._l_leaf.dtype)
-        self._l_leaf = np.zeros_like(self._l_leaf)
+        self._r_leaf, self._l_leaf = self._l_leaf, np.zeros_like(self._l_leaf)
         self._table = None
         self._first_window = False
         self.counter = 0
 
     def _run(self, X: np.ndarray, score: bool, learn: bool) -> np.ndarray | None:
         n, W = X.shape[0], self.window_size
-        out = np.empty(n, dtype=np.float64) if score else None
         if n == 0:
-            return out
-        leaves = self._leaves(X)
+            return np.empty(0, dtype=np.float64) if score else None
+        p = self._leaves(X)
         if not learn:
-            out[:] = self._score_leaves(leaves)
+            return self._score_leaves(p)
+        if self.counter + n <= W:  # the common case: no window boundary inside the batch
+            out = self._score_leaves(p) if score else None
+            self._learn_leaves(p)
+            self.counter += n
+            if self.counter == W:
+                self._pivot()
             return out
+        out = np.empty(n, dtype=np.float64) if score else None
         pos = 0
         while pos < n:
             if self.counter == 0 and n - pos >= 2 * W:  # whole windows at once
-                pos = self._run_windows(leaves, pos, min((n - pos) // W, self._max_windows), out)
+                pos = self._run_windows(p, pos, min((n - pos) // W, self._max_windows), out)
                 continue
             end = min(n, pos + W - self.counter)
-            seg = leaves[:, pos:end]
+            seg = p[:, pos:end]
             if score:
                 out[pos:end] = self._score_leaves(seg)
             self._learn_leaves(seg)
@@ -265,20 +205,22 @@ class HalfSpaceTrees:
             pos = end
         return out
 
-    def _run_windows(self, leaves: np.ndarray, pos: int, k: int, out: np.ndarray | None) -> int:
+    def _run_windows(self, p: np.ndarray, pos: int, k: int, out: np.ndarray | None) -> int:
         """Score and learn k complete windows starting at a window boundary.
 
         Window j is scored with the masses learned in window j - 1 (the first with the current
-        reference masses): the masses of all k windows come from one bincount.
+        reference masses): the leaf counts of all k windows come from one bincount.
         """
-        T, W = self.n_trees, self.window_size
-        block = leaves[:, pos:pos + k * W].reshape(T, k, W).transpose(1, 0, 2)  # (k, T, W)
-        counts = self._leaf_counts(block)  # (k, T, leaves)
+        T, W, L = self.n_trees, self.window_size, 2**self.height
+        block = p[:, pos:pos + k * W].reshape(T, k, W).transpose(1, 0, 2)  # (k, T, W)
+        cell = (np.arange(k, dtype=np.intp) * (T * L))[:, None, None]  # window j's cells start here
+        counts = leaf_counts(block + cell, k * T * L).reshape(k, T, L)
         if out is not None:
             scores = np.zeros((k, W))
             if not self._first_window:
                 scores[0] = self._score_leaves(block[0])
-            scores[1:] = self._score_with(self._leaf_scores(self._tree(counts[:-1])), block[1:])
+            tables = leaf_scores(node_masses(counts[:-1]), self.size_limit).ravel()
+            scores[1:] = self._score_with(tables, block[1:] + cell[:-1])
             out[pos:pos + k * W] = scores.ravel()
         self._l_leaf += counts[-1].astype(self._l_leaf.dtype)  # empty at a boundary
         self._pivot()
@@ -303,61 +245,17 @@ class HalfSpaceTrees:
             return np.zeros(np.asarray(X).shape[0], dtype=np.float64)
         return self._run(self._as_matrix(X, features), score=True, learn=False)
 
-    def learn_one(self, x: Mapping[Hashable, Any]) -> None:
-        """Learn one observation given as ``{feature: value}`` (river's API)."""
-        if self.features is None:
-            self._build(x.keys())
-        if all(f in x for f in self.features):
-            self._run(np.array([[x[f] for f in self.features]], dtype=np.float64), False, True)
-            return
-        l_mass = self._l_mass  # sparse row: river routes a missing feature by l_mass (before this row)
-        for t in range(self.n_trees):
-            node = 0
-            for _ in range(self.height):
-                node = self._next(t, node, x, l_mass)
-            self._l_leaf[t, node - (2**self.height - 1)] += 1  # and counts it on every node of the path
-        self.counter += 1
-        if self.counter == self.window_size:
-            self._pivot()
-
-    def score_one(self, x: Mapping[Hashable, Any]) -> float:
-        """Anomaly score in [0, 1] of one observation (0 during the first window, as in river)."""
-        if self._first_window or self.features is None:
-            return 0.0
-        if all(f in x for f in self.features):
-            row = np.array([[x[f] for f in self.features]], dtype=np.float64)
-            return float(self._run(row, True, False)[0])
-        size_limit, score, l_mass = self.size_limit, 0, self._l_mass
-        for t in range(self.n_trees):
-            node, depth_pow = 0, 1
-            for _ in range(self.height):
-                r = int(self._r_mass[t, node])
-                score += r * depth_pow
-                if r < size_limit:
-                    break
-                node = self._next(t, node, x, l_mass)
-                depth_pow <<= 1
-            else:
-                score += int(self._r_mass[t, node]) * depth_pow
-        return 1 - float(score) / self._max_score
-
-    def _next(self, t: int, node: int, x: Mapping, l_mass: np.ndarray) -> int:
-        name = self.features[self._feature[t, node]]
-        left, right = 2 * node + 1, 2 * node + 2
-        if name not in x:
-            return right if l_mass[t, left] < l_mass[t, right] else left
-        return left if x[name] < self._threshold[t, node] else right
-
     # ------------------------------------------------------------------ state
     def snapshot(self) -> dict:
         """Picklable state; `HalfSpaceTrees.from_snapshot(s)` gives an identical model."""
+        n_int = max(2**self.height - 1, 1)  # trees as (T, internal nodes), without the padding
         return {
             "params": dict(n_trees=self.n_trees, height=self.height, window_size=self.window_size,
                            limits=dict(self.limits), seed=self.seed),
             "rng": self._rng.getstate(),
             "features": None if self.features is None else list(self.features),
-            "arrays": None if self.features is None else
-            tuple(a.copy() for a in (self._feature, self._threshold, self._l_leaf, self._r_mass)),
+            "arrays": None if self.features is None else tuple(a.copy() for a in (
+                self._feature[:, :n_int], self._threshold[:, :n_int], self._l_leaf, self._r_mass)),  # river's r_mass per node
             "counter": self.counter,
             "first_window": self._first_window,
         }
@@ -368,8 +266,9 @@ class HalfSpaceTrees:
         if state["features"] is not None:
             self.features = list(state["features"])
             self._index = {f: i for i, f in enumerate(self.features)}
-            self._feature, self._threshold, self._l_leaf, self._r_mass = (
-                a.copy() for a in state["arrays"])
+            feat, thr, l_leaf, r_mass = state["arrays"]
+            self._set_trees(feat, thr)
+            self._l_leaf, self._r_leaf = l_leaf.copy(), r_mass[:, -l_leaf.shape[1]:].copy()
         self.counter = state["counter"]
         self._first_window = state["first_window"]
         self._table = None
@@ -379,3 +278,17 @@ class HalfSpaceTrees:
         model = cls.__new__(cls)
         model.restore(state)
         return model
+
+    def __setstate__(self, state: dict) -> None:
+        """Unpickle; also a model pickled before the flat layout (the anomaly stage's checkpoints
+        pickle detectors whole): trees as (T, internal nodes) and `_r_mass` per node."""
+        if "_r_leaf" not in state:
+            state = dict(state, _table=None, _columns=((), None))
+            r_mass = state.pop("_r_mass", None)
+            self.__dict__.update(state)
+            self._r_leaf = None
+            if self._feature is not None:
+                self._set_trees(self._feature, self._threshold)
+                self._r_leaf = np.ascontiguousarray(r_mass[:, -self._l_leaf.shape[1]:])
+            return
+        self.__dict__.update(state)

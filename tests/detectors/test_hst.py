@@ -93,3 +93,62 @@ def test_bulk_random_draws_match_python_random():
     a, b = random.Random(123), random.Random(123)
     assert _randoms(a, 1000).tolist() == [b.random() for _ in range(1000)]
     assert a.random() == b.random()  # the generator is left in the same state
+
+
+@pytest.mark.parametrize("height", [1, 2, 5])
+def test_small_and_uneven_batches_equal_river(height):
+    """Batches of 1 to 100 rows, inside windows, ending on and crossing boundaries, all heights of
+    the walk (the root level is decided apart from the others)."""
+    params = dict(n_trees=7, height=height, window_size=40, seed=13)
+    names = ["x", "y"]
+    X = _data(1200, 2, seed=height)
+    X[::97, 1] = np.nan  # NaN goes right at every split, as in river
+    expected = _river_scores(X, names, **params)
+    ours, got, pos = HalfSpaceTrees(**params), [], 0
+    for size in np.resize([1, 10, 3, 100, 7, 19, 40, 2, 80], 200):
+        got.append(ours.score_learn_many(X[pos:pos + size], features=names))
+        pos += size
+        if pos >= len(X):
+            break
+    assert np.array_equal(np.concatenate(got)[:len(X)], expected)
+
+
+def test_column_order_may_change_between_calls():
+    params = dict(n_trees=5, height=4, window_size=30, seed=2)
+    names = ["a", "b", "c"]
+    X = _data(300, 3, seed=4)
+    expected = _river_scores(X, names, **params)
+    ours, got = HalfSpaceTrees(**params), []
+    for i, order in zip(range(0, 300, 25), [[0, 1, 2], [2, 0, 1], [1, 2, 0], [0, 1, 2]] * 3):
+        got.append(ours.score_learn_many(X[i:i + 25][:, order], features=[names[j] for j in order]))
+    assert np.array_equal(np.concatenate(got), expected)
+    with pytest.raises(ValueError, match="2 feature names for 3 columns"):
+        ours.score_learn_many(X[:2], features=["a", "b"])
+
+
+def test_snapshot_keeps_river_shaped_arrays():
+    """Snapshots hold the trees as (trees, internal nodes) and river's per-node reference masses,
+    whatever the in-memory layout, and restore from that."""
+    params = dict(n_trees=3, height=4, window_size=20, seed=8)
+    hst = HalfSpaceTrees(**params)
+    hst.learn_many(_data(50, 2, seed=1))
+    feat, thr, l_leaf, r_mass = hst.snapshot()["arrays"]
+    assert feat.shape == thr.shape == (3, 15) and l_leaf.shape == (3, 16) and r_mass.shape == (3, 31)
+    assert (r_mass[:, 0] == 20).all()  # the root saw the whole last window
+    assert np.array_equal(r_mass[:, :15], r_mass[:, 1:31:2] + r_mass[:, 2:31:2])
+
+
+def test_unpickles_a_model_pickled_before_the_flat_layout():
+    """Checkpoints pickle detectors whole: a model pickled by the previous layout (trees as
+    (T, internal nodes), `_r_mass` per node, no leaf counts of the last window) keeps going."""
+    params = dict(n_trees=4, height=5, window_size=30, seed=6)
+    X = _data(200, 2, seed=3)
+    model = HalfSpaceTrees(**params)
+    model.score_learn_many(X[:75])
+    old = dict(model.__dict__, _r_mass=model._r_mass, _table=None)
+    old["_feature"], old["_threshold"] = model._feature[:, :31], model._threshold[:, :31]
+    for name in ("_r_leaf", "_columns"):
+        del old[name]
+    revived = HalfSpaceTrees.__new__(HalfSpaceTrees)
+    revived.__setstate__(pickle.loads(pickle.dumps(old)))
+    assert np.array_equal(revived.score_learn_many(X[75:]), model.score_learn_many(X[75:]))
