@@ -1,8 +1,9 @@
 """The ``mqtt`` source: readings from an MQTT broker (paho-mqtt 2, MQTT 5 or 3.1.1).
 
-Each message is decoded on arrival by its subscription's codec (json, json-batch, senml, frame; see
-``connectors/mqtt/codecs.py``) into a shared column builder; the source thread hands the collected rows to the
-pipeline every ``emit_interval`` as one batch whose position is the number of messages taken so far. QoS 1/2
+The network thread only queues each message with its arrival time. Every ``emit_interval`` the source thread
+decodes what was queued with each subscription's codec (json, json-batch, senml, frame; see
+``connectors/mqtt/codecs.py``; runs of alike json messages are decoded together, ``connectors/mqtt/bulk.py``)
+and hands the rows to the pipeline as one batch whose position is the number of messages taken so far. QoS 1/2
 messages are acknowledged (paho manual acks) only when the runtime reports that position as processed
 (``committed``), so a crash or restart before that makes the broker deliver them again (at-least-once).
 
@@ -38,6 +39,7 @@ import numpy as np
 import paho.mqtt.client as mqtt
 from pydantic import Field, model_validator
 
+from connectors.mqtt.bulk import decode_many
 from connectors.mqtt.codecs import CodecOptions, Decoder, DecodeError
 from connectors.mqtt.connection import Connection
 from connectors.mqtt.settings import MqttConnectionFields, default_client_id
@@ -106,13 +108,14 @@ class MqttSourceConfig(SourceConfig, MqttConnectionFields):
 
 
 class _Route:
-    __slots__ = ("sub", "filter", "template", "decoder")
+    __slots__ = ("sub", "filter", "template", "decoder", "props")
 
     def __init__(self, sub: Subscription):
         self.sub = sub
         self.filter = sub.filter()
         self.template = TopicTemplate(sub.topic_template) if sub.topic_template else None
         self.decoder = Decoder(sub)
+        self.props = sub.codec == "frame"         # only frames read MQTT 5 user properties
 
 
 class MqttSource(Source):
@@ -126,9 +129,11 @@ class MqttSource(Source):
         super().__init__(config, ctx)
         self.where = f"source {config.id!r}"
         self._routes = [_Route(s) for s in config.subscriptions]
-        self._route_cache: dict[str, _Route | None] = {}
+        self._topics: dict[str, tuple] = {}           # topic -> (route, tags) or (None, reason, detail)
         self._lock = threading.Lock()
-        self._builder = RowBuilder()
+        self._inbox: list[tuple[float, mqtt.MQTTMessage]] = []   # (arrival, message), not decoded yet
+        self._per_message = 1.0                      # readings per message lately: the inbox's size in readings
+        self._builder = RowBuilder()                 # source thread only
         self._seq = 0                                  # messages taken (good and bad)
         self._acks: deque[tuple[int, int, int, int]] = deque()   # (seq, generation, mid, qos)
         self._dead: list[tuple[float, str, str, str, str]] = []   # (arrival, topic, reason, detail, payload_b64)
@@ -138,7 +143,8 @@ class MqttSource(Source):
         self.conn = Connection(config, where=self.where, pipeline=ctx.pipeline, client_id=client_id,
                                persistent=config.persistent, session_expiry=config.session_expiry,
                                receive_maximum=config.receive_maximum, manual_ack=True, status=config.status,
-                               on_connect=self._subscribe, paused=lambda: len(self._builder) >= config.max_pending)
+                               on_connect=self._subscribe,
+                               paused=lambda: len(self._inbox) * self._per_message >= config.max_pending)
         self.conn.client.on_message = self._on_message
 
     # -- network thread ---------------------------------------------------------------------------
@@ -148,45 +154,68 @@ class MqttSource(Source):
         client.subscribe(topics)
         log.info("%s: subscribed to %s", self.where, ", ".join(t for t, _ in topics))
 
-    def _route(self, topic: str) -> _Route | None:
-        try:
-            return self._route_cache[topic]
-        except KeyError:
-            pass
-        route = next((r for r in self._routes if mqtt.topic_matches_sub(r.filter, topic)), None)
-        if len(self._route_cache) > 10_000:
-            self._route_cache.clear()
-        self._route_cache[topic] = route
-        return route
-
     def _on_message(self, client, userdata, msg: mqtt.MQTTMessage) -> None:
         arrival = time.time()
-        topic = msg.topic
-        route = self._routes[0] if len(self._routes) == 1 else self._route(topic)
-        props = None
-        if msg.properties is not None and hasattr(msg.properties, "UserProperty"):
-            props = dict(msg.properties.UserProperty)
         with self._lock:
             self._seq += 1
             if msg.qos:
                 self._acks.append((self._seq, self.conn.generation, msg.mid, msg.qos))
-            if route is None:       # retained message or overlapping filter we did not expect
-                self._reject(arrival, topic, "topic_mismatch", "topic matches no subscription", msg.payload)
-                return
+            self._inbox.append((arrival, msg))
+
+    # -- source thread ----------------------------------------------------------------------------
+    def _topic(self, topic: str) -> tuple:
+        """(route, tags) for a topic, or (None, reason, detail) when it cannot be used; cached per topic."""
+        try:
+            return self._topics[topic]
+        except KeyError:
+            pass
+        route = next((r for r in self._routes if mqtt.topic_matches_sub(r.filter, topic)), None)
+        if route is None:       # retained message or overlapping filter we did not expect
+            found = (None, "topic_mismatch", "topic matches no subscription")
+        else:
             tags = route.template.match(topic) if route.template is not None else {}
             if tags is None:
-                self._reject(arrival, topic, "topic_mismatch",
-                             f"topic does not fit topic_template {route.sub.topic_template!r}", msg.payload)
-                return
-            if route.sub.topic_tag:
-                tags = {**tags, route.sub.topic_tag: topic}
-            try:
-                route.decoder.decode(msg.payload, self._builder, tags, arrival, props)
-            except DecodeError as e:
-                self._reject(arrival, topic, e.reason, e.detail, msg.payload)
-            except Exception as e:  # a decoder bug must not kill the network thread: dead-letter and go on
-                log.exception("%s: decoding a message on %r failed", self.where, topic)
-                self._reject(arrival, topic, "undecodable", f"decoder error {type(e).__name__}: {e}", msg.payload)
+                found = (None, "topic_mismatch", f"topic does not fit topic_template {route.sub.topic_template!r}")
+            else:
+                found = (route, {**tags, route.sub.topic_tag: topic} if route.sub.topic_tag else tags)
+        if len(self._topics) > 10_000:
+            self._topics.clear()
+        self._topics[topic] = found
+        return found
+
+    def _decode(self, inbox: list) -> None:
+        """Decode queued messages into the builder, in order; the unusable ones are dead-lettered."""
+        route, group = None, []          # consecutive messages of one subscription: decoded together
+
+        def flush():
+            if group:
+                decode_many(route.decoder, group, self._builder,
+                            lambda i, e: self._refuse(group[i][2], topics[i], group[i][0], e))
+        topics: list[str] = []
+        for arrival, msg in inbox:
+            topic = msg.topic
+            found = self._topic(topic)
+            if found[0] is None:
+                flush()
+                route, group, topics = None, [], []
+                self._reject(arrival, topic, found[1], found[2], msg.payload)
+                continue
+            if found[0] is not route:
+                flush()
+                route, group, topics = found[0], [], []
+            props = None
+            if route.props and msg.properties is not None and hasattr(msg.properties, "UserProperty"):
+                props = dict(msg.properties.UserProperty)
+            group.append((msg.payload, found[1], arrival, props))
+            topics.append(topic)
+        flush()
+
+    def _refuse(self, arrival: float, topic: str, payload: bytes, e: Exception) -> None:
+        if isinstance(e, DecodeError):
+            self._reject(arrival, topic, e.reason, e.detail, payload)
+        else:     # a decoder bug must not stop the source: dead-letter and go on
+            log.error("%s: decoding a message on %r failed", self.where, topic, exc_info=e)
+            self._reject(arrival, topic, "undecodable", f"decoder error {type(e).__name__}: {e}", payload)
 
     def _reject(self, arrival: float, topic: str, reason: str, detail: str, payload: bytes) -> None:
         keep = self.config.deadletter_max_bytes
@@ -197,7 +226,6 @@ class MqttSource(Source):
                 "reason": reason, "detail": detail, "source": self.config.id, "topic": topic, "ts": arrival,
                 "payload_bytes": len(payload), "truncated": len(payload) > keep, "payload_b64": b64}), qos=1)
 
-    # -- source thread ----------------------------------------------------------------------------
     def run(self, emit, stop: threading.Event) -> None:
         self.conn.start()
         sent = 0
@@ -215,8 +243,12 @@ class MqttSource(Source):
             seq = self._seq
             if seq == sent:
                 return sent
-            rows = self._builder.build() if len(self._builder) else None
-            dead, self._dead = self._dead, []
+            inbox, self._inbox = self._inbox, []
+        self._decode(inbox)
+        rows = self._builder.build() if len(self._builder) else None
+        if inbox:
+            self._per_message = max(1.0, (len(rows) if rows is not None else 0) / len(inbox))
+        dead, self._dead = self._dead, []
         for arrival, topic, reason, detail, b64 in dead:
             self.ctx.count(f"dead_lettered.{reason}", 1)
             self.ctx.dead_letter(Batch(np.array([arrival]), tags={"topic": np.array([topic], dtype=object)},

@@ -1,0 +1,172 @@
+"""Decoding many ``json`` / ``json-batch`` messages at once: one set of columns per run of alike messages.
+
+The ``mqtt`` source hands each subscription's decoder every message that arrived in one ``emit_interval``.
+Consecutive messages that are *regular* (same keys in every reading, only numbers and booleans, no payload tags;
+see :func:`_regular`) form a run, whose columns are built once for all its readings (one ``np.fromiter`` per key
+instead of one per key and message, one tag column per tag instead of per-reading Python calls). Every other
+message is decoded on its own by :meth:`Decoder.decode`, exactly as before, and so is every message of a run
+whose columns turn out to be irregular after all (infinity, a boolean timestamp, a negative time ...): the result
+is always the one decoding message by message gives (a test compares both on random traffic).
+
+>>> from connectors.mqtt.codecs import CodecOptions
+>>> dec, b, errors = Decoder(CodecOptions(codec="json")), RowBuilder(), []
+>>> msgs = [(b'{"ts": 1700000000, "t": 20.5}', {"dev": "a"}, 1.0, None),
+...         (b'{"ts": 1700000001, "t": "hot"}', {"dev": "b"}, 2.0, None),
+...         (b'{"ts": 1700000002000, "t": 21}', {"dev": "a"}, 3.0, None)]
+>>> decode_many(dec, msgs, b, lambda i, e: errors.append((i, e.reason)))
+>>> [(r["ts"], r["tags"], r["fields"]) for r in b.build().to_records()]
+[(1700000000.0, {'dev': 'a'}, {'t': 20.5}), (1700000002.0, {'dev': 'a'}, {'t': 21.0})]
+>>> errors
+[(1, 'wrong_type')]
+"""
+
+from __future__ import annotations
+
+from operator import itemgetter
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from connectors.mqtt.codecs import Decoder, _fast_loads
+from connectors.mqtt.rows import RowBuilder
+from pipeline.batch import Batch
+from pipeline.epoch import epoch_seconds
+
+# (payload, topic tags, arrival time, MQTT 5 user properties or None)
+Message = tuple[bytes, dict[str, str], float, Any]
+
+
+def decode_many(dec: Decoder, msgs: Sequence[Message], b: RowBuilder, on_error: Callable[[int, Exception], None]) -> None:
+    """Append the readings of ``msgs`` to ``b`` in order; call ``on_error(index, exception)`` for each refused one.
+
+    ``exception`` is a :class:`DecodeError`, or any other exception a decoder bug raised (the message is then
+    left out too). Equivalent to calling ``dec.decode`` on each message in turn.
+    """
+    loads = _fast_loads
+    if loads is None or not dec._columnar_ok or dec.o.codec not in ("json", "json-batch"):
+        for i, (payload, tags, arrival, props) in enumerate(msgs):
+            _one(dec, i, payload, tags, arrival, props, b, on_error)
+        return
+    batch = dec.o.codec == "json-batch"
+    batch_key, max_bytes = dec.o.batch_key, dec.o.max_payload_bytes
+    run: list[int] = []          # indices of the messages in the current run
+    rows: list[dict] = []        # their readings
+    counts: list[int] = []       # readings per message (json-batch)
+    keys = tag_keys = None       # the run's reading keys and topic tag names
+    for i, (payload, tags, arrival, props) in enumerate(msgs):
+        readings = None
+        if len(payload) <= max_bytes:
+            try:
+                obj = loads(payload)
+            except ValueError:                  # orjson.JSONDecodeError: the per-message path explains
+                obj = None
+            if batch:
+                outside = 0
+                if type(obj) is dict:
+                    outside, obj = 2 * len(obj), obj.get(batch_key)
+                if type(obj) is list and len(obj) > 1 and type(obj[0]) is dict:   # as Decoder._json_batch
+                    first = obj[0]
+                    if payload.count(b'"') - outside == 2 * len(obj) * len(first):
+                        readings = obj
+            elif type(obj) is dict and payload.count(b'"') == 2 * len(obj):
+                first, readings = obj, (obj,)
+        if readings is not None and "tags" not in first:
+            if run and (first.keys() != keys or tags.keys() != tag_keys):
+                _flush(dec, msgs, run, rows, counts, b, on_error)
+                run, rows, counts = [], [], []
+            if not run:
+                keys, tag_keys = first.keys(), tags.keys()
+            run.append(i)
+            rows.extend(readings)
+            counts.append(len(readings))
+            continue
+        if run:
+            _flush(dec, msgs, run, rows, counts, b, on_error)
+            run, rows, counts = [], [], []
+        _one(dec, i, payload, tags, arrival, props, b, on_error)
+    if run:
+        _flush(dec, msgs, run, rows, counts, b, on_error)
+
+
+def _one(dec, i, payload, tags, arrival, props, b, on_error) -> None:
+    try:
+        dec.decode(payload, b, tags, arrival, props)
+    except Exception as e:      # noqa: BLE001 - the caller dead-letters it; Decoder.decode rolled the builder back
+        on_error(i, e)
+
+
+def _flush(dec, msgs, run, rows, counts, b, on_error) -> None:
+    cols = None
+    try:
+        cols = _columns(dec, msgs, run, rows, counts)
+    except (KeyError, TypeError, ValueError):
+        pass
+    if cols is not None:
+        b.add(cols)
+        return
+    for i in run:            # irregular after all: message by message, exactly as without this module
+        _one(dec, i, *msgs[i], b, on_error)
+
+
+def _first_is_bool(rows, counts, key, every_row) -> bool:
+    """Whether the first reading of some message has a boolean ``key`` (Decoder._columns checks only that one)."""
+    if every_row:
+        return any(type(r[key]) is bool for r in rows)
+    starts = np.cumsum(counts[:-1]).tolist() if len(counts) > 1 else []
+    return type(rows[0][key]) is bool or any(type(rows[j][key]) is bool for j in starts)
+
+
+def _columns(dec, msgs, run, rows, counts) -> Batch | None:
+    """Columns of the readings of a run, or None when message-by-message decoding could give another result.
+
+    Raises KeyError (a reading lacks a key of the run) or TypeError / ValueError (a value is not a number or
+    boolean): the caller then decodes message by message.
+    """
+    json_codec = dec.o.codec == "json"
+    first = rows[0]
+    n = len(rows)
+    tsk = dec.o.timestamp_field
+    fields: dict[str, np.ndarray] = {}
+    ts = None
+    for k in first:
+        if k == tsk:
+            # A boolean timestamp in a message's first reading is refused (json; json-batch goes per value then)
+            if _first_is_bool(rows, counts, k, json_codec):
+                return None
+            ts = np.fromiter(map(itemgetter(k), rows), np.float64, count=n)
+        elif type(first[k]) is bool:           # boolean column stays boolean, as the per-value path keeps it
+            col = np.array(list(map(itemgetter(k), rows)))
+            fields[k] = col if col.dtype == np.bool_ else col.astype(np.float64)
+        else:
+            fields[k] = np.fromiter(map(itemgetter(k), rows), np.float64, count=n)   # null -> NaN (absent)
+    for k, col in fields.items():
+        if col.dtype.kind == "f":
+            if json_codec:
+                # json: null leaves a field out (the column may not exist, or come later): message by message
+                if not np.isfinite(col).all():
+                    return None
+            elif np.isinf(col).any():
+                return None
+    json_batch = not json_codec
+    arrivals = None
+    if ts is not None:
+        if not dec._numeric_ts or not (np.isfinite(ts).all() and (ts >= 0).all()):
+            return None
+        if dec._divisor is not None:
+            ts = ts / dec._divisor
+        elif ts.max() > 1e11:
+            ts = epoch_seconds(ts)
+    else:
+        arrivals = np.fromiter((msgs[i][2] for i in run), np.float64, count=len(run))
+        ts = np.repeat(arrivals, counts) if json_batch else arrivals
+    tags = {}
+    for name in msgs[run[0]][1]:
+        col = np.empty(len(run), dtype=object)
+        col[:] = [msgs[i][1][name] for i in run]
+        tags[name] = np.repeat(col, counts) if json_batch else col
+    extra = {}
+    if arrivals is not None:
+        src = np.empty(n, dtype=object)
+        src.fill("arrival")
+        extra["ts_source"] = src
+    return Batch(ts, tags, fields, None, extra)
