@@ -10,10 +10,9 @@ is always the one decoding message by message gives (a test compares both on ran
 
 >>> from connectors.mqtt.codecs import CodecOptions
 >>> dec, b, errors = Decoder(CodecOptions(codec="json")), RowBuilder(), []
->>> msgs = [(b'{"ts": 1700000000, "t": 20.5}', {"dev": "a"}, 1.0, None),
-...         (b'{"ts": 1700000001, "t": "hot"}', {"dev": "b"}, 2.0, None),
-...         (b'{"ts": 1700000002000, "t": 21}', {"dev": "a"}, 3.0, None)]
->>> decode_many(dec, msgs, b, lambda i, e: errors.append((i, e.reason)))
+>>> payloads = [b'{"ts": 1700000000, "t": 20.5}', b'{"ts": 1700000001, "t": "hot"}', b'{"ts": 1700000002000, "t": 21}']
+>>> tags = [{"dev": "a"}, {"dev": "b"}, {"dev": "a"}]
+>>> decode_many(dec, payloads, tags, [1.0, 2.0, 3.0], None, b, lambda i, e: errors.append((i, e.reason)))
 >>> [(r["ts"], r["tags"], r["fields"]) for r in b.build().to_records()]
 [(1700000000.0, {'dev': 'a'}, {'t': 20.5}), (1700000002.0, {'dev': 'a'}, {'t': 21.0})]
 >>> errors
@@ -23,7 +22,7 @@ is always the one decoding message by message gives (a test compares both on ran
 from __future__ import annotations
 
 from operator import itemgetter
-from typing import Any, Callable, Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 
@@ -32,20 +31,22 @@ from connectors.mqtt.rows import RowBuilder
 from pipeline.batch import Batch
 from pipeline.epoch import epoch_seconds
 
-# (payload, topic tags, arrival time, MQTT 5 user properties or None)
-Message = tuple[bytes, dict[str, str], float, Any]
 
+def decode_many(dec: Decoder, payloads: Sequence[bytes], tags: Sequence[dict[str, str]], arrivals: Sequence[float],
+                props: Sequence[dict[str, str] | None] | None, b: RowBuilder,
+                on_error: Callable[[int, Exception], None]) -> None:
+    """Append the readings of messages to ``b`` in order; call ``on_error(index, exception)`` for each refused one.
 
-def decode_many(dec: Decoder, msgs: Sequence[Message], b: RowBuilder, on_error: Callable[[int, Exception], None]) -> None:
-    """Append the readings of ``msgs`` to ``b`` in order; call ``on_error(index, exception)`` for each refused one.
-
-    ``exception`` is a :class:`DecodeError`, or any other exception a decoder bug raised (the message is then
-    left out too). Equivalent to calling ``dec.decode`` on each message in turn.
+    Message ``i`` is ``payloads[i]`` from a topic with ``tags[i]``, arrived at ``arrivals[i]``, with MQTT 5 user
+    properties ``props[i]`` (``props`` may be None: no properties). ``exception`` is a :class:`DecodeError`, or
+    any other exception a decoder bug raised (the message is then left out too). Equivalent to calling
+    ``dec.decode`` on each message in turn.
     """
+    msgs = _Messages(payloads, tags, arrivals, props)
     loads = _fast_loads
     if loads is None or not dec._columnar_ok or dec.o.codec not in ("json", "json-batch"):
-        for i, (payload, tags, arrival, props) in enumerate(msgs):
-            _one(dec, i, payload, tags, arrival, props, b, on_error)
+        for i in range(len(payloads)):
+            _one(dec, msgs, i, b, on_error)
         return
     batch = dec.o.codec == "json-batch"
     batch_key, max_bytes = dec.o.batch_key, dec.o.max_payload_bytes
@@ -53,7 +54,7 @@ def decode_many(dec: Decoder, msgs: Sequence[Message], b: RowBuilder, on_error: 
     rows: list[dict] = []        # their readings
     counts: list[int] = []       # readings per message (json-batch)
     keys = tag_keys = None       # the run's reading keys and topic tag names
-    for i, (payload, tags, arrival, props) in enumerate(msgs):
+    for i, payload in enumerate(payloads):
         readings = None
         if len(payload) <= max_bytes:
             try:
@@ -71,11 +72,12 @@ def decode_many(dec: Decoder, msgs: Sequence[Message], b: RowBuilder, on_error: 
             elif type(obj) is dict and payload.count(b'"') == 2 * len(obj):
                 first, readings = obj, (obj,)
         if readings is not None and "tags" not in first:
-            if run and (first.keys() != keys or tags.keys() != tag_keys):
+            topic_tags = tags[i]
+            if run and (first.keys() != keys or topic_tags.keys() != tag_keys):
                 _flush(dec, msgs, run, rows, counts, b, on_error)
                 run, rows, counts = [], [], []
             if not run:
-                keys, tag_keys = first.keys(), tags.keys()
+                keys, tag_keys = first.keys(), topic_tags.keys()
             run.append(i)
             rows.extend(readings)
             counts.append(len(readings))
@@ -83,14 +85,21 @@ def decode_many(dec: Decoder, msgs: Sequence[Message], b: RowBuilder, on_error: 
         if run:
             _flush(dec, msgs, run, rows, counts, b, on_error)
             run, rows, counts = [], [], []
-        _one(dec, i, payload, tags, arrival, props, b, on_error)
+        _one(dec, msgs, i, b, on_error)
     if run:
         _flush(dec, msgs, run, rows, counts, b, on_error)
 
 
-def _one(dec, i, payload, tags, arrival, props, b, on_error) -> None:
+class _Messages:
+    __slots__ = ("payloads", "tags", "arrivals", "props")
+
+    def __init__(self, payloads, tags, arrivals, props):
+        self.payloads, self.tags, self.arrivals, self.props = payloads, tags, arrivals, props
+
+
+def _one(dec, msgs: _Messages, i: int, b, on_error) -> None:
     try:
-        dec.decode(payload, b, tags, arrival, props)
+        dec.decode(msgs.payloads[i], b, msgs.tags[i], msgs.arrivals[i], msgs.props[i] if msgs.props else None)
     except Exception as e:      # noqa: BLE001 - the caller dead-letters it; Decoder.decode rolled the builder back
         on_error(i, e)
 
@@ -105,7 +114,7 @@ def _flush(dec, msgs, run, rows, counts, b, on_error) -> None:
         b.add(cols)
         return
     for i in run:            # irregular after all: message by message, exactly as without this module
-        _one(dec, i, *msgs[i], b, on_error)
+        _one(dec, msgs, i, b, on_error)
 
 
 def _first_is_bool(rows, counts, key, every_row) -> bool:
@@ -157,12 +166,13 @@ def _columns(dec, msgs, run, rows, counts) -> Batch | None:
         elif ts.max() > 1e11:
             ts = epoch_seconds(ts)
     else:
-        arrivals = np.fromiter((msgs[i][2] for i in run), np.float64, count=len(run))
+        arrivals = np.array([msgs.arrivals[i] for i in run], dtype=np.float64)
         ts = np.repeat(arrivals, counts) if json_batch else arrivals
     tags = {}
-    for name in msgs[run[0]][1]:
+    run_tags = [msgs.tags[i] for i in run]
+    for name in run_tags[0]:
         col = np.empty(len(run), dtype=object)
-        col[:] = [msgs[i][1][name] for i in run]
+        col[:] = [t[name] for t in run_tags]
         tags[name] = np.repeat(col, counts) if json_batch else col
     extra = {}
     if arrivals is not None:

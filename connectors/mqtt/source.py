@@ -50,6 +50,8 @@ from pipeline.config import SourceConfig
 from pipeline.stage import Context, Source
 
 log = logging.getLogger("edgesieve.mqtt")
+_CHUNK_READINGS = 5_000          # about this many readings per batch handed on while a backlog is decoded
+_NOTHING = ([], [], [], None)
 
 
 class Subscription(CodecOptions):
@@ -131,11 +133,18 @@ class MqttSource(Source):
         self._routes = [_Route(s) for s in config.subscriptions]
         self._topics: dict[str, tuple] = {}           # topic -> (route, tags) or (None, reason, detail)
         self._lock = threading.Lock()
-        self._inbox: list[tuple[float, mqtt.MQTTMessage]] = []   # (arrival, message), not decoded yet
-        self._per_message = 1.0                      # readings per message lately: the inbox's size in readings
+        # Messages not decoded yet, as parallel lists of plain values: no object per message that the cyclic
+        # garbage collector would have to scan (hundreds wait per emit_interval; that scanning was costly).
+        self._arrivals: list[float] = []
+        self._topic_in: list[str] = []
+        self._payloads: list[bytes] = []
+        self._props: list | None = [] if any(r.props for r in self._routes) else None   # MQTT 5 properties
+        self._per_message = 100.0                    # readings per message lately (until measured: small chunks)
+        self._taken, self._left, self._first_seq = _NOTHING, 0, 1   # taken from the inbox, not decoded yet
         self._builder = RowBuilder()                 # source thread only
         self._seq = 0                                  # messages taken (good and bad)
-        self._acks: deque[tuple[int, int, int, int]] = deque()   # (seq, generation, mid, qos)
+        self._ack_seq: deque[int] = deque()          # per QoS>=1 message: its seq, and (generation, mid, qos)
+        self._ack_id: deque[int] = deque()           # as generation << 18 | mid << 2 | qos (plain ints, see above)
         self._dead: list[tuple[float, str, str, str, str]] = []   # (arrival, topic, reason, detail, payload_b64)
         self.deadletter_topic = (config.deadletter_topic.format(node=config.node_name)
                                  if config.deadletter_topic else None)
@@ -144,7 +153,7 @@ class MqttSource(Source):
                                persistent=config.persistent, session_expiry=config.session_expiry,
                                receive_maximum=config.receive_maximum, manual_ack=True, status=config.status,
                                on_connect=self._subscribe,
-                               paused=lambda: len(self._inbox) * self._per_message >= config.max_pending)
+                               paused=lambda: (len(self._payloads) + self._left) * self._per_message >= config.max_pending)
         self.conn.client.on_message = self._on_message
 
     # -- network thread ---------------------------------------------------------------------------
@@ -156,11 +165,17 @@ class MqttSource(Source):
 
     def _on_message(self, client, userdata, msg: mqtt.MQTTMessage) -> None:
         arrival = time.time()
+        topic, payload, qos = msg.topic, msg.payload, msg.qos
         with self._lock:
             self._seq += 1
-            if msg.qos:
-                self._acks.append((self._seq, self.conn.generation, msg.mid, msg.qos))
-            self._inbox.append((arrival, msg))
+            if qos:
+                self._ack_seq.append(self._seq)
+                self._ack_id.append(self.conn.generation << 18 | msg.mid << 2 | qos)
+            self._arrivals.append(arrival)
+            self._topic_in.append(topic)
+            self._payloads.append(payload)
+            if self._props is not None:
+                self._props.append(msg.properties)
 
     # -- source thread ----------------------------------------------------------------------------
     def _topic(self, topic: str) -> tuple:
@@ -183,32 +198,28 @@ class MqttSource(Source):
         self._topics[topic] = found
         return found
 
-    def _decode(self, inbox: list) -> None:
+    def _decode(self, arrivals: list, topics: list, payloads: list, props: list | None) -> None:
         """Decode queued messages into the builder, in order; the unusable ones are dead-lettered."""
-        route, group = None, []          # consecutive messages of one subscription: decoded together
-
-        def flush():
-            if group:
-                decode_many(route.decoder, group, self._builder,
-                            lambda i, e: self._refuse(group[i][2], topics[i], group[i][0], e))
-        topics: list[str] = []
-        for arrival, msg in inbox:
-            topic = msg.topic
+        route, first, tags = None, 0, []      # messages first..i-1 are of one subscription: decoded together
+        for i, topic in enumerate(topics):
             found = self._topic(topic)
-            if found[0] is None:
-                flush()
-                route, group, topics = None, [], []
-                self._reject(arrival, topic, found[1], found[2], msg.payload)
-                continue
             if found[0] is not route:
-                flush()
-                route, group, topics = found[0], [], []
-            props = None
-            if route.props and msg.properties is not None and hasattr(msg.properties, "UserProperty"):
-                props = dict(msg.properties.UserProperty)
-            group.append((msg.payload, found[1], arrival, props))
-            topics.append(topic)
-        flush()
+                self._decode_group(route, first, i, arrivals, topics, payloads, props, tags)
+                route, first = found[0], i
+            tags.append(found[1])
+            if route is None:
+                self._reject(arrivals[i], topic, found[1], found[2], payloads[i])
+                first = i + 1
+        self._decode_group(route, first, len(topics), arrivals, topics, payloads, props, tags)
+
+    def _decode_group(self, route: _Route | None, a: int, z: int, arrivals, topics, payloads, props, tags) -> None:
+        if route is None or a >= z:
+            return
+        user = None
+        if route.props:
+            user = [dict(p.UserProperty) if p is not None and hasattr(p, "UserProperty") else None for p in props[a:z]]
+        decode_many(route.decoder, payloads[a:z], tags[a:z], arrivals[a:z], user, self._builder,
+                    lambda i, e: self._refuse(arrivals[a + i], topics[a + i], payloads[a + i], e))
 
     def _refuse(self, arrival: float, topic: str, payload: bytes, e: Exception) -> None:
         if isinstance(e, DecodeError):
@@ -230,42 +241,59 @@ class MqttSource(Source):
         self.conn.start()
         sent = 0
         try:
-            while not stop.wait(self.config.emit_interval):
+            while not stop.wait(0 if self._left else self.config.emit_interval):
                 if self.conn.error:
                     raise ConnectionError(self.conn.error)
                 sent = self._emit(emit, sent)
-            self._emit(emit, sent)
+            end = self._seq
+            while sent < end:
+                sent = self._emit(emit, sent)
         finally:
             self.conn.close()
 
     def _emit(self, emit, sent: int) -> int:
-        with self._lock:
-            seq = self._seq
-            if seq == sent:
-                return sent
-            inbox, self._inbox = self._inbox, []
-        self._decode(inbox)
+        """Decode and emit the next chunk of queued messages; return the position (seq of its last message)."""
+        if not self._left:       # take what the network thread queued
+            with self._lock:
+                seq = self._seq
+                if seq == sent:
+                    return sent
+                self._taken = (self._arrivals, self._topic_in, self._payloads, self._props)
+                self._arrivals, self._topic_in, self._payloads = [], [], []
+                if self._props is not None:
+                    self._props = []
+                self._left = len(self._taken[2])
+            self._first_seq = seq - self._left + 1
+        arrivals, topics, payloads, props = self._taken
+        # A chunk of about _CHUNK_READINGS: the pipeline works (and acknowledges) while the next chunk is decoded
+        a = len(payloads) - self._left
+        z = min(len(payloads), a + max(1, int(_CHUNK_READINGS / self._per_message)))
+        self._decode(arrivals[a:z], topics[a:z], payloads[a:z], props[a:z] if props is not None else None)
+        self._left = len(payloads) - z
+        if not self._left:
+            self._taken = _NOTHING
         rows = self._builder.build() if len(self._builder) else None
-        if inbox:
-            self._per_message = max(1.0, (len(rows) if rows is not None else 0) / len(inbox))
+        self._per_message = max(1.0, (len(rows) if rows is not None else 0) / (z - a))
         dead, self._dead = self._dead, []
         for arrival, topic, reason, detail, b64 in dead:
             self.ctx.count(f"dead_lettered.{reason}", 1)
             self.ctx.dead_letter(Batch(np.array([arrival]), tags={"topic": np.array([topic], dtype=object)},
                                        extra={"payload_b64": np.array([b64], dtype=object)}),
                                  f"{self.where} topic {topic!r}: {reason}: {detail}")
-        emit(rows if rows is not None else Batch.empty(), position=seq)
-        return seq
+        position = self._first_seq + z - 1
+        emit(rows if rows is not None else Batch.empty(), position=position)
+        return position
 
     def committed(self, position) -> None:
         """The pipeline processed every message up to ``position``: acknowledge the QoS>=1 ones."""
         gen, client = self.conn.generation, self.conn.client
         with self._lock:
-            acks = self._acks
-            while acks and acks[0][0] <= position:
-                _, g, mid, qos = acks.popleft()
-                if g == gen:        # a message of an older connection is redelivered and acked afresh
-                    client.ack(mid, qos)
+            seqs, ids = self._ack_seq, self._ack_id
+            while seqs and seqs[0] <= position:
+                seqs.popleft()
+                ack = ids.popleft()
+                if ack >> 18 == gen:        # a message of an older connection is redelivered and acked afresh
+                    client.ack(ack >> 2 & 0xFFFF, ack & 3)
 
     def restore(self, position) -> None:
         # Message sequence numbers do not survive a restart: the broker's session holds what is not acknowledged.

@@ -83,7 +83,8 @@ def _one_by_one(dec, msgs):
 def _all_at_once(dec, msgs, chunk):
     b, errors = RowBuilder(), []
     for start in range(0, len(msgs), chunk):
-        decode_many(dec, msgs[start:start + chunk], b,
+        part = msgs[start:start + chunk]
+        decode_many(dec, *([m[k] for m in part] for k in range(4)), b,
                     lambda i, e, s=start: errors.append((s + i, getattr(e, "reason", type(e).__name__))))
     return b.build(), errors
 
