@@ -54,10 +54,11 @@ class _BufferedSocket:
     Everything else is delegated to the socket.
     """
 
-    __slots__ = ("_sock", "_data", "_pos")
+    __slots__ = ("_sock", "_data", "_pos", "_inner_pending")
 
     def __init__(self, sock):
         self._sock, self._data, self._pos = sock, b"", 0
+        self._inner_pending = getattr(sock, "pending", None)    # TLS sockets buffer too
 
     def recv(self, n: int) -> bytes:
         data, pos = self._data, self._pos
@@ -73,8 +74,8 @@ class _BufferedSocket:
 
     def pending(self) -> int:
         buffered = len(self._data) - self._pos
-        inner = getattr(self._sock, "pending", None)
-        return buffered + (inner() if inner is not None else 0)
+        inner = self._inner_pending
+        return buffered + inner() if inner is not None else buffered
 
     def __getattr__(self, name):
         return getattr(self._sock, name)
@@ -211,11 +212,12 @@ class Connection:
                 continue
             rc = c.loop(timeout=0.05)
             sock = c.socket()
-            burst = 0                  # packets already in the read buffer: no select() needed
-            while rc == mqtt.MQTT_ERR_SUCCESS and isinstance(sock, _BufferedSocket) and \
-                    sock.pending() and burst < 1000 and not self._paused():
-                rc = c.loop_read()
-                burst += 1
+            if isinstance(sock, _BufferedSocket):   # packets already in the read buffer: no select() needed
+                pending, paused, read = sock.pending, self._paused, c.loop_read
+                burst = 0
+                while rc == mqtt.MQTT_ERR_SUCCESS and burst < 1000 and pending() and not paused():
+                    rc = read()
+                    burst += 1
 
     def _loop(self) -> None:
         delays = backoff(self.cfg.reconnect.min_delay, self.cfg.reconnect.max_delay)
