@@ -81,6 +81,32 @@ class _BufferedSocket:
         return getattr(self._sock, name)
 
 
+class _CoalescedWake:
+    """paho's wake-up socket, written at most once per turn of the network loop.
+
+    paho writes one byte to it for every packet another thread queues (an acknowledgement, a publish), a system
+    call each, to end the network loop's select(). One byte per turn is enough: the loop re-arms it before each
+    select(), and a packet queued before that is seen by paho's want_write() anyway.
+    """
+
+    __slots__ = ("_sock", "_armed")
+
+    def __init__(self, sock):
+        self._sock, self._armed = sock, True
+
+    def send(self, data: bytes) -> int:
+        if not self._armed:
+            return len(data)
+        self._armed = False
+        return self._sock.send(data)
+
+    def arm(self) -> None:
+        self._armed = True
+
+    def __getattr__(self, name):
+        return getattr(self._sock, name)
+
+
 class Connection:
     """A paho client plus the thread that runs its network loop and reconnects. See the module docstring."""
 
@@ -210,6 +236,11 @@ class Connection:
                 rc = c.loop_write() if c.want_write() else c.loop_misc()
                 time.sleep(0.002)
                 continue
+            wake = getattr(c, "_sockpairW", None)       # paho private, made by loop(): see _CoalescedWake
+            if wake is not None:
+                if not isinstance(wake, _CoalescedWake):
+                    c._sockpairW = wake = _CoalescedWake(wake)
+                wake.arm()
             rc = c.loop(timeout=0.05)
             sock = c.socket()
             if isinstance(sock, _BufferedSocket):   # packets already in the read buffer: no select() needed

@@ -50,7 +50,7 @@ from pipeline.config import SourceConfig
 from pipeline.stage import Context, Source
 
 log = logging.getLogger("edgesieve.mqtt")
-_CHUNK_READINGS = 5_000          # about this many readings per batch handed on while a backlog is decoded
+_CHUNK_READINGS = 10_000         # about this many readings per batch handed on while a backlog is decoded
 _NOTHING = ([], [], [], None)
 
 
