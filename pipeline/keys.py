@@ -31,17 +31,34 @@ def key_codes(batch: Batch, key: Sequence[str]) -> tuple[np.ndarray, list[tuple]
     cols = [batch.tags.get(k) for k in key]
     cols = [c if c is not None else np.full(n, None, dtype=object) for c in cols]
     if len(cols) == 1:
-        codes, uniques = pd.factorize(cols[0], use_na_sentinel=False)
+        codes, uniques = _factorize(cols[0])
         return codes.astype(np.int64), [(None if pd.isna(u) else u,) for u in uniques]
     combined = np.zeros(n, dtype=np.int64)
     for col in cols:
-        c, uniques = pd.factorize(col, use_na_sentinel=False)
+        c, uniques = _factorize(col)
         combined = combined * (len(uniques) + 1) + c
     codes, firsts = pd.factorize(combined, use_na_sentinel=False)
     first_rows = np.zeros(len(firsts), dtype=np.int64)
     first_rows[codes[::-1]] = np.arange(n)[::-1]
     keys = [tuple(c[i] for c in cols) for i in first_rows.tolist()]
     return codes.astype(np.int64), keys
+
+
+def _factorize(col: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``pd.factorize(col, use_na_sentinel=False)``, 2-3x faster on object columns (pandas 3 scans them for NA).
+
+    Absent values (None, NaN) get the code they would have in first-appearance order, and NaN in the uniques.
+    """
+    codes, uniques = pd.factorize(col)                     # absent -> -1
+    if not len(codes):
+        return codes, uniques
+    absent = codes < 0
+    if not absent.any():
+        return codes, uniques
+    first = int(np.argmax(absent))
+    k = int(codes[:first].max()) + 1 if first else 0       # distinct values seen before the first absent one
+    codes = np.where(absent, k, codes + (codes >= k))
+    return codes, np.concatenate([uniques[:k], np.array([np.nan], dtype=object), uniques[k:]]).astype(uniques.dtype)
 
 
 def factorize(values) -> tuple[np.ndarray, list]:

@@ -227,6 +227,7 @@ class Pipeline:
                     pending[sid].append((batch, position))
                     first_at.setdefault(sid, time.monotonic())
                     if sum(len(b) for b, _ in pending[sid]) >= max_records:
+                        wake.set()  # more may be queued: take it right after this micro-batch, without waiting
                         break
             for sid, items in pending.items():
                 if not items:

@@ -54,10 +54,11 @@ class _BufferedSocket:
     Everything else is delegated to the socket.
     """
 
-    __slots__ = ("_sock", "_data", "_pos")
+    __slots__ = ("_sock", "_data", "_pos", "_inner_pending")
 
     def __init__(self, sock):
         self._sock, self._data, self._pos = sock, b"", 0
+        self._inner_pending = getattr(sock, "pending", None)    # TLS sockets buffer too
 
     def recv(self, n: int) -> bytes:
         data, pos = self._data, self._pos
@@ -73,8 +74,34 @@ class _BufferedSocket:
 
     def pending(self) -> int:
         buffered = len(self._data) - self._pos
-        inner = getattr(self._sock, "pending", None)
-        return buffered + (inner() if inner is not None else 0)
+        inner = self._inner_pending
+        return buffered + inner() if inner is not None else buffered
+
+    def __getattr__(self, name):
+        return getattr(self._sock, name)
+
+
+class _CoalescedWake:
+    """paho's wake-up socket, written at most once per turn of the network loop.
+
+    paho writes one byte to it for every packet another thread queues (an acknowledgement, a publish), a system
+    call each, to end the network loop's select(). One byte per turn is enough: the loop re-arms it before each
+    select(), and a packet queued before that is seen by paho's want_write() anyway.
+    """
+
+    __slots__ = ("_sock", "_armed")
+
+    def __init__(self, sock):
+        self._sock, self._armed = sock, True
+
+    def send(self, data: bytes) -> int:
+        if not self._armed:
+            return len(data)
+        self._armed = False
+        return self._sock.send(data)
+
+    def arm(self) -> None:
+        self._armed = True
 
     def __getattr__(self, name):
         return getattr(self._sock, name)
@@ -209,13 +236,19 @@ class Connection:
                 rc = c.loop_write() if c.want_write() else c.loop_misc()
                 time.sleep(0.002)
                 continue
+            wake = getattr(c, "_sockpairW", None)       # paho private, made by loop(): see _CoalescedWake
+            if wake is not None:
+                if not isinstance(wake, _CoalescedWake):
+                    c._sockpairW = wake = _CoalescedWake(wake)
+                wake.arm()
             rc = c.loop(timeout=0.05)
             sock = c.socket()
-            burst = 0                  # packets already in the read buffer: no select() needed
-            while rc == mqtt.MQTT_ERR_SUCCESS and isinstance(sock, _BufferedSocket) and \
-                    sock.pending() and burst < 1000 and not self._paused():
-                rc = c.loop_read()
-                burst += 1
+            if isinstance(sock, _BufferedSocket):   # packets already in the read buffer: no select() needed
+                pending, paused, read = sock.pending, self._paused, c.loop_read
+                burst = 0
+                while rc == mqtt.MQTT_ERR_SUCCESS and burst < 1000 and pending() and not paused():
+                    rc = read()
+                    burst += 1
 
     def _loop(self) -> None:
         delays = backoff(self.cfg.reconnect.min_delay, self.cfg.reconnect.max_delay)

@@ -1,8 +1,9 @@
 """The ``mqtt`` source: readings from an MQTT broker (paho-mqtt 2, MQTT 5 or 3.1.1).
 
-Each message is decoded on arrival by its subscription's codec (json, json-batch, senml, frame; see
-``connectors/mqtt/codecs.py``) into a shared column builder; the source thread hands the collected rows to the
-pipeline every ``emit_interval`` as one batch whose position is the number of messages taken so far. QoS 1/2
+The network thread only queues each message with its arrival time. Every ``emit_interval`` the source thread
+decodes what was queued with each subscription's codec (json, json-batch, senml, frame; see
+``connectors/mqtt/codecs.py``; runs of alike json messages are decoded together, ``connectors/mqtt/bulk.py``)
+and hands the rows to the pipeline as one batch whose position is the number of messages taken so far. QoS 1/2
 messages are acknowledged (paho manual acks) only when the runtime reports that position as processed
 (``committed``), so a crash or restart before that makes the broker deliver them again (at-least-once).
 
@@ -38,6 +39,7 @@ import numpy as np
 import paho.mqtt.client as mqtt
 from pydantic import Field, model_validator
 
+from connectors.mqtt.bulk import decode_many
 from connectors.mqtt.codecs import CodecOptions, Decoder, DecodeError
 from connectors.mqtt.connection import Connection
 from connectors.mqtt.settings import MqttConnectionFields, default_client_id
@@ -48,6 +50,8 @@ from pipeline.config import SourceConfig
 from pipeline.stage import Context, Source
 
 log = logging.getLogger("edgesieve.mqtt")
+_CHUNK_READINGS = 10_000         # about this many readings per batch handed on while a backlog is decoded
+_NOTHING = ([], [], [], None)
 
 
 class Subscription(CodecOptions):
@@ -106,13 +110,14 @@ class MqttSourceConfig(SourceConfig, MqttConnectionFields):
 
 
 class _Route:
-    __slots__ = ("sub", "filter", "template", "decoder")
+    __slots__ = ("sub", "filter", "template", "decoder", "props")
 
     def __init__(self, sub: Subscription):
         self.sub = sub
         self.filter = sub.filter()
         self.template = TopicTemplate(sub.topic_template) if sub.topic_template else None
         self.decoder = Decoder(sub)
+        self.props = sub.codec == "frame"         # only frames read MQTT 5 user properties
 
 
 class MqttSource(Source):
@@ -126,12 +131,20 @@ class MqttSource(Source):
         super().__init__(config, ctx)
         self.where = f"source {config.id!r}"
         self._routes = [_Route(s) for s in config.subscriptions]
-        self._route_cache: dict[str, _Route | None] = {}
+        self._topics: dict[str, tuple] = {}           # topic -> (route, tags) or (None, reason, detail)
         self._lock = threading.Lock()
-        self._builder = RowBuilder()
+        # Messages not decoded yet, as parallel lists of plain values: no object per message that the cyclic
+        # garbage collector would have to scan (hundreds wait per emit_interval; that scanning was costly).
+        self._arrivals: list[float] = []
+        self._topic_in: list[str] = []
+        self._payloads: list[bytes] = []
+        self._props: list | None = [] if any(r.props for r in self._routes) else None   # MQTT 5 properties
+        self._per_message = 100.0                    # readings per message lately (until measured: small chunks)
+        self._taken, self._left, self._first_seq = _NOTHING, 0, 1   # taken from the inbox, not decoded yet
+        self._builder = RowBuilder()                 # source thread only
         self._seq = 0                                  # messages taken (good and bad)
-        self._bytes_in = 0                             # payload bytes received since the last emit
-        self._acks: deque[tuple[int, int, int, int]] = deque()   # (seq, generation, mid, qos)
+        self._ack_seq: deque[int] = deque()          # per QoS>=1 message: its seq, and (generation, mid, qos)
+        self._ack_id: deque[int] = deque()           # as generation << 18 | mid << 2 | qos (plain ints, see above)
         self._dead: list[tuple[float, str, str, str, str]] = []   # (arrival, topic, reason, detail, payload_b64)
         self.deadletter_topic = (config.deadletter_topic.format(node=config.node_name)
                                  if config.deadletter_topic else None)
@@ -139,7 +152,8 @@ class MqttSource(Source):
         self.conn = Connection(config, where=self.where, pipeline=ctx.pipeline, client_id=client_id,
                                persistent=config.persistent, session_expiry=config.session_expiry,
                                receive_maximum=config.receive_maximum, manual_ack=True, status=config.status,
-                               on_connect=self._subscribe, paused=lambda: len(self._builder) >= config.max_pending)
+                               on_connect=self._subscribe,
+                               paused=lambda: (len(self._payloads) + self._left) * self._per_message >= config.max_pending)
         self.conn.client.on_message = self._on_message
 
     # -- network thread ---------------------------------------------------------------------------
@@ -149,46 +163,70 @@ class MqttSource(Source):
         client.subscribe(topics)
         log.info("%s: subscribed to %s", self.where, ", ".join(t for t, _ in topics))
 
-    def _route(self, topic: str) -> _Route | None:
+    def _on_message(self, client, userdata, msg: mqtt.MQTTMessage) -> None:
+        arrival = time.time()
+        topic, payload, qos = msg.topic, msg.payload, msg.qos
+        with self._lock:
+            self._seq += 1
+            if qos:
+                self._ack_seq.append(self._seq)
+                self._ack_id.append(self.conn.generation << 18 | msg.mid << 2 | qos)
+            self._arrivals.append(arrival)
+            self._topic_in.append(topic)
+            self._payloads.append(payload)
+            if self._props is not None:
+                self._props.append(msg.properties)
+
+    # -- source thread ----------------------------------------------------------------------------
+    def _topic(self, topic: str) -> tuple:
+        """(route, tags) for a topic, or (None, reason, detail) when it cannot be used; cached per topic."""
         try:
-            return self._route_cache[topic]
+            return self._topics[topic]
         except KeyError:
             pass
         route = next((r for r in self._routes if mqtt.topic_matches_sub(r.filter, topic)), None)
-        if len(self._route_cache) > 10_000:
-            self._route_cache.clear()
-        self._route_cache[topic] = route
-        return route
-
-    def _on_message(self, client, userdata, msg: mqtt.MQTTMessage) -> None:
-        arrival = time.time()
-        topic = msg.topic
-        route = self._routes[0] if len(self._routes) == 1 else self._route(topic)
-        props = None
-        if msg.properties is not None and hasattr(msg.properties, "UserProperty"):
-            props = dict(msg.properties.UserProperty)
-        with self._lock:
-            self._seq += 1
-            self._bytes_in += len(msg.payload)
-            if msg.qos:
-                self._acks.append((self._seq, self.conn.generation, msg.mid, msg.qos))
-            if route is None:       # retained message or overlapping filter we did not expect
-                self._reject(arrival, topic, "topic_mismatch", "topic matches no subscription", msg.payload)
-                return
+        if route is None:       # retained message or overlapping filter we did not expect
+            found = (None, "topic_mismatch", "topic matches no subscription")
+        else:
             tags = route.template.match(topic) if route.template is not None else {}
             if tags is None:
-                self._reject(arrival, topic, "topic_mismatch",
-                             f"topic does not fit topic_template {route.sub.topic_template!r}", msg.payload)
-                return
-            if route.sub.topic_tag:
-                tags = {**tags, route.sub.topic_tag: topic}
-            try:
-                route.decoder.decode(msg.payload, self._builder, tags, arrival, props)
-            except DecodeError as e:
-                self._reject(arrival, topic, e.reason, e.detail, msg.payload)
-            except Exception as e:  # a decoder bug must not kill the network thread: dead-letter and go on
-                log.exception("%s: decoding a message on %r failed", self.where, topic)
-                self._reject(arrival, topic, "undecodable", f"decoder error {type(e).__name__}: {e}", msg.payload)
+                found = (None, "topic_mismatch", f"topic does not fit topic_template {route.sub.topic_template!r}")
+            else:
+                found = (route, {**tags, route.sub.topic_tag: topic} if route.sub.topic_tag else tags)
+        if len(self._topics) > 10_000:
+            self._topics.clear()
+        self._topics[topic] = found
+        return found
+
+    def _decode(self, arrivals: list, topics: list, payloads: list, props: list | None) -> None:
+        """Decode queued messages into the builder, in order; the unusable ones are dead-lettered."""
+        route, first, tags = None, 0, []      # messages first..i-1 are of one subscription: decoded together
+        for i, topic in enumerate(topics):
+            found = self._topic(topic)
+            if found[0] is not route:
+                self._decode_group(route, first, i, arrivals, topics, payloads, props, tags)
+                route, first = found[0], i
+            tags.append(found[1])
+            if route is None:
+                self._reject(arrivals[i], topic, found[1], found[2], payloads[i])
+                first = i + 1
+        self._decode_group(route, first, len(topics), arrivals, topics, payloads, props, tags)
+
+    def _decode_group(self, route: _Route | None, a: int, z: int, arrivals, topics, payloads, props, tags) -> None:
+        if route is None or a >= z:
+            return
+        user = None
+        if route.props:
+            user = [dict(p.UserProperty) if p is not None and hasattr(p, "UserProperty") else None for p in props[a:z]]
+        decode_many(route.decoder, payloads[a:z], tags[a:z], arrivals[a:z], user, self._builder,
+                    lambda i, e: self._refuse(arrivals[a + i], topics[a + i], payloads[a + i], e))
+
+    def _refuse(self, arrival: float, topic: str, payload: bytes, e: Exception) -> None:
+        if isinstance(e, DecodeError):
+            self._reject(arrival, topic, e.reason, e.detail, payload)
+        else:     # a decoder bug must not stop the source: dead-letter and go on
+            log.error("%s: decoding a message on %r failed", self.where, topic, exc_info=e)
+            self._reject(arrival, topic, "undecodable", f"decoder error {type(e).__name__}: {e}", payload)
 
     def _reject(self, arrival: float, topic: str, reason: str, detail: str, payload: bytes) -> None:
         keep = self.config.deadletter_max_bytes
@@ -199,45 +237,64 @@ class MqttSource(Source):
                 "reason": reason, "detail": detail, "source": self.config.id, "topic": topic, "ts": arrival,
                 "payload_bytes": len(payload), "truncated": len(payload) > keep, "payload_b64": b64}), qos=1)
 
-    # -- source thread ----------------------------------------------------------------------------
     def run(self, emit, stop: threading.Event) -> None:
         self.conn.start()
         sent = 0
         try:
-            while not stop.wait(self.config.emit_interval):
+            while not stop.wait(0 if self._left else self.config.emit_interval):
                 if self.conn.error:
                     raise ConnectionError(self.conn.error)
                 sent = self._emit(emit, sent)
-            self._emit(emit, sent)
+            end = self._seq
+            while sent < end:
+                sent = self._emit(emit, sent)
         finally:
             self.conn.close()
 
     def _emit(self, emit, sent: int) -> int:
-        with self._lock:
-            seq = self._seq
-            if seq == sent:
-                return sent
-            rows = self._builder.build() if len(self._builder) else None
-            dead, self._dead = self._dead, []
-            received, self._bytes_in = self._bytes_in, 0
-        self.ctx.count("bytes_in", received)
+        """Decode and emit the next chunk of queued messages; return the position (seq of its last message)."""
+        if not self._left:       # take what the network thread queued
+            with self._lock:
+                seq = self._seq
+                if seq == sent:
+                    return sent
+                self._taken = (self._arrivals, self._topic_in, self._payloads, self._props)
+                self._arrivals, self._topic_in, self._payloads = [], [], []
+                if self._props is not None:
+                    self._props = []
+                self._left = len(self._taken[2])
+            self._first_seq = seq - self._left + 1
+        arrivals, topics, payloads, props = self._taken
+        # A chunk of about _CHUNK_READINGS: the pipeline works (and acknowledges) while the next chunk is decoded
+        a = len(payloads) - self._left
+        z = min(len(payloads), a + max(1, int(_CHUNK_READINGS / self._per_message)))
+        self._decode(arrivals[a:z], topics[a:z], payloads[a:z], props[a:z] if props is not None else None)
+        self.ctx.count("bytes_in", sum(map(len, payloads[a:z])))   # bandwidth accounting: payload bytes received
+        self._left = len(payloads) - z
+        if not self._left:
+            self._taken = _NOTHING
+        rows = self._builder.build() if len(self._builder) else None
+        self._per_message = max(1.0, (len(rows) if rows is not None else 0) / (z - a))
+        dead, self._dead = self._dead, []
         for arrival, topic, reason, detail, b64 in dead:
             self.ctx.count(f"dead_lettered.{reason}", 1)
             self.ctx.dead_letter(Batch(np.array([arrival]), tags={"topic": np.array([topic], dtype=object)},
                                        extra={"payload_b64": np.array([b64], dtype=object)}),
                                  f"{self.where} topic {topic!r}: {reason}: {detail}")
-        emit(rows if rows is not None else Batch.empty(), position=seq)
-        return seq
+        position = self._first_seq + z - 1
+        emit(rows if rows is not None else Batch.empty(), position=position)
+        return position
 
     def committed(self, position) -> None:
         """The pipeline processed every message up to ``position``: acknowledge the QoS>=1 ones."""
         gen, client = self.conn.generation, self.conn.client
         with self._lock:
-            acks = self._acks
-            while acks and acks[0][0] <= position:
-                _, g, mid, qos = acks.popleft()
-                if g == gen:        # a message of an older connection is redelivered and acked afresh
-                    client.ack(mid, qos)
+            seqs, ids = self._ack_seq, self._ack_id
+            while seqs and seqs[0] <= position:
+                seqs.popleft()
+                ack = ids.popleft()
+                if ack >> 18 == gen:        # a message of an older connection is redelivered and acked afresh
+                    client.ack(ack >> 2 & 0xFFFF, ack & 3)
 
     def restore(self, position) -> None:
         # Message sequence numbers do not survive a restart: the broker's session holds what is not acknowledged.
