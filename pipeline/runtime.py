@@ -203,6 +203,7 @@ class Pipeline:
         rt = self.spec.runtime
         max_records, max_wait = rt.batching.max_records, rt.batching.max_wait
         pending: dict[str, list] = {sid: [] for sid in queues}
+        pending_n: dict[str, int] = {sid: 0 for sid in queues}  # records in pending[sid], kept as items arrive
         first_at: dict[str, float] = {}
         live = set(queues)
         last_tick = last_checkpoint = time.monotonic()
@@ -225,17 +226,18 @@ class Pipeline:
                         live.discard(sid)
                         break
                     pending[sid].append((batch, position))
+                    pending_n[sid] += len(batch)
                     first_at.setdefault(sid, time.monotonic())
-                    if sum(len(b) for b, _ in pending[sid]) >= max_records:
+                    if pending_n[sid] >= max_records:
                         wake.set()  # more may be queued: take it right after this micro-batch, without waiting
                         break
             for sid, items in pending.items():
                 if not items:
                     continue
-                size = sum(len(b) for b, _ in items)
-                if size >= max_records or sid not in live or time.monotonic() - first_at[sid] >= max_wait:
+                if pending_n[sid] >= max_records or sid not in live or time.monotonic() - first_at[sid] >= max_wait:
                     self._process(sid, items, positions, sources)
                     pending[sid] = []
+                    pending_n[sid] = 0
                     first_at.pop(sid, None)
             now = time.monotonic()
             if now - last_tick >= rt.tick:
