@@ -15,7 +15,8 @@ FAST = {"mad": {"window": 64, "refresh": 8, "min_samples": 32, "smooth": 1},
         "hst": {"n_trees": 5, "height": 5, "window_size": 64},
         "river_hst": {"n_trees": 5, "height": 5, "window_size": 64},
         "loda": {"n_random_cuts": 10, "grace_period": 50}, "one_class_svm": {"grace_period": 50},
-        "sad": {"grace_period": 30}, "gaussian": {"grace_period": 50}, "pad": {"grace_period": 50}}
+        "sad": {"grace_period": 30}, "gaussian": {"grace_period": 50}, "pad": {"grace_period": 50},
+        "residual": {"calibration_samples": 64}}
 
 
 def readings(n=400, devices=("a", "b"), seed=0, spike_at=(300,)):
@@ -32,8 +33,8 @@ def readings(n=400, devices=("a", "b"), seed=0, spike_at=(300,)):
 
 
 def run(options, records, batch_size=37, stage=None, clock=None):
-    if stage is None:
-        stage, dead = build_stage(Anomaly, {"fields": ["t", "p"], **options}, clock=clock or FakeClock(0))
+    if stage is None:  # these tests exercise the stage around a detector: `mad` unless they name one
+        stage, dead = build_stage(Anomaly, {"fields": ["t", "p"], "detector": "mad", **options}, clock=clock or FakeClock(0))
     out = [stage.process(Batch.from_records(records[i:i + batch_size])) for i in range(0, len(records), batch_size)]
     return Batch.concat(out).to_records(), stage
 
@@ -58,7 +59,7 @@ def test_restart_mid_stream_gives_identical_output(options):
     whole, _ = run(options, recs, batch_size=500)
     first, stage = run(options, recs[:613], batch_size=29)
     state = pickle.loads(pickle.dumps(stage.snapshot()))
-    fresh, _ = build_stage(Anomaly, {"fields": ["t", "p"], **options}, clock=FakeClock(0))
+    fresh, _ = build_stage(Anomaly, {"fields": ["t", "p"], "detector": "mad", **options}, clock=FakeClock(0))
     fresh.restore(state)
     rest, _ = run(options, recs[613:], batch_size=71, stage=fresh)
     assert first + rest == whole
@@ -93,7 +94,8 @@ def bad_records():
 
 
 def test_bad_values_dead_letter_names_stage_and_field():
-    stage, dead = build_stage(Anomaly, {"fields": ["t", "p"], "params": FAST["mad"]}, item_id="pump_anomaly")
+    stage, dead = build_stage(Anomaly, {"fields": ["t", "p"], "detector": "mad", "params": FAST["mad"]},
+                              item_id="pump_anomaly")
     out = stage.process(Batch.from_records(bad_records())).to_records()
     assert len(out) == 196
     reasons = [r for _, _, rs in dead for r in rs]
@@ -125,7 +127,7 @@ def test_bad_values_impute_last_scores_with_previous_value_without_learning():
 
 def test_idle_keys_spill_to_state_dir_and_come_back(tmp_path):
     clock = FakeClock(0)
-    stage, _ = build_stage(Anomaly, {"fields": ["t", "p"], "params": FAST["mad"], "idle_spill": "10m"},
+    stage, _ = build_stage(Anomaly, {"fields": ["t", "p"], "detector": "mad", "params": FAST["mad"], "idle_spill": "10m"},
                            clock=clock, state_dir=tmp_path)
     recs = readings(300)
     reference, _ = run({"params": FAST["mad"]}, recs)
@@ -137,7 +139,8 @@ def test_idle_keys_spill_to_state_dir_and_come_back(tmp_path):
     out.append(stage.process(Batch.from_records(recs[400:])))
     assert Batch.concat(out).to_records() == reference
     assert len(stage.models) == 2 and not list((tmp_path / "anomaly" / "under_test").glob("*.pkl"))
-    restarted, _ = build_stage(Anomaly, {"fields": ["t", "p"], "params": FAST["mad"], "idle_spill": "10m"},
+    restarted, _ = build_stage(Anomaly, {"fields": ["t", "p"], "detector": "mad", "params": FAST["mad"],
+                                         "idle_spill": "10m"},
                                clock=clock, state_dir=tmp_path / "other")
     restarted.restore(snap)
     assert restarted.process(Batch.from_records(recs[400:])).to_records() == reference[400:]
@@ -166,7 +169,7 @@ sinks:
 
 def test_bad_params_are_a_config_error_naming_the_detector():
     with pytest.raises(Exception, match="params for detector 'mad' are invalid.*window"):
-        build_stage(Anomaly, {"fields": ["t"], "params": {"windw": 5}})
+        build_stage(Anomaly, {"fields": ["t"], "detector": "mad", "params": {"windw": 5}})
 
 
 def test_adaptive_threshold_follows_each_keys_own_score_level():
