@@ -25,7 +25,7 @@ every row.  Any batching of the stream gives the same scores.  State is plain da
 (True, False, True)
 >>> s, warm = det.score_learn_many(np.array([[20.2], [30.0]]))
 >>> [round(float(v), 4) for v in s]
-[0.2989, 1.0]
+[0.3038, 1.0]
 """
 from __future__ import annotations
 
@@ -195,7 +195,7 @@ class ResidualDetector:
         n_new = int(lrn.sum())
         self.seg_y = seg_y[:k0 + n_new]
         absr = np.abs(R[:used][lrn])
-        self.seg_r = np.concatenate([self.seg_r, np.minimum(absr, 2 * scale)])  # bounded influence on the scale
+        self.seg_r = np.concatenate([self.seg_r, np.minimum(absr, self.clip * scale)])  # bounded influence
         if used == m:
             self.level = L_after[-1].copy()
         else:  # adapt: the level restarts at the mean of the run
