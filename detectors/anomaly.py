@@ -113,6 +113,7 @@ class Anomaly(Stage):
         self.spilled: dict[tuple, Path] = {}
         self.spill_dir = Path(ctx.state_dir) / "anomaly" / ctx.stage_id
         self.where = f"anomaly {ctx.stage_id!r}"
+        self.threshold = config.effective_threshold
 
     # ------------------------------------------------------------------ models
     def _new(self, now: float) -> KeyState:
@@ -220,7 +221,7 @@ class Anomaly(Stage):
                 if not len(rows):
                     continue
             cuts = self._drift(st, key, Xk, learn, rows, batch.ts, events)
-            threshold = c.effective_threshold
+            threshold = self.threshold
             protect = threshold if c.learn == "normal" else None
             s, warm = np.zeros(len(rows)), np.zeros(len(rows), dtype=bool)
             tsk = batch.ts[rows]

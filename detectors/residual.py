@@ -76,12 +76,14 @@ class ResidualDetector:
         self.seg_y = np.zeros((0, c))  # clipped deseasonalised readings learned in this segment
         self.seg_r = np.zeros((0, c))  # their clipped absolute residuals (the scale learns them at the end)
         self.step = np.full(d, np.inf)  # resolution: the smallest positive change between readings
+        self.floor = np.zeros(2 * d)  # the least scale: half the resolution
         self.last = np.full(d, np.nan)
         self.profile = np.zeros((season_bins if season else 0, d))
-        self.seen_bins = np.zeros(season_bins if season else 0, dtype=bool)
+        self.visits = np.zeros(season_bins if season else 0)  # segments that updated each bin
         self.pending_bins: list[int] = []  # seasonal bins and residuals of the segment, learned at its end
         self.pending_res: list[list[float]] = []
-        self.warm_rows: list[list[float]] = []  # the first min_samples rows, to start level and scale
+        self.warm_rows: list[list[float]] = []
+        self.t0 = 0.0  # the first min_samples rows, to start level and scale
         self.run = np.zeros(c, dtype=np.int64)  # rows in a row more than `clip` scales away, same side
         self.run_sign = np.zeros(c)
         self.run_start = np.zeros(c)  # event time of the run's first row
@@ -128,6 +130,8 @@ class ResidualDetector:
 
     def _warm(self, x: np.ndarray, t: float) -> None:
         self._note_step(x[None, :])
+        if not self.warm_rows:
+            self.t0 = float(t)  # event time of the first reading learned
         self.warm_rows.append(x.tolist())
         self.n += 1
         if self.n == self.min_samples:
@@ -135,15 +139,16 @@ class ResidualDetector:
             self.level = np.tile(np.median(W, axis=0), 2)
             self.anchor = self.level.copy()
             dev = np.abs(np.diff(W, axis=0)).mean(axis=0) * 1.2533 / np.sqrt(2)  # noise from successive changes
-            self.scale = np.maximum(np.concatenate([dev, np.sqrt(2) * dev]), self._floor())
+            self.floor = self._floor()
+            self.scale = np.maximum(np.concatenate([dev, np.sqrt(2) * dev]), self.floor)
             self.warm_rows = []
 
     def _note_step(self, X: np.ndarray) -> None:
         if not len(X):
             return
-        full = np.vstack([self.last[None, :], X])
-        d = np.abs(np.diff(full, axis=0))
-        d = np.where(d > 0, d, np.inf)
+        full = np.concatenate((self.last[None, :], X))
+        d = np.abs(full[1:] - full[:-1])
+        d[~(d > 0)] = np.inf
         self.step = np.minimum(self.step, d.min(axis=0))
         self.last = full[-1].copy()
 
@@ -154,31 +159,35 @@ class ResidualDetector:
     def _segment(self, X, ts, learn, out_scores, out_warm) -> int:
         """Score and learn up to one segment; returns how many rows it consumed (fewer when a run adapts)."""
         m = len(X)
-        season = self.profile[self._phase(ts)] if self.season is not None else 0.0
+        Xd = X
         if self.season is not None:
-            season = np.where(self.seen_bins[self._phase(ts)][:, None], season, 0.0)
+            ph = self._phase(ts)
+            Xd = X - self.profile[ph]  # deseasonalised (an unvisited bin's profile is 0)
         d = len(self.fields)
-        Y = np.hstack([X - season] * 2)  # deseasonalised readings, once per forecast
-        scale = np.maximum(self.scale, self._floor())
+        Y = np.concatenate((Xd, Xd), axis=1)  # once per forecast
+        scale = np.maximum(self.scale, self.floor)
         band = self.clip * scale
-        Yc = np.clip(Y, self.anchor - band, self.anchor + band)  # bounded influence on the level
+        Yc = np.minimum(np.maximum(Y, self.anchor - band), self.anchor + band)  # bounded influence on the level
         # level after each learned row: L_j = r^(j+1) anchor + alpha r^j sum_k r^-k y_k over the segment's
         # learned rows, a cumsum, so any split of the segment gives the same floats; unlearned rows carry it on
+        every = bool(learn.all())
         idx = np.flatnonzero(learn)
         k0 = len(self.seg_y)
-        seg_y = np.concatenate([self.seg_y, Yc[idx]])
+        seg_y = np.concatenate((self.seg_y, Yc if every else Yc[idx]))
         j = np.arange(len(seg_y))[:, None]
         r = 1 - self.alpha
         levels = r ** (j + 1) * self.anchor + self.alpha * r ** j * np.cumsum(seg_y * r ** -j, axis=0)
         L_after = np.empty((m, 2 * d))
-        if len(idx):
+        if every:
+            L_after = levels[k0:]
+        elif len(idx):
             filled = np.zeros((m, 2 * d))
             filled[idx] = levels[k0:]
             k = np.maximum.accumulate(np.where(learn, np.arange(m), -1))
             L_after = np.where((k >= 0)[:, None], filled[np.maximum(k, 0)], self.level)
         else:
             L_after[:] = self.level
-        L_before = np.vstack([self.level[None, :], L_after[:-1]])
+        L_before = np.concatenate((self.level[None, :], L_after[:-1]))
         R = Y - L_before
         z = np.abs(R) / scale
         slow = scale[:d] <= scale[d:]  # per field, the forecast whose residuals have been smaller
@@ -191,7 +200,7 @@ class ResidualDetector:
         out_scores[:used] = 0.0 if cal_warm else self.cal.score(raw[:used])
         out_warm[:used] = cal_warm
         lrn = learn[:used]
-        self._calibrate(raw[:used][lrn], run_len)
+        self._calibrate(raw[:used][lrn], run_len, ts[:used][lrn])
         n_new = int(lrn.sum())
         self.seg_y = seg_y[:k0 + n_new]
         absr = np.abs(R[:used][lrn])
@@ -211,11 +220,11 @@ class ResidualDetector:
             self._end_segment()
         return used
 
-    def _calibrate(self, raw: np.ndarray, dropped: int) -> None:
+    def _calibrate(self, raw: np.ndarray, dropped: int, now: np.ndarray) -> None:
         """Raw scores reach the calibrator `hold` learned rows late; those of a run that became a regime
         (`dropped` rows, the most recent) never do, so a change the model adapted to does not blunt it."""
-        if self.season is not None and not self.seen_bins.all():
-            return  # the first cycle: the profile is not there yet, its errors would teach the calibrator
+        if self.season is not None:  # the first two cycles: the profile is not there yet, its errors would mislead
+            raw = raw[now - self.t0 >= 2 * self.season]
         if not self.hold:
             self.cal.learn(raw)
             return
@@ -264,6 +273,7 @@ class ResidualDetector:
     def _end_segment(self) -> None:
         self.since = 0
         self.anchor = self.level.copy()
+        self.floor = self._floor()  # frozen with the rest for the next segment
         k = len(self.seg_r)
         if k:  # the scale: an EWMA (rate beta) of the segment's absolute residuals, clipped at 2 scales
             w = self.beta * (1 - self.beta) ** np.arange(k - 1, -1, -1.0)
@@ -278,10 +288,9 @@ class ResidualDetector:
             cnt = np.bincount(bins, minlength=self.season_bins)[:, None]
             hit = cnt[:, 0] > 0
             target = np.where(hit[:, None], sums / np.maximum(cnt, 1), self.profile)
-            new = ~self.seen_bins & hit
-            rate = np.where(new, 1.0, np.where(hit, self.season_rate, 0.0))[:, None]
+            self.visits += hit
+            rate = np.where(hit, np.maximum(self.season_rate, 1 / np.maximum(self.visits, 1)), 0.0)[:, None]
             self.profile = self.profile + rate * (target - self.profile)
-            self.seen_bins |= hit
             self.pending_bins, self.pending_res = [], []
 
     # ------------------------------------------------------------------ state (plain data)
