@@ -52,6 +52,8 @@ def test_per_key_models_flag_each_devices_own_spike():
     {"params": FAST["mad"], "adaptive": 0.99, "threshold": 0.6, "alert_after": 2, "clear_after": 3},
     {"detector": "hst", "params": FAST["hst"], "drift": "page_hinkley", "relearn_on_drift": True},
     {"params": FAST["mad"], "bad_values": "impute_last"},
+    {"detector": "residual", "params": FAST["residual"], "season": "1m", "adapt": "20s", "bad_values": "impute_last",
+     "clear_after": 3},
 ])
 def test_restart_mid_stream_gives_identical_output(options):
     recs = readings(500, spike_at=range(300, 320))
@@ -183,3 +185,36 @@ def test_adaptive_threshold_follows_each_keys_own_score_level():
     assert quiet.current == 0.3  # never below the floor
     assert 0.6 < noisy.current < 0.7  # about the 99th percentile of that key's normal scores
     assert noisy.flags(np.array([0.65, 0.9]), np.zeros(2, bool)).tolist() == [False, True]
+
+
+def test_residual_options_in_a_pipeline_file_and_their_errors():
+    spec = parse_pipeline("""
+pipeline: calibrated
+sources:
+  - {id: readings, type: replay, path: none.csv}
+stages:
+  - id: detect
+    type: anomaly
+    inputs: [readings]
+    fields: [t, p]
+    alert_rate: 1e-3
+    season: 1m
+    adapt: 30
+sinks:
+  - {id: out, type: stdout, inputs: [detect]}
+""")
+    recs = readings(1200, spike_at=(1000,))
+    out = [r for r in Pipeline(spec).run_records(recs, batch_size=50)["out"] if "event" not in r]
+    flagged = {(r["tags"]["device"], r["ts"]) for r in out if r["fields"]["is_anomaly"]}
+    assert {("a", 2000.0), ("b", 2000.0)} <= flagged  # each device's own spike, at 1 - 1e-3
+    assert len(flagged) <= 2 + 2 * 1200 * 3e-3  # and about the alert rate of normal readings besides
+    with pytest.raises(Exception, match="season apply to detector 'residual' only"):
+        build_stage(Anomaly, {"fields": ["t"], "detector": "mad", "season": "1d"})
+    with pytest.raises(Exception, match="not both"):
+        build_stage(Anomaly, {"fields": ["t"], "threshold": 0.9, "alert_rate": 1e-3})
+
+
+def test_default_threshold_follows_the_detector():
+    assert build_stage(Anomaly, {"fields": ["t"]})[0].threshold == 1 - 1e-4
+    assert build_stage(Anomaly, {"fields": ["t"], "alert_rate": 1e-3})[0].threshold == 1 - 1e-3
+    assert build_stage(Anomaly, {"fields": ["t"], "detector": "mad"})[0].threshold == 0.8
