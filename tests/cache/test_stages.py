@@ -1,6 +1,6 @@
 """frame_diff, deadband and dedup as pipeline stages: behaviour, dead letters, restarts, pipeline files."""
 
-import pickle
+from pipeline.statefiles import roundtrip
 
 import numpy as np
 import pytest
@@ -82,7 +82,7 @@ def test_frame_diff_restart_mid_stream_gives_identical_output():
     b, _ = build_stage(FrameDiff, opts)
     first = [b.process(Batch.from_records(recs[i:i + 8])) for i in range(0, 24, 8)]
     c, _ = build_stage(FrameDiff, opts)
-    c.restore(pickle.loads(pickle.dumps(b.snapshot())))
+    c.restore(roundtrip(b.snapshot()))
     rest = [c.process(Batch.from_records(recs[i:i + 8])) for i in range(24, 60, 8)]
     strip = lambda bs: [(r["reused"], r["reuse_reason"], r["fields"]) for r in Batch.concat(bs).to_records()]
     assert strip(first + rest) == strip(full)

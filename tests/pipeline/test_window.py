@@ -109,8 +109,8 @@ def test_snapshot_restore_mid_stream_gives_identical_output():
     whole = run_stage(Window, opts, records, batch_size=100)
     first, _ = build_stage(Window, opts)
     out = [first.process(Batch.from_records(records[i:i + 100])) for i in range(0, 1500, 100)]
-    import pickle
-    state = pickle.loads(pickle.dumps(first.snapshot()))
+    from pipeline.statefiles import roundtrip
+    state = roundtrip(first.snapshot())
     second, _ = build_stage(Window, opts)
     second.restore(state)
     out += [second.process(Batch.from_records(records[i:i + 100])) for i in range(1500, len(records), 100)]
