@@ -71,10 +71,12 @@ class CheckpointStore:
         """The error for a checkpoint that cannot be used: names the file and how to start fresh."""
         return self._refuse(problem.removesuffix("; it was not read.").removesuffix(" it was not read."))
 
+    def _hint(self) -> str:
+        return (f"{move_aside_hint(str(self.path), f'{self.path}-wal', f'{self.path}-shm')}"
+                " (the -wal and -shm files may be absent)")
+
     def _refuse(self, problem: str) -> StateFileError:
-        return StateFileError(f"checkpoint {self.path}: {problem}; it was not read. "
-                              f"{move_aside_hint(str(self.path), f'{self.path}-wal', f'{self.path}-shm')}"
-                              " (the -wal/-shm files may be absent)")
+        return StateFileError(f"checkpoint {self.path}: {problem}; it was not read. {self._hint()}")
 
     def _check_file(self) -> None:
         with open(self.path, "rb") as fh:
@@ -125,11 +127,11 @@ class CheckpointStore:
         where = f"checkpoint {self.path}"
         items: dict[str, dict[Any, Any]] = {}
         for item, key, value in rows:
-            k = unpack(key, f"{where} ({item}: key)")
-            items.setdefault(item, {})[k] = unpack(value, f"{where} ({item}, key {k!r})")
+            k = unpack(key, f"{where} ({item}: key)", hint=self._hint())
+            items.setdefault(item, {})[k] = unpack(value, f"{where} ({item}, key {k!r})", hint=self._hint())
         self._known_items = set(items)
-        return SavedState(unpack(meta["sources"], f"{where} (source positions)"), items,
-                          float(unpack(meta["written_at"], f"{where} (written_at)")))
+        return SavedState(unpack(meta["sources"], f"{where} (source positions)", hint=self._hint()), items,
+                          float(unpack(meta["written_at"], f"{where} (written_at)", hint=self._hint())))
 
     # ------------------------------------------------------------------ write
     def save(self, sources: Mapping[str, Any], changes: Mapping[str, StateChanges]) -> SaveStats:

@@ -67,7 +67,7 @@ def unseal(blob: bytes, where: str) -> bytes:
     payload = blob[_HEADER.size:]
     if version > VERSION:
         raise StateFileError(f"{where}: written by a newer edgesieve (state format {version}, this one reads "
-                             f"{VERSION}); it was not read. Upgrade edgesieve, or: {hint}")
+                             f"{VERSION}: upgrade edgesieve to use it); it was not read. {hint}")
     if len(payload) != length:
         raise StateFileError(f"{where}: truncated ({len(payload)} of {length} bytes); it was not read. {hint}")
     if zlib.crc32(payload) != crc:
@@ -93,7 +93,7 @@ def unpack(blob: bytes, where: str, types_: StateTypes = PLAIN, hint: str | None
 
     The message ends with ``hint`` (default: how to move the file ``where`` aside)."""
     hint = move_aside_hint(where) if hint is None else hint
-    payload = unseal(blob, where) if hint else _unseal_quiet(blob, where)
+    payload = _unseal_with(blob, where, hint)
     try:
         return loads(payload, types_)
     except StateFileError as exc:
@@ -104,11 +104,11 @@ def unpack(blob: bytes, where: str, types_: StateTypes = PLAIN, hint: str | None
                              f"{hint}".rstrip()) from None
 
 
-def _unseal_quiet(blob: bytes, where: str) -> bytes:
+def _unseal_with(blob: bytes, where: str, hint: str) -> bytes:
     try:
         return unseal(blob, where)
-    except StateFileError as exc:  # the caller adds its own advice
-        raise StateFileError(str(exc).split("; it was not read.")[0] + "; it was not read.") from None
+    except StateFileError as exc:  # the caller's advice instead of the default one
+        raise StateFileError(f"{str(exc).split('; it was not read.')[0]}; it was not read. {hint}".rstrip()) from None
 
 
 def roundtrip(obj: Any, types_: StateTypes = PLAIN) -> Any:
