@@ -112,7 +112,13 @@ class CheckpointStore:
     # ------------------------------------------------------------------ read
     def load(self) -> SavedState | None:
         """The last checkpoint, or None when there is none yet (no file, or no checkpoint committed in it)."""
-        if not self.path.exists() or self.path.stat().st_size == 0 and not Path(f"{self.path}-wal").exists():
+        companions = [p for p in (Path(f"{self.path}-wal"), Path(f"{self.path}-shm")) if p.exists()]
+        if not self.path.exists():
+            if companions:  # SQLite would replay a stale WAL into a new database
+                raise StateFileError(
+                    f"checkpoint {self.path} is missing but {' and '.join(map(str, companions))} of an earlier one "
+                    f"remain; edgesieve will not start on half a checkpoint. To start fresh, move them aside too "
+                    f"(mkdir -p refused && mv {' '.join(map(str, companions))} refused/)")
             return None
         db = self._connect()
         try:

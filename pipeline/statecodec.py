@@ -15,11 +15,11 @@ Files and database rows are framed by `pipeline.statefiles` (magic bytes, versio
 >>> back = loads(dumps(state))
 >>> back[("pump", None)]["last"].tolist(), back[("pump", None)]["n"], back["wm"]
 ([1.5, 2.0], 3, -inf)
->>> import pickle
->>> dumps(pickle.Pickler)
+>>> from pathlib import Path
+>>> dumps({"factory": Path})
 Traceback (most recent call last):
 ...
-TypeError: class _pickle:Pickler cannot be referenced in state: it is not in the state allow-list
+TypeError: class pathlib:Path cannot be referenced in state: it is not in the state allow-list
 """
 from __future__ import annotations
 

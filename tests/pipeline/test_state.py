@@ -267,3 +267,11 @@ def test_state_of_an_item_that_left_the_pipeline_is_dropped(tmp_path):
     store.save({}, {"stage:kept": StateChanges({})})
     store.close()
     assert CheckpointStore(tmp_path / "cp.db").load().items == {"stage:kept": {"": 2}}
+
+
+def test_a_checkpoint_moved_away_without_its_wal_is_refused(pipeline_file):
+    cp = _checkpointed(pipeline_file)
+    Path(f"{cp}-wal").write_bytes(b"stale")  # what is left when only the database file was moved aside
+    cp.rename(cp.with_name("moved.db"))
+    error = _refusal(pipeline_file)
+    assert f"checkpoint {cp} is missing but {cp}-wal" in error and f"mv {cp}-wal" in error
