@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any, Iterable
 
 from . import registry
+from .bandwidth import Bandwidth
 from .batch import Batch
 from .checkpoint import CheckpointStore
 from .statecodec import StateFileError
@@ -160,8 +161,6 @@ class Pipeline:
             self.dead_letters.close()
             if self._store is not None:
                 self._store.close()
-        from connectors.bandwidth import Bandwidth
-
         counters = self.metrics.by_item()
         return RunSummary(self.name, time.monotonic() - started, counters, self.stopped_by, error,
                           extra={"bandwidth": Bandwidth.of_pipeline(spec, counters)})

@@ -8,7 +8,7 @@ import time
 import numpy as np
 import pytest
 
-from connectors.bandwidth import Bandwidth
+from pipeline.bandwidth import Bandwidth
 from connectors.influx.sender import CloudRejected
 from pipeline import load_pipeline
 from pipeline.errors import ConfigError
