@@ -55,7 +55,12 @@ def _vector_dict() -> Adapter:
             raise TypeError("a river VectorDict with a default factory or a mask cannot be stored in state")
         return dict(data)
 
-    return Adapter(encode, lambda cls, data: cls(data, None, None, True))
+    def decode(cls, data):
+        if not isinstance(data, dict) or not all(isinstance(v, (int, float)) for v in data.values()):
+            raise ValueError("a VectorDict in state is not a dict of numbers")
+        return cls(data, None, None, True)
+
+    return Adapter(encode, decode)
 
 
 def _adaptive_windowing() -> Adapter:
@@ -70,7 +75,12 @@ def _adaptive_windowing() -> Adapter:
         if not all(isinstance(a, (int, float)) for a in args) or not isinstance(blob, bytes):
             raise ValueError("ADWIN state is not numbers and bytes")
         w = cls.__new__(cls, *args)
-        w.__setstate__(blob)  # the Rust side's own serialised window (data only)
+        try:
+            w.__setstate__(blob)  # the Rust side's own serialised window (data only)
+        except BaseException as exc:  # a damaged blob makes the Rust side panic (PanicException is a BaseException)
+            if isinstance(exc, (KeyboardInterrupt, SystemExit)):
+                raise
+            raise ValueError(f"ADWIN state does not decode ({type(exc).__name__})") from None
         return w
 
     return Adapter(encode, decode)

@@ -222,7 +222,7 @@ class _Decoder:
             return collections.Counter(self.unpack(data))
         if code == DEFAULTDICT:
             factory, items = self.unpack(data)
-            if factory is not None and not callable(factory):
+            if factory is not None and not isinstance(factory, (type, functools.partial)):
                 raise StateFileError("a defaultdict factory in state is not a class")
             return collections.defaultdict(factory, items)
         if code == DEQUE:
@@ -259,9 +259,15 @@ class _Decoder:
             self.memo.append(obj)  # before the attributes: they may refer back to it
             attrs, slots = self.unpack(payload)
             if attrs:
+                if not isinstance(attrs, dict) or not all(isinstance(k, str) for k in attrs):
+                    raise StateFileError(f"the attributes of a {name} in state are not named")
                 obj.__dict__.update(attrs)
-            for k, v in (slots or {}).items():
-                object.__setattr__(obj, k, v)
+            if slots:
+                declared = _slots(cls)
+                for k, v in slots.items():
+                    if k not in declared:  # never __class__ or another attribute the class does not declare
+                        raise StateFileError(f"{name} has no slot {k!r}")
+                    object.__setattr__(obj, k, v)
             return obj
         raise StateFileError(f"unknown state extension type {code}")
 

@@ -275,3 +275,10 @@ def test_a_checkpoint_moved_away_without_its_wal_is_refused(pipeline_file):
     cp.rename(cp.with_name("moved.db"))
     error = _refusal(pipeline_file)
     assert f"checkpoint {cp} is missing but {cp}-wal" in error and f"mv {cp}-wal" in error
+
+
+def test_a_planted_slot_cannot_change_an_objects_class():
+    raw = f"{__name__}:Slotted".encode()
+    inner = struct.pack(">H", len(raw)) + raw + msgpack.packb([None, {"__class__": None}])
+    with pytest.raises(StateFileError, match="Slotted has no slot '__class__'"):
+        unpack(seal(msgpack.packb(msgpack.ExtType(OBJECT, inner))), "m.state", NODES)
