@@ -288,7 +288,7 @@ def _exclusive(path: Path):
 
     An flock on ``<outbox>.lock``; the OS releases it when the process dies, even by kill -9.
     """
-    fh = open(str(path) + ".lock", "a+")
+    fh = open(private_file(str(path) + ".lock"), "a+")  # 0600, like the outbox
     try:
         fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError:
