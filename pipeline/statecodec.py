@@ -33,6 +33,7 @@ from typing import Any, Callable, Iterable, Mapping
 import msgpack
 import numpy as np
 
+# extension type codes: part of the stored format (never renumber; a new type takes a new code and a new VERSION)
 (TUPLE, SET, FROZENSET, BIGINT, NDARRAY, OBJARRAY, SCALAR, ODICT, DEFAULTDICT, COUNTER, DEQUE,
  OBJECT, REF, ADAPTED, CLASS, PARTIAL, METHOD) = range(1, 18)
 _BUILTIN_FACTORIES = {f"builtins:{t.__name__}": t for t in (float, int, str, bool, tuple, list, dict, set, bytes)}
@@ -69,9 +70,6 @@ class StateTypes:
         self.adapters = {"random:Random": _random_adapter(), **(adapters or {})}
         self._classes: dict[str, type] = {}
 
-    def extend(self, names: Iterable[str] = (), adapters: Mapping[str, Adapter] | None = None) -> "StateTypes":
-        return StateTypes(self.names | set(names), {**self.adapters, **(adapters or {})})
-
     @staticmethod
     def name_of(cls: type) -> str:
         return f"{cls.__module__}:{cls.__qualname__}"
@@ -98,7 +96,8 @@ class StateTypes:
 PLAIN = StateTypes(["pipeline.batch:Batch"])  # what the kernel stores: plain data, numpy, micro-batches
 
 
-def _slots(cls: type) -> list[str]:
+@functools.lru_cache(maxsize=None)
+def _slots(cls: type) -> tuple[str, ...]:
     """Every ``__slots__`` attribute of ``cls`` and its bases."""
     names: list[str] = []
     for c in cls.__mro__:
@@ -106,7 +105,7 @@ def _slots(cls: type) -> list[str]:
         for s in [declared] if isinstance(declared, str) else declared:
             if s not in ("__dict__", "__weakref__") and s not in names:
                 names.append(s)
-    return names
+    return tuple(names)
 
 
 class _Encoder:
