@@ -20,6 +20,7 @@ from .batch import Batch
 from .checkpoint import read_checkpoint, write_checkpoint
 from .graph import DeadLetters, Graph
 from .loader import PipelineSpec
+from .lock import StateLock
 from .metrics import Metrics
 from .stage import Sink, Source
 
@@ -123,7 +124,9 @@ class Pipeline:
         sinks: dict[str, _SinkWorker] = {}
         threads: list[threading.Thread] = []
         error: str | None = None
+        lock = StateLock(rt.state_dir, self.name)
         try:
+            lock.acquire()        # one owner per state folder (checkpoint, journals, outboxes, client ids)
             for c in spec.sources:
                 sources[c.id] = registry.load("sources", c.type)(c, self.graph.context(c.id))
             for c in spec.sinks:
@@ -156,6 +159,7 @@ class Pipeline:
                 s.close()
             self.graph.close()
             self.dead_letters.close()
+            lock.release()
         from connectors.bandwidth import Bandwidth
 
         counters = self.metrics.by_item()
@@ -165,15 +169,16 @@ class Pipeline:
     def _source_loop(self, sid: str, src: Source, q: queue.Queue, wake: threading.Event) -> None:
         shed = self.spec.sources[[c.id for c in self.spec.sources].index(sid)].overload == "shed"
 
-        def emit(batch: Batch, position: Any = None) -> None:
+        def emit(batch: Batch, position: Any = None) -> bool:
+            """Queue ``batch``; False when it was not (shed, or the pipeline stopped): a source stops handing on."""
             if not len(batch) and position is None:
-                return
+                return True
             if shed:
                 try:
                     q.put_nowait((batch, position))
                 except queue.Full:
                     self.metrics.count(sid, "shed", len(batch))
-                    return
+                    return False
             else:
                 try:
                     q.put_nowait((batch, position))
@@ -186,8 +191,9 @@ class Pipeline:
                         except queue.Full:
                             pass
                     else:
-                        return
+                        return False
             wake.set()
+            return True
 
         try:
             src.run(emit, self._stop)
