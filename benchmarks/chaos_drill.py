@@ -47,8 +47,8 @@ from tests.support.mosquitto import Mosquitto, free_port  # noqa: E402
 from tests.support.victoria import VictoriaMetrics  # noqa: E402
 
 # compose/mosquitto/mosquitto.conf, less what needs the container (listener, passwords, ACLs, log destination)
-BROKER_SETTINGS = ["autosave_interval 30", "max_packet_size 2097152", "max_queued_messages 10000",
-                   "max_inflight_messages 20"]
+BROKER_SETTINGS = ["autosave_interval 30", "max_packet_size 2097152", "max_queued_messages 200000",
+                   "max_queued_bytes 268435456", "max_inflight_messages 20"]
 DEVICES = [f"d{i:02d}" for i in range(60)]
 BACKLOG, BEHIND, FUTURE = "d01", "d02", "d03"     # the misbehaving devices
 WINDOW = 10.0
@@ -107,10 +107,12 @@ class Edgesieve:
                                       "--metrics-port", str(self.port)], stdout=log, stderr=subprocess.STDOUT,
                                      env=cli_env(INFLUX_TOKEN=TOKEN), cwd=self.work)
         log.close()
-        deadline = time.monotonic() + 30
-        while self.metric("in", "out") < 0:
+        deadline = time.monotonic() + 60
+        logfile = self.work / f"edgesieve-{self.starts}.log"
+        # up once it serves metrics and has subscribed (before that, the broker would not keep messages for it)
+        while self.metric("in", "out") < 0 or b"subscribed to" not in logfile.read_bytes():
             if self.proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"edgesieve did not start; see {self.work}/edgesieve-{self.starts}.log")
+                raise RuntimeError(f"edgesieve did not start; see {logfile}")
             time.sleep(0.1)
 
     def kill9(self) -> None:
@@ -272,13 +274,18 @@ def compare(want: dict, got: dict) -> dict:
     unexpected = [k for k in got if k not in want]
     lost = sum(want[k][0] for k in missing)
     twice = wrong = 0
-    wrong_examples = []
+    wrong_examples, short = [], []
+    lost_by_device: dict = defaultdict(int)
+    for k in missing:
+        lost_by_device[k[0]] += want[k][0]
     for k in set(want) & set(got):
         wc, ws, wm = want[k]
         gc, gs, gm = got[k]
         gc = int(gc or 0)
         if gc < wc:
             lost += wc - gc
+            lost_by_device[k[0]] += wc - gc
+            short.append((k, gc, wc))
         elif gc > wc:
             twice += gc - wc
         elif gs is None or gm is None or abs(gs - ws) > 1e-6 * max(1.0, abs(ws)) or abs(gm - wm) > 1e-9:
@@ -291,6 +298,8 @@ def compare(want: dict, got: dict) -> dict:
             "readings_expected": sum(w[0] for w in want.values()), "readings_lost": lost,
             "readings_counted_twice": twice, "windows_with_wrong_values": wrong,
             "missing_by_device": dict(sorted(per_device.items(), key=lambda kv: -kv[1][0])[:8]),
+            "lost_by_device": dict(sorted(lost_by_device.items(), key=lambda kv: -kv[1])[:8]),
+            "short_windows": len(short), "short_examples": sorted(short)[:5],
             "missing_examples": sorted(missing)[:5], "unexpected_examples": sorted(unexpected)[:5],
             "wrong_examples": wrong_examples[:3]}
 
@@ -356,7 +365,8 @@ def chaos(args, work: Path) -> dict:
         got, twice, conflicting = landed_windows(vm)
         result = compare(want, got)
         future_landed = [k for k in got if k[0] == FUTURE and k[1] > time.time() + 86400]
-        result.update({"published": published, "unacknowledged": unacked, "timeline": timeline,
+        dropped = broker.log().count("Outgoing messages are being dropped")
+        result.update({"broker_dropped_warnings": dropped, "published": published, "unacknowledged": unacked, "timeline": timeline,
                        "points_stored_twice": twice, "points_stored_twice_with_different_values": conflicting,
                        "future_readings": len(future), "future_windows_landed": len(future_landed),
                        "last_run_counters": {k: v for k, v in counters.items()
@@ -391,7 +401,8 @@ def prefill(broker: Mosquitto, n: int) -> None:
 
 def throughput(args, work: Path) -> dict:
     """Drain the same backlog with checkpoints off and with interval 30s (interleaved); msg/s per run."""
-    broker = Mosquitto(work / "mosquitto-tput", extra_config=[*BROKER_SETTINGS, f"max_queued_messages {args.backlog + 1000}"]).start()
+    broker = Mosquitto(work / "mosquitto-tput",
+                       extra_config=[*BROKER_SETTINGS, f"max_queued_messages {max(200_000, args.backlog + 1000)}"]).start()
     (work / "vm-tput").mkdir()
     vm = VictoriaMetrics(data_dir=work / "vm-tput").start()
     rates: dict[str, list[float]] = {"off": [], "30s": []}
@@ -436,9 +447,11 @@ def print_report(report: dict) -> None:
               f"{c['readings_counted_twice']:,} counted twice")
         print(f"points stored twice (InfluxDB would overwrite them): {c['points_stored_twice']} "
               f"({c['points_stored_twice_with_different_values']} with different values)")
+        if c["broker_dropped_warnings"]:
+            print(f"the broker logged {c['broker_dropped_warnings']} time(s) that it dropped messages for a full queue")
         print(f"reading a year ahead: {c['future_readings']} sent, {c['future_windows_landed']} window(s) landed")
         print(f"last run's counters: {c['last_run_counters']}")
-        for key in ("missing_by_device", "missing_examples", "unexpected_examples", "wrong_examples"):
+        for key in ("missing_by_device", "lost_by_device", "short_windows", "short_examples", "missing_examples", "unexpected_examples", "wrong_examples"):
             if c[key]:
                 print(f"{key}: {c[key]}")
     t = report.get("throughput")
