@@ -2,6 +2,7 @@
 
     python benchmarks/eval_detectors.py                 # the held-out tables (corpus and SKAB), a few minutes
     python benchmarks/eval_detectors.py --only residual,mad --no-skab
+    python benchmarks/eval_detectors.py --skab-only --data /path/to/skab
     python benchmarks/eval_detectors.py --tune          # the tuning grid of the default, on the tuning half only
 
 Method (fixed before any held-out figure was looked at; docs/detectors.md has the reasoning):
@@ -225,7 +226,8 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--data", default=str(Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "skab"))
     ap.add_argument("--only", default="", help="comma-separated detector names (baselines always run)")
-    ap.add_argument("--no-skab", action="store_true")
+    ap.add_argument("--no-skab", action="store_true", help="only the generated corpus")
+    ap.add_argument("--skab-only", action="store_true", help="only SKAB")
     ap.add_argument("--tune", action="store_true", help="print the tuning grid (tuning half only) and stop")
     args = ap.parse_args(argv)
     if args.tune:
@@ -234,7 +236,8 @@ def main(argv=None) -> int:
     only = set(filter(None, args.only.split(",")))
     labels = [lb for lb, (kind, _, _) in DETECTORS.items()
               if not only or kind in only or kind in ("never", "always", "zscore")]
-    corpus_tables(labels)
+    if not args.skab_only:
+        corpus_tables(labels)
     if not args.no_skab:
         skab_table(Path(args.data), labels)
     return 0

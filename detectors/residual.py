@@ -308,9 +308,15 @@ class ResidualDetector:
             setattr(det, k, v)
         return det
 
-    def snapshot(self) -> dict:
-        return self.state()
+    def snapshot(self) -> bytes:
+        """`state()` as framed bytes (`detectors.state`: data only, never a pickle)."""
+        from .state import dump_model
 
-    def restore(self, state: dict) -> None:
+        return dump_model(self.state())
+
+    def restore(self, state: bytes) -> None:
+        from .state import load_model
+
+        twin = type(self).from_state(load_model(state, f"{type(self).__name__} state"))
         self.__dict__.clear()
-        self.__dict__.update(vars(type(self).from_state(state)))
+        self.__dict__.update(vars(twin))
