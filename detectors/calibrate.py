@@ -50,7 +50,7 @@ class TailCalibrator:
         self.count = np.zeros(BINS + 1)  # decayed number of raw scores per bin
         self.sum1 = np.zeros(BINS + 1)  # decayed sum of raw scores per bin
         self.sum2 = np.zeros(BINS + 1)  # decayed sum of squares per bin
-        self.pending: list[float] = []  # raw scores learned since the last refresh
+        self.pending = np.zeros(0)  # raw scores learned since the last refresh
         self.n = 0
         self.table: dict | None = None  # frozen model: cumulative tail masses and the GPD fit
 
@@ -67,11 +67,11 @@ class TailCalibrator:
         pos = 0
         while pos < len(raw):
             take = raw[pos:pos + self.refresh - len(self.pending)]
-            self.pending.extend(take.tolist())
+            self.pending = np.concatenate((self.pending, take))
             pos += len(take)
             if len(self.pending) == self.refresh:
-                self._refresh(np.array(self.pending))
-                self.pending = []
+                self._refresh(self.pending)
+                self.pending = np.zeros(0)
 
     def _refresh(self, raw: np.ndarray) -> None:
         decay = 0.5 ** (len(raw) / self.half_life)
@@ -91,14 +91,14 @@ class TailCalibrator:
         n_t = float(above[k])
         t = EDGES[k]
         if n_t <= 0:  # nothing above t ever: an exponential tail one bin wide
-            return {"total": total, "above": above.tolist(), "t": t, "q_t": 1.0 / (total + 1), "gamma": 0.0,
+            return {"total": total, "above": above, "t": t, "q_t": 1.0 / (total + 1), "gamma": 0.0,
                     "sigma": max(t, LO)}
         m1 = float(self.sum1[k:].sum()) / n_t - t  # mean excess over t
         var = max(float(self.sum2[k:].sum()) / n_t - (m1 + t) ** 2, 1e-12)
         ratio = m1 * m1 / var
         gamma = float(np.clip(0.5 * (1 - ratio), 0.0, 0.9))  # never lighter than exponential
         sigma = max(0.5 * m1 * (1 + ratio), 0.05 * t, LO)
-        return {"total": total, "above": above.tolist(), "t": t, "q_t": n_t / total, "gamma": gamma, "sigma": sigma}
+        return {"total": total, "above": above, "t": t, "q_t": n_t / total, "gamma": gamma, "sigma": sigma}
 
     def tail_probability(self, raw: np.ndarray) -> np.ndarray:
         """P(a normal reading of this key scores >= raw), from the frozen model (1 while not ready)."""
@@ -126,7 +126,7 @@ class TailCalibrator:
     def state(self) -> dict:
         return plain({"half_life": self.half_life, "tail": self.tail, "refresh": self.refresh,
                 "min_samples": self.min_samples, "count": self.count.copy(), "sum1": self.sum1.copy(),
-                "sum2": self.sum2.copy(), "pending": list(self.pending), "n": self.n,
+                "sum2": self.sum2.copy(), "pending": self.pending.copy(), "n": self.n,
                 "table": None if self.table is None else dict(self.table)})
 
     @classmethod
@@ -134,6 +134,8 @@ class TailCalibrator:
         cal = cls(state["half_life"], state["tail"], state["refresh"], state["min_samples"])
         for name in ("count", "sum1", "sum2"):
             setattr(cal, name, np.array(state[name], dtype=np.float64))
-        cal.pending, cal.n = [float(v) for v in state["pending"]], int(state["n"])
+        cal.pending, cal.n = np.array(state["pending"], dtype=np.float64), int(state["n"])
         cal.table = None if state["table"] is None else dict(state["table"])
+        if cal.table is not None:
+            cal.table["above"] = np.array(cal.table["above"], dtype=np.float64)
         return cal

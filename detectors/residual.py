@@ -65,7 +65,7 @@ class ResidualDetector:
         self.adapt_rows = adapt if isinstance(adapt, int) and not isinstance(adapt, bool) else None
         self.adapt_s = float(adapt) if adapt is not None and self.adapt_rows is None else None
         self.hold = self.adapt_rows or (128 if self.adapt_s else 0)  # rows held back from the calibrator
-        self.held: list[float] = []
+        self.held = np.zeros(0)
         self.cal = TailCalibrator(half_life=half_life, tail=tail, refresh=refresh, min_samples=calibration_samples)
         self.n = 0  # rows learned
         self.since = 0  # rows learned in the current segment
@@ -228,13 +228,13 @@ class ResidualDetector:
         if not self.hold:
             self.cal.learn(raw)
             return
-        self.held.extend(raw.tolist())
+        held = np.concatenate((self.held, raw))
         if dropped:
-            del self.held[max(0, len(self.held) - dropped):]
-        if len(self.held) > self.hold:
-            out = len(self.held) - self.hold
-            self.cal.learn(np.array(self.held[:out]))
-            del self.held[:out]
+            held = held[:max(0, len(held) - dropped)]
+        if len(held) > self.hold:
+            self.cal.learn(held[:len(held) - self.hold])
+            held = held[len(held) - self.hold:]
+        self.held = held
 
     def _adapt_row(self, sign, Y, ts, learn) -> tuple[int | None, np.ndarray | None, int]:
         """Update the per-field runs row by row over `sign`; return the row where one becomes a regime."""
