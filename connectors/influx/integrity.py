@@ -10,10 +10,12 @@ a damaged or foreign file is not (stop with a message naming the file, the sink,
 from __future__ import annotations
 
 import errno
+import logging
 import sqlite3
 import time
 from pathlib import Path
 
+log = logging.getLogger("connectors.influx.outbox")
 _HEADER = b"SQLite format 3\x00"
 _TRANSIENT_CODES = {5, 6, 10, 13, 14, 15}     # BUSY, LOCKED, IOERR, FULL, CANTOPEN, PROTOCOL
 _TRANSIENT_ERRNO = {errno.ENOSPC, errno.EIO, errno.EDQUOT, errno.EAGAIN, errno.EBUSY}
@@ -89,6 +91,11 @@ def verify_against_checkpoint(path: Path, name: str | None, counters: dict, pend
     """The checkpoint recorded the outbox's generation; an outbox behind it lost commits (its WAL, or an old copy)."""
     gen = recorded.get("outbox_generation")
     if not isinstance(gen, int) or counters.get("generation", 0) >= gen:
+        return
+    aside = sorted(path.parent.glob(path.name + ".damaged-*[0-9]"))
+    if counters.get("generation", 0) == 0 and aside:      # `edgesieve outbox set-aside / recover` chose a fresh start
+        log.warning("outbox %s%s starts afresh (%d points); the previous file is kept as %s", path, _who(name),
+                    pending, aside[-1])
         return
     missing = max(int(recorded.get("outbox_put", 0)) - counters.get("put", 0), 0)
     raise OutboxDamaged(
