@@ -123,20 +123,18 @@ def set_aside(path: Path) -> Path:
 def readable_points(path: Path) -> tuple[list[tuple], int]:
     """Every pending point that can still be read from a (damaged) outbox, and how many rows could not be."""
     db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
-    out, bad = [], 0
-    try:
-        hi = db.execute("SELECT max(id) FROM pending").fetchone()[0] or 0
-    except sqlite3.DatabaseError:
-        hi = 10**9
-    lo = 0
-    while lo <= hi:
+    db.execute("PRAGMA writable_schema=ON")      # read a truncated file up to where it ends (read-only connection)
+    out, bad, hi = [], 0, 0
+    for query in ("SELECT seq FROM sqlite_sequence WHERE name = 'pending'", "SELECT max(id) FROM pending"):
+        try:
+            hi = max(hi, (db.execute(query).fetchone() or [0])[0] or 0)
+        except sqlite3.DatabaseError:
+            pass
+    for lo in range(0, hi, 100):
         try:
             out += db.execute("SELECT measurement, tags, ts, fields, res FROM pending WHERE id > ? AND id <= ? "
-                              "ORDER BY id", (lo, lo + 1000)).fetchall()
+                              "ORDER BY id", (lo, lo + 100)).fetchall()
         except sqlite3.DatabaseError:
             bad += 1
-            if hi == 10**9:
-                break
-        lo += 1000
     db.close()
     return out, bad

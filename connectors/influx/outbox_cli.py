@@ -57,12 +57,18 @@ def _recover(path: Path, args) -> int:
     try:
         by_res: dict[float, list] = {}
         for m, tags, ts, fields, res in points:
-            by_res.setdefault(res, []).append((m, json.loads(tags), ts, json.loads(fields)))
+            try:
+                point = (m, json.loads(tags), int(ts), json.loads(fields))
+                assert isinstance(m, str) and isinstance(point[1], dict) and isinstance(point[3], dict)
+            except (TypeError, ValueError, AssertionError):
+                bad += 1               # a row whose content is damaged
+                continue
+            by_res.setdefault(float(res or 0), []).append(point)
         stored = sum(ob.put(pts, res=res) for res, pts in by_res.items())
     finally:
         ob.close()
     print(f"recovered {stored} pending points into a fresh {path}"
-          + (f"; {bad} block(s) of up to 1000 rows could not be read" if bad else "")
+          + (f"; {bad} damaged row(s) or block(s) of up to 100 rows could not be read" if bad else "")
           + f"; the damaged file is kept as {old}")
     return 0
 
