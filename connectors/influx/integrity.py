@@ -67,6 +67,10 @@ def open_checked(path: Path, name: str | None, schema: str, sync: str) -> sqlite
     try:
         db.execute("PRAGMA journal_mode=WAL")
         db.execute(f"PRAGMA synchronous={sync}")
+        # a short write-ahead log (checkpointed at 1 MB, truncated back to it): on a small or full disk the log
+        # must not be what holds the space
+        db.execute("PRAGMA wal_autocheckpoint=256")
+        db.execute("PRAGMA journal_size_limit=1048576")
         result = [r[0] for r in db.execute("PRAGMA quick_check(5)")]
         if result != ["ok"]:
             raise damaged(path, name, "; ".join(result))

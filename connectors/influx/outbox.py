@@ -45,6 +45,7 @@ import numpy as np
 import logging
 import math
 import sqlite3
+import sys
 import threading
 import time
 from dataclasses import dataclass
@@ -285,7 +286,17 @@ class Outbox(DiskBound):
                     self._db.execute("ROLLBACK")
                 except sqlite3.Error:
                     pass
+            if getattr(sys.exc_info()[1], "sqlite_errorcode", 0) & 0xFF == 13:   # SQLITE_FULL
+                self._shrink_wal()
             raise
+
+    def _shrink_wal(self) -> None:
+        """On a full disk the write-ahead log itself may hold the space (it grows to ~4 MB between checkpoints):
+        move its pages into the database and truncate it, so that the retry has room. Best effort."""
+        try:
+            self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        except sqlite3.Error:
+            pass
 
     def _delete(self, rows: list[Row]) -> int:
         before = self._db.total_changes
