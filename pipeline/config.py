@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, WithJsonSchema
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, WithJsonSchema, model_validator
 
 _DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|us|s|m|h|d)")
 _UNIT = {"us": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
@@ -43,6 +43,14 @@ Duration = Annotated[
     WithJsonSchema({"anyOf": [{"type": "number", "minimum": 0},
                               {"type": "string", "pattern": r"^(\d+(\.\d+)?(us|ms|s|m|h|d)?)+$"}]}),
 ]
+def _fsync_word(value: object) -> object:
+    """YAML 1.1 reads an unquoted ``off`` as false: take it as the word the user wrote."""
+    if value is False:
+        return "off"
+    return value
+
+
+FsyncPolicy = Annotated[Literal["full", "normal", "off"], BeforeValidator(_fsync_word)]
 TagMatch = dict[str, str | list[str]]
 ID_PATTERN = r"^[A-Za-z_][A-Za-z0-9_.-]*$"
 
@@ -79,7 +87,22 @@ class StageConfig(_Consumer):
 
 
 class SinkConfig(_Consumer):
-    pass
+    on_error: Literal["retry", "dead_letter", "stop"] = Field(
+        "retry",
+        description="When the sink cannot take a batch (full disk, locked file, ...): `retry` it with backoff while the "
+                    "pipeline waits (nothing is lost, checkpoints hold), `dead_letter` it to `dead_letter_path`, "
+                    "or `stop` the pipeline.",
+    )
+    dead_letter_path: str | None = Field(
+        None, description="NDJSON file for batches the sink could not take (`on_error: dead_letter`); best on another disk.")
+    retry_initial: Duration = Field(0.5, gt=0, le=60, description="First wait before retrying a failed write or send (doubles, with jitter).")
+    retry_max: Duration = Field(30.0, gt=0, le=3600, description="Longest wait between retries (a server's Retry-After may be longer).")
+
+    @model_validator(mode="after")
+    def _dead_letter_needs_a_path(self):
+        if self.on_error == "dead_letter" and not self.dead_letter_path:
+            raise ValueError("on_error: dead_letter needs dead_letter_path (a file, best on another disk)")
+        return self
 
 
 class BatchingConfig(BaseModel):

@@ -22,6 +22,7 @@ class Metrics:
         self.pipeline = pipeline
         self._counters: dict[tuple[str, str], int] = defaultdict(int)
         self._latency: dict[str, list[float]] = {}  # item -> bucket counts + [sum, count]
+        self._gauges: dict[tuple[str, str], float] = {}  # (name, item) -> current value, e.g. sink_blocked
         self._lock = threading.Lock()
 
     def count(self, item: str, name: str, n: int = 1) -> None:
@@ -31,6 +32,15 @@ class Metrics:
 
     def get(self, item: str, name: str) -> int:
         return self._counters.get((item, name), 0)
+
+    def set_gauge(self, name: str, item: str, value: float) -> None:
+        """A state, not a count (``sink_blocked`` of a sink: 1 while it cannot take data)."""
+        with self._lock:
+            self._gauges[(name, item)] = float(value)
+
+    def gauges(self) -> dict[tuple[str, str], float]:
+        with self._lock:
+            return dict(self._gauges)
 
     def observe_latency(self, item: str, seconds: float) -> None:
         with self._lock:
@@ -56,6 +66,9 @@ class Metrics:
             return {k: list(v) for k, v in self._latency.items()}
 
 
+_GAUGE_HELP = {"sink_blocked": "1 while the sink cannot take data (the pipeline holds it and waits), else 0"}
+
+
 class PrometheusCollector:
     """A prometheus-client collector that reads a :class:`Metrics` when scraped."""
 
@@ -63,7 +76,7 @@ class PrometheusCollector:
         self.metrics = metrics
 
     def collect(self):
-        from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 
         records = CounterMetricFamily(
             "edgesieve_records", "Records counted per pipeline item and event", labels=["pipeline", "item", "event"]
@@ -71,6 +84,13 @@ class PrometheusCollector:
         for (item, name), v in sorted(self.metrics.counters().items()):
             records.add_metric([self.metrics.pipeline, item, name], v)
         yield records
+        gauges: dict[str, GaugeMetricFamily] = {}
+        for (name, item), v in sorted(self.metrics.gauges().items()):
+            if name not in gauges:
+                label = name.split("_", 1)[0]      # sink_blocked -> labelled by sink
+                gauges[name] = GaugeMetricFamily(f"edgesieve_{name}", _GAUGE_HELP.get(name, name), labels=["pipeline", label])
+            gauges[name].add_metric([self.metrics.pipeline, item], v)
+        yield from gauges.values()
         hist = HistogramMetricFamily(
             "edgesieve_batch_seconds", "Time a stage or sink spends on one micro-batch", labels=["pipeline", "item"]
         )

@@ -36,6 +36,14 @@ class Context:
         self.pipeline = pipeline
         self.clock = clock
         self.checkpoints = checkpoints      # the runtime writes checkpoints (a source may journal its input)
+        self.on_fatal: Callable[[str], None] | None = None   # set by the runtime: stops the pipeline
+        self.fatal: str | None = None
+
+    def stop_pipeline(self, message: str) -> None:
+        """A part of this item (e.g. a sink's own thread) cannot go on: stop the pipeline and report ``message``."""
+        self.fatal = self.fatal or message
+        if self.on_fatal is not None:
+            self.on_fatal(message)
 
     @property
     def stage_id(self) -> str:
