@@ -73,7 +73,8 @@ class WindowConfig(StageConfig):
                                  "(`future_timestamp`) and never moves its key's clock; null = no limit.")
     idle_close: Duration | None = Field(
         None, gt=0, description="Emit a key's open windows after this much processing time without readings from that key "
-                                "(default: size + allowed_lateness).",
+                                "(default: size + allowed_lateness); above the longest link outage whose buffered "
+                                "readings should still count.",
     )
     max_open_windows: int = Field(
         100_000, ge=1, description="Most windows open at once (all keys); beyond it the oldest are emitted early and "

@@ -222,3 +222,32 @@ def test_changing_the_watermark_mode_across_a_restart_reopens_no_window(before, 
     assert len(windows) == len(set(windows))
     total = sum(r["fields"]["count"] for r in Batch.concat(out).to_records())
     assert total + counter(first, "late") + counter(second, "late") == len(records)
+
+
+@pytest.mark.parametrize("idle_close, late", [("60s", 0), (None, "some")])
+def test_a_live_device_that_loses_its_link_for_25s_and_flushes_its_buffer(idle_close, late):
+    # live at 1 Hz, link down for 25 s (readings buffered), then the buffer arrives at once, then live again
+    clock = FakeClock(NOW)
+    opts = {"size": "10s", "key": ["device"], "aggregates": AGG, "allowed_lateness": "2s"}
+    if idle_close:
+        opts["idle_close"] = idle_close
+    stage, _ = build_stage(Window, opts, clock=clock)
+    sent = readings("pump", NOW - 0.5, 75, 1, seed=4)
+    out = []
+    for i, r in enumerate(sent):
+        if 30 <= i < 55:                                  # buffered during the outage
+            clock.advance(1)
+            out.append(stage.tick(clock()) or Batch.empty())
+            continue
+        batch = sent[30:56] if i == 55 else [r]
+        out.append(stage.process(Batch.from_records(batch)))
+        clock.advance(1)
+        out.append(stage.tick(clock()) or Batch.empty())
+    out.append(stage.flush())
+    got = Batch.concat(out).to_records()
+    if late == 0:
+        assert counter(stage, "late") == 0
+        check(got, reference(sent, 10.0, 10.0, ["t"], AGG["t"]))
+    else:   # the window open when the link dropped was emitted after size + lateness of quiet: the rest of it is late
+        assert 0 < counter(stage, "late") < 10
+        assert sum(r["fields"]["count"] for r in got) + counter(stage, "late") == len(sent)
