@@ -6,7 +6,7 @@ import pytest
 from pipeline.stages.window import Window
 from pipeline.testing import build_stage, run_stage
 from pipeline.batch import Batch
-from tests.support.windows import AGGS, check, plain_copy, reference
+from tests.support.windows import AGGS, check, reference
 
 
 def make_records(n=3000, devices=7, seed=1, jitter=0.0):
@@ -64,7 +64,8 @@ def test_snapshot_restore_mid_stream_gives_identical_output():
     whole = run_stage(Window, opts, records, batch_size=100)
     first, _ = build_stage(Window, opts)
     out = [first.process(Batch.from_records(records[i:i + 100])) for i in range(0, 1500, 100)]
-    state = plain_copy(first.snapshot())
+    from pipeline.statefiles import roundtrip
+    state = roundtrip(first.snapshot())
     second, _ = build_stage(Window, opts)
     second.restore(state)
     out += [second.process(Batch.from_records(records[i:i + 100])) for i in range(1500, len(records), 100)]

@@ -41,17 +41,25 @@ def reference(records, size, hop, fields, aggs, lateness=None, per_key=True):
 
 
 def plain_copy(state):
-    """A deep copy that admits only what the checkpoint codec stores: plain data and numpy arrays."""
+    """``state`` through the checkpoint codec, after checking it holds only plain data and numpy arrays."""
+    _check_plain(state)
+    from pipeline.statefiles import roundtrip
+
+    return roundtrip(state)
+
+
+def _check_plain(state) -> None:
     if isinstance(state, dict):
         assert all(isinstance(k, str) for k in state), list(state)
-        return {k: plain_copy(v) for k, v in state.items()}
-    if isinstance(state, list):
-        return [plain_copy(v) for v in state]
-    if isinstance(state, np.ndarray):
+        for v in state.values():
+            _check_plain(v)
+    elif isinstance(state, list):
+        for v in state:
+            _check_plain(v)
+    elif isinstance(state, np.ndarray):
         assert state.dtype != object, "object arrays are not plain data"
-        return state.copy()
-    assert state is None or type(state) in (str, int, float, bool), f"{type(state).__name__} is not plain data"
-    return state
+    else:
+        assert state is None or type(state) in (str, int, float, bool), f"{type(state).__name__} is not plain data"
 
 
 def check(out, ref):
