@@ -13,8 +13,8 @@ has already closed for its key; one device far behind or far ahead changes nothi
 A window of a key closes (is emitted) when the first of these happens:
 
 * the key's watermark reaches the window's end (``end + allowed_lateness <= newest event time of the key``);
-* the key has sent nothing for ``idle_close`` of processing time (default ``size + allowed_lateness``): all
-  of its open windows are emitted;
+* the key has sent nothing for ``idle_close`` of processing time (default 5 min, or ``size + allowed_lateness``
+  when longer): all of its open windows are emitted;
 * more than ``max_open_windows`` windows are open: the oldest are emitted early (counted as ``windows_forced``).
 
 An emitted window never reopens: after an idle or forced close, readings for it count as late.
@@ -51,6 +51,7 @@ from .window_buffer import OpenWindows
 from .window_clock import EpisodeLog, EventClocks
 
 log = logging.getLogger("edgesieve")
+IDLE_CLOSE_DEFAULT = 300.0     # seconds: a device that buffers through a link outage of up to 5 min loses nothing
 Aggregate = Literal["count", "sum", "mean", "min", "max", "stddev", "first", "last", "p50", "p95", "p99"]
 
 
@@ -73,8 +74,8 @@ class WindowConfig(StageConfig):
                                  "(`future_timestamp`) and never moves its key's clock; null = no limit.")
     idle_close: Duration | None = Field(
         None, gt=0, description="Emit a key's open windows after this much processing time without readings from that key "
-                                "(default: size + allowed_lateness); above the longest link outage whose buffered "
-                                "readings should still count.",
+                                "(default: 5 min, or size + allowed_lateness when longer); keep it above the longest link "
+                                "outage whose buffered readings should still count.",
     )
     max_open_windows: int = Field(
         100_000, ge=1, description="Most windows open at once (all keys); beyond it the oldest are emitted early and "
@@ -275,7 +276,8 @@ class Window(Stage):
     def tick(self, now: float) -> Batch | None:
         if not self.open.rows:
             return None
-        idle = self.config.idle_close if self.config.idle_close is not None else self.size + self.config.allowed_lateness
+        idle = self.config.idle_close if self.config.idle_close is not None else max(
+            IDLE_CLOSE_DEFAULT, self.size + self.config.allowed_lateness)
         n = self.clocks.n
         quiet = (self.ctx.clock() - self.clocks.last_arrival[:n] >= idle) & (self.open.min_end[:n] < np.inf)
         if not quiet.any():
