@@ -100,8 +100,8 @@ class AlertListener:
                 stats.on_alert(m.topic, m.payload)
             elif b"online" in m.payload:
                 self.online.set()
-        # the status topic is edgesieve/{node}/{pipeline}/status
-        self.c.on_connect = lambda c, u, f, rc, p: c.subscribe([("alerts/#", 1), ("edgesieve/demo/+/status", 1)])
+        self.c.on_connect = lambda c, u, f, rc, p: c.subscribe(
+            [("alerts/#", 1), ("edgesieve/+/demo/status", 1), ("edgesieve/demo/status", 1)])  # {node}/{pipeline} or a set topic
         self.c.on_message = on_message
         self.c.connect(host, port)
         self.c.loop_start()
