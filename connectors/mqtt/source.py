@@ -169,6 +169,7 @@ class MqttSource(Source):
     def _subscribe(self, client: mqtt.Client, session_present: bool) -> None:
         # Always (re)subscribe: harmless when the session kept the subscriptions, essential when it did not.
         topics = [(s.subscribe_topic(), s.qos) for s in self.config.subscriptions]
+        self.inbox.connected(self.conn.generation, session_present)
         stale = self.subscriptions.connecting([t for t, _ in topics], session_present)
         client.subscribe(topics)
         log.info("%s: subscribed to %s", self.where, ", ".join(t for t, _ in topics))
