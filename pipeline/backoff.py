@@ -22,7 +22,7 @@ class Backoff:
         self._rng = random.Random(seed)
 
     def next(self, retry_after: float | None = None) -> float:
-        delay = min(self.max, self.initial * 2.0 ** min(self.attempt, 60))  # no overflow after many attempts
+        delay = min(self.max, self.initial * 2.0 ** min(self.attempt, 60))
         delay *= 1.0 - self.jitter * self._rng.random()
         self.attempt += 1
         if retry_after is not None:

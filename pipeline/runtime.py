@@ -289,7 +289,7 @@ class Pipeline:
     def _checkpoint(self, positions: dict, sources: dict, sinks: dict) -> None:
         """Save what changed since the last checkpoint, with the source positions, in one transaction; then ack.
 
-        Written only once every sink holds what it was given: never past data a sink did not take."""
+        Only once every sink holds what it was given: never past data a sink did not take."""
         self._flush_sinks(sinks)
         held = [sid for sid, w in sinks.items() if not w.clean]
         if held:

@@ -118,8 +118,14 @@ class SinkWorker:
             try:
                 self.sink.write(batch)
             except Exception as exc:
-                if self._failed(batch, exc):
-                    return
+                try:
+                    if self._failed(batch, exc):
+                        return
+                except Exception:    # this thread must not die holding data: say so, wait, and try again
+                    log.exception("sink %r: unexpected error while handling a failed write", self.id)
+                    if self._abort.wait(1.0):
+                        self._lost(len(batch))
+                        return
                 continue
             self.metrics.observe_latency(self.id, time.perf_counter() - started)
             self.metrics.count(self.id, "out", len(batch))

@@ -52,8 +52,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from connectors.influx.diskbound import ROW_OVERHEAD, DiskBound, _dumps, _size
-from pipeline.statefiles import private_file
 from connectors.influx.integrity import open_checked, verify_against_checkpoint
+from pipeline.statefiles import private_file
 
 log = logging.getLogger(__name__)
 _SYNC = {"full": "FULL", "normal": "NORMAL", "off": "OFF"}

@@ -10,8 +10,9 @@ import pytest
 
 from pipeline import load_pipeline, registry
 from pipeline.metrics import PrometheusCollector
+from tests.connectors.influx.paced_source import readings
 
-N = 1000
+N = 12_000          # readings: more than the sink's queue holds (256 batches of 20)
 
 
 @pytest.fixture(autouse=True)
@@ -20,11 +21,10 @@ def blocking_type(monkeypatch):
 
 
 def yaml(tmp_path, on_error="retry", checkpoint=False, extra=""):
-    recs = [{"ts": float(i), "tags": {"d": "a"}, "fields": {"x": float(i)}} for i in range(N)]
-    cp = f"checkpoint: {{path: {tmp_path / 'cp.pickle'}, interval: 0.05}}" if checkpoint else ""
+    cp = f"checkpoint: {{path: {tmp_path / 'cp.db'}, interval: 0.05}}" if checkpoint else ""
     return f"""
 pipeline: holds
-sources: [{{id: s, type: list, batch_size: 20, max_queue: 2, records: {json.dumps(recs)}}}]
+sources: [{{id: s, type: paced, devices: 1, seconds: 120, hz: 100, t0: 1000, batch: 20, pause: 0, max_queue: 2}}]
 sinks:
   - {{id: out, type: blocking, inputs: [s], path: {tmp_path / 'out.ndjson'}, blocker: {tmp_path / 'full'},
      on_error: {on_error}, retry_initial: 0.01, retry_max: 0.05 {extra}}}
@@ -33,13 +33,16 @@ runtime: {{dead_letter: null, batching: {{max_records: 20}}, {cp}}}
 
 
 @pytest.fixture(autouse=True)
-def list_source(monkeypatch):
-    monkeypatch.setitem(registry.SOURCES, "list", "pipeline.testing:ListSource")
+def paced_source(monkeypatch):
+    monkeypatch.setitem(registry.SOURCES, "paced", "tests.connectors.influx.paced_source:PacedSource")
+
+
+EXPECTED = readings(devices=1, seconds=120, hz=100, t0=1000)["t"].tolist()
 
 
 def written(tmp_path):
     p = tmp_path / "out.ndjson"
-    return [json.loads(line)["x"] for line in p.read_text().splitlines()] if p.exists() else []
+    return [json.loads(line)["t"] for line in p.read_text().splitlines()] if p.exists() else []
 
 
 def until(cond, timeout=20.0):
@@ -72,7 +75,7 @@ def test_a_sink_that_cannot_write_holds_its_batches_applies_back_pressure_and_re
     (tmp_path / "full").unlink()                               # space freed: it resumes by itself
     t.join(30)
     assert box["summary"].error is None
-    assert written(tmp_path) == [float(i) for i in range(N)]   # every record, in order, once
+    assert written(tmp_path) == EXPECTED   # every record, in order, once
     c = box["summary"].counters["out"]
     assert c["blocked_episodes"] == 1 and c["retries"] > 0 and c["out"] == N
     assert p.metrics.gauges()[("sink_blocked", "out")] == 0
@@ -93,7 +96,7 @@ def test_stopped_while_blocked_no_checkpoint_past_the_held_data_and_the_restart_
     (tmp_path / "full").unlink()
     second = load_pipeline(yaml(tmp_path, checkpoint=True)).run()
     assert second.error is None
-    assert written(tmp_path) == [float(i) for i in range(N)]   # nothing lost, nothing twice across the restart
+    assert written(tmp_path) == EXPECTED   # nothing lost, nothing twice across the restart
 
 
 def test_on_error_dead_letter_writes_the_batch_to_its_file_and_goes_on(tmp_path):
@@ -102,15 +105,18 @@ def test_on_error_dead_letter_writes_the_batch_to_its_file_and_goes_on(tmp_path)
     s = load_pipeline(yaml(tmp_path, on_error="dead_letter", extra=f", dead_letter_path: {dl}")).run()
     assert s.error is None and s.counters["out"]["dead_lettered"] == N
     rows = [json.loads(line) for line in dl.read_text().splitlines()]
-    assert [r["record"]["fields"]["x"] for r in rows] == [float(i) for i in range(N)]
+    assert [r["record"]["fields"]["t"] for r in rows] == EXPECTED
     assert "No space left on device" in rows[0]["reason"] and rows[0]["item"] == "out"
 
 
-def test_on_error_stop_stops_the_pipeline_with_the_error_and_no_checkpoint(tmp_path):
+def test_on_error_stop_stops_the_pipeline_with_the_error_and_no_checkpoint_past_the_batch(tmp_path):
     (tmp_path / "full").touch()
     s = load_pipeline(yaml(tmp_path, on_error="stop", checkpoint=True)).run()
     assert s.stopped_by == "error" and "sink 'out'" in s.error and "on_error: stop" in s.error
-    assert "No space left" in s.error and not (tmp_path / "cp.pickle").exists()
+    assert "No space left" in s.error and s.counters["out"]["undelivered"] > 0
+    (tmp_path / "full").unlink()                               # no checkpoint covers what it did not take
+    assert load_pipeline(yaml(tmp_path, on_error="stop", checkpoint=True)).run().error is None
+    assert written(tmp_path) == EXPECTED
 
 
 def test_dead_letter_needs_a_path():

@@ -35,7 +35,7 @@ class BlockingSink(Sink):
             raise OSError(errno.ENOSPC, "No space left on device", self.config.path)
         with open(self.path, "a") as fh:
             for r in batch.to_records():
-                fh.write(json.dumps({"ts": r["ts"], "x": r["fields"]["x"]}) + "\n")
+                fh.write(json.dumps({"ts": r["ts"], **r["fields"]}) + "\n")
         self.lines += len(batch)
 
     def snapshot(self):
