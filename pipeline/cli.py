@@ -17,6 +17,7 @@ EXTERNAL_COMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("pipeline.demo", "main"),
     "simulate": ("connectors.simulate", "main"),
     "quantize": ("pipeline.quantize", "main"),
+    "model": ("pipeline.inference.model_cli", "main"),
 }
 
 
