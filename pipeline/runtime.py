@@ -21,6 +21,7 @@ from .checkpoint import read_checkpoint, write_checkpoint
 from .graph import DeadLetters, Graph
 from .loader import PipelineSpec
 from .metrics import Metrics
+from .redact import redact
 from .stage import Sink, Source
 
 log = logging.getLogger("edgesieve")
@@ -141,7 +142,7 @@ class Pipeline:
                 t.start()
             self._loop(sources, sinks, queues, threads, wake, positions, duration, started, on_tick)
         except Exception as exc:
-            error = f"{type(exc).__name__}: {exc}"
+            error = redact(f"{type(exc).__name__}: {exc}")
             self.stopped_by = "error"
             log.error("pipeline %r stopped: %s", self.name, error)
             self._stop.set()

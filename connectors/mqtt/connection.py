@@ -145,7 +145,7 @@ class Connection:
                 if f is not None and not Path(f).is_file():
                     raise ValueError(f"{where}: TLS file {f} does not exist")
             self.client.tls_set(ca_certs=t.ca_file, certfile=t.cert_file, keyfile=t.key_file,
-                                cert_reqs=ssl.CERT_REQUIRED, tls_version=ssl.PROTOCOL_TLS_CLIENT)
+                                keyfile_password=t.key_passphrase(where), cert_reqs=ssl.CERT_REQUIRED, tls_version=ssl.PROTOCOL_TLS_CLIENT)
             if t.insecure:
                 log.warning("%s: tls.insecure is on: the broker's host name is NOT verified", where)
                 self.client.tls_insecure_set(True)

@@ -39,11 +39,11 @@ import numpy as np
 from pydantic import Field
 
 from ..batch import Batch
-from ..config import Duration, StageConfig
+from ..config import INPUT, Duration, StageConfig
 from ..errors import ConfigError, Problem
 from ..inference.contract import OutputSpec, make_builders, make_decoders
 from ..inference.inputs import FieldsInput, FrameInput, WindowInput
-from ..inference.model import LoadedModel, ModelError, ModelRefused, TrustPolicy, load_model
+from ..inference.model import LoadedModel, ModelError, TrustPolicy, load_model
 from ..inference.swap import Swapper
 from ..stage import Context, Stage
 from cache.options import CacheOptions, ReuseOptions, agreement_fn, cache_wrapper
@@ -57,12 +57,12 @@ Input = Annotated[FrameInput | FieldsInput | WindowInput, Field(discriminator="s
 
 class OnnxConfig(StageConfig):
     type: Literal["onnx"]
-    model: str = Field(description="The .onnx file, or a versioned folder with a `current` pointer "
+    model: str = Field(json_schema_extra=INPUT, description="The .onnx file, or a versioned folder with a `current` pointer "
                              "(relative: to the working directory, else to the pipeline file's folder).")
     sha256: str | None = Field(None, pattern=r"^[0-9a-fA-F]{64}$",
                                description="Pin: the model's sha256; a mismatch refuses to start, and swaps then need a digest too. "
                                            "Without it a `<model>.sha256` file beside the model is checked when present.")
-    public_key: str | None = Field(None, description="Ed25519 public key (PEM) that must have signed the versioned folder's "
+    public_key: str | None = Field(None, json_schema_extra=INPUT, description="Ed25519 public key (PEM) that must have signed the versioned folder's "
                                    "`manifest.json` (`edgesieve model manifest --sign`); unsigned or tampered models are refused.")
     feeds: dict[str, Input] = Field(min_length=1, description="Per model input name: how to build it from the record "
                                     "(`source: frame`, `fields` or `window`).")
