@@ -177,6 +177,15 @@ class Graph:
             elif sid not in self.stages:
                 log.warning("checkpoint has state for stage %r, which is no longer in the pipeline; ignored", sid)
 
+    def restore_entries(self, items: dict[str, dict[Any, Any]]) -> None:
+        """Restore every stage from its saved entries (``{stage id: {key: state}}``, see `pipeline.checkpoint`)."""
+        for sid, entries in items.items():
+            if sid in self.stages:
+                self.stages[sid].restore_entries(entries)
+            else:
+                log.warning("checkpoint has state for stage %r, which is no longer in the pipeline; ignored "
+                            "(and dropped at the next checkpoint)", sid)
+
     def close(self) -> None:
         for s in self.stages.values():
             s.close()
