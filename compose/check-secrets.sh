@@ -1,6 +1,8 @@
 #!/bin/sh
 # Refuse to start while a secret is missing or still a placeholder from .env.example, then run the image's command.
-#   REQUIRED_SECRETS="VAR1 VAR2" [WAIT_FOR_FILES="/path ..."] check-secrets.sh COMMAND [ARGS...]
+#   REQUIRED_SECRETS="VAR1 VAR2" [WAIT_FOR_FILES="/path ..."] [OWNED_DIRS="user:/dir ..."] check-secrets.sh COMMAND [ARGS...]
+# WAIT_FOR_FILES: wait until each file exists (e.g. a token another service writes on its first start).
+# OWNED_DIRS: when run as root, make each folder (a fresh named volume is root's) and give it to that user.
 set -eu
 bad=0
 for var in ${REQUIRED_SECRETS:-}; do
@@ -15,7 +17,13 @@ for var in ${REQUIRED_SECRETS:-}; do
   esac
 done
 [ "$bad" = 0 ] || exit 78
-for f in ${WAIT_FOR_FILES:-}; do         # e.g. a token another service writes on its first start
+if [ "$(id -u)" = 0 ]; then
+  for spec in ${OWNED_DIRS:-}; do
+    mkdir -p "${spec#*:}"
+    chown "${spec%%:*}" "${spec#*:}"
+  done
+fi
+for f in ${WAIT_FOR_FILES:-}; do
   n=0
   while [ ! -s "$f" ]; do
     n=$((n + 1))

@@ -1,6 +1,6 @@
 """The files a pipeline reads and writes, found from its config models, and the rules they must follow.
 
-A config field that names a file says so in its ``Field``: ``json_schema_extra=INPUT`` (a file edgesieve reads:
+A config field that names a file says so in its ``Field`` (markers in :mod:`pipeline.config`): ``json_schema_extra=INPUT`` (a file edgesieve reads:
 data, models, keys, passwords, certificates) or ``OUTPUT`` (one it writes: sinks, outboxes, checkpoints).
 
 Rules (docs/security.md):
@@ -19,7 +19,6 @@ from typing import Iterator
 
 from pydantic import BaseModel
 
-from .config import INPUT, OUTPUT  # noqa: F401  (the markers, re-exported)
 from .errors import Problem
 
 

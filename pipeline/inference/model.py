@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .integrity import VERSION_NAME, IntegrityError, TrustPolicy, expected_digests, sidecar_sha256  # noqa: F401
+from .integrity import VERSION_NAME, IntegrityError, TrustPolicy, expected_digests
 
 ORT_DTYPES = {
     "tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(double)": np.float64,

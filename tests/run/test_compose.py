@@ -244,6 +244,8 @@ def test_grafana_reads_and_edgesieve_writes_with_their_own_tokens_never_the_admi
     assert "--read-bucket" in script and "/tokens/grafana/read.token" in script
     assert "--write-bucket" in script and "/tokens/edgesieve/write.token" in script
     assert "./influxdb/tokens.sh:/docker-entrypoint-initdb.d/tokens.sh:ro" in s["influxdb"]["volumes"]
+    assert s["influxdb"]["environment"]["OWNED_DIRS"].split() == ["influxdb:/tokens/grafana", "influxdb:/tokens/edgesieve"]
+    assert {"grafana-token:/tokens/grafana", "edgesieve-token:/tokens/edgesieve"} <= set(s["influxdb"]["volumes"])
 
 
 def _run_entrypoint(service, compose, env_values):
@@ -253,7 +255,7 @@ def _run_entrypoint(service, compose, env_values):
     entry = svc["entrypoint"]
     assert entry[:2] == ["/bin/sh", entry[1]] and entry[1].endswith("check-secrets.sh")
     env = {"PATH": "/usr/bin:/bin", **{k: str(v) for k, v in svc["environment"].items()}, **env_values}
-    env.pop("WAIT_FOR_FILES", None)
+    env.pop("WAIT_FOR_FILES", None), env.pop("OWNED_DIRS", None)     # the container's volumes, not this host's
     return subprocess.run(["sh", str(COMPOSE / "check-secrets.sh"), "echo", "started"], env=env,
                           capture_output=True, text=True, timeout=30)
 
