@@ -51,6 +51,7 @@ def scraped(stage) -> dict:
 
 def keys(tmp_path, name="release"):
     assert model_cli(["keygen", str(tmp_path / name)]) == 0
+    assert (tmp_path / name).stat().st_mode & 0o077 == 0          # the private key is its owner's only
     return tmp_path / name, tmp_path / f"{name}.pub"
 
 
