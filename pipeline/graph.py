@@ -110,7 +110,8 @@ class Graph:
 
     def context(self, item_id: str, clock=time.time) -> Context:
         return Context(item_id, self.metrics, dead_letter=self.dead_letters, state_dir=self.state_dir,
-                       pipeline=self.spec.name, clock=clock, base_dir=self.spec.base_dir)
+                       pipeline=self.spec.name, clock=clock, base_dir=self.spec.base_dir,
+                       checkpoints=self.spec.runtime.checkpoint.path is not None)
 
     def push(self, producer: str, batch: Batch) -> None:
         """Hand ``batch`` produced by ``producer`` to every consumer, depth first, in file order."""

@@ -22,6 +22,7 @@ from .checkpoint import CheckpointStore
 from .statecodec import StateFileError
 from .graph import DeadLetters, Graph
 from .loader import PipelineSpec
+from .lock import StateLock
 from .metrics import Metrics
 from .redact import redact
 from .stage import Sink, Source
@@ -127,7 +128,9 @@ class Pipeline:
         sinks: dict[str, _SinkWorker] = {}
         threads: list[threading.Thread] = []
         error: str | None = None
+        lock = StateLock(rt.state_dir, self.name)
         try:
+            lock.acquire()        # one owner per state folder (checkpoint, journals, outboxes, client ids)
             for c in spec.sources:
                 sources[c.id] = registry.load("sources", c.type)(c, self.graph.context(c.id))
             for c in spec.sinks:
@@ -162,6 +165,7 @@ class Pipeline:
             self.dead_letters.close()
             if self._store is not None:
                 self._store.close()
+            lock.release()
         counters = self.metrics.by_item()
         return RunSummary(self.name, time.monotonic() - started, counters, self.stopped_by, error,
                           extra={"bandwidth": Bandwidth.of_pipeline(spec, counters)})
@@ -169,15 +173,16 @@ class Pipeline:
     def _source_loop(self, sid: str, src: Source, q: queue.Queue, wake: threading.Event) -> None:
         shed = self.spec.sources[[c.id for c in self.spec.sources].index(sid)].overload == "shed"
 
-        def emit(batch: Batch, position: Any = None) -> None:
+        def emit(batch: Batch, position: Any = None) -> bool:
+            """Queue ``batch``; False when it was not (shed, or the pipeline stopped): a source stops handing on."""
             if not len(batch) and position is None:
-                return
+                return True
             if shed:
                 try:
                     q.put_nowait((batch, position))
                 except queue.Full:
                     self.metrics.count(sid, "shed", len(batch))
-                    return
+                    return False
             else:
                 try:
                     q.put_nowait((batch, position))
@@ -190,8 +195,9 @@ class Pipeline:
                         except queue.Full:
                             pass
                     else:
-                        return
+                        return False
             wake.set()
+            return True
 
         try:
             src.run(emit, self._stop)

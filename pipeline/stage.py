@@ -14,7 +14,8 @@ from .metrics import Metrics
 
 
 class Context:
-    """What the runtime gives a stage, source or sink: its id, counters, dead-letter path, clock and state folder."""
+    """What the runtime gives a stage, source or sink: its id, counters, dead-letter path, clock, state folder, and
+    whether checkpoints are written."""
 
     def __init__(
         self,
@@ -25,6 +26,7 @@ class Context:
         pipeline: str = "pipeline",
         clock: Callable[[], float] = time.time,
         base_dir: Path | str | None = None,
+        checkpoints: bool = False,
     ):
         self.base_dir = Path(base_dir) if base_dir is not None else None
         self.item_id = item_id
@@ -33,6 +35,7 @@ class Context:
         self.state_dir = Path(state_dir)
         self.pipeline = pipeline
         self.clock = clock
+        self.checkpoints = checkpoints      # the runtime writes checkpoints (a source may journal its input)
 
     @property
     def stage_id(self) -> str:
