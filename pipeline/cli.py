@@ -18,6 +18,7 @@ EXTERNAL_COMMANDS: dict[str, tuple[str, str]] = {
     "simulate": ("connectors.simulate", "main"),
     "quantize": ("pipeline.quantize", "main"),
     "outbox": ("connectors.influx.outbox_cli", "main"),
+    "model": ("pipeline.inference.model_cli", "main"),
 }
 
 
@@ -33,6 +34,9 @@ def setup_logging(fmt: str = "text", level: int = logging.INFO) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
+    from .redact import install
+
+    install()  # no secret in a log line or a traceback (docs/security.md)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -108,6 +112,7 @@ def _stage_start_problems(spec) -> list[str]:
     from . import registry
     from .graph import DeadLetters
     from .metrics import Metrics
+    from .redact import redact
     from .stage import Context
 
     problems = []
@@ -120,7 +125,7 @@ def _stage_start_problems(spec) -> list[str]:
                                spec.name, base_dir=spec.base_dir))
                 stage.close()
             except Exception as exc:
-                problems.append(f"{spec.file}:{line}:{col}: stage {c.id!r} ({c.type}): cannot start: {exc}")
+                problems.append(redact(f"{spec.file}:{line}:{col}: stage {c.id!r} ({c.type}): cannot start: {exc}"))
     return problems
 
 
@@ -128,9 +133,14 @@ def _validate(file: str) -> int:
     spec = _load(file)
     if spec is None:
         return 1
-    problems = _stage_start_problems(spec)
+    from .paths import escape_problems, missing_input_problems
+    from .redact import redact
+
+    for p in escape_problems(spec):  # under `runtime.outside_paths: refuse` the loader already refused these
+        print(f"  warning: {p}", file=sys.stderr)
+    problems = [str(p) for p in missing_input_problems(spec)] + _stage_start_problems(spec)
     if problems:
-        print(f"{file}: {len(problems)} stage(s) cannot start:", file=sys.stderr)
+        print(f"{file}: {len(problems)} problem(s) before start:", file=sys.stderr)
         for p in problems:
             print(f"  {p}", file=sys.stderr)
         return 1
@@ -140,7 +150,7 @@ def _validate(file: str) -> int:
         for c in items:
             inputs = f" <- {', '.join(c.inputs)}" if hasattr(c, "inputs") else ""
             shown = c.model_dump(exclude={"id", "type", "inputs"}, exclude_defaults=True, mode="json")
-            print(f"  {c.id} ({c.type}){inputs}  {json.dumps(shown, default=str)}")
+            print(redact(f"  {c.id} ({c.type}){inputs}  {json.dumps(shown, default=str)}"))
     rt = spec.runtime
     print(f"runtime: batches of up to {rt.batching.max_records} records / {rt.batching.max_wait}s, "
           f"checkpoint {rt.checkpoint.path or 'off'}" + (f" every {rt.checkpoint.interval}s" if rt.checkpoint.path else "")
@@ -159,7 +169,9 @@ def _run(args) -> int:
     try:
         pipeline = Pipeline(spec)
     except Exception as exc:  # a stage that cannot start (model file, bad state dir): say which and why
-        print(f"{args.file}: the pipeline cannot start: {exc}", file=sys.stderr)
+        from .redact import redact
+
+        print(redact(f"{args.file}: the pipeline cannot start: {exc}"), file=sys.stderr)
         return 1
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda signum, frame: pipeline.stop(signal.Signals(signum).name))

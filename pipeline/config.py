@@ -11,6 +11,9 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, WithJsonSchema, model_validator
 
+OUTPUT = {"path": "output"}   # a file the pipeline writes (see pipeline/paths.py)
+INPUT = {"path": "input"}     # a file the pipeline reads
+
 _DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|us|s|m|h|d)")
 _UNIT = {"us": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 
@@ -113,7 +116,7 @@ class BatchingConfig(BaseModel):
 
 class CheckpointConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    path: str | None = Field(None, description="Checkpoint file; none means no checkpoints (state is lost on restart).")
+    path: str | None = Field(None, json_schema_extra=OUTPUT, description="Checkpoint file; none means no checkpoints (state is lost on restart).")
     interval: Duration = Field(30.0, gt=0, description="Time between checkpoints while running (one is also written at shutdown).")
 
 
@@ -122,9 +125,12 @@ class RuntimeConfig(BaseModel):
     batching: BatchingConfig = Field(default_factory=BatchingConfig, description="Micro-batching between ingest and stages.")
     checkpoint: CheckpointConfig = Field(default_factory=CheckpointConfig, description="Where and how often state is saved.")
     dead_letter: str | None = Field(
-        "deadletter.ndjson", description="NDJSON file that receives every rejected record with its reason; null keeps only counters."
+        "deadletter.ndjson", json_schema_extra=OUTPUT, description="NDJSON file that receives every rejected record with its reason; null keeps only counters."
     )
-    state_dir: str = Field(".edgesieve", description="Folder for state a stage spills to disk (idle models, outboxes).")
+    state_dir: str = Field(".edgesieve", json_schema_extra=OUTPUT, description="Folder for state a stage spills to disk (idle models, outboxes).")
     metrics_port: int | None = Field(None, ge=1, le=65535, description="Serve Prometheus metrics on this port.")
     log_format: Literal["text", "json"] = Field("text", description="`json` for structured logs.")
+    outside_paths: Literal["warn", "refuse"] = Field(
+        "warn", description="A relative path that climbs out of the pipeline file's folder with `..`: `warn` "
+        "(reported by `edgesieve validate`) or `refuse` (an error for validate and run). Absolute paths are always allowed.")
     tick: Duration = Field(0.1, gt=0, le=10, description="How often time-driven stage work (max_wait flushes, idle windows) runs.")

@@ -16,6 +16,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from . import registry
+from .redact import redact
 from .batch import Batch
 from .config import TagMatch
 from .errors import PipelineStopped
@@ -56,6 +57,8 @@ class DeadLetters:
 
     def __call__(self, item_id: str, batch: Batch, reasons: Sequence[str] | str) -> None:
         reasons = [reasons] * len(batch) if isinstance(reasons, str) else list(reasons)
+        shown = {r: redact(r) for r in set(reasons)}          # no secret in the dead-letter file or log
+        reasons = [shown[r] for r in reasons]
         records = batch.to_records()
         rows = [{"item": item_id, "reason": reason, "record": rec} for rec, reason in zip(records, reasons)]
         with self._lock:

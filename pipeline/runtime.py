@@ -24,6 +24,7 @@ from .graph import DeadLetters, Graph
 from .loader import PipelineSpec
 from .lock import StateLock
 from .metrics import Metrics
+from .redact import redact
 from .sink_worker import SinkWorker
 from .stage import Source
 
@@ -128,7 +129,7 @@ class Pipeline:
             if self._fatal:
                 error, self.stopped_by = self._fatal, "error"
         except Exception as exc:
-            error = f"{type(exc).__name__}: {exc}"
+            error = redact(f"{type(exc).__name__}: {exc}")
             self.stopped_by = "error"
             log.error("pipeline %r stopped: %s", self.name, error)
             self._stop.set()

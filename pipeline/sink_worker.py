@@ -26,6 +26,7 @@ from typing import Callable
 
 from .backoff import Backoff
 from .batch import Batch
+from .redact import redact
 from .metrics import Metrics
 from .sinks.encode import _dumps
 from .stage import Sink
@@ -139,7 +140,7 @@ class SinkWorker:
 
     def _failed(self, batch: Batch, exc: Exception) -> bool:
         """Act on ``on_error``; True when the batch is dealt with, False to write it again."""
-        what = f"{type(exc).__name__}: {exc}"
+        what = redact(f"{type(exc).__name__}: {exc}")
         self.metrics.count(self.id, "errors", 1)
         if self.on_error == "dead_letter" and self._dead_letter(batch, what):
             return True

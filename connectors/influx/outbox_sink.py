@@ -15,7 +15,7 @@ import numpy as np
 from pydantic import Field, field_validator
 
 from pipeline.batch import Batch
-from pipeline.config import Duration, FsyncPolicy, SinkConfig, parse_duration
+from pipeline.config import OUTPUT, Duration, FsyncPolicy, SinkConfig, parse_duration
 from pipeline.stage import Context, Sink
 
 from connectors.influx.integrity import is_storage_error, is_transient, ways_forward
@@ -31,7 +31,7 @@ class OutboxSinkConfig(SinkConfig):
     fields: list[str] | None = Field(None, description="Fields to send; default: every numeric or boolean field (the aggregates).")
     batch_size: int = Field(5000, ge=1, le=100_000, description="Most points per request to the server.")
     flush_interval: Duration = Field(1.0, gt=0, le=3600, description="Longest a point waits in the outbox for its batch to fill.")
-    outbox: str | None = Field(None, description="Outbox database file; default: `<runtime.state_dir>/outbox-<sink id>.db`.")
+    outbox: str | None = Field(None, json_schema_extra=OUTPUT, description="Outbox database file; default: `<runtime.state_dir>/outbox-<sink id>.db`.")
     max_outbox_bytes: int | None = Field(
         256 * 2**20, ge=4096,
         description="Bound on pending points (their stored size); beyond it older points are merged into coarser windows, "

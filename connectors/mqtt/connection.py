@@ -150,8 +150,13 @@ class Connection:
             for f in (t.ca_file, t.cert_file, t.key_file):
                 if f is not None and not Path(f).is_file():
                     raise ValueError(f"{where}: TLS file {f} does not exist")
-            self.client.tls_set(ca_certs=t.ca_file, certfile=t.cert_file, keyfile=t.key_file,
-                                cert_reqs=ssl.CERT_REQUIRED, tls_version=ssl.PROTOCOL_TLS_CLIENT)
+            try:
+                self.client.tls_set(ca_certs=t.ca_file, certfile=t.cert_file, keyfile=t.key_file,
+                                    keyfile_password=t.key_passphrase(where), cert_reqs=ssl.CERT_REQUIRED,
+                                    tls_version=ssl.PROTOCOL_TLS_CLIENT)
+            except ssl.SSLError as exc:
+                raise ValueError(f"{where}: cannot load the TLS files ({exc.reason or exc}): check tls.ca_file, "
+                                 "tls.cert_file, tls.key_file and, for an encrypted key, tls.key_password(_file)") from None
             if t.insecure:
                 log.warning("%s: tls.insecure is on: the broker's host name is NOT verified", where)
                 self.client.tls_insecure_set(True)

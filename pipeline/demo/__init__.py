@@ -25,6 +25,8 @@ from pathlib import Path
 
 import yaml
 
+from ..redact import mask_url_credentials
+
 ROOT = Path(__file__).resolve().parents[2]
 if not (ROOT / "examples").is_dir() and (Path.cwd() / "examples").is_dir():   # installed, not a checkout (e.g. /app)
     ROOT = Path.cwd()
@@ -233,7 +235,7 @@ def _summary(stats, summary, broker, sources, out_dir, report, bytes_out, influx
             "skip_rate": round(last["skip_rate"], 4), "cache_hit_rate": round(last["cache_hit_rate"], 4),
             "anomalies": per_device, "aggregates": last["aggregates"], "bytes_in": last["bytes_in"],
             "bytes_out": bytes_out, "dead_lettered": last["dead_lettered"],
-            "store": str(out_dir / "aggregates.db"), "influxdb": influx["url"] if influx else None,
+            "store": str(out_dir / "aggregates.db"), "influxdb": mask_url_credentials(influx["url"]) if influx else None,
             "report": str(report)}
 
 

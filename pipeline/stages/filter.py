@@ -51,6 +51,10 @@ class Filter(Stage):
     def process(self, batch: Batch) -> Batch:
         good, bad, reasons = split_numeric(batch, self._numeric, f"stage {self.ctx.item_id!r}")
         self.ctx.dead_letter(bad, reasons)
-        keep = np.asarray(self.expression.evaluate(good), dtype=bool)
+        values, over, why = self.expression.evaluate_rows(good)
+        if over.any():                   # over a string or integer limit: that record is in error, not the batch
+            self.ctx.dead_letter(good.take(over), [f"stage {self.ctx.item_id!r}: {why[i]}" for i in np.flatnonzero(over)])
+            good, values = good.take(~over), values[~over]
+        keep = np.asarray(values, dtype=bool)
         self.ctx.count("filtered", int(len(good) - keep.sum()))
         return good if keep.all() else good.take(keep)

@@ -87,7 +87,12 @@ class Map(Stage):
         fields = dict(good.fields)
         for name, expression in self.assignments:
             view = good.with_fields(**fields) if fields is not good.fields else good
-            value = expression.evaluate(view)
+            value, over, why = expression.evaluate_rows(view)
+            if over.any():               # over a string or integer limit: that record is in error, not the batch
+                self.ctx.dead_letter(view.take(over), [f"stage {self.ctx.item_id!r}: field {name!r}: {why[i]}"
+                                                       for i in np.flatnonzero(over)])
+                good, value = good.take(~over), value[~over]
+                fields = {k: v[~over] for k, v in fields.items()}
             fields[name] = value.astype(np.float64) if value.dtype.kind in "iu" else np.array(value)
         for name, (scale, offset) in self.conversions.items():
             if name in fields:

@@ -110,6 +110,8 @@ def test_invalid_yaml_names_the_line():
 def test_cli_validate_exit_codes(tmp_path: Path):
     good = tmp_path / "good.yaml"
     good.write_text(GOOD)
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "readings.csv").write_text("ts,site,device,temperature\n")  # validate checks input files
     bad = tmp_path / "bad.yaml"
     bad.write_text(GOOD.replace("size: 10s", "size: -3s").replace("type: file", "type: fiel"))
     ok = edgesieve("validate", str(good))

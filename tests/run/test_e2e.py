@@ -1,4 +1,4 @@
-"""The compose topology as native processes: Mosquitto with the stack's password/ACL configuration,
+"""The compose topology as native processes: Mosquitto as the stack runs it (tests/support/stack_broker.py),
 VictoriaMetrics standing in for InfluxDB's write API, ``edgesieve run compose/pipeline.yaml`` and
 ``edgesieve simulate`` as the devices. Aggregates must arrive and alerts must be published."""
 
@@ -20,12 +20,13 @@ from pipeline import registry
 from tests.support.cli import cli_env, edgesieve, start_edgesieve
 
 from tests.support.mosquitto import free_port
+from tests.support.stack_broker import StackBroker
 
 from .conftest import MOSQUITTO
 
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE = ROOT / "compose"
-PASSWORDS = {"edgesieve": "es-Secret-1", "devices": "dev-Secret-2"}
+PASSWORDS = {"edgesieve": "es-Secret-1", "simulator": "sim-Secret-2", "pump01": "pump01-Secret-3"}
 pytestmark = pytest.mark.slow
 
 
@@ -33,52 +34,6 @@ def _needs(*types: tuple[str, str]) -> None:
     absent = [f"{k} {t}" for k, t in types if t not in registry.KINDS[k]]
     if absent:
         pytest.skip(f"types not on this branch yet: {', '.join(absent)}")
-
-
-class StackBroker:
-    """Mosquitto started from compose/mosquitto/mosquitto.conf and acl, paths and port made local,
-    with the password file written as compose/mosquitto/entrypoint.sh writes it."""
-
-    def __init__(self, workdir: Path):
-        self.port = free_port()
-        self.url = f"mqtt://127.0.0.1:{self.port}"
-        data = workdir / "data"
-        data.mkdir(parents=True)
-        passwd = data / "passwd"
-        passwd.touch(mode=0o600)
-        for user, pw in PASSWORDS.items():
-            subprocess.run(["mosquitto_passwd", "-b", str(passwd), user, pw], check=True, capture_output=True)
-        conf = (COMPOSE / "mosquitto" / "mosquitto.conf").read_text()
-        conf = conf.replace("listener 1883", f"listener {self.port} 127.0.0.1")
-        conf = conf.replace("/mosquitto/data/", f"{data}/")
-        conf = conf.replace("/mosquitto/config/acl", str(COMPOSE / "mosquitto" / "acl"))
-        conf = re.sub(r"^log_dest stdout$", f"log_dest file {workdir}/mosquitto.log", conf, flags=re.M)
-        if os.geteuid() == 0:
-            import pwd
-            user = pwd.getpwuid(os.getuid()).pw_name
-            conf += f"\nuser {user}\n"
-        (workdir / "mosquitto.conf").write_text(conf)
-        self.log = workdir / "mosquitto.log"
-        self.proc = subprocess.Popen([MOSQUITTO, "-c", str(workdir / "mosquitto.conf")],
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        deadline = time.monotonic() + 10
-        import socket
-        while time.monotonic() < deadline:
-            try:
-                socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
-                return
-            except OSError:
-                time.sleep(0.05)
-        self.close()
-        raise RuntimeError(f"mosquitto did not start: {self.proc.stderr.read().decode()[-500:]}")
-
-    def close(self):
-        self.proc.terminate()
-        try:
-            self.proc.wait(5)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
 
 
 class Listener:
@@ -111,7 +66,7 @@ class Listener:
 def stack_broker(tmp_path):
     if not Path(MOSQUITTO).exists():
         pytest.skip("mosquitto is not installed (apt-get install mosquitto mosquitto-clients)")
-    b = StackBroker(tmp_path / "mosquitto")
+    b = StackBroker(tmp_path, PASSWORDS, {"pump01": PASSWORDS["pump01"]})
     yield b
     b.close()
 
@@ -141,23 +96,24 @@ def test_compose_healthcheck_passes_on_this_broker(stack_broker):
 
 def test_broker_config_enforces_passwords_and_acls(stack_broker):
     ok = edgesieve("simulate", "--url", stack_broker.url, "--count", "1", "--rate", "0", "--quiet",
-                   env=cli_env(MQTT_USERNAME="devices", MQTT_PASSWORD=PASSWORDS["devices"]))
+                   env=cli_env(MQTT_USERNAME="simulator", MQTT_PASSWORD=PASSWORDS["simulator"]))
     assert ok.returncode == 0, ok.stderr
     bad = edgesieve("simulate", "--url", stack_broker.url, "--count", "1", "--quiet",
-                    env=cli_env(MQTT_USERNAME="devices", MQTT_PASSWORD="wrong"))
+                    env=cli_env(MQTT_USERNAME="simulator", MQTT_PASSWORD="wrong"))
     assert bad.returncode == 1 and "refused" in bad.stderr and "wrong" not in bad.stderr
     anon = edgesieve("simulate", "--url", stack_broker.url, "--count", "1", "--quiet",
                      env=cli_env(MQTT_USERNAME="", MQTT_PASSWORD=""))
     assert anon.returncode == 1
-    # devices may not read what other devices send (ACL: write-only on sensors/#)
-    spy = Listener(stack_broker.port, "sensors/#", "devices")
+    # neither the simulator nor a device may read what devices send (ACL: write-only on sensors)
+    spies = [Listener(stack_broker.port, "sensors/#", "simulator"), Listener(stack_broker.port, "sensors/#", "pump01")]
     try:
         edgesieve("simulate", "--url", stack_broker.url, "--count", "3", "--rate", "0", "--quiet",
-                  env=cli_env(MQTT_USERNAME="devices", MQTT_PASSWORD=PASSWORDS["devices"]))
+                  env=cli_env(MQTT_USERNAME="simulator", MQTT_PASSWORD=PASSWORDS["simulator"]))
         time.sleep(0.5)
-        assert spy.messages == []
+        assert [s.messages for s in spies] == [[], []]
     finally:
-        spy.close()
+        for s in spies:
+            s.close()
 
 
 def test_compose_topology_aggregates_arrive_and_alerts_are_published(stack_broker, victoria, tmp_path):
@@ -166,7 +122,7 @@ def test_compose_topology_aggregates_arrive_and_alerts_are_published(stack_broke
     env = cli_env(MQTT_URL=stack_broker.url, MQTT_USERNAME="edgesieve", MQTT_PASSWORD=PASSWORDS["edgesieve"],
                   INFLUX_URL=victoria.url, INFLUX_TOKEN="e2e-token", EDGESIEVE_STATE=str(tmp_path / "state"),
                   EDGESIEVE_NODE="e2e", MODELS_DIR=str(ROOT / "examples" / "models"))
-    alerts = Listener(stack_broker.port, "alerts/#", "devices")
+    alerts = Listener(stack_broker.port, "alerts/#", "edgesieve")
     metrics_port = free_port()
     run = start_edgesieve("run", str(COMPOSE / "pipeline.yaml"), "--for", "40", "--metrics-port", str(metrics_port),
                           "--metrics-addr", "0.0.0.0", env=env, cwd=tmp_path)
@@ -182,7 +138,7 @@ def test_compose_topology_aggregates_arrive_and_alerts_are_published(stack_broke
         argv = [a.replace("python", sys.executable, 1) if a == "python" else a.replace("9108", str(metrics_port))
                 for a in check[1:]]
         assert subprocess.run(argv, capture_output=True, timeout=20).returncode == 0
-        dev_env = cli_env(MQTT_USERNAME="devices", MQTT_PASSWORD=PASSWORDS["devices"])
+        dev_env = cli_env(MQTT_USERNAME="simulator", MQTT_PASSWORD=PASSWORDS["simulator"])
         start = str(int(time.time()) - 3600)   # event time in the past: VictoriaMetrics exports up to now
         sims = [
             start_edgesieve("simulate", "--url", stack_broker.url, "--profile", "pump", "--devices", "3", "--rate", "150",
