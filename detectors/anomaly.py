@@ -10,14 +10,20 @@ Bad values (NaN, inf, strings, missing fields) follow ``bad_values``: ``dead_let
 ``skip`` it (passed on unscored), or ``impute_last`` (the key's last good value; scored, not learned).
 They are counted (``bad_values``) and never learned.
 
+With the default detector (`residual`) the score is 1 - the reading's tail probability on its own
+key, and the default threshold flags about one normal reading in 10,000 (`alert_rate: 1e-4`):
+
+>>> import numpy as np
 >>> from pipeline.testing import run_stage
->>> recs = [{"ts": float(i), "tags": {"device": "p1"}, "fields": {"t": 20.0 + 0.1 * (i % 7)}} for i in range(120)]
->>> recs.append({"ts": 120.0, "tags": {"device": "p1"}, "fields": {"t": 90.0}})
->>> out = run_stage(Anomaly, {"fields": ["t"], "params": {"min_samples": 64}}, recs)
->>> out[0]["fields"]["warming_up"], out[-1]["fields"]["warming_up"]
-(True, False)
->>> round(out[-1]["fields"]["anomaly_score"], 2), out[-1]["fields"]["is_anomaly"], out[-1]["fields"]["anomaly_alert"]
-(0.98, True, True)
+>>> rng = np.random.default_rng(0)
+>>> recs = [{"ts": float(i), "tags": {"device": "p1"}, "fields": {"t": round(20 + rng.normal(0, 0.2), 2)}}
+...         for i in range(400)]
+>>> recs.append({"ts": 400.0, "tags": {"device": "p1"}, "fields": {"t": 23.0}})
+>>> out = run_stage(Anomaly, {"fields": ["t"]}, recs)
+>>> out[0]["fields"]["warming_up"], out[-1]["fields"]["warming_up"], sum(r["fields"]["is_anomaly"] for r in out)
+(True, False, 1)
+>>> round(out[-1]["fields"]["anomaly_score"], 4), out[-1]["fields"]["is_anomaly"], out[-1]["fields"]["anomaly_alert"]
+(1.0, True, True)
 """
 from __future__ import annotations
 
@@ -38,6 +44,7 @@ from .base import DETECTORS, detector_class, make_detector
 from .keystate import AdaptiveThreshold, Debounce, KeyState
 from .state import dump_model, load_model
 
+DEFAULT_ALERT_RATE = 1e-4  # `residual`: one normal reading in 10,000 flagged
 OUT_FIELDS = ("anomaly_score", "is_anomaly", "warming_up", "anomaly_alert", "anomaly_count")
 
 
@@ -46,11 +53,15 @@ class AnomalyConfig(StageConfig):
     fields: list[str] = Field(min_length=1, description="Numeric fields the detector watches (one model sees them all).")
     key: list[str] = Field(["device"], description="Tags that select a model: one model per distinct key (per device by default).")
     detector: Literal[tuple(DETECTORS)] = Field(  # type: ignore[valid-type]
-        "mad", description="Detector: " + ", ".join(DETECTORS) + ". `mad` (robust rolling z-score) scored best on SKAB.")
+        "residual", description="Detector: " + ", ".join(DETECTORS) + ". `residual` (robust residuals of an EWMA "
+        "forecast, calibrated per key to a tail probability) scored best on held-out data (docs/detectors.md).")
     params: dict[str, Any] = Field(default_factory=dict, description="Detector parameters, e.g. `{window: 256}` for mad or `{n_trees: 10, height: 8}` for hst.")
-    threshold: float = Field(0.8, gt=0, le=1, description="Score at or above which a row is anomalous (with `adaptive`: the lowest threshold).")
+    threshold: float | None = Field(None, gt=0, le=1, description="Score at or above which a row is anomalous (with `adaptive`: the lowest threshold). Default: `1 - alert_rate` for `residual`, 0.8 for the others.")
+    alert_rate: float | None = Field(None, gt=0, lt=0.5, description="`residual` only: the share of normal readings that may be flagged, e.g. 1e-4 (one in 10,000; the default); sets `threshold` to `1 - alert_rate`, since its score is 1 - the reading's tail probability on its own key.")
+    season: Duration | None = Field(None, gt=0, description="`residual` only: length of a cycle in event time (e.g. `1d`, `7d`); each key learns a seasonal profile over it, so the cycle does not alarm.")
+    adapt: int | Duration | None = Field(None, gt=0, description="`residual` only: after this many readings (an integer) or this long (a duration such as `2h`) away from the forecast, a new level is normal, flagged or not. Default: 60 readings.")
     adaptive: float | None = Field(None, gt=0.5, lt=1, description="Adaptive threshold: the per-key quantile (e.g. 0.995) of recent normal scores, never below `threshold`.")
-    learn: Literal["normal", "all"] = Field("normal", description="`normal`: rows scoring >= threshold are not learned (a stuck anomaly stays visible); `all`: learn every row.")
+    learn: Literal["normal", "all"] = Field("normal", description="`normal`: rows scoring >= threshold are not learned (a stuck anomaly stays visible); `all`: learn every row. `residual` learns every row with bounded influence and ignores this (see `adapt`).")
     alert_after: int = Field(1, ge=1, le=10_000, description="Flagged rows in a row before an episode opens (debounce).")
     clear_after: int = Field(1, ge=1, le=10_000, description="Clear rows in a row before an episode closes (one `anomaly_end` event with the count).")
     bad_values: Literal["dead_letter", "skip", "impute_last"] = Field("dead_letter", description="What to do with NaN, inf, non-numbers and missing fields.")
@@ -58,10 +69,29 @@ class AnomalyConfig(StageConfig):
     relearn_on_drift: bool = Field(False, description="Start the key's model afresh (warming up again) after a drift.")
     idle_spill: Duration | None = Field(None, gt=0, description="Write models of keys idle this long (processing time) to `state_dir` and drop them from memory.")
 
+    @property
+    def calibrated(self) -> bool:
+        return bool(getattr(detector_class(self.detector), "calibrated", False))
+
+    @property
+    def effective_threshold(self) -> float:
+        if self.threshold is not None:
+            return self.threshold
+        return 1 - (self.alert_rate or DEFAULT_ALERT_RATE) if self.calibrated else 0.8
+
+    def detector_params(self) -> dict[str, Any]:
+        extra = {k: getattr(self, k) for k in ("season", "adapt") if getattr(self, k) is not None}
+        return {**self.params, **extra}
+
     @model_validator(mode="after")
     def _detector_params(self):
+        used = [k for k in ("alert_rate", "season", "adapt") if getattr(self, k) is not None]
+        if used and not self.calibrated:
+            raise ValueError(f"{', '.join(used)} apply to detector 'residual' only, not {self.detector!r}")
+        if self.alert_rate is not None and self.threshold is not None:
+            raise ValueError("give `threshold` or `alert_rate`, not both (alert_rate sets threshold = 1 - alert_rate)")
         try:
-            make_detector(self.detector, self.fields, self.params)
+            make_detector(self.detector, self.fields, self.detector_params())
         except (TypeError, ValueError) as exc:
             import inspect
 
@@ -75,7 +105,7 @@ class Anomaly(Stage):
     """Per-key online anomaly detection with thresholds, debouncing, drift events and spill (module docstring)."""
 
     Config = AnomalyConfig
-    EXAMPLE = {"fields": ["temperature", "pressure"], "key": ["device"], "detector": "mad", "threshold": 0.8}
+    EXAMPLE = {"fields": ["temperature", "pressure"], "key": ["device"], "detector": "residual", "alert_rate": 1e-4}
 
     def __init__(self, config: AnomalyConfig, ctx: Context):
         super().__init__(config, ctx)
@@ -86,6 +116,7 @@ class Anomaly(Stage):
         self._taken: set[tuple] = set()  # keys handed to a checkpoint that is not saved yet
         self.spill_dir = Path(ctx.state_dir) / "anomaly" / ctx.stage_id
         self.where = f"anomaly {ctx.stage_id!r}"
+        self.threshold = config.effective_threshold
 
     # ------------------------------------------------------------------ models
     def _new(self, now: float) -> KeyState:
@@ -96,9 +127,9 @@ class Anomaly(Stage):
 
             drift = [rdrift.ADWIN() if c.drift == "adwin" else rdrift.PageHinkley() for _ in self.fields]
         return KeyState(
-            detector=make_detector(c.detector, self.fields, c.params),
+            detector=make_detector(c.detector, self.fields, c.detector_params()),
             last=np.full(len(self.fields), np.nan),
-            threshold=AdaptiveThreshold(c.threshold, c.adaptive) if c.adaptive else None,
+            threshold=AdaptiveThreshold(c.effective_threshold, c.adaptive) if c.adaptive else None,
             debounce=Debounce(c.alert_after, c.clear_after),
             drift=drift, last_seen=now)
 
@@ -193,13 +224,18 @@ class Anomaly(Stage):
                 if not len(rows):
                     continue
             cuts = self._drift(st, key, Xk, learn, rows, batch.ts, events)
-            protect = c.threshold if c.learn == "normal" else None
+            threshold = self.threshold
+            protect = threshold if c.learn == "normal" else None
             s, warm = np.zeros(len(rows)), np.zeros(len(rows), dtype=bool)
+            tsk = batch.ts[rows]
             for a, b in zip([0, *cuts], [*cuts, len(rows)]):  # relearn: a fresh model from the drift row on
                 if a > 0:
-                    st.detector = make_detector(c.detector, self.fields, c.params)
-                s[a:b], warm[a:b] = st.detector.score_learn_many(Xk[a:b], protect, learn[a:b])
-            flags = st.threshold.flags(s, warm) if st.threshold else (s >= c.threshold) & ~warm
+                    st.detector = make_detector(c.detector, self.fields, c.detector_params())
+                if getattr(st.detector, "uses_time", False):
+                    s[a:b], warm[a:b] = st.detector.score_learn_many(Xk[a:b], protect, learn[a:b], ts=tsk[a:b])
+                else:
+                    s[a:b], warm[a:b] = st.detector.score_learn_many(Xk[a:b], protect, learn[a:b])
+            flags = st.threshold.flags(s, warm) if st.threshold else (s >= threshold) & ~warm
             state, opened, cnt, closed = st.debounce.apply(flags, batch.ts[rows])
             score[rows], count[rows] = s, cnt
             cols["is_anomaly"][rows], cols["warming_up"][rows], cols["anomaly_alert"][rows] = state, warm, opened

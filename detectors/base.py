@@ -211,6 +211,7 @@ DETECTORS: dict[str, str] = {
     "sad": "detectors.river_wrappers:RiverSAD",
     "gaussian": "detectors.river_wrappers:RiverGaussian",
     "pad": "detectors.river_wrappers:RiverPAD",
+    "residual": "detectors.residual:ResidualDetector",
 }
 
 

@@ -30,6 +30,7 @@ EDGESIEVE = [
     "detectors.river_wrappers:RiverOneClassSVM", "detectors.river_wrappers:RiverSAD",
     "detectors.river_wrappers:RiverGaussian", "detectors.river_wrappers:RiverPAD",
     "detectors.keystate:AdaptiveThreshold", "detectors.keystate:Debounce", "detectors.keystate:KeyState",
+    "detectors.residual:ResidualDetector", "detectors.calibrate:TailCalibrator",
 ]
 
 # every class the river-wrapped detectors and drift detectors are made of (river 0.26)

@@ -60,7 +60,8 @@ def write_pipeline(tmp_path: Path, name: str, csv: Path, speed, detector: str, p
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("detector,params", [("mad", "{}"), ("hst", "{n_trees: 5, height: 6, window_size: 100}")])
+@pytest.mark.parametrize("detector,params", [("residual", "{calibration_samples: 64}"), ("mad", "{}"),
+                                             ("hst", "{n_trees: 5, height: 6, window_size: 100}")])
 def test_anomaly_stage_restart_gives_exactly_the_uninterrupted_output(tmp_path, readings, detector, params):
     ref = write_pipeline(tmp_path, "reference", readings, "max", detector, params)
     assert load_pipeline(ref).run().error is None

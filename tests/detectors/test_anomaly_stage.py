@@ -15,7 +15,8 @@ FAST = {"mad": {"window": 64, "refresh": 8, "min_samples": 32, "smooth": 1},
         "hst": {"n_trees": 5, "height": 5, "window_size": 64},
         "river_hst": {"n_trees": 5, "height": 5, "window_size": 64},
         "loda": {"n_random_cuts": 10, "grace_period": 50}, "one_class_svm": {"grace_period": 50},
-        "sad": {"grace_period": 30}, "gaussian": {"grace_period": 50}, "pad": {"grace_period": 50}}
+        "sad": {"grace_period": 30}, "gaussian": {"grace_period": 50}, "pad": {"grace_period": 50},
+        "residual": {"calibration_samples": 64}}
 
 
 def readings(n=400, devices=("a", "b"), seed=0, spike_at=(300,)):
@@ -32,8 +33,8 @@ def readings(n=400, devices=("a", "b"), seed=0, spike_at=(300,)):
 
 
 def run(options, records, batch_size=37, stage=None, clock=None):
-    if stage is None:
-        stage, dead = build_stage(Anomaly, {"fields": ["t", "p"], **options}, clock=clock or FakeClock(0))
+    if stage is None:  # these tests exercise the stage around a detector: `mad` unless they name one
+        stage, dead = build_stage(Anomaly, {"fields": ["t", "p"], "detector": "mad", **options}, clock=clock or FakeClock(0))
     out = [stage.process(Batch.from_records(records[i:i + batch_size])) for i in range(0, len(records), batch_size)]
     return Batch.concat(out).to_records(), stage
 
@@ -51,6 +52,8 @@ def test_per_key_models_flag_each_devices_own_spike():
     {"params": FAST["mad"], "adaptive": 0.99, "threshold": 0.6, "alert_after": 2, "clear_after": 3},
     {"detector": "hst", "params": FAST["hst"], "drift": "page_hinkley", "relearn_on_drift": True},
     {"params": FAST["mad"], "bad_values": "impute_last"},
+    {"detector": "residual", "params": FAST["residual"], "season": "1m", "adapt": "20s", "bad_values": "impute_last",
+     "clear_after": 3},
 ])
 def test_restart_mid_stream_gives_identical_output(options):
     recs = readings(500, spike_at=range(300, 320))
@@ -58,7 +61,7 @@ def test_restart_mid_stream_gives_identical_output(options):
     whole, _ = run(options, recs, batch_size=500)
     first, stage = run(options, recs[:613], batch_size=29)
     state = roundtrip(stage.snapshot())
-    fresh, _ = build_stage(Anomaly, {"fields": ["t", "p"], **options}, clock=FakeClock(0))
+    fresh, _ = build_stage(Anomaly, {"fields": ["t", "p"], "detector": "mad", **options}, clock=FakeClock(0))
     fresh.restore(state)
     rest, _ = run(options, recs[613:], batch_size=71, stage=fresh)
     assert first + rest == whole
@@ -93,7 +96,8 @@ def bad_records():
 
 
 def test_bad_values_dead_letter_names_stage_and_field():
-    stage, dead = build_stage(Anomaly, {"fields": ["t", "p"], "params": FAST["mad"]}, item_id="pump_anomaly")
+    stage, dead = build_stage(Anomaly, {"fields": ["t", "p"], "detector": "mad", "params": FAST["mad"]},
+                              item_id="pump_anomaly")
     out = stage.process(Batch.from_records(bad_records())).to_records()
     assert len(out) == 196
     reasons = [r for _, _, rs in dead for r in rs]
@@ -125,7 +129,7 @@ def test_bad_values_impute_last_scores_with_previous_value_without_learning():
 
 def test_idle_keys_spill_to_state_dir_and_come_back(tmp_path):
     clock = FakeClock(0)
-    stage, _ = build_stage(Anomaly, {"fields": ["t", "p"], "params": FAST["mad"], "idle_spill": "10m"},
+    stage, _ = build_stage(Anomaly, {"fields": ["t", "p"], "detector": "mad", "params": FAST["mad"], "idle_spill": "10m"},
                            clock=clock, state_dir=tmp_path)
     recs = readings(300)
     reference, _ = run({"params": FAST["mad"]}, recs)
@@ -137,7 +141,8 @@ def test_idle_keys_spill_to_state_dir_and_come_back(tmp_path):
     out.append(stage.process(Batch.from_records(recs[400:])))
     assert Batch.concat(out).to_records() == reference
     assert len(stage.models) == 2 and not list((tmp_path / "anomaly" / "under_test").glob("*.state"))
-    restarted, _ = build_stage(Anomaly, {"fields": ["t", "p"], "params": FAST["mad"], "idle_spill": "10m"},
+    restarted, _ = build_stage(Anomaly, {"fields": ["t", "p"], "detector": "mad", "params": FAST["mad"],
+                                         "idle_spill": "10m"},
                                clock=clock, state_dir=tmp_path / "other")
     restarted.restore(snap)
     assert restarted.process(Batch.from_records(recs[400:])).to_records() == reference[400:]
@@ -166,7 +171,7 @@ sinks:
 
 def test_bad_params_are_a_config_error_naming_the_detector():
     with pytest.raises(Exception, match="params for detector 'mad' are invalid.*window"):
-        build_stage(Anomaly, {"fields": ["t"], "params": {"windw": 5}})
+        build_stage(Anomaly, {"fields": ["t"], "detector": "mad", "params": {"windw": 5}})
 
 
 def test_adaptive_threshold_follows_each_keys_own_score_level():
@@ -180,3 +185,36 @@ def test_adaptive_threshold_follows_each_keys_own_score_level():
     assert quiet.current == 0.3  # never below the floor
     assert 0.6 < noisy.current < 0.7  # about the 99th percentile of that key's normal scores
     assert noisy.flags(np.array([0.65, 0.9]), np.zeros(2, bool)).tolist() == [False, True]
+
+
+def test_residual_options_in_a_pipeline_file_and_their_errors():
+    spec = parse_pipeline("""
+pipeline: calibrated
+sources:
+  - {id: readings, type: replay, path: none.csv}
+stages:
+  - id: detect
+    type: anomaly
+    inputs: [readings]
+    fields: [t, p]
+    alert_rate: 1e-3
+    season: 1m
+    adapt: 30
+sinks:
+  - {id: out, type: stdout, inputs: [detect]}
+""")
+    recs = readings(1200, spike_at=(1000,))
+    out = [r for r in Pipeline(spec).run_records(recs, batch_size=50)["out"] if "event" not in r]
+    flagged = {(r["tags"]["device"], r["ts"]) for r in out if r["fields"]["is_anomaly"]}
+    assert {("a", 2000.0), ("b", 2000.0)} <= flagged  # each device's own spike, at 1 - 1e-3
+    assert len(flagged) <= 2 + 2 * 1200 * 3e-3  # and about the alert rate of normal readings besides
+    with pytest.raises(Exception, match="season apply to detector 'residual' only"):
+        build_stage(Anomaly, {"fields": ["t"], "detector": "mad", "season": "1d"})
+    with pytest.raises(Exception, match="not both"):
+        build_stage(Anomaly, {"fields": ["t"], "threshold": 0.9, "alert_rate": 1e-3})
+
+
+def test_default_threshold_follows_the_detector():
+    assert build_stage(Anomaly, {"fields": ["t"]})[0].threshold == 1 - 1e-4
+    assert build_stage(Anomaly, {"fields": ["t"], "alert_rate": 1e-3})[0].threshold == 1 - 1e-3
+    assert build_stage(Anomaly, {"fields": ["t"], "detector": "mad"})[0].threshold == 0.8

@@ -13,6 +13,7 @@ SMALL = {  # parameters that keep the test quick
     "sad": dict(grace_period=30),
     "gaussian": dict(grace_period=50),
     "pad": dict(grace_period=50),
+    "residual": dict(calibration_samples=64),
 }
 
 

@@ -17,7 +17,7 @@ from tests.pipeline.test_state import _planted_object
 SMALL = {"hst": {"n_trees": 5, "height": 5, "window_size": 40}, "river_hst": {"n_trees": 3, "height": 4, "window_size": 40},
          "loda": {"n_random_cuts": 20, "grace_period": 30}, "one_class_svm": {"grace_period": 30},
          "mad": {"window": 64, "refresh": 8, "min_samples": 16}, "sad": {}, "gaussian": {"grace_period": 30},
-         "pad": {"grace_period": 30}}
+         "pad": {"grace_period": 30}, "residual": {"calibration_samples": 64}}
 
 
 def _stream(n, seed=3):
@@ -69,7 +69,7 @@ def _readings(devices, t0=1000.0):
 
 def test_the_anomaly_stage_checkpoints_only_the_keys_that_saw_readings(tmp_path):
     clock = FakeClock(0)
-    stage, _ = build_stage(Anomaly, {"fields": ["t", "p"], "params": SMALL["mad"], "idle_spill": "1h"},
+    stage, _ = build_stage(Anomaly, {"fields": ["t", "p"], "detector": "mad", "params": SMALL["mad"], "idle_spill": "1h"},
                            clock=clock, state_dir=tmp_path)
     stage.process(_readings([f"d{i}" for i in range(1000)]))
     first = stage.snapshot_changes()
@@ -94,7 +94,7 @@ def test_an_anomaly_stage_restored_from_incremental_entries_continues_identicall
     recs = [{"ts": 1000.0 + i, "tags": {"device": d}, "fields": {"t": float(rng.normal(20, 1)), "p": 1.0}}
             for i, d in enumerate(devices)]
     recs[3500]["fields"]["t"] = 90.0
-    config = {"fields": ["t", "p"], "params": SMALL["mad"]}
+    config = {"fields": ["t", "p"], "detector": "mad", "params": SMALL["mad"]}
     whole, _ = build_stage(Anomaly, config, clock=FakeClock(0), state_dir=tmp_path / "a")
     expected = whole.process(Batch.from_records(recs)).to_records()
     stage, _ = build_stage(Anomaly, config, clock=FakeClock(0), state_dir=tmp_path / "b")

@@ -1,0 +1,322 @@
+"""`residual`: robust residuals of a seasonal EWMA forecast, calibrated per key to a tail probability.
+
+Per field, the forecast of a reading is ``level + profile[phase]``: `level` is an exponentially
+weighted mean (rate `alpha`) of the deseasonalised readings, each clipped to ``clip`` scales around
+the level (bounded influence: a spike moves it by at most ``alpha * clip`` scales), and `profile`
+is an optional per-key seasonal profile over `season` seconds of event time, in `season_bins` bins.
+The raw score of a row is the largest ``|reading - forecast| / scale`` over the fields, where
+`scale` is a clipped EWMA (rate `beta`) of the absolute residuals, floored at half the field's
+resolution (the smallest step between readings seen) so that quantised or constant series do not
+divide by nothing.  A `TailCalibrator` turns the raw score into ``1 - p``, p being how often this
+key's own normal readings score as high, so one threshold means the same on every key.
+
+Learning is never gated by the threshold.  When the readings of a field stay more than ``clip``
+scales away from the forecast for `adapt` rows (an int) or seconds (a float), the level jumps to
+the mean of that run: the new regime is normal from then on, flagged or not.
+
+The scale, profile and calibration are frozen for `refresh` rows (one segment); the level moves
+every row.  Any batching of the stream gives the same scores.  State is plain data (`state()`).
+
+>>> import numpy as np
+>>> rng = np.random.default_rng(0)
+>>> det = ResidualDetector(["t"])
+>>> s, warm = det.score_learn_many(20 + rng.normal(0, 0.5, (2000, 1)))
+>>> bool(warm[0]), bool(warm[-1]), bool((s[warm == 0] < 0.9999).all())
+(True, False, True)
+>>> s, warm = det.score_learn_many(np.array([[20.2], [30.0]]))
+>>> [round(float(v), 4) for v in s]
+[0.3038, 1.0]
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+from .calibrate import TailCalibrator, plain
+
+__all__ = ["ResidualDetector"]
+
+
+class ResidualDetector:
+    """See the module docstring.  `fields` are watched together: the key's raw score is the largest field's."""
+
+    calibrated = True  # anomaly_score is 1 - tail probability: `alert_rate` applies
+    uses_time = True  # score_learn_many takes the rows' event times (seasonal phase, `adapt` in seconds)
+
+    def __init__(self, fields: Sequence[str], alpha: float = 0.1, alpha_fast: float = 0.5, beta: float = 0.005,
+                 clip: float = 4.0,
+                 season: float | None = None, season_bins: int = 288, season_rate: float = 0.1,
+                 adapt: float | int | None = 60, refresh: int = 32, min_samples: int = 32,
+                 half_life: int = 20_000, tail: float = 0.02, calibration_samples: int = 256):
+        if not (0 < alpha <= 0.95 and 0 < alpha_fast <= 0.95 and 0 < beta <= 1 and 0 < season_rate <= 1):
+            raise ValueError(f"residual: alpha and alpha_fast must be in (0, 0.95], beta and season_rate in (0, 1]; "
+                             f"got {alpha}, {alpha_fast}, {beta}, {season_rate}")
+        if clip <= 0 or not 1 <= refresh <= 128 or min_samples < 2 or season_bins < 2:
+            raise ValueError("residual: need clip > 0, 1 <= refresh <= 128, min_samples >= 2, season_bins >= 2")
+        if season is not None and season <= 0:
+            raise ValueError(f"residual: season must be a positive duration in seconds, got {season}")
+        if adapt is not None and adapt <= 0:
+            raise ValueError(f"residual: adapt must be > 0 (rows as an int, seconds as a float), got {adapt}")
+        d = len(fields)
+        self.fields = tuple(fields)
+        self.alpha = np.repeat([alpha, alpha_fast], d)  # columns: the slow forecast of each field, then the fast
+        self.beta, self.clip, self.refresh, self.min_samples = beta, clip, refresh, min_samples
+        self.season, self.season_bins, self.season_rate = season, season_bins, season_rate
+        self.adapt_rows = adapt if isinstance(adapt, int) and not isinstance(adapt, bool) else None
+        self.adapt_s = float(adapt) if adapt is not None and self.adapt_rows is None else None
+        self.hold = self.adapt_rows or (128 if self.adapt_s else 0)  # rows held back from the calibrator
+        self.held = np.zeros(0)
+        self.cal = TailCalibrator(half_life=half_life, tail=tail, refresh=refresh, min_samples=calibration_samples)
+        self.n = 0  # rows learned
+        self.since = 0  # rows learned in the current segment
+        c = 2 * d
+        self.level = np.zeros(c)
+        self.anchor = np.zeros(c)  # the level at the segment start: clipping is centred here
+        self.scale = np.zeros(c)  # frozen for the segment
+        self.seg_y = np.zeros((0, c))  # clipped deseasonalised readings learned in this segment
+        self.seg_r = np.zeros((0, c))  # their clipped absolute residuals (the scale learns them at the end)
+        self.step = np.full(d, np.inf)  # resolution: the smallest positive change between readings
+        self.floor = np.zeros(2 * d)  # the least scale: half the resolution
+        self.last = np.full(d, np.nan)
+        self.profile = np.zeros((season_bins if season else 0, d))
+        self.visits = np.zeros(season_bins if season else 0)  # segments that updated each bin
+        self.pending_bins: list[int] = []  # seasonal bins and residuals of the segment, learned at its end
+        self.pending_res: list[list[float]] = []
+        self.warm_rows: list[list[float]] = []
+        self.t0 = 0.0  # the first min_samples rows, to start level and scale
+        self.run = np.zeros(c, dtype=np.int64)  # rows in a row more than `clip` scales away, same side
+        self.run_sign = np.zeros(c)
+        self.run_start = np.zeros(c)  # event time of the run's first row
+        self.run_sum = np.zeros(c)  # sum of the run's deseasonalised readings
+
+    @property
+    def warming_up(self) -> bool:
+        return self.n < self.min_samples or not self.cal.ready
+
+    @property
+    def nbytes(self) -> int:
+        arrays = [v for v in vars(self).values() if isinstance(v, np.ndarray)]
+        return sum(a.nbytes for a in arrays) + 5 * self.cal.count.nbytes  # histogram (3) and its table (2)
+
+    # ------------------------------------------------------------------ scoring
+    def _phase(self, ts: np.ndarray) -> np.ndarray:
+        return (np.floor(np.mod(ts, self.season) / self.season * self.season_bins)).astype(np.int64) % self.season_bins
+
+    def score_learn_many(self, X: np.ndarray, protect: float | None = None, learn: np.ndarray | None = None,
+                         ts: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Score then learn each row in order.  `protect` is ignored: learning is never gated by the
+        threshold (bounded influence instead); rows with `learn[i]` False are scored, not learned."""
+        X = np.asarray(X, dtype=np.float64).reshape(-1, len(self.fields))
+        n = len(X)
+        if ts is None:
+            if self.season is not None or self.adapt_s is not None:
+                raise ValueError("residual: `season` and a duration `adapt` need the rows' event times")
+            ts = np.zeros(n)
+        learn = np.ones(n, dtype=bool) if learn is None else np.asarray(learn, dtype=bool)
+        scores, warming = np.zeros(n), np.zeros(n, dtype=bool)
+        pos = 0
+        while pos < n:
+            if self.n < self.min_samples:  # warm-up: collect rows, score nothing
+                if learn[pos]:
+                    self._warm(X[pos], ts[pos])
+                warming[pos] = True
+                pos += 1
+                continue
+            m = min(n - pos, self.refresh - self.since, self.cal.frozen_rows())
+            used = self._segment(X[pos:pos + m], ts[pos:pos + m], learn[pos:pos + m], scores[pos:pos + m],
+                                 warming[pos:pos + m])
+            pos += used
+        return scores, warming
+
+    def _warm(self, x: np.ndarray, t: float) -> None:
+        self._note_step(x[None, :])
+        if not self.warm_rows:
+            self.t0 = float(t)  # event time of the first reading learned
+        self.warm_rows.append(x.tolist())
+        self.n += 1
+        if self.n == self.min_samples:
+            W = np.array(self.warm_rows)
+            self.level = np.tile(np.median(W, axis=0), 2)
+            self.anchor = self.level.copy()
+            dev = np.abs(np.diff(W, axis=0)).mean(axis=0) * 1.2533 / np.sqrt(2)  # noise from successive changes
+            self.floor = self._floor()
+            self.scale = np.maximum(np.concatenate([dev, np.sqrt(2) * dev]), self.floor)
+            self.warm_rows = []
+
+    def _note_step(self, X: np.ndarray) -> None:
+        if not len(X):
+            return
+        full = np.concatenate((self.last[None, :], X))
+        d = np.abs(full[1:] - full[:-1])
+        d[~(d > 0)] = np.inf
+        self.step = np.minimum(self.step, d.min(axis=0))
+        self.last = full[-1].copy()
+
+    def _floor(self) -> np.ndarray:
+        step = np.where(np.isfinite(self.step), self.step, 0.0)
+        return np.maximum(0.5 * np.tile(step, 2), 1e-9 * np.maximum(1.0, np.abs(self.level)))
+
+    def _segment(self, X, ts, learn, out_scores, out_warm) -> int:
+        """Score and learn up to one segment; returns how many rows it consumed (fewer when a run adapts)."""
+        m = len(X)
+        Xd = X
+        if self.season is not None:
+            ph = self._phase(ts)
+            Xd = X - self.profile[ph]  # deseasonalised (an unvisited bin's profile is 0)
+        d = len(self.fields)
+        Y = np.concatenate((Xd, Xd), axis=1)  # once per forecast
+        scale = np.maximum(self.scale, self.floor)
+        band = self.clip * scale
+        Yc = np.minimum(np.maximum(Y, self.anchor - band), self.anchor + band)  # bounded influence on the level
+        # level after each learned row: L_j = r^(j+1) anchor + alpha r^j sum_k r^-k y_k over the segment's
+        # learned rows, a cumsum, so any split of the segment gives the same floats; unlearned rows carry it on
+        every = bool(learn.all())
+        idx = np.flatnonzero(learn)
+        k0 = len(self.seg_y)
+        seg_y = np.concatenate((self.seg_y, Yc if every else Yc[idx]))
+        j = np.arange(len(seg_y))[:, None]
+        r = 1 - self.alpha
+        levels = r ** (j + 1) * self.anchor + self.alpha * r ** j * np.cumsum(seg_y * r ** -j, axis=0)
+        L_after = np.empty((m, 2 * d))
+        if every:
+            L_after = levels[k0:]
+        elif len(idx):
+            filled = np.zeros((m, 2 * d))
+            filled[idx] = levels[k0:]
+            k = np.maximum.accumulate(np.where(learn, np.arange(m), -1))
+            L_after = np.where((k >= 0)[:, None], filled[np.maximum(k, 0)], self.level)
+        else:
+            L_after[:] = self.level
+        L_before = np.concatenate((self.level[None, :], L_after[:-1]))
+        R = Y - L_before
+        z = np.abs(R) / scale
+        slow = scale[:d] <= scale[d:]  # per field, the forecast whose residuals have been smaller
+        raw = np.where(slow, z[:, :d], z[:, d:]).max(axis=1)
+        # runs of rows more than `clip` scales away on one side: a new regime once long enough
+        sign = np.where(np.abs(R) > band, np.sign(R), 0.0) * learn[:, None]
+        cut, jump, run_len = self._adapt_row(sign, Y, ts, learn)
+        used = m if cut is None else cut + 1
+        cal_warm = not self.cal.ready
+        out_scores[:used] = 0.0 if cal_warm else self.cal.score(raw[:used])
+        out_warm[:used] = cal_warm
+        lrn = learn[:used]
+        self._calibrate(raw[:used][lrn], run_len, ts[:used][lrn])
+        n_new = int(lrn.sum())
+        self.seg_y = seg_y[:k0 + n_new]
+        absr = np.abs(R[:used][lrn])
+        self.seg_r = np.concatenate([self.seg_r, np.minimum(absr, self.clip * scale)])  # bounded influence
+        if used == m:
+            self.level = L_after[-1].copy()
+        else:  # adapt: the level restarts at the mean of the run
+            self.level = jump
+        self._note_step(X[:used][lrn])
+        if self.season is not None and lrn.any():
+            ph = self._phase(ts[:used])[lrn]
+            self.pending_bins.extend(ph.tolist())
+            self.pending_res.extend((X[:used][lrn] - L_before[:used][lrn][:, :d]).tolist())
+        self.n += int(lrn.sum())
+        self.since += used
+        if self.since >= self.refresh or cut is not None:
+            self._end_segment()
+        return used
+
+    def _calibrate(self, raw: np.ndarray, dropped: int, now: np.ndarray) -> None:
+        """Raw scores reach the calibrator `hold` learned rows late; those of a run that became a regime
+        (`dropped` rows, the most recent) never do, so a change the model adapted to does not blunt it."""
+        if self.season is not None:  # the first two cycles: the profile is not there yet, its errors would mislead
+            raw = raw[now - self.t0 >= 2 * self.season]
+        if not self.hold:
+            self.cal.learn(raw)
+            return
+        held = np.concatenate((self.held, raw))
+        if dropped:
+            held = held[:max(0, len(held) - dropped)]
+        if len(held) > self.hold:
+            self.cal.learn(held[:len(held) - self.hold])
+            held = held[len(held) - self.hold:]
+        self.held = held
+
+    def _adapt_row(self, sign, Y, ts, learn) -> tuple[int | None, np.ndarray | None, int]:
+        """Update the per-field runs row by row over `sign`; return the row where one becomes a regime."""
+        if self.adapt_rows is None and self.adapt_s is None:
+            return None, None, 0
+        hot = np.flatnonzero(learn & (sign != 0).any(axis=1))  # rows that extend or start a run
+        if not len(hot):
+            if learn.any():
+                self.run[:], self.run_sign[:] = 0, 0.0
+            return None, None, 0
+        learned_before = np.cumsum(learn) - learn  # learned rows before each row
+        prev = -1
+        for i in hot.tolist():  # a loop over the rare rows out of band only
+            if learned_before[i] - (learned_before[prev] + 1 if prev >= 0 else 0) > 0:
+                self.run[:], self.run_sign[:] = 0, 0.0  # a learned row in band in between ends every run
+            prev = i
+            s = sign[i]
+            cont = (s != 0) & (s == self.run_sign)
+            self.run = np.where(cont, self.run + 1, (s != 0).astype(np.int64))
+            self.run_start = np.where(cont, self.run_start, ts[i])
+            self.run_sum = np.where(cont, self.run_sum + Y[i], np.where(s != 0, Y[i], 0.0))
+            self.run_sign = s
+            long = (self.run >= self.adapt_rows) if self.adapt_rows else \
+                (self.run > 0) & (ts[i] - self.run_start >= self.adapt_s)
+            if long.any():
+                jump = self.level.copy()
+                jump[long] = self.run_sum[long] / self.run[long]
+                run_len = int(self.run[long].max())
+                self.run = np.where(long, 0, self.run)
+                self.run_sign = np.where(long, 0.0, self.run_sign)
+                return i, jump, run_len
+        if learned_before[-1] + learn[-1] - learned_before[prev] - 1 > 0:  # in-band rows after the last hot one
+            self.run[:], self.run_sign[:] = 0, 0.0
+        return None, None, 0
+
+    def _end_segment(self) -> None:
+        self.since = 0
+        self.anchor = self.level.copy()
+        self.floor = self._floor()  # frozen with the rest for the next segment
+        k = len(self.seg_r)
+        if k:  # the scale: an EWMA (rate beta) of the segment's absolute residuals, clipped at 2 scales
+            w = self.beta * (1 - self.beta) ** np.arange(k - 1, -1, -1.0)
+            self.scale = (1 - self.beta) ** k * self.scale + 1.2533 * (w @ self.seg_r)
+        self.seg_y = self.seg_y[:0]
+        self.seg_r = self.seg_r[:0]
+        if self.season is not None and self.pending_bins:
+            bins = np.array(self.pending_bins)
+            res = np.array(self.pending_res)
+            sums = np.zeros_like(self.profile)
+            np.add.at(sums, bins, res)
+            cnt = np.bincount(bins, minlength=self.season_bins)[:, None]
+            hit = cnt[:, 0] > 0
+            target = np.where(hit[:, None], sums / np.maximum(cnt, 1), self.profile)
+            self.visits += hit
+            rate = np.where(hit, np.maximum(self.season_rate, 1 / np.maximum(self.visits, 1)), 0.0)[:, None]
+            self.profile = self.profile + rate * (target - self.profile)
+            self.pending_bins, self.pending_res = [], []
+
+    # ------------------------------------------------------------------ state (plain data)
+    def state(self) -> dict:
+        return plain({k: (v.state() if k == "cal" else v) for k, v in vars(self).items()})
+
+    @classmethod
+    def from_state(cls, state: dict) -> "ResidualDetector":
+        det = cls.__new__(cls)
+        for k, v in state.items():
+            if k == "cal":
+                v = TailCalibrator.from_state(v)
+            elif k == "fields":
+                v = tuple(v)
+            setattr(det, k, v)
+        return det
+
+    def snapshot(self) -> bytes:
+        """`state()` as framed bytes (`detectors.state`: data only, never a pickle)."""
+        from .state import dump_model
+
+        return dump_model(self.state())
+
+    def restore(self, state: bytes) -> None:
+        from .state import load_model
+
+        twin = type(self).from_state(load_model(state, f"{type(self).__name__} state"))
+        self.__dict__.clear()
+        self.__dict__.update(vars(twin))

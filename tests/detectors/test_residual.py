@@ -1,0 +1,130 @@
+"""The `residual` detector: calibrated scores, adaptation after a level shift, seasons, plain-data state."""
+import copy
+
+import numpy as np
+import pytest
+
+from detectors.residual import ResidualDetector
+
+DAY = 86_400.0
+
+
+def run(det, X, ts, batch=97):
+    X = np.asarray(X, dtype=float).reshape(len(X), -1)
+    out = [det.score_learn_many(X[i:i + batch], ts=ts[i:i + batch]) for i in range(0, len(X), batch)]
+    return np.concatenate([s for s, _ in out]), np.concatenate([w for _, w in out])
+
+
+def normal_series(kind, n, rng):
+    t = np.arange(n) * 300.0
+    if kind == "noise":
+        return 20 + rng.normal(0, 0.7, n)
+    if kind == "daily_cycle":
+        return 20 + 5 * np.sin(2 * np.pi * t / DAY) + rng.normal(0, 0.5, n)
+    if kind == "counter":
+        return rng.poisson(4, n).astype(float)
+    if kind == "random_walk":
+        return 50 + np.cumsum(rng.normal(0, 0.3, n))
+    if kind == "quantised":
+        return np.round(20 + rng.normal(0, 0.04, n), 1)  # mostly one value, a step of 0.1 now and then
+    raise ValueError(kind)
+
+
+@pytest.mark.parametrize("kind", ["noise", "daily_cycle", "counter", "random_walk", "quantised"])
+def test_one_threshold_gives_about_the_same_alert_rate_on_every_normal_series(kind):
+    rng = np.random.default_rng(["noise", "daily_cycle", "counter", "random_walk", "quantised"].index(kind))
+    n = 40_000
+    s, warm = run(ResidualDetector(["v"]), normal_series(kind, n, rng), np.arange(n) * 300.0)
+    s = s[~warm]
+    assert len(s) > 39_000
+    rate = lambda thr: float((s >= thr).mean())  # noqa: E731
+    assert rate(1 - 1e-4) <= 3e-4, f"{kind}: {rate(1 - 1e-4):.1e} of normal readings flagged at 1 - 1e-4"
+    assert 2e-3 <= rate(1 - 1e-2) <= 3e-2, f"{kind}: {rate(1 - 1e-2):.1e} flagged at 1 - 1e-2 (not calibrated)"
+
+
+def test_a_level_shift_stops_alerting_after_adapt_rows():
+    rng = np.random.default_rng(7)
+    n = 3000
+    x = 20 + rng.normal(0, 0.5, n)
+    x[2000:] += 10  # a lasting change of 20 sigma
+    x[2600] += 4  # then a spike of 8 sigma on the new level
+    ts = np.arange(n) * 60.0
+    slow = dict(alpha=0.01, alpha_fast=0.01)  # a slow forecast that would take long to follow alone
+    adapted, _ = run(ResidualDetector(["v"], adapt=50, **slow), x, ts)
+    locked, _ = run(ResidualDetector(["v"], adapt=None, **slow), x, ts)
+    thr = 1 - 1e-4
+    assert adapted[2000] >= thr and locked[2000] >= thr  # the change itself is flagged
+    flagged = np.flatnonzero(adapted[2000:] >= thr) + 2000
+    assert flagged.max() < 2000 + 50 + 5 or flagged.tolist()[-1:] == [2600]  # normal after `adapt` readings...
+    assert set(flagged[flagged >= 2055].tolist()) == {2600}  # ...and the next spike still stands out
+    assert locked[2600] < thr  # without adapt, the forecast errors of the shift have blunted the detector
+
+
+def test_adapt_as_a_duration_uses_event_time():
+    rng = np.random.default_rng(8)
+    x = 20 + rng.normal(0, 0.5, 2000)
+    x[1500:] += 10
+    ts = np.arange(2000) * 10.0
+    s, _ = run(ResidualDetector(["v"], adapt=300.0, alpha=0.01, alpha_fast=0.01), x, ts)  # 300 s = 30 readings
+    assert np.flatnonzero(s[1500:] >= 1 - 1e-4).max() < 30 + 5
+
+
+def test_a_daily_cycle_does_not_alarm_with_a_season():
+    rng = np.random.default_rng(3)
+    n = 24 * 60  # hourly readings, 60 days: the cycle moves 2.6 sigma per reading
+    ts = np.arange(n) * 3600.0
+    x = 20 + 10 * np.sin(2 * np.pi * ts / DAY) + rng.normal(0, 1.0, n)
+    seasonal, warm = run(ResidualDetector(["v"], season=DAY, season_bins=24), x, ts)
+    late = slice(24 * 10, n)  # after ten cycles
+    assert (seasonal[late] >= 1 - 1e-4).sum() == 0
+    x_spike = x.copy()
+    x_spike[1000] += 9  # 9 sigma, but inside the daily swing of +-10
+    spiked, _ = run(ResidualDetector(["v"], season=DAY, season_bins=24), x_spike, ts)
+    flat_spiked, _ = run(ResidualDetector(["v"]), x_spike, ts)
+    assert spiked[1000] >= 1 - 1e-3  # rarer than 1 normal reading in 1,000 of this series
+    assert 1 - flat_spiked[1000] > 5 * (1 - spiked[1000])  # without the season it is lost in the swing
+
+
+def test_any_batching_and_a_restore_from_plain_state_give_identical_scores():
+    rng = np.random.default_rng(5)
+    n = 2500
+    X = np.column_stack([20 + rng.normal(0, 0.5, n), np.round(rng.normal(3, 1, n))])
+    X[1200:1300, 0] += 6
+    ts = np.arange(n) * 30.0 + rng.uniform(0, 1, n)
+    learn = rng.random(n) > 0.03
+    params = dict(season=3600.0, season_bins=12, adapt=900.0)
+    whole, _ = ResidualDetector(["a", "b"], **params).score_learn_many(X, learn=learn, ts=ts)
+    det = ResidualDetector(["a", "b"], **params)
+    parts, pos = [], 0
+    for cut in [1, 5, 33, 64, 700, 1201, 1250, 1299, 2400]:
+        parts.append(det.score_learn_many(X[pos:cut], learn=learn[pos:cut], ts=ts[pos:cut])[0])
+        pos = cut
+        if cut in (700, 1250):
+            state = det.state()
+            assert_plain(state)
+            det = ResidualDetector.from_state(copy.deepcopy(state))
+    parts.append(det.score_learn_many(X[pos:], learn=learn[pos:], ts=ts[pos:])[0])
+    assert np.array_equal(np.concatenate(parts), whole)
+
+
+def assert_plain(v, where="state"):
+    """Only dict/list/str/int/float/bool/None and numpy arrays: what a safe codec can store."""
+    if isinstance(v, dict):
+        for k, item in v.items():
+            assert isinstance(k, str), f"{where}: key {k!r}"
+            assert_plain(item, f"{where}.{k}")
+    elif isinstance(v, (list, tuple)):
+        assert isinstance(v, list), f"{where} is a {type(v).__name__}"
+        for i, item in enumerate(v):
+            assert_plain(item, f"{where}[{i}]")
+    elif isinstance(v, np.ndarray):
+        assert v.dtype.kind in "biuf", f"{where}: dtype {v.dtype}"
+    else:
+        assert v is None or type(v) in (str, int, float, bool), f"{where}: {type(v).__name__}"
+
+
+def test_bad_parameters_are_errors_that_name_them():
+    with pytest.raises(ValueError, match="alpha"):
+        ResidualDetector(["v"], alpha=1.5)
+    with pytest.raises(ValueError, match="event times"):
+        ResidualDetector(["v"], season=DAY).score_learn_many(np.zeros((3, 1)))
