@@ -90,45 +90,62 @@ class FrameDiff(Stage):
             confidence_power=c.confidence_power)
         register_guard(ctx.pipeline, ctx.item_id, self)
 
-    def _data(self, batch: Batch) -> tuple[list, dict]:
+    def _data(self, batch: Batch):
+        """(items to compare: the frames column or a float matrix of ``vector_fields``, {row: reason})."""
         n = len(batch)
         where = f"stage {self.ctx.item_id!r}"
         if self.config.vector_fields:
             missing = [f for f in self.config.vector_fields if f not in batch.fields]
             if missing:
-                return [None] * n, {i: f"{where}: field {missing[0]!r} is missing" for i in range(n)}
-            cols = [batch.fields[f] for f in self.config.vector_fields]
-            data, bad = [], {}
-            for i in range(n):
-                try:
-                    v = np.array([float(c[i]) for c in cols])
-                except (TypeError, ValueError):
-                    v = None
-                if v is None or not np.isfinite(v).all():
-                    bad[i] = f"{where}: fields {self.config.vector_fields} are not all finite numbers"
-                data.append(v)
-            return data, bad
+                return None, {i: f"{where}: field {missing[0]!r} is missing" for i in range(n)}
+            try:
+                m = np.column_stack([np.asarray(batch.fields[f], dtype=np.float64) for f in self.config.vector_fields])
+                ok = np.isfinite(m).all(axis=1)
+            except (TypeError, ValueError):             # an object column with a non-number somewhere
+                m = np.full((n, len(self.config.vector_fields)), np.nan)
+                for i in range(n):
+                    try:
+                        m[i] = [float(batch.fields[f][i]) for f in self.config.vector_fields]
+                    except (TypeError, ValueError):
+                        pass
+                ok = np.isfinite(m).all(axis=1)
+            bad = {int(i): f"{where}: fields {self.config.vector_fields} are not all finite numbers"
+                   for i in np.flatnonzero(~ok)}
+            return list(m), bad
         if batch.frames is None:
-            return [None] * n, {i: f"{where}: record has no frame" for i in range(n)}
-        return list(batch.frames), {i: f"{where}: record has no frame" for i in range(n) if batch.frames[i] is None}
+            return None, {i: f"{where}: record has no frame" for i in range(n)}
+        return batch.frames, {}
 
     def process(self, batch: Batch) -> Batch:
         data, bad = self._data(batch)
-        good = np.ones(len(batch), bool)
-        good[list(bad)] = False
-        rows = np.flatnonzero(good)
+        n = len(batch)
         keys = key_column(batch, self.config.key)
-        d = self.differ.decide(keys[rows], batch.ts[rows], [data[i] for i in rows])
-        for j, reason in d.bad.items():
-            good[rows[j]] = False
-            bad[rows[j]] = f"stage {self.ctx.item_id!r}: {reason} (key {keys[rows[j]]!r})"
-        keep = good[rows]
+        if data is None:
+            d = self.differ.decide(keys[:0], batch.ts[:0], [])
+            rows = np.zeros(0, np.int64)
+        elif bad:
+            good = np.ones(n, bool)
+            good[list(bad)] = False
+            rows = np.flatnonzero(good)
+            d = self.differ.decide(keys[rows], batch.ts[rows], [data[i] for i in rows])
+        else:
+            rows = None
+            d = self.differ.decide(keys, batch.ts, data)
+        for j, why in d.bad.items():
+            i = int(j if rows is None else rows[j])
+            bad[i] = f"stage {self.ctx.item_id!r}: {why} (key {keys[i]!r})"
+        out = batch
+        keep = slice(None)
         if bad:
+            good = np.ones(n, bool)
+            good[list(bad)] = False
             self.ctx.dead_letter(batch.take(~good), [bad[i] for i in sorted(bad)])
-        out = batch.take(good) if bad else batch
+            out = batch.take(good)
+            keep = good if rows is None else good[rows]
         reused = ~d.process[keep]
         reason = d.reason[keep]
-        by = np.full(len(reason), self.ctx.item_id, dtype=object)
+        by = np.empty(len(reason), dtype=object)
+        by[:] = self.ctx.item_id
         self.ctx.count("reused", int(reused.sum()))
         self.ctx.count("audited", int((reason == "audit").sum()))
         self.ctx.count("forced", int((reason == "forced").sum()))
