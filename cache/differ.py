@@ -127,6 +127,13 @@ class FrameDiffer:
         since = np.zeros(n, np.int64)
         age = np.zeros(n)
         thr = np.full(n, np.nan)
+        out = Decision(process, reason, dist, since, age, thr, bad)
+        if not bad and len(groups) == 1:            # the usual micro-batch: one camera, one frame size
+            codes, uniques = factorize(keys)
+            st = self.keys.get(uniques[0]) if len(uniques) == 1 else None
+            if len(uniques) == 1 and (st is None or st["shape"] == groups[0][1].shape[1:]):
+                self._decide_key(uniques[0], np.arange(n), ts, groups[0][1], process, reason, dist, since, age, thr)
+                return out
         group_of = np.full(n, -1)
         pos = np.zeros(n, np.int64)
         for g, (idx, _) in enumerate(groups):
@@ -149,7 +156,7 @@ class FrameDiffer:
                 self._decide_key(k, rows, ts, small, process, reason, dist, since, age, thr)
         for i in bad:
             reason[i] = "bad"
-        return Decision(process, reason, dist, since, age, thr, bad)
+        return out
 
     def _decide_key(self, k, rows, ts, small, process, reason, dist, since, age, thr):
         st = self.keys.get(k)
@@ -181,7 +188,7 @@ class FrameDiffer:
             if self.refresh_seconds:
                 forced |= a >= self.refresh_seconds
             changed = d > t
-            audit = u[seg] < self.audit_rate
+            audit = u[seg] < self._audit_rate(k)
             hit = changed | forced | audit
             j = int(np.argmax(hit)) if hit.any() else w
             dist[r] = d
@@ -204,6 +211,11 @@ class FrameDiffer:
             st["ref"], st["ref_ts"], st["since"] = small[pos + j], float(ts[i]), 0
             st["confidence"] = None                         # until the new result's confidence is reported
             pos += j + 1
+
+    def _audit_rate(self, k) -> float:
+        """The base audit rate, raised by the guard while a key has little evidence (at most 1 in 2 frames)."""
+        m = self.guard.audit_multiplier(k)
+        return self.audit_rate if m == 1.0 else min(max(self.audit_rate, 0.5), self.audit_rate * m)
 
     @staticmethod
     def _count(st, why, n):

@@ -41,7 +41,7 @@ class FrameDiffConfig(StageConfig):
         "difference of numeric vectors (a spectrum in `frame`, or `vector_fields`).")
     threshold: float = Field(0.01, gt=0, description="Distance above which a frame is processed (the adaptive guard moves it per key).")
     downscale: int = Field(8, ge=1, le=64, description="Frames are compared on a grayscale copy shrunk by this factor in both axes.")
-    sampling: Literal["sparse", "area"] = Field("sparse", description="Downscale by averaging 2x2 samples per cell (`sparse`, fast) or every pixel (`area`).")
+    sampling: Literal["sparse", "area"] = Field("sparse", description="Downscale by averaging two pixels of each cell's middle row (`sparse`: reads 1/downscale of the frame) or every pixel (`area`).")
     pixel_threshold: float = Field(25.0, ge=0, description="Gray-level change (0..255) that makes a pixel count as changed (`pixel`, `block`).")
     blocks: int = Field(8, ge=1, le=256, description="Grid size for `block` (blocks x blocks cells).")
     block_min: float = Field(0.05, ge=0, le=1, description="Fraction of changed pixels that makes a cell count as changed (`block`).")
@@ -49,15 +49,22 @@ class FrameDiffConfig(StageConfig):
     norm: Literal[1, 2, "inf"] = Field(2, description="Vector norm for `vector_norm`.")
     relative: bool = Field(True, description="`vector_norm`: divide by the norm of the reference vector.")
     vector_fields: list[str] | None = Field(None, description="`vector_norm` on these numeric fields instead of the frame.")
-    refresh_frames: int | None = Field(None, ge=1, description="Process at least every N-th frame of a key (forced refresh).")
-    refresh_seconds: Duration | None = Field(None, gt=0, description="Process a key's frame at least this often (record time).")
+    refresh_frames: int | None = Field(None, ge=1, description="Process at least every N-th frame of a key (forced refresh). "
+                                       "Caps the skip rate at 1 - 1/N whatever the scene: prefer `refresh_seconds`.")
+    refresh_seconds: Duration | None = Field(None, gt=0, description="Process a key's frame at least this often (record time), "
+                                             "e.g. `2s`: bounds how stale a result can get, independent of the frame rate.")
     adaptive: bool = Field(False, description="Adapt the threshold per key from audits (tighten at once, loosen slowly).")
     target: float = Field(0.95, gt=0, le=1, description="Agreement target of the adaptive guard (Wilson lower bound).")
     audit_rate: float = Field(0.05, ge=0, le=1, description="Fraction of would-be-reused frames processed anyway to measure agreement.")
     seed: int = Field(0, description="Seed of the audit draws (deterministic per key and frame number).")
     min_threshold: float | None = Field(None, gt=0, description="Lowest threshold the guard may reach (default threshold/64).")
     max_threshold: float | None = Field(None, gt=0, description="Highest threshold the guard may reach (default 4 x threshold).")
-    guard_min_audits: int = Field(10, ge=1, le=10_000, description="Audits needed before the guard loosens the threshold.")
+    guard_min_audits: int = Field(10, ge=1, le=10_000, description="Audits needed before the guard loosens the threshold; "
+                                  "also how long (in audits) the raised audit rate lasts after a disagreement.")
+    guard_window: int = Field(200, ge=5, le=100_000, description="Audits the agreement bound remembers (exponential decay): "
+                              "shorter forgets an old scene sooner, longer can prove a tighter target.")
+    audit_boost: float = Field(4.0, ge=1, le=100, description="Adaptive guard: audit this many times more often while a key "
+                               "has fewer than `guard_min_audits` audits and after a disagreement (at most every other frame).")
     guard_tighten: float = Field(0.5, gt=0, lt=1, description="Factor applied to the threshold when an audit disagrees and the bound is below target.")
     guard_loosen: float = Field(1.1, gt=1, le=4, description="Factor applied when the bound is comfortably above target (once per audit).")
     guard_margin: float = Field(0.02, ge=0, le=0.5, description="How far above the target the bound must be to loosen.")
@@ -86,7 +93,8 @@ class FrameDiff(Stage):
             relative=c.relative, refresh_frames=c.refresh_frames, refresh_seconds=c.refresh_seconds,
             audit_rate=c.audit_rate, seed=c.seed, adaptive=c.adaptive, target=c.target,
             guard={"min_threshold": c.min_threshold, "max_threshold": c.max_threshold, "min_audits": c.guard_min_audits,
-                   "tighten": c.guard_tighten, "loosen": c.guard_loosen, "margin": c.guard_margin},
+                   "tighten": c.guard_tighten, "loosen": c.guard_loosen, "margin": c.guard_margin,
+                   "window": c.guard_window, "boost": c.audit_boost},
             confidence_power=c.confidence_power)
         register_guard(ctx.pipeline, ctx.item_id, self)
 

@@ -64,6 +64,15 @@ def count_agreement(a: float, b: float) -> float:
     return 1.0 if m == 0 else 1.0 - abs(a - b) / m
 
 
+def rounded_agreement(a: float, b: float) -> float:
+    """1 when the rounded counts are equal, else 0 (the strict metric: a count that is off by one is wrong).
+
+    >>> rounded_agreement(4.2, 3.9), rounded_agreement(4.2, 5.4)
+    (1.0, 0.0)
+    """
+    return float(round(float(a)) == round(float(b)))
+
+
 def exact_agreement(a, b) -> float:
     return float(np.array_equal(np.asarray(a), np.asarray(b)))
 

@@ -85,6 +85,11 @@ def _factorize_small(col: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return codes, uniques
 
 
+def _na_as_nan(v):
+    """None and NaN as the one ``np.nan`` object (what pandas gives as their unique value)."""
+    return np.nan if v is None or (isinstance(v, float) and v != v) else v
+
+
 def factorize(values) -> tuple[np.ndarray, list]:
     """Codes (first-appearance order) and distinct values of a list or array of hashable keys (tuples too)."""
     if not isinstance(values, np.ndarray) or values.dtype != object:
@@ -92,6 +97,10 @@ def factorize(values) -> tuple[np.ndarray, list]:
         for i, v in enumerate(values):
             arr[i] = v
         values = arr
+    if len(values) <= _SMALL:                                 # a dict beats pandas' fixed cost here
+        table: dict = {}
+        codes = np.fromiter((table.setdefault(_na_as_nan(v), len(table)) for v in values.tolist()), np.int64, len(values))
+        return codes, list(table)
     codes, uniques = pd.factorize(values, use_na_sentinel=False)
     return codes.astype(np.int64), list(uniques)
 
