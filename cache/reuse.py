@@ -77,6 +77,18 @@ def exact_agreement(a, b) -> float:
     return float(np.array_equal(np.asarray(a), np.asarray(b)))
 
 
+_NOTHING = {"fields": {}, "tags": {}, "extra": {}}
+
+
+def _fill(column: np.ndarray, rows: np.ndarray, value) -> None:
+    """``column[rows] = value``, with an array value kept as one object per row (not broadcast)."""
+    if isinstance(value, np.ndarray) and column.dtype == object:
+        one = np.empty(1, dtype=object)
+        one[0] = value
+        value = np.broadcast_to(one, (len(rows),))
+    column[rows] = value
+
+
 def _last_computed(codes: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Per row: the last computed row (``mask``) of the same key at or before it (``src``) and strictly
     before it (``prev``); -1 where there is none in the batch.
@@ -86,13 +98,16 @@ def _last_computed(codes: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.
     ([0, -1, 0, 3, 4], [-1, -1, 0, 0, -1])
     """
     n = len(codes)
-    order = np.argsort(codes, kind="stable")             # rows grouped by key, batch order within a key
     j = np.arange(n)
+    if n == 0 or codes.max() == 0:                       # one key (the usual micro-batch): no sorting
+        last = np.maximum.accumulate(np.where(mask, j, -1)) if n else j
+        return last, np.concatenate(([-1], last[:-1])) if n else j
+    order = np.argsort(codes, kind="stable")             # rows grouped by key, batch order within a key
     cs = codes[order]
-    start = np.maximum.accumulate(np.where(np.r_[True, cs[1:] != cs[:-1]] if n else np.zeros(0, bool), j, 0))
-    last = np.maximum.accumulate(np.where(mask[order], j, -1)) if n else j
+    start = np.maximum.accumulate(np.where(np.concatenate(([True], cs[1:] != cs[:-1])), j, 0))
+    last = np.maximum.accumulate(np.where(mask[order], j, -1))
     last = np.where(last >= start, last, -1)
-    before = np.r_[-1, last[:-1]] if n else j
+    before = np.concatenate(([-1], last[:-1]))
     before = np.where(before >= start, before, -1)
     src, prev = np.empty(n, np.int64), np.empty(n, np.int64)
     src[order] = np.where(last >= 0, order[last], -1)
@@ -159,22 +174,25 @@ class ReuseTracker:
         src, prev = _last_computed(codes, mask)
         take = ~mask & (src >= 0)                # reused rows after a computed row of their key in this batch
         stale = ~mask & (src < 0)                # reused rows that need the key's result from before
-        for cols in (fcols, tcols, ecols):
-            for c in cols.values():
-                if take.any():
-                    c[take] = c[src[take]]
+        if take.any():
+            rows, got = np.flatnonzero(take), src[take]
+            for cols in (fcols, tcols, ecols):
+                for c in cols.values():
+                    c[rows] = c[got]
         if stale.any():
-            for code in np.unique(codes[stale]).tolist():
-                rows = stale & (codes == code)
-                last = self.last.get(keys[code], {"fields": {}, "tags": {}, "extra": {}})
+            for code in (range(len(keys)) if len(keys) > 1 else (0,)):
+                rows = np.flatnonzero(stale & (codes == code)) if len(keys) > 1 else np.flatnonzero(stale)
+                if not len(rows):
+                    continue
+                last = self.last.get(keys[code], _NOTHING)
                 for part, cols, absent in (("fields", fcols, np.nan), ("tags", tcols, None), ("extra", ecols, None)):
                     for name, c in cols.items():
-                        one = np.empty(1, dtype=c.dtype)
-                        one[0] = last[part].get(name, absent)         # one object, even an array
-                        c[rows] = np.broadcast_to(one, (int(rows.sum()),))
+                        _fill(c, rows, last[part].get(name, absent))
         self._report(batch, mask, codes, keys, prev, fcols, fields)
-        for code in np.unique(codes[mask]).tolist():      # the key's last computed row is its result from now on
-            i = int(np.flatnonzero(mask & (codes == code))[-1])
+        computed_rows = np.flatnonzero(mask)
+        lasts = ({int(codes[i]): int(i) for i in computed_rows.tolist()} if len(keys) > 1
+                 else ({0: int(computed_rows[-1])} if len(computed_rows) else {}))
+        for code, i in lasts.items():                      # the key's last computed row is its result from now on
             self.last[keys[code]] = {"fields": {f: float(c[i]) for f, c in fcols.items()},
                                      "tags": {t: c[i] for t, c in tcols.items()},
                                      "extra": {e: c[i] for e, c in ecols.items()}}
