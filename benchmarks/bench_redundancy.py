@@ -108,17 +108,21 @@ def speed(model: Path, frames, setting: dict, batch: int, repeats: int, t0: int)
     variants = {"onnx": (None, True), "frame_diff": (diff, False), "frame_diff+onnx": (diff, True)}
     times = {k: [] for k in variants}
     skip = None
-    for _ in range(repeats):
-        for name, (d, with_onnx) in variants.items():
-            p = pipeline(model, d, with_onnx)
+    for _ in range(repeats):          # the variants run in lockstep, batch by batch: load that comes and goes hits all alike
+        pipes = {name: pipeline(model, d, with_onnx) for name, (d, with_onnx) in variants.items()}
+        spent = dict.fromkeys(variants, 0.0)
+        for p in pipes.values():
             p.graph.deliver = lambda sink, b: None
-            start = time.perf_counter()
-            for b in batches:
+        for b in batches:
+            for name, p in pipes.items():
+                start = time.perf_counter()
                 p.graph.push("cams", b)
+                spent[name] += time.perf_counter() - start
+        for name, p in pipes.items():
+            start = time.perf_counter()
             p.graph.flush()
-            times[name].append(time.perf_counter() - start)
-            if d is not None:
-                skip = p.metrics.get("diff", "reused") / len(recs)
+            times[name].append(spent[name] + time.perf_counter() - start)
+        skip = pipes["frame_diff+onnx"].metrics.get("diff", "reused") / len(recs)
     t = {k: min(v) / len(recs) for k, v in times.items()}
     return {"batch": batch, "skip": skip, "us_onnx": t["onnx"] * 1e6, "us_diff": t["frame_diff"] * 1e6,
             "us_both": t["frame_diff+onnx"] * 1e6, "speedup": t["onnx"] / t["frame_diff+onnx"],

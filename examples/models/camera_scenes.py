@@ -68,13 +68,19 @@ def targets(centres: np.ndarray, cover: np.ndarray) -> tuple[float, np.ndarray, 
 
 
 def textures(rng, n: int, family: str) -> list[np.ndarray]:
-    """Generated backgrounds (uint8, 288x384): ``smooth`` (blurred noise + gradient, for training) or
-    ``tiles`` (stripes and a tiled floor, held out)."""
+    """Generated backgrounds (uint8, 288x384): ``smooth`` (blurred noise + gradient) and ``blocks``
+    (rectangles: structure that is not people) for training, ``tiles`` (stripes, a tiled floor) held out."""
     import cv2
 
     out = []
     for _ in range(n):
-        if family == "smooth":
+        if family == "blocks":                       # structure that is not people: walls, benches, signs
+            g = np.full((288, 384), rng.uniform(60, 180), np.float32)
+            for _ in range(int(rng.integers(4, 14))):
+                y, x = rng.integers(0, 288), rng.integers(0, 384)
+                g[y:y + int(rng.integers(5, 120)), x:x + int(rng.integers(5, 160))] = rng.uniform(20, 235)
+            g = cv2.GaussianBlur(g, (0, 0), rng.uniform(0.5, 2.0)) + rng.normal(0, 2, g.shape)
+        elif family == "smooth":
             g = cv2.resize(rng.normal(0, 1, (9, 12)).astype(np.float32), (384, 288), interpolation=cv2.INTER_CUBIC)
             g = g * rng.uniform(15, 45) + np.linspace(0, rng.uniform(-60, 60), 384)[None] + rng.uniform(70, 170)
             g += rng.normal(0, rng.uniform(1, 6), g.shape)
@@ -139,20 +145,22 @@ class Scenes:
         return self.crop(self.view(int(r.integers(len(self.frames))), mirrored=wide), x0, y0, cw, ch)
 
     def composite(self, held: bool = False, max_people: int = 12):
-        """Person sprites pasted onto a background at 2x the model input (exact count)."""
+        """0..``max_people`` person sprites (a quarter of the frames empty) pasted onto a background at 2x the
+    model input (exact count)."""
         r = self.rng
+        pick = r.random()
         if held:
             canvas = textures(r, 1, "tiles")[0].astype(np.float32)
-        elif r.random() < 0.5:
+        elif pick < 0.4:
             cw = int(self.cut * r.uniform(0.4, 1.0))
             x0, y0 = int(r.integers(0, self.cut - cw + 1)), int(r.integers(0, self.bg.shape[0] - int(cw * 0.75) + 1))
             canvas = self.bg[y0:y0 + int(cw * 0.75), x0:x0 + cw].astype(np.float32)
         else:
-            canvas = textures(r, 1, "smooth")[0].astype(np.float32)
+            canvas = textures(r, 1, "smooth" if pick < 0.7 else "blocks")[0].astype(np.float32)
         canvas = _fit(canvas, 2 * H, 2 * W)
         cover = np.zeros(canvas.shape, bool)
         pool = self.sprites["held" if held else "train"]
-        k = int(r.integers(0, max_people + 1))
+        k = min(max_people, int(r.geometric(0.22)) - 1)      # many empty and quiet frames, a few crowded
         centres = []
         for _ in range(k):
             patch, alpha = pool[int(r.integers(len(pool)))]

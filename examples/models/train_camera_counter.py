@@ -7,10 +7,10 @@ One real video (``vtest.avi``), made into many cameras (see ``camera_scenes.py``
   as a density map that supervises the count);
 * training samples, drawn fresh at every step: random 4:3 crops of the *left* 60% of the video at
   scales from 35% to 100% of its height (a third from the left part with its mirror image appended,
-  so that people also appear as small as in the full frame), and synthetic frames with 0..12 person sprites (cut from
-  the left part, scaled to 8..50 px, brightness-jittered) composited on crops of the empty scene or
-  on generated smooth textures (exact counts); every sample gets exposure/contrast/noise/blur jitter
-  and a random mirror;
+  so that people also appear as small as in the full frame), and synthetic frames with 0..12 person
+  sprites (cut from the left part, scaled to 8..50 px, brightness-jittered; a quarter of the frames
+  empty) composited on crops of the empty scene or on generated smooth and block textures (exact
+  counts); every sample gets exposure/contrast/noise/blur jitter and a random mirror;
 * held out (never in a training sample): crops of the *right* 40% of the video (another camera
   view of the square, with its own people), and composites of right-part sprites on a generated
   background family (stripes/tiles) training never sees; the full frames are reported too (60% of
