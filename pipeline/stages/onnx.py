@@ -225,8 +225,18 @@ class Onnx(Stage):
     def _accept(self, batch: Batch) -> tuple[Batch, dict[str, np.ndarray]] | None:
         bad = np.zeros(len(batch), bool)
         reasons: dict[int, str] = {}
+        need = self._reuse.compute_mask(batch)      # frames marked `reused` are neither checked nor preprocessed
+        rows = None if need.all() else np.flatnonzero(need)
         for b in self._builders.values():
-            m, r = b.problems(batch)
+            if b.stateful or rows is None:
+                m, r = b.problems(batch)
+            elif not len(rows):
+                continue
+            else:                                   # check only the rows that will be used
+                sub, r_sub = b.problems(batch.take(rows))
+                m = np.zeros(len(batch), bool)
+                m[rows] = sub
+                r = {int(rows[i]): why for i, why in r_sub.items()}
             bad |= m
             for i, why in r.items():
                 reasons.setdefault(i, why)
@@ -248,16 +258,17 @@ class Onnx(Stage):
         batch = batch.take(ready) if not ready.all() else batch
         if not len(batch):
             return None
-        need = self._reuse.compute_mask(batch)      # frames marked `reused` are not preprocessed either
+        need = self._reuse.compute_mask(batch)
         for name, b in self._builders.items():
             if not b.stateful:
                 if need.all():
                     inputs[name] = b.build(batch)[0]
-                else:
+                elif need.any():
                     x = b.sample(len(batch))
-                    if need.any():
-                        x[need] = b.build(batch.take(need))[0]
+                    x[need] = b.build(batch.take(need))[0]
                     inputs[name] = x
+                else:                               # nothing to run: a read-only placeholder, no memory
+                    inputs[name] = np.broadcast_to(b.sample(1), (len(batch),) + b.sample(1).shape[1:])
         return batch, inputs
 
     def process(self, batch: Batch) -> Batch:
