@@ -220,6 +220,8 @@ class MqttSource(Source):
             user = [dict(p.UserProperty) if p is not None and hasattr(p, "UserProperty") else None for p in props[a:z]]
         decode_many(route.decoder, payloads[a:z], tags[a:z], arrivals[a:z], user, self._builder,
                     lambda i, e: self._refuse(arrivals[a + i], topics[a + i], payloads[a + i], e))
+        for name, n in route.decoder.take_counts().items():   # e.g. text_fields_dropped
+            self.ctx.count(name, n)
 
     def _refuse(self, arrival: float, topic: str, payload: bytes, e: Exception) -> None:
         if isinstance(e, DecodeError):
