@@ -133,6 +133,14 @@ def _validate(file: str) -> int:
         for p in problems:
             print(f"  {p}", file=sys.stderr)
         return 1
+    from .lint import expression_problems
+
+    problems = expression_problems(spec)
+    if problems:
+        print(f"{file}: {len(problems)} expression(s) would never be true:", file=sys.stderr)
+        for p in problems:
+            print(f"  {p}", file=sys.stderr)
+        return 1
     print(f"{file}: pipeline {spec.name!r} is valid")
     for title, items in (("sources", spec.sources), ("stages", spec.stages), ("sinks", spec.sinks)):
         print(f"{title}:")

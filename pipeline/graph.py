@@ -21,6 +21,7 @@ from .config import TagMatch
 from .errors import PipelineStopped
 from .loader import DEAD_LETTER_ID, PipelineSpec
 from .metrics import Metrics
+from .names import NameWatch
 from .sinks.encode import _dumps
 from .stage import Context, Stage
 
@@ -28,10 +29,13 @@ log = logging.getLogger("edgesieve")
 
 
 def match_mask(batch: Batch, match: TagMatch) -> np.ndarray:
-    """Rows whose tags match every ``{tag: value | [values]}`` entry (``*`` and ``?`` glob)."""
+    """Rows whose tags (or, for a key that is not a tag, annotations such as ``event``) match every
+    ``{tag: value | [values]}`` entry (``*`` and ``?`` glob)."""
     keep = np.ones(len(batch), dtype=bool)
     for tag, wanted in match.items():
         col = batch.tags.get(tag)
+        if col is None:
+            col = batch.extra.get(tag)          # an annotation, e.g. the anomaly stage's `event`
         if col is None:
             return np.zeros(len(batch), dtype=bool)
         values = wanted if isinstance(wanted, list) else [wanted]
@@ -103,6 +107,8 @@ class Graph:
                 for inp in c.inputs:
                     self.consumers.setdefault(inp, []).append((c.id, kind))
         self.order = spec.order
+        self._match_names = {c.id: NameWatch(self.context(c.id, clock), c.match, match=True)
+                             for kind in (spec.stages, spec.sinks) for c in kind if c.match}
         self.deliver: Callable[[str, Batch], None] = lambda sink_id, batch: None
 
     def context(self, item_id: str, clock=time.time) -> Context:
@@ -115,6 +121,7 @@ class Graph:
             cfg = self.configs[consumer]
             part = batch
             if cfg.match:
+                self._match_names[consumer].check(batch)
                 mask = match_mask(batch, cfg.match)
                 if not mask.all():
                     part = batch.take(mask)
