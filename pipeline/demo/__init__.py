@@ -25,6 +25,8 @@ from pathlib import Path
 
 import yaml
 
+from pipeline.cli import duration_arg
+
 ROOT = Path(__file__).resolve().parents[2]
 if not (ROOT / "examples").is_dir() and (Path.cwd() / "examples").is_dir():   # installed, not a checkout (e.g. /app)
     ROOT = Path.cwd()
@@ -42,8 +44,8 @@ def missing_types() -> list[str]:
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="edgesieve demo", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--for", dest="duration", type=float, default=None, metavar="SECONDS",
-                   help="stop after this many seconds (default: run until Ctrl-C)")
+    p.add_argument("--for", dest="duration", type=duration_arg, default=None, metavar="DURATION",
+                   help="stop after this long: seconds or 30s, 2m (default: run until Ctrl-C)")
     p.add_argument("--out", default="out/demo", help="folder for the store, anomalies, summary and report (default out/demo)")
     p.add_argument("--pumps", type=int, default=4, help="simulated pumps (default 4)")
     p.add_argument("--cameras", type=int, default=2, help="simulated cameras (default 2)")
