@@ -243,6 +243,9 @@ class Anomaly(Stage):
         return None
 
     # ------------------------------------------------------------------ state
+    def gauges(self) -> dict[str, float]:
+        return {"keys": len(self.models) + len(self.spilled), "keys_spilled": len(self.spilled)}
+
     def snapshot(self) -> dict:
         spilled = {k: p.read_bytes() for k, p in self.spilled.items() if p.exists()}
         return {"models": pickle.dumps(self.models, protocol=pickle.HIGHEST_PROTOCOL), "spilled": spilled}

@@ -132,6 +132,8 @@ class Pipeline:
                 self.dead_letters.listeners.append(lambda b, w=sinks[sid]: w.queue.put(b))
             self.graph.deliver = lambda sink_id, batch: sinks[sink_id].queue.put(batch)
             positions = self._restore(sources, sinks)
+            if rt.checkpoint.path:     # the state now is the restored checkpoint (or nothing yet): age 0
+                self.metrics.set_gauge("runtime", "last_checkpoint_time", time.time())
             self._source_error = None
             queues = {sid: queue.Queue(maxsize=c.max_queue) for sid, c in ((c.id, c) for c in spec.sources)}
             wake = threading.Event()
@@ -296,6 +298,7 @@ class Pipeline:
                  "sinks": {sid: w.sink.snapshot() for sid, w in sinks.items()}}
         write_checkpoint(self.spec.runtime.checkpoint.path, state)
         self.metrics.count("runtime", "checkpoints", 1)
+        self.metrics.set_gauge("runtime", "last_checkpoint_time", time.time())
         for sid, position in positions.items():
             sources[sid].committed(position)
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import math
+import time
 from pathlib import Path
 from typing import ClassVar, Literal
 
@@ -146,6 +147,13 @@ class OutboxSink(Sink):
 
     def restore(self, state) -> None:
         """Nothing to rewind: the outbox remembers what it delivered (see ``Outbox.checkpoint``)."""
+
+    def gauges(self) -> dict[str, float]:
+        """Backlog for /metrics: points and bytes waiting, and the event-time age of the oldest one."""
+        s = self.outbox.stats()
+        oldest = s["oldest_pending_ts"]
+        return {"outbox_backlog_points": s["pending"], "outbox_backlog_bytes": s["pending_bytes"],
+                "outbox_oldest_age_seconds": max(0.0, time.time() - oldest) if oldest is not None else 0.0}
 
     def close(self) -> None:
         if self.config.drain_timeout and not self.sender.drain(self.config.drain_timeout):

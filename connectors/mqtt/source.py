@@ -302,6 +302,9 @@ class MqttSource(Source):
         # Message sequence numbers do not survive a restart: the broker's session holds what is not acknowledged.
         pass
 
+    def gauges(self) -> dict[str, float]:
+        return {"connected": 1.0 if self.conn.connected.is_set() else 0.0}
+
     def close(self) -> None:
         self.conn.close()
 

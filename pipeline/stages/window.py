@@ -184,6 +184,14 @@ class Window(Stage):
         return self._close(np.inf)
 
     # ------------------------------------------------------------------ state
+    def gauges(self) -> dict[str, float]:
+        pending = self._pending
+        if not pending:
+            return {"open_windows": 0, "keys": len(self._key_values)}
+        key = np.concatenate([c["key"] for c in pending])
+        start = np.concatenate([c["start"] for c in pending])
+        return {"open_windows": len(set(zip(key.tolist(), start.tolist()))), "keys": len(self._key_values)}
+
     def snapshot(self):
         pending = {k: np.concatenate([c[k] for c in self._pending]) for k in self._pending[0]} if self._pending else None
         return {"keys": list(self._key_values), "pending": pending, "max_ts": self._max_ts, "seq": self._seq,
