@@ -270,7 +270,7 @@ def _print_demo_summary(r: dict, human_bytes) -> None:
     from rich.table import Table
 
     t = Table(title=f"edgesieve demo: {r['seconds']:.0f} s, {r['devices']}", title_justify="left", show_header=False)
-    t.add_column(style="cyan")
+    t.add_column(style="cyan", no_wrap=True)
     t.add_column()
     t.add_row("devices sent", f"{r['messages_published']:,} messages: {r['readings']:,} pump readings, {r['frames']:,} frames")
     t.add_row("frames skipped", f"{r['skip_rate']:.0%} ({r['frames_skipped']:,} of {r['frames_in']:,}) by frame_diff")
