@@ -66,6 +66,8 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--for", dest="duration", type=duration_arg, default=None, metavar="DURATION",
                      help="stop after this long: seconds or 30s, 1m, 1h30m")
     run.add_argument("--progress", action="store_true", help="show a live view of rates and counters")
+    run.add_argument("--watch", action="store_true",
+                     help="reload the pipeline file when it changes (as SIGHUP does): unchanged stages keep their state")
     run.add_argument("--metrics-port", type=int, default=None, metavar="N", help="serve Prometheus metrics on this port")
     run.add_argument("--metrics-addr", default="127.0.0.1", metavar="ADDR",
                      help="address the metrics endpoint listens on (default 127.0.0.1; 0.0.0.0 in a container)")
@@ -208,6 +210,10 @@ def _run(args) -> int:
         return 1
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda signum, frame: pipeline.stop(signal.Signals(signum).name))
+    if hasattr(signal, "SIGHUP"):
+        signal.signal(signal.SIGHUP, lambda signum, frame: pipeline.request_reload())
+    if args.watch:
+        _watch(Path(args.file), pipeline)
     port = args.metrics_port or spec.runtime.metrics_port
     server = None
     if port:
@@ -236,6 +242,29 @@ def _run(args) -> int:
             server.shutdown()
     print_summary(summary)
     return 1 if summary.error else 0
+
+
+def _watch(path: Path, pipeline, interval: float = 0.5) -> None:
+    """Ask ``pipeline`` to reload when the file's modification time or size changes (a daemon thread)."""
+    import threading
+
+    def stamp():
+        try:
+            st = path.stat()
+            return st.st_mtime_ns, st.st_size
+        except OSError:
+            return None
+
+    def loop():
+        last = stamp()
+        while not pipeline._stop.wait(interval):
+            now = stamp()
+            if now != last and now is not None:
+                last = now
+                logging.getLogger("edgesieve").info("%s changed: reloading", path)
+                pipeline.request_reload()
+
+    threading.Thread(target=loop, name="watch", daemon=True).start()
 
 
 def _test(args) -> int:

@@ -92,7 +92,9 @@ class DeadLetters:
 class Graph:
     """Stage instances and the routing between them."""
 
-    def __init__(self, spec: PipelineSpec, metrics: Metrics, dead_letters: DeadLetters, clock=time.time):
+    def __init__(self, spec: PipelineSpec, metrics: Metrics, dead_letters: DeadLetters, clock=time.time,
+                 reuse: dict[str, Stage] | None = None):
+        """``reuse``: stage instances to carry over by id instead of building them (a reload keeps their state)."""
         self.spec = spec
         self.metrics = metrics
         self.dead_letters = dead_letters
@@ -101,7 +103,8 @@ class Graph:
         self.configs = {c.id: c for c in spec.items()}
         self.consumers: dict[str, list[tuple[str, str]]] = {}  # producer -> [(consumer id, "stage"|"sink")]
         for c in spec.stages:
-            self.stages[c.id] = registry.load("stages", c.type)(c, self.context(c.id, clock))
+            self.stages[c.id] = reuse[c.id] if reuse and c.id in reuse else \
+                registry.load("stages", c.type)(c, self.context(c.id, clock))
         for kind, items in (("stage", spec.stages), ("sink", spec.sinks)):
             for c in items:
                 for inp in c.inputs:

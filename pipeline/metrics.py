@@ -49,6 +49,9 @@ class Metrics:
         """``read()`` is called at scrape time (on the scraping thread) for the item's current gauges."""
         self._gauge_sources[item] = read
 
+    def drop_gauge_source(self, item: str) -> None:
+        self._gauge_sources.pop(item, None)
+
     def gauges(self) -> dict[tuple[str, str], float]:
         out = dict(self._gauges)
         for item, read in list(self._gauge_sources.items()):

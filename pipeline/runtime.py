@@ -78,8 +78,10 @@ class Pipeline:
         self.name = spec.name
         self.metrics = Metrics(spec.name)
         self.dead_letters = DeadLetters(self.metrics, None, keep_in_memory=True)
+        self.clock = clock
         self.graph = Graph(spec, self.metrics, self.dead_letters, clock)
         self._stop = threading.Event()
+        self._reload = threading.Event()
         self.stopped_by = "end of sources"
 
     # ------------------------------------------------------------------ synchronous API
@@ -108,6 +110,10 @@ class Pipeline:
         return {sid: Batch.concat(bs).to_records() for sid, bs in out.items()}
 
     # ------------------------------------------------------------------ threaded run
+    def request_reload(self) -> None:
+        """Reload the pipeline file between micro-batches (SIGHUP, --watch); see pipeline/reload.py."""
+        self._reload.set()
+
     def stop(self, reason: str = "stop requested") -> None:
         self.stopped_by = reason
         self._stop.set()
@@ -241,6 +247,13 @@ class Pipeline:
                     pending[sid] = []
                     pending_n[sid] = 0
                     first_at.pop(sid, None)
+            if self._reload.is_set():
+                self._reload.clear()
+                from .reload import reload_graph
+
+                graph = reload_graph(self, self.spec.file)
+                if graph is not None:
+                    self.graph = graph
             now = time.monotonic()
             if now - last_tick >= rt.tick:
                 self.graph.tick(time.time())
