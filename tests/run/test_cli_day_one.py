@@ -3,12 +3,10 @@
 
 from __future__ import annotations
 
-import json
 import socket
 import time
 import uuid
 
-import pytest
 
 from pipeline import __version__
 from tests.support.cli import edgesieve, start_edgesieve

@@ -4,7 +4,6 @@ uninterrupted run does), a changed stage takes its new config, and what changed 
 
 from __future__ import annotations
 
-import json
 import signal
 import threading
 import time
