@@ -6,6 +6,9 @@ Consumers, all in this run, against the same broker:
   (a) paho   a bare paho-mqtt 2 subscriber with an empty callback (paho's own receive loop: the baseline)
   (b) pipe   the `mqtt` source -> 10 s `window` (per site/device) -> `file` sink, through the real runtime
   (c) c-sub  `mosquitto_sub` (the C client) writing to /dev/null: the ceiling of this machine
+  (d) jrnl   QoS >= 1 only: (b) with checkpoints on (interval 30 s), so every message goes through the input
+             journal (`journal_fsync: full`, fsync before each acknowledgement) and is acknowledged at once
+  (e) jrnl-n (d) with `journal_fsync: normal` (written to the OS before the acknowledgement, no fsync)
 Scenarios: single-reading `json` at QoS 0 and QoS 1, and `json-batch` (100 readings per message) at QoS 1.
 
 Method: each consumer first creates a persistent session (clean start off) and disconnects; a publisher in a
@@ -109,7 +112,9 @@ def drain_paho(broker: Mosquitto, n: int) -> float:
     return seconds, cpu
 
 
-def drain_pipeline(broker: Mosquitto, n_messages: int, readings: int, qos: int, codec: str, work: Path) -> float:
+def drain_pipeline(broker: Mosquitto, n_messages: int, readings: int, qos: int, codec: str, work: Path,
+                   client_id: str = "bench-b", fsync: str | None = None) -> float:
+    """The real runtime; ``fsync`` set: checkpoints on (30 s), so the input journal is used with that policy."""
     from pipeline.loader import parse_pipeline
     from pipeline.runtime import Pipeline
 
@@ -119,8 +124,9 @@ sources:
   - id: in
     type: mqtt
     url: {broker.url}
-    client_id: bench-b
+    client_id: {client_id}
     node: bench
+    journal_fsync: {fsync or "full"}
     subscriptions: [{{topic: "bench/#", topic_template: "bench/{{site}}/{{device}}", qos: {qos}, codec: {codec}}}]
 stages:
   - {{id: agg, type: window, inputs: [in], size: 10s, key: [site, device], aggregates: {{temperature: [mean, max], vibration: [max]}}}}
@@ -128,6 +134,8 @@ sinks:
   - {{id: out, type: file, inputs: [agg], path: {work / 'out.ndjson'}, truncate: true}}
 runtime:
   dead_letter: null
+  state_dir: {work / client_id}
+  {f"checkpoint: {{path: {work / client_id / 'cp'}, interval: 30s}}" if fsync else ""}
 """
     p = Pipeline(parse_pipeline(text, env={}))
     t0, cpu0 = time.perf_counter(), time.process_time()
@@ -167,13 +175,18 @@ def scenario(name: str, qos: int, codec: str, n: int, per_msg: int, tmp: Path, r
     for rnd in range(repeat):
         with Mosquitto(tmp / f"{name}-{rnd}", persistence=False,
                        extra_config=["queue_qos0_messages true", "max_queued_messages 0", "max_queued_bytes 0"]) as broker:
-            for cid in ("bench-a", "bench-b", "bench-c"):
+            consumers = ("bench-a", "bench-b", "bench-c") + (("bench-d", "bench-e") if qos else ())
+            for cid in consumers:
                 _session(broker, cid, qos)
             subprocess.run([sys.executable, "-c", PUBLISHER, "127.0.0.1", str(broker.port), str(qos), str(n), str(per_msg)],
                            check=True, timeout=300)
             for key, (seconds, cpu) in (("a", drain_paho(broker, n)),
                                         ("b", drain_pipeline(broker, n, n * per_msg, qos, codec, tmp / name)),
-                                        ("c", drain_mosquitto_sub(broker, n, qos))):
+                                        ("c", drain_mosquitto_sub(broker, n, qos)),
+                                        *((("d", drain_pipeline(broker, n, n * per_msg, qos, codec, tmp / name,
+                                                                "bench-d", "full")),
+                                           ("e", drain_pipeline(broker, n, n * per_msg, qos, codec, tmp / name,
+                                                                "bench-e", "normal"))) if qos else ())):
                 best[f"{key}_s"] = min(best.get(f"{key}_s", float("inf")), seconds)
                 best[f"{key}_cpu_s"] = min(best.get(f"{key}_cpu_s", float("inf")), cpu)
     return {"scenario": name, "qos": qos, "codec": codec, "messages": n, "readings": n * per_msg, **best}
@@ -196,7 +209,9 @@ def main() -> None:
     print(head)
     print("-" * len(head))
     for r in rows:
-        for key, label in (("a", "paho"), ("b", "pipe"), ("c", "c-sub")):
+        for key, label in (("a", "paho"), ("b", "pipe"), ("c", "c-sub"), ("d", "jrnl"), ("e", "jrnl-n")):
+            if f"{key}_s" not in r:
+                continue
             s, cpu = r[f"{key}_s"], r[f"{key}_cpu_s"]
             print(f"{r['scenario']:<16} {label:<7} {r['messages'] / s:>10,.0f} {r['readings'] / s:>12,.0f} "
                   f"{cpu / r['messages'] * 1e6:>11,.1f}")
@@ -204,6 +219,10 @@ def main() -> None:
         r["b_over_a_cpu"] = r["a_cpu_s"] / r["b_cpu_s"]
         print(f"{'':<16} (b)/(a) = {r['b_over_a']:.2f} by wall time, {r['b_over_a_cpu']:.2f} by CPU time;"
               f"   (b)/(c) = {r['b_over_c']:.2f};   zero loss: yes")
+        if "d_s" in r:
+            r["d_over_b"], r["e_over_b"], r["d_over_a"] = r["b_s"] / r["d_s"], r["b_s"] / r["e_s"], r["a_s"] / r["d_s"]
+            print(f"{'':<16} journal: (d)/(b) = {r['d_over_b']:.2f}, (e)/(b) = {r['e_over_b']:.2f}, "
+                  f"(d)/(a) = {r['d_over_a']:.2f} by wall time")
     if args.json:
         print(json.dumps(rows, indent=1))
 

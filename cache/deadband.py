@@ -40,7 +40,7 @@ from pipeline.batch import Batch
 from pipeline.config import Duration, StageConfig
 from pipeline.keys import factorize, group_rows
 from pipeline.numeric import split_numeric
-from pipeline.stage import Context, Stage
+from pipeline.stage import Context, Stage, StateChanges
 
 
 @dataclass
@@ -62,6 +62,8 @@ class Deadband:
         self.max_interval = max_interval
         self.min_interval = float(min_interval or 0.0)
         self.keys: dict = {}   # key -> {"last": (f,) float, "ts": float, "pending": int, counters}
+        self.dirty: set = set()   # keys changed since the last saved checkpoint
+        self._taken: set = set()  # keys handed to a checkpoint not saved yet
 
     def _moved(self, vals: np.ndarray, last: np.ndarray) -> np.ndarray:
         diff = np.abs(vals - last[None])
@@ -89,6 +91,7 @@ class Deadband:
         return DeadbandDecision(passed, reason, before)
 
     def _decide_key(self, k, rows, ts, values, passed, reason, before):
+        self.dirty.add(k)
         st = self.keys.get(k)
         pos, m = 0, len(rows)
         if st is None:
@@ -135,6 +138,16 @@ class Deadband:
 
     def restore(self, state: dict | None) -> None:
         self.keys = {k: {**v, "last": np.array(v["last"], dtype=np.float64)} for k, v in (state or {}).items()}
+        self.dirty, self._taken = set(), set()
+
+    def changes(self) -> dict:
+        """The state of the keys that saw readings since the last saved checkpoint (see `Stage.snapshot_changes`)."""
+        self._taken |= self.dirty  # a checkpoint that failed to save is retried with the next one
+        self.dirty = set()
+        return {k: {**self.keys[k], "last": self.keys[k]["last"].copy()} for k in self._taken}
+
+    def saved(self) -> None:
+        self._taken = set()
 
 
 class DeadbandConfig(StageConfig):
@@ -188,3 +201,13 @@ class DeadbandStage(Stage):
 
     def restore(self, state) -> None:
         self.band.restore(state)
+
+    # checkpoints: one entry per key, only the keys that saw readings since the last one
+    def snapshot_changes(self) -> StateChanges:
+        return StateChanges(self.band.changes())
+
+    def restore_entries(self, entries: dict) -> None:
+        self.band.restore(entries)
+
+    def state_saved(self) -> None:
+        self.band.saved()

@@ -24,7 +24,7 @@ from cache.reuse import key_column
 from pipeline.batch import Batch
 from pipeline.config import Duration, StageConfig
 from pipeline.numeric import split_numeric
-from pipeline.stage import Context, Stage
+from pipeline.stage import Context, Stage, StateChanges
 
 
 class DedupConfig(StageConfig):
@@ -51,6 +51,7 @@ class Dedup(Stage):
         super().__init__(config, ctx)
         self.band = Deadband(deviation=0.0, max_interval=config.window)
         self._codes: dict[str, int] = {}
+        self._saved_codes = 0  # codes in the last saved checkpoint (codes are only ever added)
 
     def process(self, batch: Batch) -> Batch:
         good, bad, reasons = split_numeric(batch, self.config.fields, f"stage {self.ctx.item_id!r}")
@@ -77,3 +78,19 @@ class Dedup(Stage):
     def restore(self, state) -> None:
         self.band.restore(state["band"])
         self._codes = dict(state["codes"])
+        self._saved_codes = len(self._codes)
+
+    # checkpoints: ("key", k) per key that saw readings, and the tag codes when new ones were added
+    def snapshot_changes(self) -> StateChanges:
+        entries = {("key", k): v for k, v in self.band.changes().items()}
+        if len(self._codes) != self._saved_codes:
+            entries[("codes",)] = dict(self._codes)
+        return StateChanges(entries)
+
+    def restore_entries(self, entries: dict) -> None:
+        self.restore({"band": {k[1]: v for k, v in entries.items() if k[0] == "key"},
+                      "codes": entries.get(("codes",), {})})
+
+    def state_saved(self) -> None:
+        self.band.saved()
+        self._saved_codes = len(self._codes)

@@ -31,7 +31,6 @@ stores them, scores the audits and returns every row's result.
 from __future__ import annotations
 
 import hashlib
-import pickle
 import threading
 from dataclasses import dataclass
 from typing import Callable
@@ -41,6 +40,7 @@ import numpy as np
 from cache.features import default_feature
 from cache.guard import AccuracyGuard, uniform
 from cache.neighbors import NeighborIndex
+from pipeline.statecodec import dumps as state_bytes
 
 _SHARED: dict[str, "RedundancyCache"] = {}
 _SHARED_LOCK = threading.Lock()
@@ -121,7 +121,7 @@ class RedundancyCache:
         a = np.ascontiguousarray(x)
         h = hashlib.blake2b(digest_size=16)
         h.update(self.model_version.encode() + b"\0" + str((a.dtype.str, a.shape)).encode())
-        h.update(a.data if a.dtype != object else pickle.dumps(a))
+        h.update(a.data if a.dtype != object else state_bytes(a))
         return h.digest()
 
     def set_model_version(self, version: str) -> bool:
@@ -162,7 +162,7 @@ class RedundancyCache:
     def _store(self, h: bytes, feat, value, now: float, cost: float) -> None:
         if h in self.by_hash:
             self._evict(self.by_hash[h], None)
-        vb = value.nbytes if isinstance(value, np.ndarray) else len(pickle.dumps(value))
+        vb = value.nbytes if isinstance(value, np.ndarray) else len(state_bytes(value))
         nbytes = 16 + vb + (feat.nbytes if feat is not None else 0) + 64
         if nbytes > self.max_bytes:
             return

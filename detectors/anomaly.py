@@ -22,7 +22,6 @@ They are counted (``bad_values``) and never learned.
 from __future__ import annotations
 
 import hashlib
-import pickle
 from pathlib import Path
 from typing import Any, Literal
 
@@ -32,10 +31,12 @@ from pydantic import Field, model_validator
 from pipeline.batch import Batch
 from pipeline.config import Duration, StageConfig
 from pipeline.keys import key_codes
-from pipeline.stage import Context, Stage
+from pipeline.stage import Context, Stage, StateChanges
+from pipeline.statefiles import private_dir, write_private
 
 from .base import DETECTORS, detector_class, make_detector
 from .keystate import AdaptiveThreshold, Debounce, KeyState
+from .state import dump_model, load_model
 
 OUT_FIELDS = ("anomaly_score", "is_anomaly", "warming_up", "anomaly_alert", "anomaly_count")
 
@@ -81,6 +82,8 @@ class Anomaly(Stage):
         self.fields = list(config.fields)
         self.models: dict[tuple, KeyState] = {}
         self.spilled: dict[tuple, Path] = {}
+        self.dirty: set[tuple] = set()  # keys whose state changed since the last checkpoint
+        self._taken: set[tuple] = set()  # keys handed to a checkpoint that is not saved yet
         self.spill_dir = Path(ctx.state_dir) / "anomaly" / ctx.stage_id
         self.where = f"anomaly {ctx.stage_id!r}"
 
@@ -104,7 +107,7 @@ class Anomaly(Stage):
         if st is None:
             path = self.spilled.pop(key, None)
             if path is not None:
-                st = pickle.loads(path.read_bytes())
+                st = load_model(path.read_bytes(), str(path))
                 path.unlink(missing_ok=True)
                 self.ctx.count("models_reloaded")
             else:
@@ -112,6 +115,7 @@ class Anomaly(Stage):
                 self.ctx.count("models_created")
             self.models[key] = st
         st.last_seen = now
+        self.dirty.add(key)
         return st
 
     def _spill_idle(self, now: float) -> None:
@@ -119,11 +123,10 @@ class Anomaly(Stage):
             return
         idle = [k for k, st in self.models.items() if now - st.last_seen >= self.config.idle_spill]
         if idle:
-            self.spill_dir.mkdir(parents=True, exist_ok=True)
-        for k in idle:
-            path = self.spill_dir / (hashlib.sha1(repr(k).encode()).hexdigest() + ".pkl")
-            path.write_bytes(pickle.dumps(self.models.pop(k), protocol=pickle.HIGHEST_PROTOCOL))
-            self.spilled[k] = path
+            private_dir(self.spill_dir)
+        for k in idle:  # not fsynced: after a crash the checkpoint, not the spill folder, is what counts
+            write_private(self._spill_path(k), dump_model(self.models.pop(k)), durable=False)
+            self.spilled[k] = self._spill_path(k)
         if idle:
             self.ctx.count("models_spilled", len(idle))
 
@@ -246,19 +249,43 @@ class Anomaly(Stage):
     def gauges(self) -> dict[str, float]:
         return {"keys": len(self.models) + len(self.spilled), "keys_spilled": len(self.spilled)}
 
+    # One checkpoint entry per key: {"model": framed bytes (detectors.state), "spilled": bool}. A checkpoint
+    # writes only the keys that saw a reading since the previous one (`dirty`).
+    def _spill_path(self, key: tuple) -> Path:
+        return self.spill_dir / (hashlib.sha1(repr(key).encode()).hexdigest() + ".state")
+
+    def _entry(self, key: tuple) -> dict | None:
+        if key in self.models:
+            return {"model": dump_model(self.models[key]), "spilled": False}
+        path = self.spilled.get(key)
+        return {"model": path.read_bytes(), "spilled": True} if path is not None and path.exists() else None
+
     def snapshot(self) -> dict:
-        spilled = {k: p.read_bytes() for k, p in self.spilled.items() if p.exists()}
-        return {"models": pickle.dumps(self.models, protocol=pickle.HIGHEST_PROTOCOL), "spilled": spilled}
+        """Every key's entry (a whole snapshot; checkpoints use `snapshot_changes`)."""
+        return {k: self._entry(k) for k in [*self.models, *self.spilled]}
 
     def restore(self, state: dict) -> None:
-        self.models = pickle.loads(state["models"])
-        self.spilled = {}
-        if state["spilled"]:
-            self.spill_dir.mkdir(parents=True, exist_ok=True)
-        for k, blob in state["spilled"].items():
-            path = self.spill_dir / (hashlib.sha1(repr(k).encode()).hexdigest() + ".pkl")
-            path.write_bytes(blob)
-            self.spilled[k] = path
+        self.restore_entries(state)
+
+    def snapshot_changes(self) -> StateChanges:
+        self._taken |= self.dirty  # a checkpoint that failed to save is retried with the next one
+        self.dirty = set()
+        return StateChanges({k: self._entry(k) for k in self._taken})
+
+    def state_saved(self) -> None:
+        self._taken = set()
+
+    def restore_entries(self, entries: dict) -> None:
+        self.models, self.spilled, self.dirty, self._taken = {}, {}, set(), set()
+        if self.spill_dir.is_dir():  # spilled after the checkpoint: the checkpoint's entries replace them
+            for stale in self.spill_dir.glob("*.state"):
+                stale.unlink()
+        for k, entry in entries.items():
+            if entry["spilled"]:
+                write_private(self._spill_path(k), entry["model"], durable=False)
+                self.spilled[k] = self._spill_path(k)
+            else:
+                self.models[k] = load_model(entry["model"], f"{self.where}, model of key {k!r}", hint="")
 
 
 def _forward_fill(X: np.ndarray, bad: np.ndarray, last: np.ndarray) -> np.ndarray:

@@ -17,7 +17,6 @@ irrelevant: any split of the stream into micro-batches gives the same scores.
 """
 from __future__ import annotations
 
-import pickle
 from typing import Any, Callable, Protocol, Sequence, runtime_checkable
 
 import numpy as np
@@ -36,7 +35,7 @@ class Detector(Protocol):
         """Score then learn each row of X, in order; return (scores in [0, 1], warming flags)."""
 
     def snapshot(self) -> bytes:
-        """Picklable state."""
+        """The model as framed bytes (`detectors.state`: data only, never a pickle)."""
 
     def restore(self, state: bytes) -> None:
         """Become the model that `snapshot` described."""
@@ -188,13 +187,18 @@ class SegmentedDetector:
             pos += m
         return scores, warming
 
-    # state: the whole object, pickled (numpy arrays and river models pickle fine)
+    # state: the object's attributes as data (river models included: see detectors.state)
     def snapshot(self) -> bytes:
-        return pickle.dumps(self.__dict__, protocol=pickle.HIGHEST_PROTOCOL)
+        from .state import dump_model
+
+        return dump_model(self.__dict__)
 
     def restore(self, state: bytes) -> None:
+        from .state import load_model
+
+        attrs = load_model(state, f"{type(self).__name__} state")
         self.__dict__.clear()
-        self.__dict__.update(pickle.loads(state))
+        self.__dict__.update(attrs)
 
 
 # name -> "module:Class"; imported lazily so that river is only loaded when a river detector is used

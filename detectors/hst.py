@@ -247,7 +247,7 @@ class HalfSpaceTrees(RowAPI):
 
     # ------------------------------------------------------------------ state
     def snapshot(self) -> dict:
-        """Picklable state; `HalfSpaceTrees.from_snapshot(s)` gives an identical model."""
+        """Plain-data state (numbers, arrays, the seed generator's state); `from_snapshot(s)` gives an identical model."""
         n_int = max(2**self.height - 1, 1)  # trees as (T, internal nodes), without the padding
         return {
             "params": dict(n_trees=self.n_trees, height=self.height, window_size=self.window_size,
@@ -278,17 +278,3 @@ class HalfSpaceTrees(RowAPI):
         model = cls.__new__(cls)
         model.restore(state)
         return model
-
-    def __setstate__(self, state: dict) -> None:
-        """Unpickle; also a model pickled before the flat layout (the anomaly stage's checkpoints
-        pickle detectors whole): trees as (T, internal nodes) and `_r_mass` per node."""
-        if "_r_leaf" not in state:
-            state = dict(state, _table=None, _columns=((), None))
-            r_mass = state.pop("_r_mass", None)
-            self.__dict__.update(state)
-            self._r_leaf = None
-            if self._feature is not None:
-                self._set_trees(self._feature, self._threshold)
-                self._r_leaf = np.ascontiguousarray(r_mass[:, -self._l_leaf.shape[1]:])
-            return
-        self.__dict__.update(state)

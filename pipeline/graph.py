@@ -116,7 +116,8 @@ class Graph:
 
     def context(self, item_id: str, clock=time.time) -> Context:
         return Context(item_id, self.metrics, dead_letter=self.dead_letters, state_dir=self.state_dir,
-                       pipeline=self.spec.name, clock=clock, base_dir=self.spec.base_dir)
+                       pipeline=self.spec.name, clock=clock, base_dir=self.spec.base_dir,
+                       checkpoints=self.spec.runtime.checkpoint.path is not None)
 
     def push(self, producer: str, batch: Batch) -> None:
         """Hand ``batch`` produced by ``producer`` to every consumer, depth first, in file order."""
@@ -183,6 +184,15 @@ class Graph:
                 self.stages[sid].restore(state)
             elif sid not in self.stages:
                 log.warning("checkpoint has state for stage %r, which is no longer in the pipeline; ignored", sid)
+
+    def restore_entries(self, items: dict[str, dict[Any, Any]]) -> None:
+        """Restore every stage from its saved entries (``{stage id: {key: state}}``, see `pipeline.checkpoint`)."""
+        for sid, entries in items.items():
+            if sid in self.stages:
+                self.stages[sid].restore_entries(entries)
+            else:
+                log.warning("checkpoint has state for stage %r, which is no longer in the pipeline; ignored "
+                            "(and dropped at the next checkpoint)", sid)
 
     def close(self) -> None:
         for s in self.stages.values():

@@ -84,3 +84,56 @@ def key_groups(batch: Batch, key: Sequence[str]) -> list[tuple[tuple, np.ndarray
     """(key tuple, row indices in batch order) per distinct key, in order of first appearance."""
     codes, keys = key_codes(batch, key)
     return list(zip(keys, group_rows(codes, len(keys))))
+
+
+def grouped_running_max(values: np.ndarray, codes: np.ndarray, initial: np.ndarray):
+    """Per row, the largest of ``initial[code]`` and the values of the rows of its code: before it and up to it.
+
+    A running maximum per group, in batch order, without a loop: rows are sorted by code and their values
+    replaced by ranks, so one ``maximum.accumulate`` over ``code * n + rank`` scans every group at once.
+    Returns ``(before, after, order)``: two arrays in batch order and the stable sort of the rows by code.
+    ``values`` must not contain NaN.
+
+    >>> before, after, _ = grouped_running_max(np.array([5.0, 1.0, 3.0, 9.0, 2.0]), np.array([0, 1, 0, 1, 0]),
+    ...                                        np.array([4.0, -np.inf]))
+    >>> before.tolist(), after.tolist()
+    ([4.0, -inf, 5.0, 1.0, 5.0], [5.0, 1.0, 5.0, 9.0, 5.0])
+    """
+    n = len(values)
+    order = np.argsort(codes, kind="stable")
+    c = codes[order].astype(np.int64)
+    v = values[order]
+    by_value = np.argsort(v, kind="stable")
+    rank = np.empty(n, dtype=np.int64)
+    rank[by_value] = np.arange(n)
+    best = np.maximum.accumulate(c * n + rank) - c * n     # within a group only: earlier groups have smaller keys
+    start = initial[c]
+    after_sorted = np.maximum(v[by_value[best]], start)
+    before_sorted = np.empty(n, dtype=np.float64)
+    before_sorted[1:] = after_sorted[:-1]
+    first = np.ones(n, dtype=bool)
+    first[1:] = c[1:] != c[:-1]
+    before_sorted[first] = start[first]
+    before, after = np.empty(n, dtype=np.float64), np.empty(n, dtype=np.float64)
+    before[order], after[order] = before_sorted, after_sorted
+    return before, after, order
+
+
+def first_reaching(codes_sorted: np.ndarray, values_sorted: np.ndarray, q_codes: np.ndarray, q_values: np.ndarray) -> np.ndarray:
+    """Per query ``(code, value)``: the index of the first row of that code whose value is >= value, or -1.
+
+    ``codes_sorted`` is non-decreasing and ``values_sorted`` non-decreasing within each code (a running maximum).
+
+    >>> first_reaching(np.array([0, 0, 1, 1]), np.array([1.0, 4.0, 2.0, 3.0]), np.array([0, 0, 1, 1]),
+    ...                np.array([3.0, 5.0, 2.0, 0.0])).tolist()
+    [1, -1, 2, 2]
+    """
+    if not len(q_codes):
+        return np.empty(0, dtype=np.int64)
+    _, rank = np.unique(np.concatenate((values_sorted, q_values)), return_inverse=True)
+    m = int(rank.max()) + 1
+    keys = codes_sorted.astype(np.int64) * m + rank[:len(values_sorted)]
+    pos = np.searchsorted(keys, q_codes.astype(np.int64) * m + rank[len(values_sorted):], side="left")
+    found = pos < len(keys)
+    found[found] = codes_sorted[pos[found]] == q_codes[found]
+    return np.where(found, pos, -1)

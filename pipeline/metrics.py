@@ -97,7 +97,7 @@ def serve_prometheus(metrics: Metrics, port: int, addr: str = "127.0.0.1", spec=
     registry = CollectorRegistry()
     registry.register(PrometheusCollector(metrics))
     if spec is not None:
-        from connectors.bandwidth import BandwidthCollector
+        from .bandwidth import BandwidthCollector
 
         registry.register(BandwidthCollector(metrics, spec))
     server, _thread = start_http_server(port, addr=addr, registry=registry)

@@ -11,7 +11,7 @@ Counters, one metric per unit:
 | ``in``, ``out``, ``filtered``, ``late``, ``dead_lettered``, ``errors``, ``shed``, ``reused``, ... (records) | ``edgesieve_records_total`` | ``event`` |
 | ``bytes_in``, ``bytes_out``, any ``*_bytes`` | ``edgesieve_bytes_total`` | ``event`` |
 | ``dead_lettered.<reason>`` | ``edgesieve_dead_letters_total`` | ``reason`` |
-| ``checkpoints`` | ``edgesieve_checkpoints_total`` | |
+| ``checkpoints``, ``checkpoint_rows`` (state entries written) | ``edgesieve_checkpoints_total``, ``edgesieve_checkpoint_rows_total`` | |
 | ``cache_<event>`` (hits, misses, audits, ...) | ``edgesieve_cache_events_total`` | ``event`` |
 | ``models_*``, ``model_*``, ``drifts`` | ``edgesieve_model_events_total`` | ``event`` |
 | ``text_fields_dropped`` | ``edgesieve_fields_dropped_total`` | ``reason="text"`` |
@@ -40,6 +40,7 @@ import time
 
 _COUNTERS = {
     "checkpoints": ("edgesieve_checkpoints", None, None),
+    "checkpoint_rows": ("edgesieve_checkpoint_rows", None, None),
     "blocked": ("edgesieve_source_waits", None, None),
     "text_fields_dropped": ("edgesieve_fields_dropped", "reason", "text"),
     "drifts": ("edgesieve_model_events", "event", "drifts"),
@@ -50,6 +51,7 @@ _HELP = {
     "edgesieve_bytes": "Payload bytes per pipeline item (bytes_in: received, bytes_out: sent)",
     "edgesieve_dead_letters": "Rejected inputs per item and reason",
     "edgesieve_checkpoints": "Checkpoints written",
+    "edgesieve_checkpoint_rows": "State entries written by checkpoints (only what changed)",
     "edgesieve_cache_events": "Result-cache lookups and audits per item",
     "edgesieve_model_events": "Models created, spilled, reloaded or swapped, and drifts detected",
     "edgesieve_fields_dropped": "Fields left out of readings that were kept",

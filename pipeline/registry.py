@@ -32,6 +32,9 @@ SINKS: dict[str, str] = {
     "mqtt": "connectors.mqtt.sink:MqttSink",
 }
 
+# sink types whose bytes leave the site (bandwidth accounting: pipeline.bandwidth)
+CLOUD_SINKS: frozenset[str] = frozenset({"influxdb", "mqtt"})
+
 KINDS: dict[str, dict[str, str]] = {"sources": SOURCES, "stages": STAGES, "sinks": SINKS}
 
 

@@ -90,6 +90,7 @@ def reload_graph(pipeline, path: str | Path):
             pipeline.metrics.drop_gauge_source(sid)
     fresh.deliver = graph.deliver
     pipeline.spec = new
+    pipeline.rebuilt |= {*changed, *added}
     for what, ids in (("changed (rebuilt; what it held was emitted first)", changed), ("added", added),
                       ("removed (what it held was emitted first)", removed), ("unchanged (state kept)", kept)):
         if ids:

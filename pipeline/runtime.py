@@ -16,12 +16,15 @@ from dataclasses import dataclass, field
 from typing import Any, Iterable
 
 from . import registry
+from .bandwidth import Bandwidth
 from .batch import Batch
-from .checkpoint import read_checkpoint, write_checkpoint
+from .checkpoint import CheckpointStore
+from .statecodec import StateFileError
 from .graph import DeadLetters, Graph
 from .loader import PipelineSpec
+from .lock import StateLock
 from .metrics import Metrics
-from .stage import Sink, Source
+from .stage import Sink, Source, StateChanges
 
 log = logging.getLogger("edgesieve")
 _DONE = object()
@@ -82,7 +85,9 @@ class Pipeline:
         self.graph = Graph(spec, self.metrics, self.dead_letters, clock)
         self._stop = threading.Event()
         self._reload = threading.Event()
+        self.rebuilt: set[str] = set()   # stages a reload rebuilt: their next checkpoint replaces all their entries
         self.stopped_by = "end of sources"
+        self._store: CheckpointStore | None = None
 
     # ------------------------------------------------------------------ synchronous API
     def run_records(self, records: Iterable[dict], source: str | None = None, batch_size: int | None = None) -> dict[str, list[dict]]:
@@ -129,7 +134,9 @@ class Pipeline:
         sinks: dict[str, _SinkWorker] = {}
         threads: list[threading.Thread] = []
         error: str | None = None
+        lock = StateLock(rt.state_dir, self.name)
         try:
+            lock.acquire()        # one owner per state folder (checkpoint, journals, outboxes, client ids)
             for c in spec.sources:
                 sources[c.id] = registry.load("sources", c.type)(c, self.graph.context(c.id))
             for c in spec.sinks:
@@ -164,8 +171,9 @@ class Pipeline:
                 s.close()
             self.graph.close()
             self.dead_letters.close()
-        from connectors.bandwidth import Bandwidth
-
+            if self._store is not None:
+                self._store.close()
+            lock.release()
         counters = self.metrics.by_item()
         return RunSummary(self.name, time.monotonic() - started, counters, self.stopped_by, error,
                           extra={"bandwidth": Bandwidth.of_pipeline(spec, counters)})
@@ -173,15 +181,16 @@ class Pipeline:
     def _source_loop(self, sid: str, src: Source, q: queue.Queue, wake: threading.Event) -> None:
         shed = self.spec.sources[[c.id for c in self.spec.sources].index(sid)].overload == "shed"
 
-        def emit(batch: Batch, position: Any = None) -> None:
+        def emit(batch: Batch, position: Any = None) -> bool:
+            """Queue ``batch``; False when it was not (shed, or the pipeline stopped): a source stops handing on."""
             if not len(batch) and position is None:
-                return
+                return True
             if shed:
                 try:
                     q.put_nowait((batch, position))
                 except queue.Full:
                     self.metrics.count(sid, "shed", len(batch))
-                    return
+                    return False
             else:
                 try:
                     q.put_nowait((batch, position))
@@ -194,8 +203,9 @@ class Pipeline:
                         except queue.Full:
                             pass
                     else:
-                        return
+                        return False
             wake.set()
+            return True
 
         try:
             src.run(emit, self._stop)
@@ -306,28 +316,43 @@ class Pipeline:
                 log.error("sink %r failed to flush: %s: %s", sid, type(exc).__name__, exc)
 
     def _checkpoint(self, positions: dict, sources: dict, sinks: dict) -> None:
+        """Save what changed since the last checkpoint, with the source positions, in one transaction; then ack."""
         self._flush_sinks(sinks)
-        state = {"sources": dict(positions), "stages": self.graph.snapshot(),
-                 "sinks": {sid: w.sink.snapshot() for sid, w in sinks.items()}}
-        write_checkpoint(self.spec.runtime.checkpoint.path, state)
+        items = {**{f"stage:{sid}": st for sid, st in self.graph.stages.items()},
+                 **{f"sink:{sid}": w.sink for sid, w in sinks.items()}}
+        changes = {name: item.snapshot_changes() for name, item in items.items()}
+        for sid in self.rebuilt:   # a fresh instance's changes are its whole state: drop the old instance's entries
+            if f"stage:{sid}" in changes:
+                changes[f"stage:{sid}"] = StateChanges(changes[f"stage:{sid}"].entries, complete=True)
+        stats = self._store.save(positions, changes)
+        self.rebuilt.clear()
+        for item in items.values():
+            item.state_saved()
         self.metrics.count("runtime", "checkpoints", 1)
         self.metrics.set_gauge("runtime", "last_checkpoint_time", time.time())
+        self.metrics.count("runtime", "checkpoint_rows", stats.rows)
+        self.metrics.count("runtime", "checkpoint_bytes", stats.bytes)
         for sid, position in positions.items():
             sources[sid].committed(position)
 
     def _restore(self, sources: dict, sinks: dict) -> dict:
         path = self.spec.runtime.checkpoint.path
-        state = read_checkpoint(path) if path else None
+        self._store = CheckpointStore(path) if path else None
+        state = self._store.load() if self._store else None
         for w in sinks.values():
             w.sink.started(resumed=state is not None)
         if state is None:
             return {}
         log.info("resuming pipeline %r from checkpoint %s", self.name, path)
-        for sid, position in state["sources"].items():
+        for sid, position in state.sources.items():
             if sid in sources:
                 sources[sid].restore(position)
-        self.graph.restore(state["stages"])
-        for sid, sink_state in state["sinks"].items():
-            if sid in sinks and sink_state is not None:
-                sinks[sid].sink.restore(sink_state)
-        return dict(state["sources"])
+        try:
+            self.graph.restore_entries({n[len("stage:"):]: e for n, e in state.items.items() if n.startswith("stage:")})
+            for name, entries in state.items.items():
+                sid = name[len("sink:"):]
+                if name.startswith("sink:") and sid in sinks:
+                    sinks[sid].sink.restore_entries(entries)
+        except StateFileError as exc:  # an entry the item itself decodes (a model) names the item, not the file
+            raise self._store.refusal(str(exc)) from None
+        return dict(state.sources)

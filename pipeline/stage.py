@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, ClassVar, Sequence
 
@@ -13,7 +14,8 @@ from .metrics import Metrics
 
 
 class Context:
-    """What the runtime gives a stage, source or sink: its id, counters, dead-letter path, clock and state folder."""
+    """What the runtime gives a stage, source or sink: its id, counters, dead-letter path, clock, state folder, and
+    whether checkpoints are written."""
 
     def __init__(
         self,
@@ -24,6 +26,7 @@ class Context:
         pipeline: str = "pipeline",
         clock: Callable[[], float] = time.time,
         base_dir: Path | str | None = None,
+        checkpoints: bool = False,
     ):
         self.base_dir = Path(base_dir) if base_dir is not None else None
         self.item_id = item_id
@@ -32,6 +35,7 @@ class Context:
         self.state_dir = Path(state_dir)
         self.pipeline = pipeline
         self.clock = clock
+        self.checkpoints = checkpoints      # the runtime writes checkpoints (a source may journal its input)
 
     @property
     def stage_id(self) -> str:
@@ -49,6 +53,23 @@ class Context:
             self._dead_letter(self.item_id, batch, reasons)
 
 
+WHOLE = ""  # the key of an item's state saved as one entry
+
+
+@dataclass
+class StateChanges:
+    """What an item's state changed since its last saved checkpoint, per key (see `pipeline.checkpoint`).
+
+    ``entries``: key -> the key's state, for keys that are new or changed (a value of None is not stored);
+    ``deleted``: keys that are gone; ``complete``: ``entries`` is the whole state, so keys not in it are gone too.
+    Keys and values are plain data (`pipeline.statecodec`); a key is usually a tuple of tag values.
+    """
+
+    entries: dict[Any, Any]
+    deleted: list[Any] = field(default_factory=list)
+    complete: bool = False
+
+
 class _Item:
     Config: ClassVar[type[ItemConfig]]
     EXAMPLE: ClassVar[dict[str, Any]] = {}
@@ -64,10 +85,27 @@ class _Item:
         return {}
 
     def snapshot(self) -> Any:
+        """The whole state as plain data (`pipeline.statecodec`: no arbitrary objects); None = stateless."""
         return None
 
     def restore(self, state: Any) -> None:
         pass
+
+    def snapshot_changes(self) -> StateChanges:
+        """The state changed since the last checkpoint, per key; by default the whole `snapshot()` as one entry.
+
+        An item with many keys (one model per device) overrides this, `restore_entries` and `state_saved`, so
+        that a checkpoint costs what changed, not every key ever seen.
+        """
+        return StateChanges({WHOLE: self.snapshot()}, complete=True)
+
+    def restore_entries(self, entries: dict[Any, Any]) -> None:
+        """Become the state the saved ``entries`` ({key: state}) describe; by default `restore` the one entry."""
+        if entries.get(WHOLE) is not None:
+            self.restore(entries[WHOLE])
+
+    def state_saved(self) -> None:
+        """The changes the last `snapshot_changes` returned are durable: forget them (not called if saving failed)."""
 
     def close(self) -> None:
         pass

@@ -50,6 +50,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from connectors.influx.diskbound import ROW_OVERHEAD, DiskBound, _dumps, _size
+from pipeline.statefiles import private_file
 
 log = logging.getLogger(__name__)
 _SYNC = {"full": "FULL", "normal": "NORMAL", "off": "OFF"}
@@ -115,8 +116,7 @@ class Outbox(DiskBound):
                  sent_log: int = 200_000):
         if fsync not in _SYNC:
             raise ValueError(f"outbox {path}: fsync must be one of {sorted(_SYNC)}, got {fsync!r}")
-        self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.path = private_file(path)  # 0600 before SQLite opens it (its -wal/-shm follow), folder 0700 if created
         self._lockfile = _exclusive(self.path)
         self.max_bytes, self.steps, self.ddof = max_bytes, tuple(sorted(coarsen_steps_s)), ddof
         self.mark_coarsened, self.sent_log = mark_coarsened, sent_log
@@ -288,7 +288,7 @@ def _exclusive(path: Path):
 
     An flock on ``<outbox>.lock``; the OS releases it when the process dies, even by kill -9.
     """
-    fh = open(str(path) + ".lock", "a+")
+    fh = open(private_file(str(path) + ".lock"), "a+")  # 0600, like the outbox
     try:
         fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import logging
 import random
+import re
 import ssl
 import threading
 import time
@@ -39,6 +40,11 @@ def backoff(min_delay: float, max_delay: float, attempts: int | None = None,
     while attempts is None or i < attempts:
         yield d / 2 + rng.random() * d / 2
         d, i = min(max_delay, d * 2), i + 1
+
+
+def status_topic(node: str, pipeline: str) -> str:
+    """``edgesieve/{node}/{pipeline}/status``: one retained status per pipeline and node (MQTT wildcards replaced)."""
+    return f"edgesieve/{node}/{re.sub(r'[/+#]', '_', pipeline)}/status"
 
 
 def status_payload(state: str, node: str, pipeline: str) -> bytes:
@@ -124,7 +130,7 @@ class Connection:
         self.generation = 0                 # +1 per successful connect: acks of older connections are void
         self.ever_connected = False
         self.error: str | None = None       # fatal: refused credentials, untrusted certificate
-        self.status_topic = f"edgesieve/{cfg.node_name}/status" if status else None
+        self.status_topic = status_topic(cfg.node_name, pipeline) if status else None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 

@@ -5,8 +5,8 @@ printed, and errors about it never include it.
 
 >>> parse_url("mqtts://broker.local")
 ('mqtts', 'broker.local', 8883)
->>> default_client_id("gw1", "plant1", "devices")
-'edgesieve-gw1-plant1-devices'
+>>> default_client_id("gw1", "plant1", "devices", "/var/lib/edgesieve", host="gw1")
+'edgesieve-gw1-plant1-devices-aa30783d'
 """
 
 from __future__ import annotations
@@ -117,7 +117,11 @@ def credentials(cfg: MqttConnectionFields, where: str) -> tuple[str | None, Secr
     return user, pw
 
 
-def default_client_id(node: str, pipeline: str, item_id: str) -> str:
-    """Stable across restarts (so a persistent session is found again); hashed when long."""
-    cid = re.sub(r"[^A-Za-z0-9_.-]", "_", f"edgesieve-{node}-{pipeline}-{item_id}")
+def default_client_id(node: str, pipeline: str, item_id: str, state_dir: str | Path = ".edgesieve",
+                      host: str | None = None) -> str:
+    """``edgesieve-{node}-{pipeline}-{id}-{h}``, h = 8 hex digits of a hash of the host name and the absolute state
+    folder: stable across restarts (so a persistent session is found again), different for two pipelines or two
+    gateways that share a node name or a pipeline file. Shortened with a hash when over 64 characters."""
+    where = f"{host if host is not None else socket.gethostname()}\0{Path(state_dir).absolute()}"
+    cid = re.sub(r"[^A-Za-z0-9_.-]", "_", f"edgesieve-{node}-{pipeline}-{item_id}-{zlib.crc32(where.encode()):08x}")
     return cid if len(cid) <= 64 else f"{cid[:55]}-{zlib.crc32(cid.encode()):08x}"

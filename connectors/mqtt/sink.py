@@ -41,7 +41,7 @@ class MqttSinkConfig(SinkConfig, MqttConnectionFields):
     retain: bool = Field(False, description="Publish retained (the broker keeps the last message per topic).")
     offline_queue: int = Field(10_000, ge=0, le=10_000_000,
                                description="Records kept while disconnected; beyond that the oldest are dropped (counted).")
-    status: bool = Field(False, description="Publish retained online/offline on edgesieve/{node}/status (usually the source does).")
+    status: bool = Field(False, description="Publish retained online/offline on edgesieve/{node}/{pipeline}/status (usually the source does).")
     max_inflight: int = Field(20, ge=1, le=65_535,
                               description="QoS>=1 publishes awaiting the broker's ack; keep <= the broker's receive maximum (mosquitto: 20).")
     flush_timeout: float = Field(5.0, ge=0, le=600, description="Seconds flush/close wait for queued records to reach the broker.")
@@ -75,7 +75,7 @@ class MqttSink(Sink):
         self.template = TopicTemplate(config.topic_template)
         self._queue: deque[tuple[str, bytes]] = deque()
         self._lock = threading.Lock()
-        client_id = config.client_id or default_client_id(config.node_name, ctx.pipeline, config.id)
+        client_id = config.client_id or default_client_id(config.node_name, ctx.pipeline, config.id, ctx.state_dir)
         self.conn = Connection(config, where=self.where, pipeline=ctx.pipeline, client_id=client_id,
                                status=config.status, max_inflight=config.max_inflight, on_connect=self._flush_queue)
         self._last = None                       # MQTTMessageInfo of the latest publish (flush waits for it)

@@ -32,7 +32,7 @@ import json
 import logging
 import threading
 import time
-from collections import deque
+from pathlib import Path
 from typing import Literal
 
 import numpy as np
@@ -42,8 +42,10 @@ from pydantic import Field, model_validator
 from connectors.mqtt.bulk import decode_many
 from connectors.mqtt.codecs import CodecOptions, Decoder, DecodeError
 from connectors.mqtt.connection import Connection
+from connectors.mqtt.inbox import Inbox
 from connectors.mqtt.settings import MqttConnectionFields, default_client_id
 from connectors.mqtt.rows import RowBuilder
+from connectors.mqtt.subscriptions import SubscriptionMemory
 from connectors.mqtt.topics import TopicTemplate
 from pipeline.batch import Batch
 from pipeline.config import SourceConfig
@@ -51,7 +53,6 @@ from pipeline.stage import Context, Source
 
 log = logging.getLogger("edgesieve.mqtt")
 _CHUNK_READINGS = 10_000         # about this many readings per batch handed on while a backlog is decoded
-_NOTHING = ([], [], [], None)
 
 
 class Subscription(CodecOptions):
@@ -92,10 +93,16 @@ class MqttSourceConfig(SourceConfig, MqttConnectionFields):
     max_pending: int = Field(
         200_000, ge=100, le=10_000_000, description="Readings decoded but not yet taken by the pipeline before the network loop pauses.")
     emit_interval: float = Field(0.01, gt=0, le=5, description="Seconds between batches handed to the pipeline.")
-    status: bool = Field(True, description="Publish retained online/offline (last will) on edgesieve/{node}/status.")
+    status: bool = Field(True, description="Publish retained online/offline (last will) on edgesieve/{node}/{pipeline}/status.")
     deadletter_topic: str | None = Field(
         "edgesieve/{node}/deadletter", description="Where undecodable messages are published; null: only counted and logged.")
     deadletter_max_bytes: int = Field(1024, ge=0, le=1_048_576, description="Payload bytes kept (base64) in a dead-letter message.")
+    journal_fsync: Literal["full", "normal", "off"] = Field(
+        "full", description="Input journal (checkpoints on): `full` fsyncs before acknowledging (survives power loss); "
+        "`normal` survives a crash of edgesieve, not of the host; `off`: the OS decides.")
+    redelivery_horizon: int = Field(
+        50_000, ge=0, le=60_000, description="Persistent sessions: the last this many QoS>=1 messages are remembered "
+        "(topic, payload, packet id) and a redelivery of one is dropped (`duplicates`); 0 turns it off. At least receive_maximum.")
 
     @model_validator(mode="after")
     def _check(self):
@@ -104,6 +111,9 @@ class MqttSourceConfig(SourceConfig, MqttConnectionFields):
                 self.deadletter_topic.format(node="n")
             except (KeyError, IndexError, ValueError):
                 raise ValueError(f"deadletter_topic {self.deadletter_topic!r}: the only placeholder is {{node}}") from None
+        if 0 < self.redelivery_horizon < self.receive_maximum:
+            raise ValueError(f"redelivery_horizon ({self.redelivery_horizon}) must be at least receive_maximum "
+                             f"({self.receive_maximum}): every unacknowledged message can come again")
         if self.protocol != "5" and any(s.share_group for s in self.subscriptions):
             raise ValueError("share_group needs protocol: 5")
         return self
@@ -132,50 +142,43 @@ class MqttSource(Source):
         self.where = f"source {config.id!r}"
         self._routes = [_Route(s) for s in config.subscriptions]
         self._topics: dict[str, tuple] = {}           # topic -> (route, tags) or (None, reason, detail)
-        self._lock = threading.Lock()
-        # Messages not decoded yet, as parallel lists of plain values: no object per message that the cyclic
-        # garbage collector would have to scan (hundreds wait per emit_interval; that scanning was costly).
-        self._arrivals: list[float] = []
-        self._topic_in: list[str] = []
-        self._payloads: list[bytes] = []
-        self._props: list | None = [] if any(r.props for r in self._routes) else None   # MQTT 5 properties
         self._per_message = 100.0                    # readings per message lately (until measured: small chunks)
-        self._taken, self._left, self._first_seq = _NOTHING, 0, 1   # taken from the inbox, not decoded yet
         self._builder = RowBuilder()                 # source thread only
-        self._seq = 0                                  # messages taken (good and bad)
-        self._ack_seq: deque[int] = deque()          # per QoS>=1 message: its seq, and (generation, mid, qos)
-        self._ack_id: deque[int] = deque()           # as generation << 18 | mid << 2 | qos (plain ints, see above)
         self._dead: list[tuple[float, str, str, str, str]] = []   # (arrival, topic, reason, detail, payload_b64)
+        self._restored = 0                           # journal position the checkpoint covers
+        self._halted = False                         # stopping, and the pipeline no longer takes batches
         self.deadletter_topic = (config.deadletter_topic.format(node=config.node_name)
                                  if config.deadletter_topic else None)
-        client_id = config.client_id or default_client_id(config.node_name, ctx.pipeline, config.id)
+        client_id = config.client_id or default_client_id(config.node_name, ctx.pipeline, config.id, ctx.state_dir)
         self.conn = Connection(config, where=self.where, pipeline=ctx.pipeline, client_id=client_id,
                                persistent=config.persistent, session_expiry=config.session_expiry,
                                receive_maximum=config.receive_maximum, manual_ack=True, status=config.status,
                                on_connect=self._subscribe,
-                               paused=lambda: (len(self._payloads) + self._left) * self._per_message >= config.max_pending)
+                               paused=lambda: self.inbox.pending() * self._per_message >= config.max_pending)
+        durable = getattr(ctx, "checkpoints", False)
+        self.inbox = Inbox(self.conn, where=self.where, count=ctx.count,
+                           journal_dir=Path(ctx.state_dir) / "journal" / config.id if durable else None,
+                           fsync=config.journal_fsync, keep_props=any(r.props for r in self._routes),
+                           horizon=config.redelivery_horizon if config.persistent else None)
+        self.subscriptions = SubscriptionMemory(Path(ctx.state_dir) / "mqtt" / f"{client_id}.subscriptions.json",
+                                                where=self.where)
         self.conn.client.on_message = self._on_message
+        self.conn.client.on_unsubscribe = lambda *a: self.subscriptions.unsubscribed()
 
     # -- network thread ---------------------------------------------------------------------------
     def _subscribe(self, client: mqtt.Client, session_present: bool) -> None:
         # Always (re)subscribe: harmless when the session kept the subscriptions, essential when it did not.
         topics = [(s.subscribe_topic(), s.qos) for s in self.config.subscriptions]
+        stale = self.subscriptions.connecting([t for t, _ in topics], session_present)
         client.subscribe(topics)
         log.info("%s: subscribed to %s", self.where, ", ".join(t for t, _ in topics))
+        if stale:
+            client.unsubscribe(stale)
+            log.info("%s: unsubscribed from %s (kept by the persistent session, no longer configured)",
+                     self.where, ", ".join(stale))
 
     def _on_message(self, client, userdata, msg: mqtt.MQTTMessage) -> None:
-        arrival = time.time()
-        topic, payload, qos = msg.topic, msg.payload, msg.qos
-        with self._lock:
-            self._seq += 1
-            if qos:
-                self._ack_seq.append(self._seq)
-                self._ack_id.append(self.conn.generation << 18 | msg.mid << 2 | qos)
-            self._arrivals.append(arrival)
-            self._topic_in.append(topic)
-            self._payloads.append(payload)
-            if self._props is not None:
-                self._props.append(msg.properties)
+        self.inbox.put(time.time(), msg.topic, msg.payload, msg.mid, msg.qos, msg.properties)
 
     # -- source thread ----------------------------------------------------------------------------
     def _topic(self, topic: str) -> tuple:
@@ -215,9 +218,7 @@ class MqttSource(Source):
     def _decode_group(self, route: _Route | None, a: int, z: int, arrivals, topics, payloads, props, tags) -> None:
         if route is None or a >= z:
             return
-        user = None
-        if route.props:
-            user = [dict(p.UserProperty) if p is not None and hasattr(p, "UserProperty") else None for p in props[a:z]]
+        user = props[a:z] if route.props else None
         decode_many(route.decoder, payloads[a:z], tags[a:z], arrivals[a:z], user, self._builder,
                     lambda i, e: self._refuse(arrivals[a + i], topics[a + i], payloads[a + i], e))
         for name, n in route.decoder.take_counts().items():   # e.g. text_fields_dropped
@@ -240,67 +241,54 @@ class MqttSource(Source):
                 "payload_bytes": len(payload), "truncated": len(payload) > keep, "payload_b64": b64}), qos=1)
 
     def run(self, emit, stop: threading.Event) -> None:
+        inbox = self.inbox
+        inbox.open(self._restored)
         self.conn.start()
-        sent = 0
         try:
-            while not stop.wait(0 if self._left else self.config.emit_interval):
+            while not stop.wait(0 if inbox.has_ready() else self.config.emit_interval):
                 if self.conn.error:
                     raise ConnectionError(self.conn.error)
-                sent = self._emit(emit, sent)
-            end = self._seq
-            while sent < end:
-                sent = self._emit(emit, sent)
+                inbox.take()
+                self._emit(emit, stop)
+                inbox.prune()
+            inbox.take()
+            while not self._halted and self._emit(emit, stop):
+                pass
         finally:
             self.conn.close()
+            inbox.take()        # journaled (acknowledged or not): handed on after a restart
+            inbox.close()
 
-    def _emit(self, emit, sent: int) -> int:
-        """Decode and emit the next chunk of queued messages; return the position (seq of its last message)."""
-        if not self._left:       # take what the network thread queued
-            with self._lock:
-                seq = self._seq
-                if seq == sent:
-                    return sent
-                self._taken = (self._arrivals, self._topic_in, self._payloads, self._props)
-                self._arrivals, self._topic_in, self._payloads = [], [], []
-                if self._props is not None:
-                    self._props = []
-                self._left = len(self._taken[2])
-            self._first_seq = seq - self._left + 1
-        arrivals, topics, payloads, props = self._taken
-        # A chunk of about _CHUNK_READINGS: the pipeline works (and acknowledges) while the next chunk is decoded
-        a = len(payloads) - self._left
-        z = min(len(payloads), a + max(1, int(_CHUNK_READINGS / self._per_message)))
-        self._decode(arrivals[a:z], topics[a:z], payloads[a:z], props[a:z] if props is not None else None)
-        self.ctx.count("bytes_in", sum(map(len, payloads[a:z])))   # bandwidth accounting: payload bytes received
-        self._left = len(payloads) - z
-        if not self._left:
-            self._taken = _NOTHING
+    def _emit(self, emit, stop: threading.Event) -> bool:
+        """Decode and emit the next chunk of received messages; False when there was none."""
+        # A chunk of about _CHUNK_READINGS: the pipeline works while the next chunk is decoded
+        chunk = self.inbox.next_chunk(max(1, int(_CHUNK_READINGS / self._per_message)))
+        if chunk is None:
+            return False
+        self._decode(chunk.arrivals, chunk.topics, chunk.payloads, chunk.user)
+        self.ctx.count("bytes_in", sum(map(len, chunk.payloads)))   # bandwidth accounting: payload bytes received
         rows = self._builder.build() if len(self._builder) else None
-        self._per_message = max(1.0, (len(rows) if rows is not None else 0) / (z - a))
+        self._per_message = max(1.0, (len(rows) if rows is not None else 0) / len(chunk.payloads))
         dead, self._dead = self._dead, []
         for arrival, topic, reason, detail, b64 in dead:
             self.ctx.count(f"dead_lettered.{reason}", 1)
             self.ctx.dead_letter(Batch(np.array([arrival]), tags={"topic": np.array([topic], dtype=object)},
                                        extra={"payload_b64": np.array([b64], dtype=object)}),
                                  f"{self.where} topic {topic!r}: {reason}: {detail}")
-        position = self._first_seq + z - 1
-        emit(rows if rows is not None else Batch.empty(), position=position)
-        return position
+        if emit(rows if rows is not None else Batch.empty(), position=chunk.position) is False and stop.is_set():
+            # Stopping with a full queue: this chunk was not taken. Nothing after it may be (a later position
+            # in the checkpoint would skip it); the journal hands it on after the restart.
+            self._halted = True
+            return False
+        return True
 
     def committed(self, position) -> None:
-        """The pipeline processed every message up to ``position``: acknowledge the QoS>=1 ones."""
-        gen, client = self.conn.generation, self.conn.client
-        with self._lock:
-            seqs, ids = self._ack_seq, self._ack_id
-            while seqs and seqs[0] <= position:
-                seqs.popleft()
-                ack = ids.popleft()
-                if ack >> 18 == gen:        # a message of an older connection is redelivered and acked afresh
-                    client.ack(ack >> 2 & 0xFFFF, ack & 3)
+        """Checkpoints on: the checkpoint covers ``position`` (journal segments may go); off: acknowledge up to it."""
+        self.inbox.committed(position)
 
     def restore(self, position) -> None:
-        # Message sequence numbers do not survive a restart: the broker's session holds what is not acknowledged.
-        pass
+        """The checkpoint's journal position: the journaled messages after it are handed on again at start."""
+        self._restored = int(position or 0)
 
     def gauges(self) -> dict[str, float]:
         return {"connected": 1.0 if self.conn.connected.is_set() else 0.0}

@@ -9,6 +9,7 @@ import os
 import signal
 import sys
 import threading
+import time
 from pathlib import Path
 
 from pipeline.cli import duration_arg
@@ -26,6 +27,24 @@ EPILOG = """examples:
 
 Payloads are what the mqtt source decodes with the same codec; topics follow --topic with {site}, {device}
 and {kind}. The password is read from $MQTT_PASSWORD or --password-file, never from the command line."""
+
+
+def _start(args, group: DeviceGroup) -> float | None:
+    """``--start``, or a start in the past when event time runs ahead of the clock: readings stamped in the future
+    are dead-lettered by windows (``max_future``), so a fast replay should end about now, not start now."""
+    if args.start is not None or not args.interval or args.rate <= 0:
+        return args.start
+    per_message = 1 if group.codec == "frame" else group.batch_size
+    gain = per_message * args.interval - 1 / args.rate       # event-time seconds gained per message over the clock
+    if gain <= 0:
+        return None
+    messages = args.count if args.count is not None else (args.duration * args.rate if args.duration else None)
+    if messages is None:
+        log.warning("event time runs %.0fx faster than the clock and the run is unbounded: readings will be stamped "
+                    "in the future (windows dead-letter those beyond max_future); give --for, --count or --start",
+                    per_message * args.interval * args.rate)
+        return None
+    return time.time() - messages * gain
 
 
 def parser() -> argparse.ArgumentParser:
@@ -57,7 +76,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--interval", type=duration_arg, default=None,
                    help="event-time seconds between readings (default 1 / (rate x batch size): real time); "
                         "e.g. --rate 50 --interval 1 replays 1 Hz data 50x faster")
-    p.add_argument("--start", type=float, default=None, help="event time of the first reading (default: now)")
+    p.add_argument("--start", type=float, default=None,
+                   help="event time of the first reading (default: now; when --interval runs event time faster than "
+                        "the clock and --for or --count bounds the run, early enough that the last reading is about now)")
     p.add_argument("--qos", type=int, choices=[0, 1, 2], default=1, help="publish QoS (default 1)")
     p.add_argument("--protocol", choices=["5", "3.1.1"], default="5", help="MQTT version (default 5)")
     p.add_argument("--client-id", default="", help="MQTT client id (default: assigned by the broker)")
@@ -111,7 +132,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     truth_file = open(args.truth, "w") if args.truth else None
     truth = (lambda rec: truth_file.write(json.dumps(rec) + "\n")) if truth_file else None
-    sim = Simulator([group], seed=args.seed, start_ts=args.start, truth=truth)
+    sim = Simulator([group], seed=args.seed, start_ts=_start(args, group), truth=truth)
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())

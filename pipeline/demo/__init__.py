@@ -145,7 +145,8 @@ def _run(args) -> int:
 
     out_dir = Path(args.out).resolve()
     out_dir.mkdir(parents=True, exist_ok=True)
-    for stale in ("aggregates.db", "aggregates.db-wal", "aggregates.db-shm", "anomalies.ndjson", "state/demo.checkpoint"):
+    for stale in ("aggregates.db", "aggregates.db-wal", "aggregates.db-shm", "anomalies.ndjson", "state/demo.checkpoint",
+                  "state/demo.checkpoint-wal", "state/demo.checkpoint-shm"):
         (out_dir / stale).unlink(missing_ok=True)
     try:
         broker = EmbeddedBroker.choose(args.mqtt_url, args.broker)

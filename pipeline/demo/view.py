@@ -20,7 +20,7 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
-from connectors.bandwidth import human_bytes
+from pipeline.bandwidth import human_bytes
 
 
 class DemoStats:

@@ -1,6 +1,6 @@
 """Deadband (report by exception): semantics, vectorised == reference loop, state."""
 
-import pickle
+from pipeline.statefiles import roundtrip
 
 import numpy as np
 import pytest
@@ -86,6 +86,6 @@ def test_snapshot_restore_mid_stream():
     db = Deadband(deviation=0.5, max_interval=4)
     got = db.decide(keys[:37], ts[:37], v[:37]).passed.tolist()
     db2 = Deadband(deviation=0.5, max_interval=4)
-    db2.restore(pickle.loads(pickle.dumps(db.snapshot())))
+    db2.restore(roundtrip(db.snapshot()))
     got += db2.decide(keys[37:], ts[37:], v[37:]).passed.tolist()
     assert got == full

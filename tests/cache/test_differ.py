@@ -92,7 +92,7 @@ def test_batch_decisions_equal_one_at_a_time(feature, thr):
 
 
 def test_snapshot_restore_mid_stream_gives_identical_decisions():
-    import pickle
+    from pipeline.statefiles import roundtrip
     frames = scene(40)
     keys = ["a", "b"] * 20
     ts = np.arange(40) * 0.1
@@ -110,7 +110,7 @@ def test_snapshot_restore_mid_stream_gives_identical_decisions():
     first = FrameDiffer("block", 0.05, **kw)
     got = run(first, 0, 16)
     second = FrameDiffer("block", 0.05, **kw)
-    second.restore(pickle.loads(pickle.dumps(first.snapshot())))
+    second.restore(roundtrip(first.snapshot()))
     got += run(second, 16, 40)
     assert got == expected
     assert second.stats() == ref.stats()

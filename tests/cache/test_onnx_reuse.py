@@ -1,7 +1,7 @@
 """frame_diff -> onnx (camera model, cache: and reuse: options) -> dedup, in one pipeline file."""
 
 import json
-import pickle
+from pipeline.statefiles import roundtrip
 from pathlib import Path
 
 import numpy as np
@@ -85,7 +85,7 @@ def test_restart_mid_stream_gives_identical_output():
     full = load_pipeline(spec(cache={"name": "t-onnx-restart-a"}, audit=0.2)).run_records(recs, batch_size=5)["out"]
     a = load_pipeline(spec(cache={"name": "t-onnx-restart-b"}, audit=0.2))
     first = a.run_records(recs[:15], batch_size=5)["out"]
-    state = pickle.loads(pickle.dumps(a.graph.snapshot()))
+    state = roundtrip(a.graph.snapshot())
     b = load_pipeline(spec(cache={"name": "t-onnx-restart-c"}, audit=0.2))
     b.graph.restore(state)
     rest = b.run_records(recs[15:], batch_size=5)["out"]

@@ -1,6 +1,6 @@
 """RedundancyCache: exact and approximate tiers, agreement, invalidation, bounds, audits, state."""
 
-import pickle
+from pipeline.statefiles import roundtrip
 
 import numpy as np
 
@@ -113,7 +113,7 @@ def test_snapshot_restore_gives_identical_lookups():
     a = RedundancyCache(**kw)
     got = go(a, 0, 25)
     b = RedundancyCache(**kw)
-    b.restore(pickle.loads(pickle.dumps(a.snapshot())))
+    b.restore(roundtrip(a.snapshot()))
     got += go(b, 25, 60)
     assert got == expected and b.stats() == ref.stats()
     assert len(a.snapshot(max_entries=3)["entries"]) == 3

@@ -1,7 +1,5 @@
 """frame_diff, deadband and dedup as pipeline stages: behaviour, dead letters, restarts, pipeline files."""
 
-import pickle
-
 import numpy as np
 import pytest
 
@@ -12,6 +10,7 @@ from cache.reuse import ReuseTracker, count_agreement
 from pipeline.loader import parse_pipeline
 from pipeline.runtime import Pipeline
 from pipeline.batch import Batch
+from pipeline.statefiles import roundtrip
 from pipeline.testing import build_stage, run_stage
 
 
@@ -82,7 +81,7 @@ def test_frame_diff_restart_mid_stream_gives_identical_output():
     b, _ = build_stage(FrameDiff, opts)
     first = [b.process(Batch.from_records(recs[i:i + 8])) for i in range(0, 24, 8)]
     c, _ = build_stage(FrameDiff, opts)
-    c.restore(pickle.loads(pickle.dumps(b.snapshot())))
+    c.restore(roundtrip(b.snapshot()))
     rest = [c.process(Batch.from_records(recs[i:i + 8])) for i in range(24, 60, 8)]
     strip = lambda bs: [(r["reused"], r["reuse_reason"], r["fields"]) for r in Batch.concat(bs).to_records()]
     assert strip(first + rest) == strip(full)
@@ -161,3 +160,27 @@ def test_dedup_tells_apart_tag_values_whose_crc32_collide():
         {"ts": 2.0, "tags": {"device": "c", "label": "buckeroo"}, "fields": {}},
     ])
     assert [r["tags"]["label"] for r in out] == ["plumless", "buckeroo"]
+
+
+@pytest.mark.parametrize("cls,options", [(DeadbandStage, {"fields": ["t"], "deviation": 0.5}),
+                                         (Dedup, {"fields": ["t"], "tags": ["state"]})])
+def test_checkpoints_hold_only_the_keys_that_saw_readings_and_restore_from_them(cls, options):
+    rng = np.random.default_rng(4)
+    recs = [{"ts": float(i), "tags": {"device": f"d{i % 500 if i < 1500 else i % 7}", "state": f"s{i % 3}"},
+             "fields": {"t": float(np.round(rng.normal(20, 1)))}} for i in range(3000)]
+    whole, _ = build_stage(cls, options)
+    expected = whole.process(Batch.from_records(recs)).to_records()
+    stage, _ = build_stage(cls, options)
+    saved, rows = {}, []
+    out = []
+    for a in range(0, 2500, 500):
+        out += stage.process(Batch.from_records(recs[a:a + 500])).to_records()
+        changes = stage.snapshot_changes()
+        rows.append(len(changes.entries))
+        saved.update({k: roundtrip(v) for k, v in changes.entries.items()})
+        stage.state_saved()
+    assert rows[0] >= 500 and rows[-1] <= 8  # late checkpoints: 7 active devices (and the tag codes once)
+    restarted, _ = build_stage(cls, options)
+    restarted.restore_entries(saved)
+    out += restarted.process(Batch.from_records(recs[2500:])).to_records()
+    assert out == expected

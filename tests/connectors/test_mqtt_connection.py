@@ -45,10 +45,13 @@ def test_credentials_from_env_and_file(tmp_path, monkeypatch):
         credentials(MqttConnectionFields(username="u", password_file=str(tmp_path / "nope")), "source 'in'")
 
 
-def test_client_id_is_stable_and_bounded():
-    assert default_client_id("gw1", "plant", "in") == "edgesieve-gw1-plant-in"
-    long = default_client_id("g" * 80, "p", "in")
-    assert len(long) <= 64 and long == default_client_id("g" * 80, "p", "in")
+def test_client_id_is_stable_bounded_and_unique_per_host_and_state_dir(tmp_path):
+    cid = default_client_id("gw1", "plant", "in", tmp_path, host="h1")
+    assert cid.startswith("edgesieve-gw1-plant-in-") and cid == default_client_id("gw1", "plant", "in", tmp_path, host="h1")
+    assert cid != default_client_id("gw1", "plant", "in", tmp_path / "other", host="h1")    # second pipeline, same node
+    assert cid != default_client_id("gw1", "plant", "in", tmp_path, host="h2")              # same node name elsewhere
+    long = default_client_id("g" * 80, "p", "in", tmp_path)
+    assert len(long) <= 64 and long == default_client_id("g" * 80, "p", "in", tmp_path)
 
 
 def test_backoff_doubles_with_jitter_up_to_the_cap():

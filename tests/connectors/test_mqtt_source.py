@@ -24,14 +24,15 @@ def pipeline_yaml(tmp_path, source: dict, name: str = "p", sinks: list | None = 
            "sources": [{"id": "in", "type": "mqtt", "node": "gw1", **FAST, **source}],
            "stages": stages or [],
            "sinks": sinks or [{"id": "out", "type": "file", "inputs": ["in"], "path": str(tmp_path / "out.ndjson")}],
-           "runtime": {"batching": {"max_wait": 0.02}, "tick": 0.02, "dead_letter": str(tmp_path / "dead.ndjson")}}
+           "runtime": {"batching": {"max_wait": 0.02}, "tick": 0.02, "dead_letter": str(tmp_path / "dead.ndjson"),
+                       "state_dir": str(tmp_path / "state")}}
     return yaml.safe_dump(doc, sort_keys=False)
 
 
 def start(run_pipeline, clients, broker, tmp_path, source: dict, client_kw: dict | None = None, **kw):
     """Run a pipeline and wait until its source is subscribed (its live online status arrived)."""
     node = source.setdefault("node", f"gw-{uuid.uuid4().hex[:8]}")
-    watcher = clients(broker, **(client_kw or {})).subscribe(f"edgesieve/{node}/status")
+    watcher = clients(broker, **(client_kw or {})).subscribe(f"edgesieve/{node}/+/status")
     p = run_pipeline(pipeline_yaml(tmp_path, {"url": broker.url, **source}, **kw))
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline and p.thread.is_alive():
@@ -42,7 +43,7 @@ def start(run_pipeline, clients, broker, tmp_path, source: dict, client_kw: dict
 
 
 def test_round_trip_with_template_tags_status_and_wildcards(broker, topic_prefix, tmp_path, run_pipeline, clients):
-    watcher = clients(broker).subscribe("edgesieve/gw1/status")
+    watcher = clients(broker).subscribe("edgesieve/gw1/p/status")
     p = run_pipeline(pipeline_yaml(tmp_path, {
         "url": broker.url, "node": "gw1",
         "subscriptions": [{"topic": f"{topic_prefix}/sensors/#", "qos": 1, "codec": "json",

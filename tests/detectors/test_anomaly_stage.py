@@ -1,5 +1,4 @@
 """The anomaly stage: per-key models, thresholds, debounce, drift, bad values, restart and spill."""
-import pickle
 
 import numpy as np
 import pytest
@@ -9,6 +8,7 @@ from detectors.base import DETECTORS
 from pipeline.batch import Batch
 from pipeline.loader import parse_pipeline
 from pipeline.runtime import Pipeline
+from pipeline.statefiles import roundtrip
 from pipeline.testing import FakeClock, build_stage
 
 FAST = {"mad": {"window": 64, "refresh": 8, "min_samples": 32, "smooth": 1},
@@ -57,7 +57,7 @@ def test_restart_mid_stream_gives_identical_output(options):
     recs[410]["fields"]["t"] = float("nan")
     whole, _ = run(options, recs, batch_size=500)
     first, stage = run(options, recs[:613], batch_size=29)
-    state = pickle.loads(pickle.dumps(stage.snapshot()))
+    state = roundtrip(stage.snapshot())
     fresh, _ = build_stage(Anomaly, {"fields": ["t", "p"], **options}, clock=FakeClock(0))
     fresh.restore(state)
     rest, _ = run(options, recs[613:], batch_size=71, stage=fresh)
@@ -132,11 +132,11 @@ def test_idle_keys_spill_to_state_dir_and_come_back(tmp_path):
     out = [stage.process(Batch.from_records(recs[:400]))]
     clock.advance(3600)
     stage.tick(clock())
-    assert stage.models == {} and len(list((tmp_path / "anomaly" / "under_test").glob("*.pkl"))) == 2
-    snap = pickle.loads(pickle.dumps(stage.snapshot()))
+    assert stage.models == {} and len(list((tmp_path / "anomaly" / "under_test").glob("*.state"))) == 2
+    snap = roundtrip(stage.snapshot())
     out.append(stage.process(Batch.from_records(recs[400:])))
     assert Batch.concat(out).to_records() == reference
-    assert len(stage.models) == 2 and not list((tmp_path / "anomaly" / "under_test").glob("*.pkl"))
+    assert len(stage.models) == 2 and not list((tmp_path / "anomaly" / "under_test").glob("*.state"))
     restarted, _ = build_stage(Anomaly, {"fields": ["t", "p"], "params": FAST["mad"], "idle_spill": "10m"},
                                clock=clock, state_dir=tmp_path / "other")
     restarted.restore(snap)

@@ -48,7 +48,7 @@ def write_pipeline(tmp_path: Path, name: str, csv: Path, speed) -> Path:
     out = tmp_path / name
     out.mkdir()
     path = out / "pipeline.yaml"
-    path.write_text(PIPELINE.format(csv=csv, speed=speed, out=out / "agg.ndjson", checkpoint=out / "state.pickle",
+    path.write_text(PIPELINE.format(csv=csv, speed=speed, out=out / "agg.ndjson", checkpoint=out / "state.db",
                                     dead=out / "dead.ndjson"))
     return path
 
@@ -72,7 +72,7 @@ def test_restart_gives_exactly_the_uninterrupted_output(tmp_path, readings, how)
     out = path.parent / "agg.ndjson"
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline and proc.poll() is None:  # wait for real progress and a checkpoint
-        if out.exists() and out.read_bytes().count(b"\n") >= 30 and (path.parent / "state.pickle").exists():
+        if out.exists() and out.read_bytes().count(b"\n") >= 30 and (path.parent / "state.db").exists():
             break
         time.sleep(0.05)
     proc.send_signal(how)
@@ -81,7 +81,7 @@ def test_restart_gives_exactly_the_uninterrupted_output(tmp_path, readings, how)
         assert proc.returncode == 0, proc.stderr.read().decode()
     partial = (path.parent / "agg.ndjson").read_bytes()
     assert 0 < partial.count(b"\n") < expected.count(b"\n"), "the run was not stopped mid-stream"
-    assert (path.parent / "state.pickle").exists()
+    assert (path.parent / "state.db").exists()
     rerun = edgesieve("run", str(path), cwd=path.parent)
     assert rerun.returncode == 0, rerun.stderr
     assert (path.parent / "agg.ndjson").read_bytes() == expected

@@ -6,8 +6,7 @@ import pytest
 from pipeline.stages.window import Window
 from pipeline.testing import build_stage, run_stage
 from pipeline.batch import Batch
-
-AGGS = ["count", "sum", "mean", "min", "max", "stddev", "first", "last", "p50", "p95", "p99"]
+from tests.support.windows import AGGS, check, reference
 
 
 def make_records(n=3000, devices=7, seed=1, jitter=0.0):
@@ -22,52 +21,6 @@ def make_records(n=3000, devices=7, seed=1, jitter=0.0):
             del fields["p"]  # absent values are skipped, not zero
         recs.append({"ts": float(ts[i]), "tags": {"site": "s1", "device": f"d{rng.integers(devices)}"}, "fields": fields})
     return recs
-
-
-def reference(records, size, hop, fields, aggs, lateness=None):
-    """Windows computed one by one with numpy's own functions (and lateness replayed record by record)."""
-    groups, max_ts = {}, -np.inf
-    for r in records:
-        ts = r["ts"]
-        first = np.floor(ts / hop) * hop
-        for j in range(int(np.ceil(size / hop))):
-            start = first - j * hop
-            if start + size <= ts:
-                continue
-            if lateness is not None and start + size <= max_ts - lateness:
-                continue
-            groups.setdefault((start, r["tags"]["device"]), []).append(r)
-        max_ts = max(max_ts, ts)
-    out = {}
-    for (start, device), rs in groups.items():
-        rs = sorted(rs, key=lambda r: r["ts"])
-        rec = {"count": len(rs)}
-        for f in fields:
-            v = np.array([r["fields"][f] for r in rs if f in r["fields"]])
-            if not len(v):
-                if "count" in aggs:
-                    rec[f"{f}_count"] = 0  # a field absent from the whole window counts 0, other aggregates are left out
-                continue
-            fns = {"count": len, "sum": np.sum, "mean": np.mean, "min": np.min, "max": np.max, "stddev": np.std,
-                   "first": lambda x: x[0], "last": lambda x: x[-1], "p50": lambda x: np.percentile(x, 50),
-                   "p95": lambda x: np.percentile(x, 95), "p99": lambda x: np.percentile(x, 99)}
-            for a in aggs:
-                rec[f"{f}_{a}"] = fns[a](v)
-        out[(start, device)] = rec
-    return out
-
-
-def check(out, ref):
-    got = {(r["ts"], r["tags"]["device"]): r["fields"] for r in out}
-    assert got.keys() == ref.keys()
-    for key, want in ref.items():
-        assert got[key].keys() == want.keys(), key
-        for name, value in want.items():
-            if name.endswith(("_sum", "_mean", "_stddev")):
-                # summation order differs (pairwise vs sequential): equal to the last few bits
-                assert got[key][name] == pytest.approx(value, rel=1e-12, abs=1e-12), (key, name)
-            else:
-                assert got[key][name] == value, (key, name)  # count/min/max/first/last/percentiles: exact
 
 
 @pytest.mark.parametrize("hop", [None, 5.0, 2.5])
@@ -87,16 +40,18 @@ def test_output_does_not_depend_on_batching():
     assert all(o == outputs[0] for o in outputs[1:])
 
 
-def test_late_records_are_counted_and_excluded():
+@pytest.mark.parametrize("watermark", ["per_key", "global"])
+def test_late_records_are_counted_and_excluded(watermark):
     records = make_records(jitter=6.0, seed=3)
     opts = {"size": "10s", "key": ["device"], "aggregates": {"t": ["count", "sum", "max"]}, "allowed_lateness": "2s",
-            "late": "dead_letter"}
+            "late": "dead_letter", "watermark": watermark}
     stage, dead = build_stage(Window, opts)
     out = []
     for i in range(0, len(records), 100):
         out.append(stage.process(Batch.from_records(records[i:i + 100])))
     out.append(stage.flush())
-    check(Batch.concat(out).to_records(), reference(records, 10.0, 10.0, ["t"], ["count", "sum", "max"], lateness=2.0))
+    check(Batch.concat(out).to_records(), reference(records, 10.0, 10.0, ["t"], ["count", "sum", "max"], lateness=2.0,
+                                                    per_key=watermark == "per_key"))
     late = stage.ctx.metrics.get("under_test", "late")
     assert late > 0
     assert sum(len(recs) for _, recs, _ in dead) == late
@@ -109,8 +64,8 @@ def test_snapshot_restore_mid_stream_gives_identical_output():
     whole = run_stage(Window, opts, records, batch_size=100)
     first, _ = build_stage(Window, opts)
     out = [first.process(Batch.from_records(records[i:i + 100])) for i in range(0, 1500, 100)]
-    import pickle
-    state = pickle.loads(pickle.dumps(first.snapshot()))
+    from pipeline.statefiles import roundtrip
+    state = roundtrip(first.snapshot())
     second, _ = build_stage(Window, opts)
     second.restore(state)
     out += [second.process(Batch.from_records(records[i:i + 100])) for i in range(1500, len(records), 100)]

@@ -235,3 +235,19 @@ def test_tls_and_password_file(tmp_path, prefix):
         (tmp_path / "bad").write_text("nope\n")
         refused = edgesieve(*base, "--password-file", str(tmp_path / "bad"), "--ca-file", str(tls.ca))
         assert refused.returncode == 1 and "refused" in refused.stderr and "nope" not in refused.stderr
+
+
+def test_a_replay_faster_than_the_clock_ends_about_now_instead_of_starting_now():
+    from connectors.simulate.cli import _start, parser
+    from connectors.simulate.simulator import DeviceGroup
+
+    def start(*argv):
+        args = parser().parse_args(list(argv))
+        return _start(args, DeviceGroup(profile="pump", devices=1, rate=args.rate, interval=args.interval,
+                                        source="generator"))
+
+    now = time.time()
+    begin = start("--rate", "50", "--interval", "1", "--count", "500")     # 500 s of readings in 10 s
+    assert begin == pytest.approx(now - 500 * (1 - 1 / 50), abs=5)         # the last reading is stamped about now
+    assert start("--rate", "50", "--interval", "1", "--count", "5", "--start", "123") == 123
+    assert start("--rate", "1", "--count", "5") is None                    # real time: starts now

@@ -128,16 +128,24 @@ class VictoriaMetrics:
         """Make everything written so far visible to export (otherwise it takes up to a second)."""
         self._get("/internal/force_flush")
 
-    def export(self, match: str = '{__name__!=""}') -> list[dict]:
-        """Raw series as VictoriaMetrics stores them: ``[{"metric": {...}, "values": [...], "timestamps": [ms...]}]``."""
+    def export(self, match: str = '{__name__!=""}', start: float | None = None, end: float | None = None) -> list[dict]:
+        """Raw series as VictoriaMetrics stores them: ``[{"metric": {...}, "values": [...], "timestamps": [ms...]}]``.
+
+        ``start``/``end`` (seconds since the epoch) widen the time range, e.g. to see points stamped in the future."""
         self.force_flush()
-        body = self._get("/api/v1/export", {"match[]": match})
+        params = {"match[]": match}
+        if start is not None:
+            params["start"] = f"{start:.3f}"
+        if end is not None:
+            params["end"] = f"{end:.3f}"
+        body = self._get("/api/v1/export", params)
         return [json.loads(line) for line in body.splitlines() if line.strip()]
 
-    def samples(self, match: str = '{__name__!=""}') -> dict[tuple, list[tuple[int, float]]]:
+    def samples(self, match: str = '{__name__!=""}', start: float | None = None,
+                end: float | None = None) -> dict[tuple, list[tuple[int, float]]]:
         """``{(metric_name, ((label, value), ...)): [(ts_ms, value), ...]}`` sorted by time; duplicates kept."""
         out: dict[tuple, list[tuple[int, float]]] = {}
-        for s in self.export(match):
+        for s in self.export(match, start, end):
             labels = dict(s["metric"])
             name = labels.pop("__name__")
             key = (name, tuple(sorted(labels.items())))

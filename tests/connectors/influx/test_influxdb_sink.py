@@ -8,7 +8,7 @@ import time
 import numpy as np
 import pytest
 
-from connectors.bandwidth import Bandwidth
+from pipeline.bandwidth import Bandwidth
 from connectors.influx.sender import CloudRejected
 from pipeline import load_pipeline
 from pipeline.errors import ConfigError
@@ -96,7 +96,7 @@ def test_sigkill_mid_run_then_restart_every_point_arrives_once(tmp_path, victori
     df = pd.DataFrame(readings(devices=2, seconds=300, hz=10, t0=t0))
     cfg = tmp_path / "p.yaml"
     yaml = pipeline_yaml("unused", victoria.url, measurement, tmp_path,
-                         checkpoint=f"checkpoint: {{path: {tmp_path / 'cp.pickle'}, interval: 0.1}}")
+                         checkpoint=f"checkpoint: {{path: {tmp_path / 'cp.db'}, interval: 0.1}}")
     cfg.write_text(yaml.replace("{id: readings, type: replay, path: unused, tags: [device], speed: max, chunk_size: 20000}",
                                 f"{{id: readings, type: paced, t0: {t0}, batch: 100, pause: 0.005}}"))
     code = ("import sys; from pipeline import registry, load_pipeline; "

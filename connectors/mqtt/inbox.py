@@ -1,0 +1,255 @@
+"""What the ``mqtt`` source received and not yet handed on: redelivery filter, input journal, acknowledgements.
+
+The network thread only appends each message (plain values) under a lock. The source thread ``take()``s them:
+
+1. **Redeliveries are dropped.** With a persistent session the broker sends again every QoS>=1 message whose
+   acknowledgement it did not get (after a reconnect, a broker restart, an edgesieve restart), with the packet id
+   it had. A message whose identity (topic, payload, packet id) is among the last ``horizon`` QoS>=1 messages
+   taken is counted as ``duplicates``, acknowledged, and dropped.
+2. **Durable mode** (checkpoints on): the kept QoS>=1 messages are appended to the input journal
+   (``pipeline/journal.py``) and acknowledged right away; positions are journal record numbers. At start the
+   records after the checkpoint's position are handed on again first (``replay``), and the identities of the
+   newest ``horizon`` records fill the filter, so a redelivery of a message journaled before a crash is known.
+3. **Without checkpoints** nothing is written: a QoS>=1 message is acknowledged once the pipeline has processed
+   the batch holding it (``committed``), within ``runtime.batching.max_wait``; positions count messages.
+
+QoS 0 messages are neither journaled nor filtered (the broker never sends them twice).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import struct
+import threading
+from collections import deque
+from pathlib import Path
+
+from pipeline.journal import Journal
+
+log = logging.getLogger("edgesieve.mqtt")
+_REC = struct.Struct("<dHBHI")          # arrival, packet id, qos, topic length, user-properties length
+_REPLAY_CHUNK = 5_000
+
+
+class Chunk:
+    """Messages handed on together: parallel lists, and the position after the last one."""
+
+    __slots__ = ("arrivals", "topics", "payloads", "user", "position")
+
+    def __init__(self, arrivals, topics, payloads, user, position):
+        self.arrivals, self.topics, self.payloads, self.user, self.position = arrivals, topics, payloads, user, position
+
+
+class Horizon:
+    """The identities of the last ``size`` messages kept: a set plus the order to forget them in."""
+
+    def __init__(self, size: int):
+        self.size = size
+        self._order: deque[int] = deque()
+        self._seen: set[int] = set()
+
+    def seen(self, ident: int) -> bool:
+        """True for an identity within the horizon; otherwise remember it and return False."""
+        seen = self._seen
+        if ident in seen:
+            return True
+        seen.add(ident)
+        self._order.append(ident)
+        if len(self._order) > self.size:
+            seen.discard(self._order.popleft())
+        return False
+
+
+def identity(topic: str, payload: bytes, mid: int) -> int:
+    return hash((topic, payload, mid))
+
+
+class Inbox:
+    """See the module docstring. ``conn`` is the source's ``Connection`` (its client and generation)."""
+
+    def __init__(self, conn, *, where: str, count, journal_dir: Path | None, fsync: str, horizon: int | None,
+                 keep_props: bool, segment_bytes: int = 64 << 20):
+        self.conn, self.where = conn, where
+        self._lock = threading.Lock()
+        self._net: list[list] = [[], [], [], [], []]        # arrival, topic, payload, ack id, properties
+        self._keep_props = keep_props
+        self._horizon = Horizon(horizon) if horizon else None
+        self._journal_dir, self._fsync, self._segment_bytes = journal_dir, fsync, segment_bytes
+        self.journal: Journal | None = None
+        self._replay = None                                   # iterator over journal records to hand on again
+        self._ready: list[list] = [[], [], [], [], []]        # arrival, topic, payload, user props, position after
+        self._cursor = 0
+        self._position = 0            # journal head (durable) or messages taken (otherwise)
+        self._checkpointed = 0
+        self._acks: deque[tuple[int, int]] = deque()          # without journal: (position, ack id) awaiting committed
+        self._count = count                                   # ctx.count of the source
+        self._topic_bytes: dict[str, bytes] = {}
+
+    # -- network thread ---------------------------------------------------------------------------
+    def put(self, arrival: float, topic: str, payload: bytes, mid: int, qos: int, properties) -> None:
+        with self._lock:
+            net = self._net
+            net[0].append(arrival)
+            net[1].append(topic)
+            net[2].append(payload)
+            net[3].append(self.conn.generation << 18 | mid << 2 | qos if qos else 0)
+            if self._keep_props:
+                net[4].append(properties)
+
+    def pending(self) -> int:
+        """Messages received and not yet handed on."""
+        return len(self._net[0]) + len(self._ready[0]) - self._cursor
+
+    # -- source thread ----------------------------------------------------------------------------
+    def open(self, position: int) -> None:
+        """Open the journal (durable mode), fill the redelivery filter, and queue the records after ``position``."""
+        if self._journal_dir is None:
+            return
+        j = self.journal = Journal(self._journal_dir, fsync=self._fsync, segment_bytes=self._segment_bytes,
+                                   start_after=position)
+        if self._horizon is not None:
+            for _, body in j.read(after=max(0, j.head - self._horizon.size)):
+                arrival, mid, qos, topic, payload, _ = _decode_record(body)
+                self._horizon.seen(identity(topic, payload, mid))
+        self._checkpointed = position
+        if j.head > position:
+            log.info("%s: replaying %d journaled message(s) after position %d from %s",
+                     self.where, j.head - position, position, self._journal_dir)
+            self._replay = _bounded(j.read(after=position), j.head)
+        self._position = j.head
+
+    def take(self) -> None:
+        """Move what the network thread queued into the ready list: drop redeliveries, journal, acknowledge."""
+        with self._lock:
+            if not self._net[0]:
+                return
+            arrivals, topics, payloads, acks, props = net = self._net
+            self._net = [[], [], [], [], []]
+        del net
+        horizon, gen, client = self._horizon, self.conn.generation, self.conn.client
+        ready = self._ready
+        r_arr, r_top, r_pay, r_user, r_pos = ready
+        journal = self.journal
+        records: list[bytes] = []
+        to_ack: list[int] = []
+        pos, duplicates = self._position, 0
+        tb = self._topic_bytes
+        for i, ack in enumerate(acks):
+            if ack:
+                topic, payload = topics[i], payloads[i]
+                mid = ack >> 2 & 0xFFFF
+                if horizon is not None and horizon.seen(identity(topic, payload, mid)):
+                    duplicates += 1
+                    if journal is not None:
+                        to_ack.append(ack)         # after this take's journal append (the original may be in it)
+                    elif ack >> 18 == gen:
+                        client.ack(mid, ack & 3)
+                    continue
+                user = _user_props(props[i]) if props else None
+                pos += 1
+                if journal is not None:
+                    t = tb.get(topic)
+                    if t is None:
+                        t = tb[topic] = topic.encode()
+                        if len(tb) > 10_000:
+                            tb.clear()
+                    u = json.dumps(user).encode() if user else b""
+                    records.append(_REC.pack(arrivals[i], mid, ack & 3, len(t), len(u)) + t + u + payload)
+                    to_ack.append(ack)
+                else:
+                    self._acks.append((pos, ack))
+            else:
+                user = _user_props(props[i]) if props else None
+                if journal is None:
+                    pos += 1
+            r_arr.append(arrivals[i])
+            r_top.append(topics[i])
+            r_pay.append(payloads[i])
+            r_user.append(user)
+            r_pos.append(pos)
+        if journal is not None and to_ack:
+            journal.append(records)        # durable (per the fsync policy) before any acknowledgement
+            for ack in to_ack:
+                if ack >> 18 == gen:       # an older connection's message is redelivered, then acknowledged
+                    client.ack(ack >> 2 & 0xFFFF, ack & 3)
+        self._position = pos
+        if duplicates:
+            self._count("duplicates", duplicates)
+
+    def next_chunk(self, n: int) -> Chunk | None:
+        """Up to ``n`` messages to hand on (journal replay first), or None when there are none."""
+        if self._replay is not None:
+            chunk = self._next_replayed(min(n, _REPLAY_CHUNK))
+            if chunk is not None:
+                return chunk
+            self._replay = None
+        ready, a = self._ready, self._cursor
+        if a >= len(ready[0]):
+            return None
+        z = min(len(ready[0]), a + n)
+        chunk = Chunk(ready[0][a:z], ready[1][a:z], ready[2][a:z], ready[3][a:z] if self._keep_props else None,
+                      ready[4][z - 1])
+        if z == len(ready[0]):
+            self._ready, self._cursor = [[], [], [], [], []], 0
+        else:
+            self._cursor = z
+        return chunk
+
+    def _next_replayed(self, n: int) -> Chunk | None:
+        arrivals, topics, payloads, user, last = [], [], [], [], None
+        for seq, body in self._replay:
+            arrival, mid, qos, topic, payload, u = _decode_record(body)
+            arrivals.append(arrival)
+            topics.append(topic)
+            payloads.append(payload)
+            user.append(u)
+            last = seq
+            if len(arrivals) >= n:
+                break
+        if last is None:
+            return None
+        return Chunk(arrivals, topics, payloads, user if self._keep_props else None, last)
+
+    def has_ready(self) -> bool:
+        return self._replay is not None or self._cursor < len(self._ready[0])
+
+    def prune(self) -> None:
+        """Delete journal segments the last checkpoint covers (keeping the newest ``horizon`` records)."""
+        if self.journal is not None:
+            self.journal.prune(self._checkpointed, keep_last=self._horizon.size if self._horizon else 0)
+
+    # -- pipeline thread --------------------------------------------------------------------------
+    def committed(self, position: int) -> None:
+        """Durable: the checkpoint covers ``position`` (segments may go). Otherwise: acknowledge up to it."""
+        if self.journal is not None or self._journal_dir is not None:
+            self._checkpointed = max(self._checkpointed, position)
+            return
+        gen, client, acks = self.conn.generation, self.conn.client, self._acks
+        while acks and acks[0][0] <= position:
+            ack = acks.popleft()[1]
+            if ack >> 18 == gen:
+                client.ack(ack >> 2 & 0xFFFF, ack & 3)
+
+    def close(self) -> None:
+        if self.journal is not None:
+            self.journal.close()
+
+
+def _user_props(p) -> dict | None:
+    return dict(p.UserProperty) if p is not None and hasattr(p, "UserProperty") else None
+
+
+def _decode_record(body: memoryview) -> tuple:
+    arrival, mid, qos, tlen, ulen = _REC.unpack_from(body)
+    a = _REC.size
+    topic = bytes(body[a:a + tlen]).decode()
+    user = json.loads(bytes(body[a + tlen:a + tlen + ulen])) if ulen else None
+    return arrival, mid, qos, topic, bytes(body[a + tlen + ulen:]), user
+
+
+def _bounded(records, last: int):
+    for seq, body in records:
+        if seq > last:
+            return
+        yield seq, body
