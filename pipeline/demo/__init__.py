@@ -242,10 +242,10 @@ def camera_note(groups) -> str | None:
     g = cams[0]
     if g.source == "video":
         return f"the sample video {g.video.name}"
-    from connectors.simulate.simulator import _has_cv2
+    import importlib.util
 
     why = ("OpenCV is not installed: `./dev setup` or `pip install opencv-python-headless` adds it"
-           if not _has_cv2() else f"no video at {g.video}")
+           if importlib.util.find_spec("cv2") is None else f"no video at {g.video}")
     return f"GENERATED moving shapes, not the sample video ({why})"
 
 
