@@ -102,7 +102,7 @@ class AlertListener:
                 stats.on_alert(m.topic, m.payload)
             elif b"online" in m.payload:
                 self.online.set()
-        self.c.on_connect = lambda c, u, f, rc, p: c.subscribe([("alerts/#", 1), ("edgesieve/demo/status", 1)])
+        self.c.on_connect = lambda c, u, f, rc, p: c.subscribe([("alerts/#", 1), ("edgesieve/demo/+/status", 1)])   # edgesieve/{node}/{pipeline}/status
         self.c.on_message = on_message
         self.c.connect(host, port)
         self.c.loop_start()

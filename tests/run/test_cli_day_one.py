@@ -133,7 +133,7 @@ def test_test_command_over_mosquitto_leaves_no_trace_on_the_broker(mqtt_broker, 
     assert proc.returncode == 0, err.decode()
     text = out.decode()
     assert "source 'readings' (mqtt): 3 records" in text and '"device":"pump' in text
-    status = Client(mqtt_broker).subscribe(f"edgesieve/{node}/status")
+    status = Client(mqtt_broker).subscribe(f"edgesieve/{node}/#")
     time.sleep(0.5)
     assert status.messages == []                           # no retained online/offline status was left
     pub.close()

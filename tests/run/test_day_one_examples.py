@@ -93,7 +93,7 @@ def test_mqtt_to_sqlite_over_mosquitto(mqtt_broker, prefix, tmp_path):
     f.write_text((DAY_ONE / "mqtt-to-sqlite.yaml").read_text().replace('"sensors/{site}/{device}"',
                                                                        f'"{prefix}/{{site}}/{{device}}"'))
     env = cli_env(MQTT_URL=mqtt_broker.url, OUT_DIR=str(tmp_path))
-    status = Client(mqtt_broker).subscribe("edgesieve/+/status")
+    status = Client(mqtt_broker).subscribe("edgesieve/+/+/status")
     run = start_edgesieve("run", str(f), "--for", "60s", env=env, cwd=tmp_path)
     pub = Client(mqtt_broker)
     try:

@@ -205,7 +205,7 @@ def test_compose_topology_aggregates_arrive_and_alerts_are_published(stack_broke
                           "--metrics-addr", "0.0.0.0", env=env, cwd=tmp_path)
     try:
         deadline = time.monotonic() + 30   # wait until edgesieve is online (retained status, read as edgesieve)
-        status = Listener(stack_broker.port, "edgesieve/e2e/status", "edgesieve")
+        status = Listener(stack_broker.port, "edgesieve/e2e/+/status", "edgesieve")
         while time.monotonic() < deadline and not any("online" in json.dumps(m) for _, m in status.messages):
             assert run.poll() is None, run.communicate()[1][-3000:]
             time.sleep(0.2)
