@@ -74,6 +74,7 @@ def test_match_on_an_annotation_works_and_on_a_missing_key_warns(caplog):
 
 
 def test_validate_flags_an_unquoted_word_compared_with_a_tag(tmp_path):
+    (tmp_path / "x.csv").write_text("ts,site,temperature\n1,north,1.0\n")
     f = tmp_path / "p.yaml"
     f.write_text("""\
 pipeline: p
