@@ -115,9 +115,11 @@ def test_no_secret_in_validate_run_logs_errors_tracebacks_metrics_or_summaries(s
 
     port = free_port()
     proc = start_edgesieve("run", str(good), "--for", "60", "--metrics-port", str(port), "--log-format", "json", env=env)
-    assert wait_for(lambda: "edgesieve_records" in scrape(port)), "the pipeline did not start"
+    if not wait_for(lambda: "edgesieve_connected" in scrape(port)):   # a gauge the mqtt items set at start
+        proc.kill()
+        pytest.fail(f"the pipeline did not start: {proc.communicate()[1][-3000:]}")
     time.sleep(2.0)                                                        # subscribed by now
-    publish(broker, tls, tmp_path, [{"t": 5.0}, {"t": "hot"}])            # one alert, one dead letter
+    publish(broker, tls, tmp_path, [{"t": 5.0}, "{not json"])             # one alert, one dead letter
     assert wait_for(lambda: 'item="hot"' in scrape(port)), "no record reached the filter"
     time.sleep(3.0)                                                        # let the influx senders fail and log
     metrics = scrape(port)
@@ -193,7 +195,8 @@ def publish(broker, tls, tmp_path, readings):
     c.connect("localhost", broker.port)
     c.loop_start()
     for i, r in enumerate(readings):
-        c.publish("sensors/pump1", json.dumps({"ts": 1_700_000_000 + i, **r}), qos=1).wait_for_publish(5)
+        payload = r if isinstance(r, str) else json.dumps({"ts": 1_700_000_000 + i, **r})
+        c.publish("sensors/pump1", payload, qos=1).wait_for_publish(5)
     c.loop_stop()
     c.disconnect()
 
@@ -204,6 +207,7 @@ def _summary_json(tmp_path) -> str:
         lock = __import__("threading").Lock()
         samples = [__import__("collections").defaultdict(int)]
         readings = flagged = alerts = truth = {}
+        camera_note = "generated scenes"
 
     class Summary:
         seconds, stopped_by, error, counters = 1.0, "duration", None, {}
