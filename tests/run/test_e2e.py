@@ -185,7 +185,7 @@ def test_compose_topology_aggregates_arrive_and_alerts_are_published(stack_broke
             out, err = p.communicate(timeout=60)
             assert p.returncode == 0, err
         bad = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)   # one undecodable reading
-        bad.username_pw_set("devices", PASSWORDS["devices"])
+        bad.username_pw_set("simulator", PASSWORDS["simulator"])
         bad.connect("127.0.0.1", stack_broker.port)
         bad.loop_start()
         bad.publish("sensors/plant1/pump09/pump", b"not json", qos=1).wait_for_publish(10)
