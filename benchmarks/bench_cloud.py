@@ -222,11 +222,11 @@ runtime: {{state_dir: {disk.dir}, checkpoint: {{path: {disk.dir / 'cp.pickle'}, 
         time.sleep(1.0)
         vm.stop()
         disk.fill()
-        until(lambda: p.metrics.gauges().get(("sink_blocked", "cloud")) == 1)
+        until(lambda: p.metrics.gauges().get(("cloud", "sink_blocked")) == 1)
         blocked_at = time.perf_counter()
         time.sleep(full_s)
         disk.free()
-        until(lambda: p.metrics.gauges().get(("sink_blocked", "cloud")) == 0)
+        until(lambda: p.metrics.gauges().get(("cloud", "sink_blocked")) == 0)
         held_s = time.perf_counter() - blocked_at
         time.sleep(1.0)
         vm.start()

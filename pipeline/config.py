@@ -78,7 +78,7 @@ class _Consumer(ItemConfig):
     inputs: list[str] = Field(min_length=1, description="Ids of the sources or stages this item reads from.")
     match: TagMatch | None = Field(
         None,
-        description="Only records whose tags match are taken: `{tag: value}` or `{tag: [values]}`; `*` globs allowed.",
+        description="Only records whose tags match are taken: `{tag: value}` or `{tag: [values]}`; `*` globs allowed. A key that is not a tag matches annotations (`event: anomaly_end`).",
     )
 
 

@@ -26,7 +26,7 @@ from .lock import StateLock
 from .metrics import Metrics
 from .redact import redact
 from .sink_worker import SinkWorker
-from .stage import Source
+from .stage import Source, StateChanges
 
 log = logging.getLogger("edgesieve")
 _DONE = object()
@@ -50,10 +50,13 @@ class Pipeline:
         self.name = spec.name
         self.metrics = Metrics(spec.name)
         self.dead_letters = DeadLetters(self.metrics, None, keep_in_memory=True)
+        self.clock = clock
         self.graph = Graph(spec, self.metrics, self.dead_letters, clock)
         self._stop = threading.Event()
         self._interrupted = threading.Event()   # stop requested (signal, --for, a fatal error): do not wait on blocked sinks
         self._fatal: str | None = None
+        self._reload = threading.Event()
+        self.rebuilt: set[str] = set()   # stages a reload rebuilt: their next checkpoint replaces all their entries
         self.stopped_by = "end of sources"
         self._store: CheckpointStore | None = None
 
@@ -83,6 +86,10 @@ class Pipeline:
         return {sid: Batch.concat(bs).to_records() for sid, bs in out.items()}
 
     # ------------------------------------------------------------------ threaded run
+    def request_reload(self) -> None:
+        """Reload the pipeline file between micro-batches (SIGHUP, --watch); see pipeline/reload.py."""
+        self._reload.set()
+
     def stop(self, reason: str = "stop requested") -> None:
         self.stopped_by = reason
         self._interrupted.set()
@@ -118,6 +125,8 @@ class Pipeline:
                 self.dead_letters.listeners.append(lambda b, w=sinks[sid]: w.put(b))
             self.graph.deliver = lambda sink_id, batch: sinks[sink_id].put(batch)
             positions = self._restore(sources, sinks)
+            if rt.checkpoint.path:     # the state now is the restored checkpoint (or nothing yet): age 0
+                self.metrics.set_gauge("runtime", "last_checkpoint_time", time.time())
             self._source_error = None
             queues = {sid: queue.Queue(maxsize=c.max_queue) for sid, c in ((c.id, c) for c in spec.sources)}
             wake = threading.Event()
@@ -231,6 +240,13 @@ class Pipeline:
                     pending[sid] = []
                     pending_n[sid] = 0
                     first_at.pop(sid, None)
+            if self._reload.is_set():
+                self._reload.clear()
+                from .reload import reload_graph
+
+                graph = reload_graph(self, self.spec.file)
+                if graph is not None:
+                    self.graph = graph
             now = time.monotonic()
             if now - last_tick >= rt.tick:
                 self.graph.tick(time.time())
@@ -301,15 +317,20 @@ class Pipeline:
                  **{f"sink:{sid}": w.sink for sid, w in sinks.items()}}
         try:
             changes = {name: item.snapshot_changes() for name, item in items.items()}
+            for sid in self.rebuilt:   # a fresh instance's changes are its whole state: drop the old instance's entries
+                if f"stage:{sid}" in changes:
+                    changes[f"stage:{sid}"] = StateChanges(changes[f"stage:{sid}"].entries, complete=True)
             stats = self._store.save(positions, changes)
         except Exception as exc:   # e.g. a full disk: the previous checkpoint stays valid; try again next time
             self.metrics.count("runtime", "checkpoint_errors", 1)
             log.error("pipeline %r: checkpoint not written (%s: %s); the previous one stays, retrying at the next "
                       "interval", self.name, type(exc).__name__, exc)
             return
+        self.rebuilt.clear()
         for item in items.values():
             item.state_saved()
         self.metrics.count("runtime", "checkpoints", 1)
+        self.metrics.set_gauge("runtime", "last_checkpoint_time", time.time())
         self.metrics.count("runtime", "checkpoint_rows", stats.rows)
         self.metrics.count("runtime", "checkpoint_bytes", stats.bytes)
         for sid, position in positions.items():

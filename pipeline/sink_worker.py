@@ -50,7 +50,7 @@ class SinkWorker:
         self._abort = threading.Event()
         self._abort_reason = ""
         self._lock = threading.Lock()
-        metrics.set_gauge("sink_blocked", self.id, 0)
+        metrics.set_gauge(self.id, "sink_blocked", 0)
         self.thread = threading.Thread(target=self._loop, name=f"sink:{self.id}", daemon=True)
         self.thread.start()
 
@@ -135,7 +135,7 @@ class SinkWorker:
                             self.id, time.monotonic() - self.blocked_since, self.backoff.attempt)
                 self.blocked_since = None
                 self.backoff.reset()
-                self.metrics.set_gauge("sink_blocked", self.id, 0)
+                self.metrics.set_gauge(self.id, "sink_blocked", 0)
             return
 
     def _failed(self, batch: Batch, exc: Exception) -> bool:
@@ -153,7 +153,7 @@ class SinkWorker:
             return True
         if self.blocked_since is None:
             self.blocked_since = time.monotonic()
-            self.metrics.set_gauge("sink_blocked", self.id, 1)
+            self.metrics.set_gauge(self.id, "sink_blocked", 1)
             self.metrics.count(self.id, "blocked_episodes", 1)
             log.warning("sink %r cannot take %d record(s): %s; holding them and retrying with backoff (up to %gs): "
                         "the pipeline waits and no checkpoint moves past them until the sink takes them",

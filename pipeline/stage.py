@@ -85,6 +85,12 @@ class _Item:
     def __init__(self, config: ItemConfig, ctx: Context):
         self.config = config
         self.ctx = ctx
+        if type(self).gauges is not _Item.gauges:      # read at scrape time (see pipeline/prometheus.py)
+            ctx.metrics.gauge_source(ctx.item_id, self.gauges)
+
+    def gauges(self) -> dict[str, float]:
+        """Current values (open windows, keys held, connected...) for /metrics; read on the scraping thread."""
+        return {}
 
     def snapshot(self) -> Any:
         """The whole state as plain data (`pipeline.statecodec`: no arbitrary objects); None = stateless."""

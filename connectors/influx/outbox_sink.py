@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import math
+import time
 from pathlib import Path
 from typing import ClassVar, Literal
 
@@ -159,6 +160,13 @@ class OutboxSink(Sink):
         commits (a lost or damaged WAL, an old copy): refuse to start, saying what may be lost and what to run."""
         if isinstance(state, dict):
             self.outbox.verify(state)
+
+    def gauges(self) -> dict[str, float]:
+        """Backlog for /metrics: points and bytes waiting, and the event-time age of the oldest one."""
+        s = self.outbox.stats()
+        oldest = s["oldest_pending_ts"]
+        return {"outbox_backlog_points": s["pending"], "outbox_backlog_bytes": s["pending_bytes"],
+                "outbox_oldest_age_seconds": max(0.0, time.time() - oldest) if oldest is not None else 0.0}
 
     def close(self) -> None:
         if self.config.drain_timeout and not self.sender.drain(self.config.drain_timeout):

@@ -299,6 +299,15 @@ class Window(Stage):
         return self._close_through(floor)
 
     # ------------------------------------------------------------------ state (plain data and numpy arrays only)
+    def gauges(self) -> dict[str, float]:
+        """Read on the scraping thread: the chunk list is copied, never merged here."""
+        chunks = list(self.open._chunks)
+        if not chunks:
+            return {"open_windows": 0, "keys": len(self._key_values)}
+        key = np.concatenate([c["key"] for c in chunks])
+        start = np.concatenate([c["start"] for c in chunks])
+        return {"open_windows": len(set(zip(key.tolist(), start.tolist()))), "keys": len(self._key_values)}
+
     def snapshot(self):
         return {"format": 2, "watermark": self.config.watermark, "keys": [list(k) for k in self._key_values],
                 "pending": self.open.snapshot(), "seq": self._seq, "clocks": self.clocks.snapshot()}

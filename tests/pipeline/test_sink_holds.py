@@ -64,7 +64,7 @@ def test_a_sink_that_cannot_write_holds_its_batches_applies_back_pressure_and_re
     (tmp_path / "full").touch()
     p = load_pipeline(yaml(tmp_path, checkpoint=True))
     t, box = start(p)
-    until(lambda: p.metrics.gauges().get(("sink_blocked", "out")) == 1)
+    until(lambda: p.metrics.gauges().get(("out", "sink_blocked")) == 1)
     gauges = {s.name: [x.value for x in s.samples] for s in PrometheusCollector(p.metrics).collect()}
     assert gauges["edgesieve_sink_blocked"] == [1.0]
     time.sleep(0.5)
@@ -78,7 +78,7 @@ def test_a_sink_that_cannot_write_holds_its_batches_applies_back_pressure_and_re
     assert written(tmp_path) == EXPECTED   # every record, in order, once
     c = box["summary"].counters["out"]
     assert c["blocked_episodes"] == 1 and c["retries"] > 0 and c["out"] == N
-    assert p.metrics.gauges()[("sink_blocked", "out")] == 0
+    assert p.metrics.gauges()[("out", "sink_blocked")] == 0
     lines = [r.getMessage() for r in caplog.records if "'out'" in r.getMessage()]
     assert sum("cannot take" in m for m in lines) == 1 and sum("takes data again" in m for m in lines) == 1
 
@@ -87,7 +87,7 @@ def test_stopped_while_blocked_no_checkpoint_past_the_held_data_and_the_restart_
     (tmp_path / "full").touch()
     p = load_pipeline(yaml(tmp_path, checkpoint=True))
     t, box = start(p)
-    until(lambda: p.metrics.gauges().get(("sink_blocked", "out")) == 1)
+    until(lambda: p.metrics.gauges().get(("out", "sink_blocked")) == 1)
     time.sleep(0.2)
     p.stop("SIGTERM")
     t.join(30)

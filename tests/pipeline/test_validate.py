@@ -104,7 +104,8 @@ def test_environment_substitution_and_missing_variable():
 
 def test_invalid_yaml_names_the_line():
     found = problems("sources: [\n  {id: a\n")
-    assert "not valid YAML" in str(found[0]) and str(found[0]).startswith("<text>:3:")
+    assert "not valid YAML" in str(found[0]) and str(found[0]).startswith("<text>:2:")   # the unclosed {
+    assert "not closed" in str(found[0])
 
 
 def test_cli_validate_exit_codes(tmp_path: Path):

@@ -80,6 +80,39 @@ def victoria():
         yield server
 
 
+def _dashboard_series() -> list[str]:
+    """Each metric the dashboard queries, with its item/event selector: `edgesieve_records_total{item="motion",...}`."""
+    dash = json.loads((COMPOSE / "grafana" / "dashboards" / "edgesieve.json").read_text())
+    found = []
+    for p in dash["panels"]:
+        for t in p["targets"]:
+            if "expr" in t:
+                found += re.findall(r"edgesieve_\w+(?:\{[^}]*\})?", t["expr"])
+    return found
+
+
+def _scrape_dashboard_names(port: int, deadline: float) -> set[str]:
+    """The dashboard's series that /metrics has a sample for (waits up to ``deadline`` for all of them)."""
+    import urllib.request
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    wanted, have = _dashboard_series(), set()
+    while time.monotonic() < deadline:
+        text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+        samples = [s for f in text_string_to_metric_families(text) for s in f.samples]
+        for series in wanted:
+            name, _, sel = series.partition("{")
+            # exact label matchers must match a series; a regex (=~) one may match no sample yet (e.g. no cache hit)
+            matchers = re.findall(r'(\w+)="([^"]*)"', sel)
+            if any(s.name == name and all(s.labels.get(k) == v for k, v in matchers) for s in samples):
+                have.add(series)
+        if have == set(wanted):
+            break
+        time.sleep(1)
+    return have
+
+
 def test_compose_healthcheck_passes_on_this_broker(stack_broker):
     import yaml
 
@@ -151,6 +184,14 @@ def test_compose_topology_aggregates_arrive_and_alerts_are_published(stack_broke
         for p in sims:
             out, err = p.communicate(timeout=60)
             assert p.returncode == 0, err
+        bad = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)   # one undecodable reading
+        bad.username_pw_set("devices", PASSWORDS["devices"])
+        bad.connect("127.0.0.1", stack_broker.port)
+        bad.loop_start()
+        bad.publish("sensors/plant1/pump09/pump", b"not json", qos=1).wait_for_publish(10)
+        bad.loop_stop()
+        bad.disconnect()
+        scraped = _scrape_dashboard_names(metrics_port, time.monotonic() + 15)
         deadline = time.monotonic() + 30
         pumps = cameras = 0
         while time.monotonic() < deadline:
@@ -171,6 +212,8 @@ def test_compose_topology_aggregates_arrive_and_alerts_are_published(stack_broke
     series = victoria.samples('{__name__="pump_is_anomaly_sum"}')
     assert {dict(labels).get("device") for _, labels in series} == {"pump01", "pump02", "pump03"}
     assert alerts.messages, "no alert was published"
+    missing = sorted(set(_dashboard_series()) - scraped)
+    assert not missing, f"dashboard queries that match nothing on /metrics: {missing}"
     topic, alert = alerts.messages[0]
     assert re.fullmatch(r"alerts/plant1/pump0[123]", topic)
     assert alert["fields"]["anomaly_alert"] in (True, 1)

@@ -20,7 +20,7 @@ def blocked(port: int) -> float | None:
     except OSError:
         return None
     for line in body.splitlines():
-        if line.startswith("edgesieve_sink_blocked{") and 'sink="cloud"' in line:
+        if line.startswith("edgesieve_sink_blocked{") and 'item="cloud"' in line:
             return float(line.rsplit(" ", 1)[1])
     return None
 
