@@ -74,7 +74,6 @@ stages:
     size: 10s
     key: [site, device]
     allowed_lateness: 2s
-    idle_close: 90s            # longer than the longest a device stays silent and then flushes (60 s)
     aggregates: {{v: [sum, max]}}
 sinks:
   - id: cloud
