@@ -1,7 +1,7 @@
 """Cloud uplink benchmark against a real VictoriaMetrics (started here on a free loopback port).
 
     python benchmarks/bench_cloud.py [--points 100000] [--outage 60] [--rate 1000] [--devices 1000] [--seconds 60]
-                                     [--only throughput,outage,bandwidth]
+                                     [--full 5] [--only throughput,outage,bandwidth,diskfull]
 
 1. throughput: points/s through the durable outbox (fsync=full) into VictoriaMetrics, against writing the same
    points straight through the same transport (no outbox) in the same run; the ratio is the price of durability.
@@ -11,6 +11,10 @@
 3. bandwidth: --devices devices at 10 Hz for --seconds → replay (CSV) → 10 s windows (mean, min, max, stddev, p95
    of two fields) → influxdb sink; bytes in from devices (as one JSON message per reading, what they would publish
    over MQTT, and as the CSV file) vs bytes out to the cloud, gzip on and off.
+4. disk-full drill: a pipeline (replay at 20x → 10 s windows → influxdb sink) whose state folder (outbox and
+   checkpoint) is on a 4 MiB tmpfs; the server goes down, the disk is filled to the last byte for --full seconds,
+   space is freed, the server comes back. Reports how long the sink held the pipeline, points lost and duplicates
+   against the windows computed from the CSV with pandas (both must be 0). Needs root to mount the tmpfs.
 """
 from __future__ import annotations
 
@@ -179,6 +183,69 @@ runtime: {{dead_letter: null, batching: {{max_records: 50000}}}}
             "pipeline_seconds": round(run_s, 2)}
 
 
+def bench_disk_full(vm: VictoriaMetrics, work: Path, full_s: float, devices: int = 50, seconds: int = 300) -> dict:
+    import pandas as pd
+
+    from pipeline import load_pipeline
+    from tests.support.small_disk import SmallDisk
+
+    with SmallDisk(4 * 2**20) as disk:
+        if not disk.mounted:
+            return {"skipped": "cannot mount a tmpfs here (needs root with CAP_SYS_ADMIN)"}
+        t0 = (int(time.time()) // 3600 - 3) * 3600
+        n = seconds * 10
+        rng = np.random.default_rng(4)
+        df = pd.DataFrame({"ts": np.repeat(t0 + np.arange(n) / 10, devices).round(1),
+                           "device": np.tile([f"d{d:03d}" for d in range(devices)], n),
+                           "t": rng.normal(20, 2, n * devices).round(3)})
+        df.to_csv(work / "full.csv", index=False)
+        p = load_pipeline(f"""
+pipeline: diskfull
+sources: [{{id: devices, type: replay, path: {work / 'full.csv'}, tags: [device], speed: 20}}]
+stages: [{{id: w10, type: window, inputs: [devices], size: 10s, key: [device], aggregates: {{t: [mean, max]}}}}]
+sinks:
+  - {{id: cloud, type: influxdb, inputs: [w10], url: {vm.url}, org: b, bucket: b, measurement: diskfull, token: t,
+     flush_interval: 0.1, retry_initial: 0.1, retry_max: 1, drain_timeout: 120}}
+runtime: {{state_dir: {disk.dir}, checkpoint: {{path: {disk.dir / 'cp.pickle'}, interval: 1}}, dead_letter: null}}
+""")
+        box: dict = {}
+        th = threading.Thread(target=lambda: box.setdefault("summary", p.run()))
+        started = time.perf_counter()
+        th.start()
+
+        def until(cond, timeout=120):
+            deadline = time.perf_counter() + timeout
+            while not cond() and time.perf_counter() < deadline:
+                time.sleep(0.05)
+
+        until(lambda: p.metrics.get("cloud", "outbox_sent") > 0 or p.metrics.get("cloud", "out") > 0)
+        time.sleep(1.0)
+        vm.stop()
+        disk.fill()
+        until(lambda: p.metrics.gauges().get(("cloud", "sink_blocked")) == 1)
+        blocked_at = time.perf_counter()
+        time.sleep(full_s)
+        disk.free()
+        until(lambda: p.metrics.gauges().get(("cloud", "sink_blocked")) == 0)
+        held_s = time.perf_counter() - blocked_at
+        time.sleep(1.0)
+        vm.start()
+        th.join(600)
+        summary = box["summary"]
+        assert summary.error is None, summary.error
+        expect = df.groupby(["device", (df.ts // 10 * 10).astype(int)]).t.mean()
+        got = vm.samples('{__name__="diskfull_t_mean"}')
+        stored = sum(len(v) for v in got.values())
+        landed = {(dict(labels)["device"], ts // 1000): v for (_, labels), vals in got.items() for ts, v in vals}
+        wrong = sum(1 for k, v in expect.items() if k in landed and abs(landed[k] - v) > 1e-9 * max(abs(v), 1))
+        c = summary.counters["cloud"]
+        return {"readings": len(df), "points_expected": len(expect), "full_s": full_s,
+                "sink_held_pipeline_s": round(held_s, 2), "blocked_episodes": c.get("blocked_episodes", 0),
+                "write_retries": c.get("retries", 0), "run_s": round(time.perf_counter() - started, 1),
+                "points_lost": len(set(expect.index) - set(landed)), "duplicates": stored - len(landed),
+                "values_wrong": wrong, "outbox_dropped": c.get("outbox_dropped", 0)}
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--points", type=int, default=100_000, help="points for the throughput run")
@@ -186,7 +253,8 @@ def main(argv=None) -> int:
     ap.add_argument("--rate", type=int, default=1000, help="points/s produced during the outage drill")
     ap.add_argument("--devices", type=int, default=1000)
     ap.add_argument("--seconds", type=int, default=60, help="seconds of device data for the bandwidth run")
-    ap.add_argument("--only", default="throughput,outage,bandwidth")
+    ap.add_argument("--full", type=float, default=5.0, help="seconds the state disk stays full in the disk-full drill")
+    ap.add_argument("--only", default="throughput,outage,bandwidth,diskfull")
     args = ap.parse_args(argv)
     if not VictoriaMetrics.available():
         print("victoria-metrics not found at /usr/bin/victoria-metrics (Debian package victoria-metrics)")
@@ -205,6 +273,9 @@ def main(argv=None) -> int:
             if "bandwidth" in only:
                 results["bandwidth"] = bench_bandwidth(vm, work, args.devices, args.seconds)
                 print(json.dumps({"bandwidth": results["bandwidth"]}), flush=True)
+            if "diskfull" in only:
+                results["diskfull"] = bench_disk_full(vm, work, args.full)
+                print(json.dumps({"diskfull": results["diskfull"]}), flush=True)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return 0

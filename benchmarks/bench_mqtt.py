@@ -181,11 +181,11 @@ def scenario(name: str, qos: int, codec: str, n: int, per_msg: int, tmp: Path, r
             subprocess.run([sys.executable, "-c", PUBLISHER, "127.0.0.1", str(broker.port), str(qos), str(n), str(per_msg)],
                            check=True, timeout=300)
             for key, (seconds, cpu) in (("a", drain_paho(broker, n)),
-                                        ("b", drain_pipeline(broker, n, n * per_msg, qos, codec, tmp / name)),
+                                        ("b", drain_pipeline(broker, n, n * per_msg, qos, codec, tmp / f"{name}-{rnd}")),
                                         ("c", drain_mosquitto_sub(broker, n, qos)),
-                                        *((("d", drain_pipeline(broker, n, n * per_msg, qos, codec, tmp / name,
+                                        *((("d", drain_pipeline(broker, n, n * per_msg, qos, codec, tmp / f"{name}-{rnd}",
                                                                 "bench-d", "full")),
-                                           ("e", drain_pipeline(broker, n, n * per_msg, qos, codec, tmp / name,
+                                           ("e", drain_pipeline(broker, n, n * per_msg, qos, codec, tmp / f"{name}-{rnd}",
                                                                 "bench-e", "normal"))) if qos else ())):
                 best[f"{key}_s"] = min(best.get(f"{key}_s", float("inf")), seconds)
                 best[f"{key}_cpu_s"] = min(best.get(f"{key}_cpu_s", float("inf")), cpu)

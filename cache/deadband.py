@@ -193,6 +193,9 @@ class DeadbandStage(Stage):
     def stats(self) -> dict:
         return self.band.stats()
 
+    def gauges(self) -> dict[str, float]:
+        return {"keys": len(self.band.keys)}
+
     def snapshot(self):
         return self.band.snapshot()
 

@@ -69,6 +69,9 @@ class Dedup(Stage):
         self.ctx.count("deduplicated", int(n - d.passed.sum()))
         return good.with_fields(repeats=d.suppressed_before.astype(np.float64)).take(d.passed)
 
+    def gauges(self) -> dict[str, float]:
+        return {"keys": len(self.band.keys)}
+
     def snapshot(self):
         return {"band": self.band.snapshot(), "codes": dict(self._codes)}
 

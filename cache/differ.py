@@ -69,70 +69,97 @@ class FrameDiffer:
         self.keys: dict = {}   # key -> {"ref", "ref_ts", "since", "count", "shape", "run", counters}
 
     # -- preparation -----------------------------------------------------------------------------
-    def _prepare(self, data: list) -> tuple[list, dict]:
-        """Reduce every item to its comparison form; returns (list of arrays or None, bad)."""
-        out: list = [None] * len(data)
+    def _prepare(self, data) -> tuple[list, dict]:
+        """Reduce the items to their comparison form, one vectorised pass per frame shape.
+
+        Returns ``(groups, bad)``: groups = [(row indices, stacked small copies)], bad = {row: reason}."""
         bad: dict = {}
-        groups: dict = {}
-        for i, x in enumerate(data):
-            a = x if isinstance(x, np.ndarray) else None
-            if a is None:
-                try:
-                    a = np.asarray(x, dtype=np.float64)
-                except (TypeError, ValueError):
-                    bad[i] = f"not a numeric array ({type(x).__name__})"
-                    continue
-            if a.size == 0 or a.dtype.kind not in "biuf":
-                bad[i] = f"empty or non-numeric array (dtype {a.dtype}, shape {a.shape})"
+        by_sig: dict = {}
+        for i, x in enumerate(data):                # one signature per row; the work is per shape
+            if x is None:
+                bad[i] = "record has no frame"
                 continue
-            if self.feature == "vector_norm":
-                out[i] = a.astype(np.float64).ravel()
-            elif a.ndim not in (2, 3) or min(a.shape[:2]) < self.downscale:
-                bad[i] = (f"frame shape {a.shape} is not (h, w) or (h, w, c) with h, w >= "
-                          f"downscale={self.downscale}")
-            else:
-                groups.setdefault(a.shape, []).append(i)
-        for shape, idx in groups.items():       # one vectorised downscale per frame shape
-            small = F.prepare_list([data[i] for i in idx], self.downscale, self.sampling)
-            for j, i in enumerate(idx):
-                out[i] = small[j]
-        return out, bad
+            sig = (x.shape, x.dtype.kind) if type(x) is np.ndarray else None
+            by_sig.setdefault(sig, []).append(i)
+        groups = []
+        for sig, idx in by_sig.items():
+            items = [data[i] for i in idx]
+            if sig is None:                          # not an ndarray: try to read it as numbers
+                arrays = []
+                for i, x in zip(idx, items):
+                    try:
+                        arrays.append((i, np.asarray(x, dtype=np.float64)))
+                    except (TypeError, ValueError):
+                        bad[i] = f"not a numeric array ({type(x).__name__})"
+                for i, a in arrays:                  # rare: one group per row
+                    g = self._group([i], [a], a.shape, a.dtype.kind, bad)
+                    if g is not None:
+                        groups.append(g)
+                continue
+            g = self._group(idx, items, *sig, bad)
+            if g is not None:
+                groups.append(g)
+        return groups, bad
+
+    def _group(self, idx, items, shape, kind, bad):
+        size = int(np.prod(shape))
+        if size == 0 or kind not in "biuf":
+            for i in idx:
+                bad[i] = f"empty or non-numeric array (dtype kind {kind!r}, shape {shape})"
+            return None
+        if self.feature == "vector_norm":
+            return np.asarray(idx), np.stack([np.asarray(x, np.float64).ravel() for x in items])
+        if len(shape) not in (2, 3) or min(shape[:2]) < self.downscale:
+            for i in idx:
+                bad[i] = f"frame shape {shape} is not (h, w) or (h, w, c) with h, w >= downscale={self.downscale}"
+            return None
+        return np.asarray(idx), F.prepare_list(items, self.downscale, self.sampling)
 
     # -- decisions -------------------------------------------------------------------------------
     def decide(self, keys, ts, data) -> Decision:
         """Decide for a batch of rows (keys, event timestamps in s, frames or vectors)."""
         n = len(data)
         ts = np.asarray(ts, dtype=np.float64)
-        prepared, bad = self._prepare(data)
+        groups, bad = self._prepare(data)
         process = np.zeros(n, bool)
         reason = np.full(n, "reuse", dtype=object)
         dist = np.full(n, np.nan)
         since = np.zeros(n, np.int64)
         age = np.zeros(n)
         thr = np.full(n, np.nan)
-        good = np.ones(n, dtype=bool)
-        good[list(bad)] = False
-        kept = np.flatnonzero(good)
-        codes, uniques = factorize([keys[i] for i in kept])
-        for k, rows in zip(uniques, (kept[g].tolist() for g in group_rows(codes, len(uniques)))):
+        out = Decision(process, reason, dist, since, age, thr, bad)
+        if not bad and len(groups) == 1:            # the usual micro-batch: one camera, one frame size
+            codes, uniques = factorize(keys)
+            st = self.keys.get(uniques[0]) if len(uniques) == 1 else None
+            if len(uniques) == 1 and (st is None or st["shape"] == groups[0][1].shape[1:]):
+                self._decide_key(uniques[0], np.arange(n), ts, groups[0][1], process, reason, dist, since, age, thr)
+                return out
+        group_of = np.full(n, -1)
+        pos = np.zeros(n, np.int64)
+        for g, (idx, _) in enumerate(groups):
+            group_of[idx] = g
+            pos[idx] = np.arange(len(idx))
+        kept = np.flatnonzero(group_of >= 0)
+        codes, uniques = factorize(keys[kept] if isinstance(keys, np.ndarray) else [keys[i] for i in kept])
+        for k, rows in zip(uniques, (kept[g] for g in group_rows(codes, len(uniques)))):
             st = self.keys.get(k)
-            ok = []
-            for i in rows:                      # a shape that differs from the key's reference is bad
-                shape = prepared[i].shape
-                want = st["shape"] if st is not None else (prepared[ok[0]].shape if ok else shape)
-                if shape != want:
-                    bad[i] = f"shape {np.shape(data[i])} differs from this key's earlier frames"
-                else:
-                    ok.append(i)
-            if ok:
-                self._decide_key(k, np.array(ok), ts, prepared, process, reason, dist, since, age, thr)
+            gs = group_of[rows]
+            want = st["shape"] if st is not None else groups[gs[0]][1].shape[1:]
+            same = np.array([groups[g][1].shape[1:] == want for g in range(len(groups))])[gs]
+            for i in rows[~same].tolist():          # a shape that differs from the key's reference is bad
+                bad[i] = f"shape {np.shape(data[i])} differs from this key's earlier frames"
+            rows = rows[same]
+            if len(rows):
+                gs = gs[same]
+                small = (groups[gs[0]][1][pos[rows]] if (gs == gs[0]).all()
+                         else np.stack([groups[g][1][p] for g, p in zip(gs, pos[rows])]))
+                self._decide_key(k, rows, ts, small, process, reason, dist, since, age, thr)
         for i in bad:
             reason[i] = "bad"
-        return Decision(process, reason, dist, since, age, thr, bad)
+        return out
 
-    def _decide_key(self, k, rows, ts, prepared, process, reason, dist, since, age, thr):
+    def _decide_key(self, k, rows, ts, small, process, reason, dist, since, age, thr):
         st = self.keys.get(k)
-        small = np.stack([prepared[i] for i in rows])
         m = len(rows)
         pos = 0
         if st is None:
@@ -161,7 +188,7 @@ class FrameDiffer:
             if self.refresh_seconds:
                 forced |= a >= self.refresh_seconds
             changed = d > t
-            audit = u[seg] < self.audit_rate
+            audit = u[seg] < self._audit_rate(k)
             hit = changed | forced | audit
             j = int(np.argmax(hit)) if hit.any() else w
             dist[r] = d
@@ -184,6 +211,11 @@ class FrameDiffer:
             st["ref"], st["ref_ts"], st["since"] = small[pos + j], float(ts[i]), 0
             st["confidence"] = None                         # until the new result's confidence is reported
             pos += j + 1
+
+    def _audit_rate(self, k) -> float:
+        """The base audit rate, raised by the guard while a key has little evidence (at most 1 in 2 frames)."""
+        m = self.guard.audit_multiplier(k)
+        return self.audit_rate if m == 1.0 else min(max(self.audit_rate, 0.5), self.audit_rate * m)
 
     @staticmethod
     def _count(st, why, n):

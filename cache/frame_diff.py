@@ -41,7 +41,7 @@ class FrameDiffConfig(StageConfig):
         "difference of numeric vectors (a spectrum in `frame`, or `vector_fields`).")
     threshold: float = Field(0.01, gt=0, description="Distance above which a frame is processed (the adaptive guard moves it per key).")
     downscale: int = Field(8, ge=1, le=64, description="Frames are compared on a grayscale copy shrunk by this factor in both axes.")
-    sampling: Literal["sparse", "area"] = Field("sparse", description="Downscale by averaging 2x2 samples per cell (`sparse`, fast) or every pixel (`area`).")
+    sampling: Literal["sparse", "area"] = Field("sparse", description="Downscale by averaging two pixels of each cell's middle row (`sparse`: reads 1/downscale of the frame) or every pixel (`area`).")
     pixel_threshold: float = Field(25.0, ge=0, description="Gray-level change (0..255) that makes a pixel count as changed (`pixel`, `block`).")
     blocks: int = Field(8, ge=1, le=256, description="Grid size for `block` (blocks x blocks cells).")
     block_min: float = Field(0.05, ge=0, le=1, description="Fraction of changed pixels that makes a cell count as changed (`block`).")
@@ -49,15 +49,22 @@ class FrameDiffConfig(StageConfig):
     norm: Literal[1, 2, "inf"] = Field(2, description="Vector norm for `vector_norm`.")
     relative: bool = Field(True, description="`vector_norm`: divide by the norm of the reference vector.")
     vector_fields: list[str] | None = Field(None, description="`vector_norm` on these numeric fields instead of the frame.")
-    refresh_frames: int | None = Field(None, ge=1, description="Process at least every N-th frame of a key (forced refresh).")
-    refresh_seconds: Duration | None = Field(None, gt=0, description="Process a key's frame at least this often (record time).")
+    refresh_frames: int | None = Field(None, ge=1, description="Process at least every N-th frame of a key (forced refresh). "
+                                       "Caps the skip rate at 1 - 1/N whatever the scene: prefer `refresh_seconds`.")
+    refresh_seconds: Duration | None = Field(None, gt=0, description="Process a key's frame at least this often (record time), "
+                                             "e.g. `2s`: bounds how stale a result can get, independent of the frame rate.")
     adaptive: bool = Field(False, description="Adapt the threshold per key from audits (tighten at once, loosen slowly).")
     target: float = Field(0.95, gt=0, le=1, description="Agreement target of the adaptive guard (Wilson lower bound).")
     audit_rate: float = Field(0.05, ge=0, le=1, description="Fraction of would-be-reused frames processed anyway to measure agreement.")
     seed: int = Field(0, description="Seed of the audit draws (deterministic per key and frame number).")
     min_threshold: float | None = Field(None, gt=0, description="Lowest threshold the guard may reach (default threshold/64).")
     max_threshold: float | None = Field(None, gt=0, description="Highest threshold the guard may reach (default 4 x threshold).")
-    guard_min_audits: int = Field(10, ge=1, le=10_000, description="Audits needed before the guard loosens the threshold.")
+    guard_min_audits: int = Field(10, ge=1, le=10_000, description="Audits needed before the guard loosens the threshold; "
+                                  "also how long (in audits) the raised audit rate lasts after a disagreement.")
+    guard_window: int = Field(200, ge=5, le=100_000, description="Audits the agreement bound remembers (exponential decay): "
+                              "shorter forgets an old scene sooner, longer can prove a tighter target.")
+    audit_boost: float = Field(4.0, ge=1, le=100, description="Adaptive guard: audit this many times more often while a key "
+                               "has fewer than `guard_min_audits` audits and after a disagreement (at most every other frame).")
     guard_tighten: float = Field(0.5, gt=0, lt=1, description="Factor applied to the threshold when an audit disagrees and the bound is below target.")
     guard_loosen: float = Field(1.1, gt=1, le=4, description="Factor applied when the bound is comfortably above target (once per audit).")
     guard_margin: float = Field(0.02, ge=0, le=0.5, description="How far above the target the bound must be to loosen.")
@@ -86,49 +93,67 @@ class FrameDiff(Stage):
             relative=c.relative, refresh_frames=c.refresh_frames, refresh_seconds=c.refresh_seconds,
             audit_rate=c.audit_rate, seed=c.seed, adaptive=c.adaptive, target=c.target,
             guard={"min_threshold": c.min_threshold, "max_threshold": c.max_threshold, "min_audits": c.guard_min_audits,
-                   "tighten": c.guard_tighten, "loosen": c.guard_loosen, "margin": c.guard_margin},
+                   "tighten": c.guard_tighten, "loosen": c.guard_loosen, "margin": c.guard_margin,
+                   "window": c.guard_window, "boost": c.audit_boost},
             confidence_power=c.confidence_power)
         register_guard(ctx.pipeline, ctx.item_id, self)
 
-    def _data(self, batch: Batch) -> tuple[list, dict]:
+    def _data(self, batch: Batch):
+        """(items to compare: the frames column or a float matrix of ``vector_fields``, {row: reason})."""
         n = len(batch)
         where = f"stage {self.ctx.item_id!r}"
         if self.config.vector_fields:
             missing = [f for f in self.config.vector_fields if f not in batch.fields]
             if missing:
-                return [None] * n, {i: f"{where}: field {missing[0]!r} is missing" for i in range(n)}
-            cols = [batch.fields[f] for f in self.config.vector_fields]
-            data, bad = [], {}
-            for i in range(n):
-                try:
-                    v = np.array([float(c[i]) for c in cols])
-                except (TypeError, ValueError):
-                    v = None
-                if v is None or not np.isfinite(v).all():
-                    bad[i] = f"{where}: fields {self.config.vector_fields} are not all finite numbers"
-                data.append(v)
-            return data, bad
+                return None, {i: f"{where}: field {missing[0]!r} is missing" for i in range(n)}
+            try:
+                m = np.column_stack([np.asarray(batch.fields[f], dtype=np.float64) for f in self.config.vector_fields])
+                ok = np.isfinite(m).all(axis=1)
+            except (TypeError, ValueError):             # an object column with a non-number somewhere
+                m = np.full((n, len(self.config.vector_fields)), np.nan)
+                for i in range(n):
+                    try:
+                        m[i] = [float(batch.fields[f][i]) for f in self.config.vector_fields]
+                    except (TypeError, ValueError):
+                        pass
+                ok = np.isfinite(m).all(axis=1)
+            bad = {int(i): f"{where}: fields {self.config.vector_fields} are not all finite numbers"
+                   for i in np.flatnonzero(~ok)}
+            return list(m), bad
         if batch.frames is None:
-            return [None] * n, {i: f"{where}: record has no frame" for i in range(n)}
-        return list(batch.frames), {i: f"{where}: record has no frame" for i in range(n) if batch.frames[i] is None}
+            return None, {i: f"{where}: record has no frame" for i in range(n)}
+        return batch.frames, {}
 
     def process(self, batch: Batch) -> Batch:
         data, bad = self._data(batch)
-        good = np.ones(len(batch), bool)
-        good[list(bad)] = False
-        rows = np.flatnonzero(good)
+        n = len(batch)
         keys = key_column(batch, self.config.key)
-        d = self.differ.decide(keys[rows], batch.ts[rows], [data[i] for i in rows])
-        for j, reason in d.bad.items():
-            good[rows[j]] = False
-            bad[rows[j]] = f"stage {self.ctx.item_id!r}: {reason} (key {keys[rows[j]]!r})"
-        keep = good[rows]
+        if data is None:
+            d = self.differ.decide(keys[:0], batch.ts[:0], [])
+            rows = np.zeros(0, np.int64)
+        elif bad:
+            good = np.ones(n, bool)
+            good[list(bad)] = False
+            rows = np.flatnonzero(good)
+            d = self.differ.decide(keys[rows], batch.ts[rows], [data[i] for i in rows])
+        else:
+            rows = None
+            d = self.differ.decide(keys, batch.ts, data)
+        for j, why in d.bad.items():
+            i = int(j if rows is None else rows[j])
+            bad[i] = f"stage {self.ctx.item_id!r}: {why} (key {keys[i]!r})"
+        out = batch
+        keep = slice(None)
         if bad:
+            good = np.ones(n, bool)
+            good[list(bad)] = False
             self.ctx.dead_letter(batch.take(~good), [bad[i] for i in sorted(bad)])
-        out = batch.take(good) if bad else batch
+            out = batch.take(good)
+            keep = good if rows is None else good[rows]
         reused = ~d.process[keep]
         reason = d.reason[keep]
-        by = np.full(len(reason), self.ctx.item_id, dtype=object)
+        by = np.empty(len(reason), dtype=object)
+        by[:] = self.ctx.item_id
         self.ctx.count("reused", int(reused.sum()))
         self.ctx.count("audited", int((reason == "audit").sum()))
         self.ctx.count("forced", int((reason == "forced").sum()))

@@ -3,10 +3,15 @@
 A stage that reuses results (``frame_diff``, the redundancy cache) processes a small, seeded random
 fraction of the inputs it would have reused (*audits*) and reports how well the reused result agreed
 with the fresh one (a score in ``[0, 1]``). The guard keeps, per key, exponentially decayed counts of
-audits and agreement, and a Wilson score lower bound on the agreement rate. When an audit disagrees
-and the bound is below the target, the threshold is multiplied by ``tighten`` at once; when the bound
-is comfortably above the target (``target + margin``) after at least ``min_audits`` audits, it grows
-by ``loosen`` (slowly, one step per audit) up to ``max_threshold``.
+audits and agreement (over about ``window`` audits), and a Wilson score lower bound on the agreement
+rate. When an audit disagrees and the bound is below the target, or a second audit disagrees within
+``min_audits`` audits of the first (sequential evidence that the scene changed, even after a long
+agreeing history), the threshold is multiplied by ``tighten`` at once; when the bound is comfortably
+above the target (``target + margin``) after at least ``min_audits`` audits, it grows by ``loosen``
+(slowly, one step per audit) up to ``max_threshold``. :meth:`AccuracyGuard.audit_multiplier` tells
+the caller to audit ``boost`` times more often while a key has fewer than ``min_audits`` audits and
+for ``min_audits`` audits after a disagreement, so that a new key or a changed scene gets evidence
+within a few hundred frames and the quiet steady state costs only the base audit rate.
 
 >>> g = AccuracyGuard(threshold=0.02, target=0.95, adaptive=True)
 >>> g.observe("cam1", 0.0)         # a reused result turned out wrong: tighten at once
@@ -69,7 +74,7 @@ class AccuracyGuard:
     def __init__(self, threshold: float, target: float = 0.95, adaptive: bool = False, *,
                  min_threshold: float | None = None, max_threshold: float | None = None,
                  tighten: float = 0.5, loosen: float = 1.1, margin: float = 0.02, z: float = 1.0,
-                 window: int = 200, min_audits: int = 10, agree_at: float = 1.0):
+                 window: int = 200, min_audits: int = 10, agree_at: float = 1.0, boost: float = 1.0):
         self.initial = float(threshold)
         self.target = float(target)
         self.adaptive = bool(adaptive)
@@ -79,18 +84,29 @@ class AccuracyGuard:
         self.decay = 1.0 - 1.0 / max(int(window), 1)
         self.min_audits = int(min_audits)
         self.agree_at = float(agree_at)
+        self.boost = float(boost)
         self.keys: dict = {}
 
     def _state(self, key) -> dict:
         st = self.keys.get(key)
         if st is None:
             st = self.keys[key] = {"threshold": self.initial, "n": 0.0, "s": 0.0, "audits": 0,
-                                   "agree_sum": 0.0, "tightened": 0, "loosened": 0}
+                                   "agree_sum": 0.0, "tightened": 0, "loosened": 0, "alarm": 0}
         return st
 
     def threshold(self, key) -> float:
         st = self.keys.get(key)
         return self.initial if st is None else st["threshold"]
+
+    def audit_multiplier(self, key) -> float:
+        """How many times the base audit rate to audit ``key`` now: ``boost`` while it has fewer than
+        ``min_audits`` audits or within ``min_audits`` audits of a disagreement, else 1."""
+        if not self.adaptive or self.boost == 1.0:
+            return 1.0
+        st = self.keys.get(key)
+        if st is None or st["audits"] < self.min_audits or st.get("alarm", 0) > 0:
+            return self.boost
+        return 1.0
 
     def bound(self, key) -> float:
         st = self.keys.get(key)
@@ -122,7 +138,9 @@ class AccuracyGuard:
             return
         lb = wilson_lower(st["s"], st["n"], self.z)
         target = round(self.effective_target(reuse_fraction), 12)
-        if score < self.agree_at and lb < target:
+        recent = st.get("alarm", 0) > 0               # an earlier disagreement within min_audits audits
+        st["alarm"] = self.min_audits if score < self.agree_at else max(0, st.get("alarm", 0) - 1)
+        if score < self.agree_at and (lb < target or recent):
             st["threshold"] = max(self.min_threshold, st["threshold"] * self.tighten)
             st["tightened"] += 1
         elif st["n"] >= self.min_audits and lb >= target + self.margin:

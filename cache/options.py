@@ -27,7 +27,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from cache.redundancy import RedundancyCache, shared
-from cache.reuse import count_agreement, exact_agreement
+from cache.reuse import count_agreement, exact_agreement, rounded_agreement
 from pipeline.config import Duration
 
 
@@ -59,14 +59,16 @@ class ReuseOptions(BaseModel):
     model_config = ConfigDict(extra="forbid")
     key: list[str] = Field(default_factory=lambda: ["device"], description="Tags whose last result a `reused` record gets (as in frame_diff).")
     agreement_field: str | None = Field(None, description="Result field that audits compare; default: the first result field.")
-    agreement: Literal["exact", "count"] = Field("exact", description="Audit score: `exact` equality, or `count` = 1 - |dcount| / max(count) on rounded values.")
+    agreement: Literal["exact", "count", "rounded"] = Field(
+        "exact", description="Audit score: `exact` equality, `count` = 1 - |dcount| / max(count) on rounded values (lenient), "
+        "or `rounded` = 1 when the rounded counts are equal, else 0 (strict).")
     confidence: Literal["none", "rounding"] = Field(
         "none", description="Report each result's confidence to frame_diff: `rounding` = 1 - 2 x distance of the value "
         "to the nearest integer (for counts), used by frame_diff's `confidence_power`.")
 
 
 def agreement_fn(kind: str) -> Callable[[float, float], float]:
-    return count_agreement if kind == "count" else exact_agreement
+    return {"count": count_agreement, "rounded": rounded_agreement}.get(kind, exact_agreement)
 
 
 def _row_key(agree: str, out: str | None):

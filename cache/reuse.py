@@ -64,8 +64,55 @@ def count_agreement(a: float, b: float) -> float:
     return 1.0 if m == 0 else 1.0 - abs(a - b) / m
 
 
+def rounded_agreement(a: float, b: float) -> float:
+    """1 when the rounded counts are equal, else 0 (the strict metric: a count that is off by one is wrong).
+
+    >>> rounded_agreement(4.2, 3.9), rounded_agreement(4.2, 5.4)
+    (1.0, 0.0)
+    """
+    return float(round(float(a)) == round(float(b)))
+
+
 def exact_agreement(a, b) -> float:
     return float(np.array_equal(np.asarray(a), np.asarray(b)))
+
+
+_NOTHING = {"fields": {}, "tags": {}, "extra": {}}
+
+
+def _fill(column: np.ndarray, rows: np.ndarray, value) -> None:
+    """``column[rows] = value``, with an array value kept as one object per row (not broadcast)."""
+    if isinstance(value, np.ndarray) and column.dtype == object:
+        one = np.empty(1, dtype=object)
+        one[0] = value
+        value = np.broadcast_to(one, (len(rows),))
+    column[rows] = value
+
+
+def _last_computed(codes: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per row: the last computed row (``mask``) of the same key at or before it (``src``) and strictly
+    before it (``prev``); -1 where there is none in the batch.
+
+    >>> src, prev = _last_computed(np.array([0, 1, 0, 0, 1]), np.array([True, False, False, True, True]))
+    >>> src.tolist(), prev.tolist()
+    ([0, -1, 0, 3, 4], [-1, -1, 0, 0, -1])
+    """
+    n = len(codes)
+    j = np.arange(n)
+    if n == 0 or codes.max() == 0:                       # one key (the usual micro-batch): no sorting
+        last = np.maximum.accumulate(np.where(mask, j, -1)) if n else j
+        return last, np.concatenate(([-1], last[:-1])) if n else j
+    order = np.argsort(codes, kind="stable")             # rows grouped by key, batch order within a key
+    cs = codes[order]
+    start = np.maximum.accumulate(np.where(np.concatenate(([True], cs[1:] != cs[:-1])), j, 0))
+    last = np.maximum.accumulate(np.where(mask[order], j, -1))
+    last = np.where(last >= start, last, -1)
+    before = np.concatenate(([-1], last[:-1]))
+    before = np.where(before >= start, before, -1)
+    src, prev = np.empty(n, np.int64), np.empty(n, np.int64)
+    src[order] = np.where(last >= 0, order[last], -1)
+    prev[order] = np.where(before >= 0, order[before], -1)
+    return src, prev
 
 
 def key_column(batch: Batch, key: list[str]) -> np.ndarray:
@@ -97,10 +144,14 @@ class ReuseTracker:
         reused = batch.extra.get("reused")
         if reused is None:
             return np.ones(len(batch), bool)
-        return ~np.array([v is True or v == 1 for v in reused], dtype=bool)
+        return ~np.asarray(reused == True, dtype=bool)    # noqa: E712 (elementwise on an object column)
 
     def merge(self, batch: Batch, mask: np.ndarray, computed: Batch) -> Batch:
-        """``computed`` = the rows of ``batch[mask]`` with result fields/tags added (same order, none dropped)."""
+        """``computed`` = the rows of ``batch[mask]`` with result fields/tags added (same order, none dropped).
+
+        Vectorised: each reused row takes the values of the last computed row of its key at or before it
+        (one running maximum over the rows sorted by key), or the key's result from an earlier batch;
+        Python runs per key and per computed row that reports back, never per reused row."""
         if "reused" not in batch.extra and "diff_by" not in batch.extra:
             return computed                      # no frame_diff upstream: nothing to reuse or report
         n = len(batch)
@@ -114,43 +165,65 @@ class ReuseTracker:
         fcols = {f: np.full(n, np.nan) for f in fields}
         tcols = {t: np.full(n, None, dtype=object) for t in tags}
         ecols = {e: np.full(n, None, dtype=object) for e in extra}
-        for e, c in ecols.items():
-            if e in computed.extra:
-                c[mask] = computed.extra[e]
-        for f, c in fcols.items():
-            if f in computed.fields:
-                c[mask] = computed.fields[f]
-        for t, c in tcols.items():
-            if t in computed.tags:
-                c[mask] = computed.tags[t]
-        keys = key_column(batch, self.key)
-        reason = batch.extra.get("reuse_reason")
-        by = batch.extra.get("diff_by")
-        afield = self.agreement_field or (fields[0] if fields else None)
-        for i in range(n):        # rows of one key depend on each other in order; results are few columns
-            k = keys[i]
-            if mask[i]:
-                src = by[i] if by is not None else None
-                if src is not None and afield in fcols:
-                    v = fcols[afield][i]
-                    if reason is not None and reason[i] == "audit" and k in self.last:
-                        score = self.agreement(self.last[k]["fields"].get(afield, np.nan), v)
-                        report(self.pipeline, src, "observe", k, score)
-                    if self.confidence == "rounding" and np.isfinite(v):
-                        report(self.pipeline, src, "observe_confidence", k, 1.0 - 2.0 * abs(v - round(v)))
-                self.last[k] = {"fields": {f: float(c[i]) for f, c in fcols.items()},
-                                "tags": {t: c[i] for t, c in tcols.items()},
-                                "extra": {e: c[i] for e, c in ecols.items()}}
-            else:
-                prev = self.last.get(k, {"fields": {}, "tags": {}, "extra": {}})
-                for f, c in fcols.items():
-                    c[i] = prev["fields"].get(f, np.nan)
-                for t, c in tcols.items():
-                    c[i] = prev["tags"].get(t)
-                for e, c in ecols.items():
-                    c[i] = prev["extra"].get(e)
+        for cols, part in ((fcols, computed.fields), (tcols, computed.tags), (ecols, computed.extra)):
+            for name, c in cols.items():
+                if name in part:
+                    c[mask] = part[name]
+        codes, keys = key_codes(batch, self.key)
+        keys = [k[0] if len(k) == 1 else k for k in keys]
+        src, prev = _last_computed(codes, mask)
+        take = ~mask & (src >= 0)                # reused rows after a computed row of their key in this batch
+        stale = ~mask & (src < 0)                # reused rows that need the key's result from before
+        if take.any():
+            rows, got = np.flatnonzero(take), src[take]
+            for cols in (fcols, tcols, ecols):
+                for c in cols.values():
+                    c[rows] = c[got]
+        if stale.any():
+            for code in (range(len(keys)) if len(keys) > 1 else (0,)):
+                rows = np.flatnonzero(stale & (codes == code)) if len(keys) > 1 else np.flatnonzero(stale)
+                if not len(rows):
+                    continue
+                last = self.last.get(keys[code], _NOTHING)
+                for part, cols, absent in (("fields", fcols, np.nan), ("tags", tcols, None), ("extra", ecols, None)):
+                    for name, c in cols.items():
+                        _fill(c, rows, last[part].get(name, absent))
+        self._report(batch, mask, codes, keys, prev, fcols, fields)
+        computed_rows = np.flatnonzero(mask)
+        lasts = ({int(codes[i]): int(i) for i in computed_rows.tolist()} if len(keys) > 1
+                 else ({0: int(computed_rows[-1])} if len(computed_rows) else {}))
+        for code, i in lasts.items():                      # the key's last computed row is its result from now on
+            self.last[keys[code]] = {"fields": {f: float(c[i]) for f, c in fcols.items()},
+                                     "tags": {t: c[i] for t, c in tcols.items()},
+                                     "extra": {e: c[i] for e, c in ecols.items()}}
         base = batch if not mask.all() else computed
         return base.with_fields(**fcols).with_tags(**tcols).with_extra(**ecols)
+
+    def _report(self, batch, mask, codes, keys, prev, fcols, fields) -> None:
+        """Audit scores and result confidences back to the frame_diff stage that marked the rows."""
+        by = batch.extra.get("diff_by")
+        afield = self.agreement_field or (fields[0] if fields else None)
+        if by is None or afield not in fcols or not mask.any():
+            return
+        values = fcols[afield]
+        reason = batch.extra.get("reuse_reason")
+        if reason is not None:
+            for i in np.flatnonzero(mask & (reason == "audit")).tolist():
+                k = keys[codes[i]]
+                if by[i] is None:
+                    continue
+                if prev[i] >= 0:
+                    before = values[prev[i]]
+                elif k in self.last:
+                    before = self.last[k]["fields"].get(afield, np.nan)
+                else:
+                    continue
+                report(self.pipeline, by[i], "observe", k, self.agreement(before, values[i]))
+        if self.confidence == "rounding":
+            for i in np.flatnonzero(mask).tolist():
+                v = values[i]
+                if by[i] is not None and np.isfinite(v):
+                    report(self.pipeline, by[i], "observe_confidence", keys[codes[i]], 1.0 - 2.0 * abs(v - round(v)))
 
     def snapshot(self) -> dict:
         return {"last": {k: {p: dict(d) for p, d in v.items()} for k, v in self.last.items()},

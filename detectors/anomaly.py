@@ -282,6 +282,9 @@ class Anomaly(Stage):
         return None
 
     # ------------------------------------------------------------------ state
+    def gauges(self) -> dict[str, float]:
+        return {"keys": len(self.models) + len(self.spilled), "keys_spilled": len(self.spilled)}
+
     # One checkpoint entry per key: {"model": framed bytes (detectors.state), "spilled": bool}. A checkpoint
     # writes only the keys that saw a reading since the previous one (`dirty`).
     def _spill_path(self, key: tuple) -> Path:

@@ -17,9 +17,11 @@ class Problem:
     hint: str | None = None
 
     def __str__(self) -> str:
+        from .redact import redact
+
         where = f"{self.file}:{self.line}:{self.column}"
         what = f"{self.item}: {self.message}" if self.item else self.message
-        return f"{where}: {what}" + (f" — {self.hint}" if self.hint else "")
+        return redact(f"{where}: {what}" + (f" — {self.hint}" if self.hint else ""))
 
 
 class ConfigError(Exception):

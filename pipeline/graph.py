@@ -16,11 +16,13 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from . import registry
+from .redact import redact
 from .batch import Batch
 from .config import TagMatch
 from .errors import PipelineStopped
 from .loader import DEAD_LETTER_ID, PipelineSpec
 from .metrics import Metrics
+from .names import NameWatch
 from .sinks.encode import _dumps
 from .stage import Context, Stage
 
@@ -28,10 +30,13 @@ log = logging.getLogger("edgesieve")
 
 
 def match_mask(batch: Batch, match: TagMatch) -> np.ndarray:
-    """Rows whose tags match every ``{tag: value | [values]}`` entry (``*`` and ``?`` glob)."""
+    """Rows whose tags (or, for a key that is not a tag, annotations such as ``event``) match every
+    ``{tag: value | [values]}`` entry (``*`` and ``?`` glob)."""
     keep = np.ones(len(batch), dtype=bool)
     for tag, wanted in match.items():
         col = batch.tags.get(tag)
+        if col is None:
+            col = batch.extra.get(tag)          # an annotation, e.g. the anomaly stage's `event`
         if col is None:
             return np.zeros(len(batch), dtype=bool)
         values = wanted if isinstance(wanted, list) else [wanted]
@@ -56,6 +61,8 @@ class DeadLetters:
 
     def __call__(self, item_id: str, batch: Batch, reasons: Sequence[str] | str) -> None:
         reasons = [reasons] * len(batch) if isinstance(reasons, str) else list(reasons)
+        shown = {r: redact(r) for r in set(reasons)}          # no secret in the dead-letter file or log
+        reasons = [shown[r] for r in reasons]
         records = batch.to_records()
         rows = [{"item": item_id, "reason": reason, "record": rec} for rec, reason in zip(records, reasons)]
         with self._lock:
@@ -88,7 +95,9 @@ class DeadLetters:
 class Graph:
     """Stage instances and the routing between them."""
 
-    def __init__(self, spec: PipelineSpec, metrics: Metrics, dead_letters: DeadLetters, clock=time.time):
+    def __init__(self, spec: PipelineSpec, metrics: Metrics, dead_letters: DeadLetters, clock=time.time,
+                 reuse: dict[str, Stage] | None = None):
+        """``reuse``: stage instances to carry over by id instead of building them (a reload keeps their state)."""
         self.spec = spec
         self.metrics = metrics
         self.dead_letters = dead_letters
@@ -97,12 +106,15 @@ class Graph:
         self.configs = {c.id: c for c in spec.items()}
         self.consumers: dict[str, list[tuple[str, str]]] = {}  # producer -> [(consumer id, "stage"|"sink")]
         for c in spec.stages:
-            self.stages[c.id] = registry.load("stages", c.type)(c, self.context(c.id, clock))
+            self.stages[c.id] = reuse[c.id] if reuse and c.id in reuse else \
+                registry.load("stages", c.type)(c, self.context(c.id, clock))
         for kind, items in (("stage", spec.stages), ("sink", spec.sinks)):
             for c in items:
                 for inp in c.inputs:
                     self.consumers.setdefault(inp, []).append((c.id, kind))
         self.order = spec.order
+        self._match_names = {c.id: NameWatch(self.context(c.id, clock), c.match, match=True)
+                             for kind in (spec.stages, spec.sinks) for c in kind if c.match}
         self.deliver: Callable[[str, Batch], None] = lambda sink_id, batch: None
 
     def context(self, item_id: str, clock=time.time) -> Context:
@@ -116,6 +128,7 @@ class Graph:
             cfg = self.configs[consumer]
             part = batch
             if cfg.match:
+                self._match_names[consumer].check(batch)
                 mask = match_mask(batch, cfg.match)
                 if not mask.all():
                     part = batch.take(mask)

@@ -48,7 +48,11 @@ def _factorize(col: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """``pd.factorize(col, use_na_sentinel=False)``, 2-3x faster on object columns (pandas 3 scans them for NA).
 
     Absent values (None, NaN) get the code they would have in first-appearance order, and NaN in the uniques.
+    Small object columns (a camera's micro-batch of a few frames) take a dict lookup instead: pandas' fixed cost
+    per call is tens of microseconds.
     """
+    if len(col) <= _SMALL and col.dtype == object:
+        return _factorize_small(col)
     codes, uniques = pd.factorize(col)                     # absent -> -1
     if not len(codes):
         return codes, uniques
@@ -61,6 +65,31 @@ def _factorize(col: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return codes, np.concatenate([uniques[:k], np.array([np.nan], dtype=object), uniques[k:]]).astype(uniques.dtype)
 
 
+_SMALL = 24
+_ABSENT = object()
+
+
+def _factorize_small(col: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    table: dict = {}
+    codes = np.empty(len(col), dtype=np.int64)
+    for i, v in enumerate(col.tolist()):
+        if v is None or (isinstance(v, float) and v != v):
+            v = _ABSENT
+        c = table.get(v)
+        if c is None:
+            c = table[v] = len(table)
+        codes[i] = c
+    uniques = np.empty(len(table), dtype=object)
+    for v, c in table.items():
+        uniques[c] = np.nan if v is _ABSENT else v
+    return codes, uniques
+
+
+def _na_as_nan(v):
+    """None and NaN as the one ``np.nan`` object (what pandas gives as their unique value)."""
+    return np.nan if v is None or (isinstance(v, float) and v != v) else v
+
+
 def factorize(values) -> tuple[np.ndarray, list]:
     """Codes (first-appearance order) and distinct values of a list or array of hashable keys (tuples too)."""
     if not isinstance(values, np.ndarray) or values.dtype != object:
@@ -68,6 +97,10 @@ def factorize(values) -> tuple[np.ndarray, list]:
         for i, v in enumerate(values):
             arr[i] = v
         values = arr
+    if len(values) <= _SMALL:                                 # a dict beats pandas' fixed cost here
+        table: dict = {}
+        codes = np.fromiter((table.setdefault(_na_as_nan(v), len(table)) for v in values.tolist()), np.int64, len(values))
+        return codes, list(table)
     codes, uniques = pd.factorize(values, use_na_sentinel=False)
     return codes.astype(np.int64), list(uniques)
 
@@ -86,54 +119,49 @@ def key_groups(batch: Batch, key: Sequence[str]) -> list[tuple[tuple, np.ndarray
     return list(zip(keys, group_rows(codes, len(keys))))
 
 
-def grouped_running_max(values: np.ndarray, codes: np.ndarray, initial: np.ndarray):
+class RunningMax:
     """Per row, the largest of ``initial[code]`` and the values of the rows of its code: before it and up to it.
 
     A running maximum per group, in batch order, without a loop: rows are sorted by code and their values
     replaced by ranks, so one ``maximum.accumulate`` over ``code * n + rank`` scans every group at once.
-    Returns ``(before, after, order)``: two arrays in batch order and the stable sort of the rows by code.
-    ``values`` must not contain NaN.
+    ``before`` and ``after`` are in batch order; ``order`` is the stable sort of the rows by code. ``values``
+    must not contain NaN.
 
-    >>> before, after, _ = grouped_running_max(np.array([5.0, 1.0, 3.0, 9.0, 2.0]), np.array([0, 1, 0, 1, 0]),
-    ...                                        np.array([4.0, -np.inf]))
-    >>> before.tolist(), after.tolist()
+    >>> m = RunningMax(np.array([5.0, 1.0, 3.0, 9.0, 2.0]), np.array([0, 1, 0, 1, 0]), np.array([4.0, -np.inf]))
+    >>> m.before.tolist(), m.after.tolist()
     ([4.0, -inf, 5.0, 1.0, 5.0], [5.0, 1.0, 5.0, 9.0, 5.0])
+    >>> m.first_reaching(np.array([0, 1, 1]), np.array([5.0, 2.0, 10.0])).tolist()   # rows 0 and 3 (order[0], order[4])
+    [0, 4, -1]
     """
-    n = len(values)
-    order = np.argsort(codes, kind="stable")
-    c = codes[order].astype(np.int64)
-    v = values[order]
-    by_value = np.argsort(v, kind="stable")
-    rank = np.empty(n, dtype=np.int64)
-    rank[by_value] = np.arange(n)
-    best = np.maximum.accumulate(c * n + rank) - c * n     # within a group only: earlier groups have smaller keys
-    start = initial[c]
-    after_sorted = np.maximum(v[by_value[best]], start)
-    before_sorted = np.empty(n, dtype=np.float64)
-    before_sorted[1:] = after_sorted[:-1]
-    first = np.ones(n, dtype=bool)
-    first[1:] = c[1:] != c[:-1]
-    before_sorted[first] = start[first]
-    before, after = np.empty(n, dtype=np.float64), np.empty(n, dtype=np.float64)
-    before[order], after[order] = before_sorted, after_sorted
-    return before, after, order
 
+    def __init__(self, values: np.ndarray, codes: np.ndarray, initial: np.ndarray):
+        n = len(values)
+        self.n = n
+        self.order = order = np.argsort(codes, kind="stable")
+        self.codes_sorted = c = codes[order].astype(np.int64)
+        v = values[order]
+        by_value = np.argsort(v, kind="stable")
+        self._sorted_values = v[by_value]
+        rank = np.empty(n, dtype=np.int64)
+        rank[by_value] = np.arange(n)
+        self._keys = np.maximum.accumulate(c * n + rank)   # within a group only: earlier groups have smaller keys
+        start = initial[c]
+        after_sorted = np.maximum(v[by_value[self._keys - c * n]], start)
+        before_sorted = np.empty(n, dtype=np.float64)
+        before_sorted[1:] = after_sorted[:-1]
+        first = np.ones(n, dtype=bool)
+        first[1:] = c[1:] != c[:-1]
+        before_sorted[first] = start[first]
+        self.before, self.after = np.empty(n, dtype=np.float64), np.empty(n, dtype=np.float64)
+        self.before[order], self.after[order] = before_sorted, after_sorted
 
-def first_reaching(codes_sorted: np.ndarray, values_sorted: np.ndarray, q_codes: np.ndarray, q_values: np.ndarray) -> np.ndarray:
-    """Per query ``(code, value)``: the index of the first row of that code whose value is >= value, or -1.
-
-    ``codes_sorted`` is non-decreasing and ``values_sorted`` non-decreasing within each code (a running maximum).
-
-    >>> first_reaching(np.array([0, 0, 1, 1]), np.array([1.0, 4.0, 2.0, 3.0]), np.array([0, 0, 1, 1]),
-    ...                np.array([3.0, 5.0, 2.0, 0.0])).tolist()
-    [1, -1, 2, 2]
-    """
-    if not len(q_codes):
-        return np.empty(0, dtype=np.int64)
-    _, rank = np.unique(np.concatenate((values_sorted, q_values)), return_inverse=True)
-    m = int(rank.max()) + 1
-    keys = codes_sorted.astype(np.int64) * m + rank[:len(values_sorted)]
-    pos = np.searchsorted(keys, q_codes.astype(np.int64) * m + rank[len(values_sorted):], side="left")
-    found = pos < len(keys)
-    found[found] = codes_sorted[pos[found]] == q_codes[found]
-    return np.where(found, pos, -1)
+    def first_reaching(self, q_codes: np.ndarray, q_values: np.ndarray) -> np.ndarray:
+        """Per query ``(code, value)``: the position (in ``order``) of the first row of that code whose own running
+        maximum of the batch's values is >= value, or -1. ``initial`` is not considered: the caller asks only for
+        values above it."""
+        n = self.n
+        rank = np.searchsorted(self._sorted_values, q_values, side="left")   # first rank whose value is >= q
+        pos = np.searchsorted(self._keys, q_codes.astype(np.int64) * n + rank, side="left")
+        found = (rank < n) & (pos < n)
+        found[found] = self.codes_sorted[pos[found]] == q_codes[found]
+        return np.where(found, pos, -1)

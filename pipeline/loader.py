@@ -13,6 +13,7 @@ from pydantic import ValidationError
 from . import registry
 from .config import ItemConfig, RuntimeConfig
 from .errors import ConfigError, Problem
+from .redact import mask_url_credentials, remember_config
 from .yaml_source import YamlDocument, load_yaml_with_positions
 
 _SECRET = re.compile(r"(token|password|passwd|secret|api_?key|private_?key)", re.I)
@@ -60,7 +61,7 @@ def _pydantic_problems(doc: YamlDocument, path: tuple, exc: ValidationError, ite
             value = err.get("input")
             secret = any(_SECRET.search(str(part)) for part in loc)
             shown = "" if isinstance(value, (dict, list)) or value is None or secret else \
-                f" (got {re.sub(r'//[^@/]*@', '//***@', repr(value))})"  # no credentials written into a URL
+                f" (got {mask_url_credentials(repr(value))})"  # no credentials written into a URL
             msg = f"field {field_name!r}: {msg}{shown}"
         out.append(Problem(doc.file, line, col, msg, item=item, hint=hint))
     return out
@@ -119,11 +120,16 @@ def parse_pipeline(source: str | Path, env: Mapping[str, str] | None = None) -> 
                 problems.append(Problem(file, *doc.position(path + ("id",)), f"id {cfg.id!r} {why}",
                                         item=item, hint="give every item a unique id"))
                 continue
+            remember_config(cfg)                   # its SecretStr values are masked in every output from now on
             positions[cfg.id] = doc.position(path)
             parsed[kind].append(cfg)
 
     spec = PipelineSpec(str(name), parsed["sources"], parsed["stages"], parsed["sinks"], runtime, file, base, doc)
     problems += _graph_problems(spec, doc)
+    if runtime.outside_paths == "refuse":
+        from .paths import escape_problems
+
+        problems += escape_problems(spec)
     if problems:
         raise ConfigError(problems)
     return spec

@@ -23,6 +23,8 @@ import socket
 import time
 from pathlib import Path
 
+from .statefiles import private_file
+
 LOCK_NAME = "edgesieve.lock"
 
 
@@ -39,8 +41,7 @@ class StateLock:
         self._fd: int | None = None
 
     def acquire(self) -> "StateLock":
-        self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+        fd = os.open(private_file(self.path), os.O_RDWR)  # 0600 in a folder created 0700 (pipeline.statefiles)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

@@ -1,11 +1,18 @@
-"""Per-item counters and batch-latency histograms, exposed to Prometheus at scrape time.
+"""Per-item counters, gauges and batch-latency histograms, exposed to Prometheus at scrape time.
 
 Counting is a dict update on the pipeline thread (cheap); prometheus-client only reads them when scraped.
+Gauges are values set now and then (``set_gauge``) or read at scrape time from the item that holds them
+(``gauge_source``: a function returning ``{name: value}``, e.g. a window stage's open windows).
+How internal names become Prometheus metric names is in :mod:`pipeline.prometheus`.
 
 >>> m = Metrics("demo")
 >>> m.count("per_device", "in", 10); m.count("per_device", "in", 5)
 >>> m.get("per_device", "in")
 15
+>>> m.gauge_source("per_device", lambda: {"open_windows": 3})
+>>> m.set_gauge("devices", "connected", 1)
+>>> sorted(m.gauges().items())
+[(('devices', 'connected'), 1.0), (('per_device', 'open_windows'), 3.0)]
 """
 
 from __future__ import annotations
@@ -13,6 +20,7 @@ from __future__ import annotations
 import bisect
 import threading
 from collections import defaultdict
+from typing import Callable
 
 LATENCY_BUCKETS = (0.0001, 0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0)
 
@@ -22,6 +30,8 @@ class Metrics:
         self.pipeline = pipeline
         self._counters: dict[tuple[str, str], int] = defaultdict(int)
         self._latency: dict[str, list[float]] = {}  # item -> bucket counts + [sum, count]
+        self._gauges: dict[tuple[str, str], float] = {}
+        self._gauge_sources: dict[str, Callable[[], dict[str, float]]] = {}
         self._lock = threading.Lock()
 
     def count(self, item: str, name: str, n: int = 1) -> None:
@@ -31,6 +41,26 @@ class Metrics:
 
     def get(self, item: str, name: str) -> int:
         return self._counters.get((item, name), 0)
+
+    def set_gauge(self, item: str, name: str, value: float) -> None:
+        self._gauges[(item, name)] = float(value)
+
+    def gauge_source(self, item: str, read: Callable[[], dict[str, float]]) -> None:
+        """``read()`` is called at scrape time (on the scraping thread) for the item's current gauges."""
+        self._gauge_sources[item] = read
+
+    def drop_gauge_source(self, item: str) -> None:
+        self._gauge_sources.pop(item, None)
+
+    def gauges(self) -> dict[tuple[str, str], float]:
+        out = dict(self._gauges)
+        for item, read in list(self._gauge_sources.items()):
+            try:
+                values = read() or {}
+            except Exception:  # noqa: BLE001 - a gauge read racing the pipeline thread: skip it this scrape
+                continue
+            out.update(((item, k), float(v)) for k, v in values.items() if v is not None)
+        return out
 
     def observe_latency(self, item: str, seconds: float) -> None:
         with self._lock:
@@ -56,31 +86,7 @@ class Metrics:
             return {k: list(v) for k, v in self._latency.items()}
 
 
-class PrometheusCollector:
-    """A prometheus-client collector that reads a :class:`Metrics` when scraped."""
-
-    def __init__(self, metrics: Metrics):
-        self.metrics = metrics
-
-    def collect(self):
-        from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily
-
-        records = CounterMetricFamily(
-            "edgesieve_records", "Records counted per pipeline item and event", labels=["pipeline", "item", "event"]
-        )
-        for (item, name), v in sorted(self.metrics.counters().items()):
-            records.add_metric([self.metrics.pipeline, item, name], v)
-        yield records
-        hist = HistogramMetricFamily(
-            "edgesieve_batch_seconds", "Time a stage or sink spends on one micro-batch", labels=["pipeline", "item"]
-        )
-        for item, h in sorted(self.metrics.latency().items()):
-            cumulative, buckets = 0.0, []
-            for bound, c in zip(LATENCY_BUCKETS + (float("inf"),), h[: len(LATENCY_BUCKETS) + 1]):
-                cumulative += c
-                buckets.append((str(bound) if bound != float("inf") else "+Inf", cumulative))
-            hist.add_metric([self.metrics.pipeline, item], buckets, sum_value=h[-2])
-        yield hist
+from .prometheus import PrometheusCollector  # noqa: E402 - re-exported: the collector reads a Metrics
 
 
 def serve_prometheus(metrics: Metrics, port: int, addr: str = "127.0.0.1", spec=None):

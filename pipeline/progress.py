@@ -52,10 +52,32 @@ class LiveView:
         self.live.stop()
 
 
+# what a sink did not deliver as it was given, in the words of the summary
+_NOT_AS_GIVEN = (("outbox_dropped", "points dropped by the outbox's disk bound"),
+                 ("outbox_dead_lettered", "points refused by the server (in the outbox's dead-letter table)"),
+                 ("dead_lettered", "records dead-lettered"),
+                 ("outbox_coarsened_in", "points merged into coarser windows"),
+                 ("undelivered", "records not written (no checkpoint covers them)"),
+                 ("blocked_episodes", "times it could not take data and held the pipeline"))
+
+
+def delivery_lines(counters: dict[str, dict[str, int]]) -> list[str]:
+    """One line per sink that dropped, dead-lettered, merged or held anything (nothing is lost silently)."""
+    out = []
+    for item, c in sorted(counters.items()):
+        parts = [f"{c[k]:,} {words}" for k, words in _NOT_AS_GIVEN if c.get(k)]
+        if parts and any(k.startswith("outbox_") or k in ("undelivered", "blocked_episodes") for k, _ in _NOT_AS_GIVEN
+                         if c.get(k)):
+            out.append(f"{item}: " + "; ".join(parts))
+    return out
+
+
 def print_summary(summary, console: Console | None = None) -> None:
     console = console or Console(file=sys.stderr)
     console.print(counters_table(summary.counters, title=f"pipeline {summary.pipeline!r}: {summary.seconds:.2f}s, "
                                  f"stopped by {summary.stopped_by}"))
+    for line in delivery_lines(summary.counters):
+        console.print(line, markup=False)
     bandwidth = summary.extra.get("bandwidth")
     if bandwidth is not None and (bandwidth.bytes_in or bandwidth.bytes_out):
         console.print(f"bandwidth: {bandwidth}")

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import inspect
 import json
-from typing import Annotated, Any, Union
+from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
-from pydantic import Field, create_model
+from pydantic import BaseModel, Field, SecretStr, create_model
 from pydantic_core import PydanticUndefined
 
 from . import registry
 from .config import RuntimeConfig, parse_duration
+from .expr_reference import expression_reference
 
 _BASE_FIELDS = {"id", "type", "inputs", "match", "on_error", "overload", "max_queue"}
 
@@ -33,29 +34,72 @@ def _is_duration(metadata) -> bool:
     return any(getattr(m, "func", None) is parse_duration for m in metadata)
 
 
-def _type_text(annotation: Any, metadata=()) -> str:
-    from typing import Annotated, Literal, get_args, get_origin
+_PLAIN = {str: "string", int: "integer", float: "number", bool: "boolean", SecretStr: "secret string",
+          Any: "any", type(None): "null"}
 
+
+def _type_text(annotation: Any, metadata=(), nested: list | None = None, path: str = "") -> str:
+    """A type as a person reads it (``string``, ``list of string``, ``duration``); nested models go to ``nested``."""
     if _is_duration(metadata):
         return "duration"
-    if get_origin(annotation) is Annotated:
-        args = get_args(annotation)
-        return "duration" if _is_duration(annotation.__metadata__) else _type_text(args[0])
-    if get_origin(annotation) is Literal:
-        return " | ".join(json.dumps(a) for a in get_args(annotation))
-    if get_origin(annotation) is Union or type(annotation).__name__ == "UnionType":
-        return " | ".join(_type_text(a) for a in get_args(annotation))
-    text = getattr(annotation, "__name__", None) or str(annotation)
-    if get_origin(annotation) is not None:
-        text = str(annotation)
-    return text.replace("typing.", "").replace("Annotated[float, BeforeValidator", "Duration[").split(", WithJsonSchema")[0]
+    origin, args = get_origin(annotation), get_args(annotation)
+    if origin is Annotated:
+        return "duration" if _is_duration(annotation.__metadata__) else _type_text(args[0], (), nested, path)
+    if origin is Literal:
+        return " | ".join(json.dumps(a) for a in args)
+    if origin is Union or type(annotation).__name__ == "UnionType":
+        parts = [_type_text(a, (), nested, path) for a in args if a is not type(None)]
+        return " | ".join(dict.fromkeys(parts)) + (" | null" if type(None) in args else "")
+    if origin in (list, tuple, set):
+        return f"list of {_type_text(args[0], (), nested, path + '[]')}" if args else "list"
+    if origin is dict:
+        return f"map of name to {_type_text(args[1], (), nested, path + '.<name>')}" if args else "map"
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        if nested is not None:
+            nested.append((path, annotation))
+        return f"object (`{path}` keys below)"
+    return _PLAIN.get(annotation, getattr(annotation, "__name__", str(annotation)))
 
 
 def _default_text(info) -> str:
     if info.default is PydanticUndefined and info.default_factory is None:
         return "**required**"
     value = info.default_factory() if info.default_factory is not None else info.default
+    if isinstance(value, BaseModel):
+        value = value.model_dump(mode="json")
     return f"`{json.dumps(value, default=str)}`"
+
+
+def _rows(model: type[BaseModel], nested: list, prefix: str, skip=()) -> list[str]:
+    rows = ["| key | type | default | description |", "|---|---|---|---|"]
+    for field_name, info in model.model_fields.items():
+        if field_name in skip:
+            continue
+        desc = (info.description or "").replace("|", "\\|").replace("\n", " ")
+        path = f"{prefix}.{field_name}" if prefix else field_name
+        type_text = _type_text(info.annotation, info.metadata, nested, path).replace("|", "\\|")
+        rows.append(f"| `{field_name}` | {type_text} | {_default_text(info)} | {desc} |")
+    return rows
+
+
+def _tables(title: str, model: type[BaseModel], skip=()) -> list[str]:
+    """The table of ``model`` and, below it, one table per nested object (subscriptions, tls, reconnect ...)."""
+    nested: list = []
+    lines = _rows(model, nested, "", skip) + [""]
+    done = set()
+    while nested:
+        path, sub = nested.pop(0)
+        if (path, sub) in done:
+            continue
+        done.add((path, sub))
+        doc = (inspect.getdoc(sub) or "").split("\n\n")[0].replace("\n", " ")
+        if doc.startswith(("Usage docs", "!!! abstract")) or sub.__doc__ is None:
+            doc = ""
+        tag = next((f" with `{k}: {get_args(f.annotation)[0]}`" for k, f in sub.model_fields.items()
+                    if get_origin(f.annotation) is Literal and len(get_args(f.annotation)) == 1), "")
+        lines += [f"#### {title}: `{path}` keys{tag}", ""] + ([doc, ""] if doc else [])
+        lines += _rows(sub, nested, path) + [""]
+    return lines
 
 
 def reference_markdown() -> str:
@@ -63,29 +107,24 @@ def reference_markdown() -> str:
     lines = ["# Stage reference", "",
              "Generated by `edgesieve docs` from the configuration models; do not edit by hand.", "",
              "Every item has `id` and `type`. Stages and sinks have `inputs` (ids they read) and an optional `match` "
-             "(`{tag: value}` routing). Stages have `on_error` (`dead_letter` | `skip` | `stop`). Sources have "
-             "`overload` (`block` | `shed`) and `max_queue`. Durations are numbers of seconds or strings such as `10s`, `5m`.", ""]
+             "(`{tag: value}` routing; a key that is not a tag matches annotations such as `event`). Stages have "
+             "`on_error` (`dead_letter` | `skip` | `stop`). Sources have `overload` (`block` | `shed`) and `max_queue`. "
+             "A *duration* is a number of seconds or a string such as `10s`, `5m`, `1h30m`, `250ms`. Any value may be "
+             "written as `${VAR}` or `${VAR:-default}` (taken from the environment). Expressions (`where:`, `set:`) "
+             "are described under [Expressions](#expressions).", ""]
     for kind, table in registry.KINDS.items():
         lines += [f"## {kind.capitalize()}", ""]
         for name in sorted(table):
             cls = registry.load(kind, name)
             lines += [f"### `{name}`", "", inspect.getdoc(inspect.getmodule(cls)).split(">>>")[0].strip(), ""]
-            lines += ["| key | type | default | description |", "|---|---|---|---|"]
-            for field_name, info in cls.Config.model_fields.items():
-                if field_name in _BASE_FIELDS:
-                    continue
-                desc = (info.description or "").replace("|", "\\|").replace("\n", " ")
-                type_text = _type_text(info.annotation, info.metadata).replace("|", "\\|")
-                lines.append(f"| `{field_name}` | {type_text} | {_default_text(info)} | {desc} |")
+            lines += _tables(f"`{name}` {kind[:-1]}", cls.Config, _BASE_FIELDS)
             if getattr(cls, "EXAMPLE", None):
-                lines += ["", "Example:", "", "```yaml", f"- {{id: my_{name}, type: {name}"
+                lines += ["Example:", "", "```yaml", f"- {{id: my_{name}, type: {name}"
                           + ("" if kind == "sources" else ", inputs: [upstream]")
-                          + "".join(f", {k}: {json.dumps(v)}" for k, v in cls.EXAMPLE.items()) + "}", "```"]
-            lines.append("")
-    lines += ["## Runtime", "", "| key | default | description |", "|---|---|---|"]
-    for field_name, info in RuntimeConfig.model_fields.items():
-        lines.append(f"| `{field_name}` | {_default_text(info)} | {(info.description or '')} |")
-    return "\n".join(lines) + "\n"
+                          + "".join(f", {k}: {json.dumps(v)}" for k, v in cls.EXAMPLE.items()) + "}", "```", ""]
+    lines += ["## Runtime", "", "The top-level `runtime:` section.", ""] + _tables("`runtime`", RuntimeConfig)
+    lines += expression_reference()
+    return "\n".join(lines).rstrip("\n") + "\n"
 
 
 def pipeline_schema() -> dict:
@@ -104,7 +143,43 @@ def pipeline_schema() -> dict:
         sinks=(list[union("sinks")], Field(description="Where results go.")),
         runtime=(RuntimeConfig, Field(default_factory=RuntimeConfig, description="Batching, checkpoints, metrics.")),
     )
-    schema = model.model_json_schema()
+    schema = _allow_variables(model.model_json_schema())
     schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
     schema["additionalProperties"] = False
     return schema
+
+
+# A scalar written as ${VAR} or ${VAR:-default} is a string until the environment fills it in (pipeline/yaml_source.py)
+VARIABLE = {"type": "string", "pattern": r"\$\{[A-Za-z_][A-Za-z0-9_]*(:-[^}]*)?\}",
+            "description": "${VAR} or ${VAR:-default}: taken from the environment when the file is loaded"}
+_SCHEMA_MAPS = ("properties", "$defs", "patternProperties")
+_SCHEMA_LISTS = ("anyOf", "oneOf", "allOf", "prefixItems")
+_SCHEMA_ONE = ("items", "additionalProperties", "not")
+_META = ("title", "description", "default", "examples")
+
+
+def _allow_variables(node: Any, name: str | None = None) -> Any:
+    """The schema with every scalar that is not a plain string also accepting ``${VAR}``.
+
+    Discriminators (``type``, ``source``: a ``const`` that picks the item's kind) are left as they are.
+    """
+    if not isinstance(node, dict):
+        return node
+    out = {}
+    for k, v in node.items():
+        if k in _SCHEMA_MAPS and isinstance(v, dict):
+            out[k] = {n: _allow_variables(sub, n) for n, sub in v.items()}
+        elif k in _SCHEMA_LISTS and isinstance(v, list):
+            out[k] = [_allow_variables(sub) for sub in v]
+        elif k in _SCHEMA_ONE and isinstance(v, dict):
+            out[k] = _allow_variables(v)
+        else:
+            out[k] = v
+    scalar = out.get("type") in ("integer", "number", "boolean") or "enum" in out or \
+        (out.get("type") == "string" and ("pattern" in out or "format" in out))
+    if "const" in out and name not in ("type", "source"):
+        scalar = True
+    if not scalar or "$ref" in out:
+        return out
+    meta = {k: out.pop(k) for k in _META if k in out}
+    return {"anyOf": [out, VARIABLE], **meta}

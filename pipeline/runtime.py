@@ -24,7 +24,9 @@ from .graph import DeadLetters, Graph
 from .loader import PipelineSpec
 from .lock import StateLock
 from .metrics import Metrics
-from .stage import Sink, Source
+from .redact import redact
+from .sink_worker import SinkWorker
+from .stage import Source, StateChanges
 
 log = logging.getLogger("edgesieve")
 _DONE = object()
@@ -40,39 +42,6 @@ class RunSummary:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-class _SinkWorker:
-    """A sink on its own thread, fed through a bounded queue."""
-
-    def __init__(self, sink: Sink, metrics: Metrics):
-        self.sink, self.metrics, self.id = sink, metrics, sink.config.id
-        self.queue: queue.Queue = queue.Queue(maxsize=256)
-        self.thread = threading.Thread(target=self._loop, name=f"sink:{self.id}", daemon=True)
-        self.thread.start()
-
-    def _loop(self) -> None:
-        while True:
-            batch = self.queue.get()
-            try:
-                if batch is _DONE:
-                    return
-                started = time.perf_counter()
-                self.sink.write(batch)
-                self.metrics.observe_latency(self.id, time.perf_counter() - started)
-                self.metrics.count(self.id, "out", len(batch))
-            except Exception as exc:
-                self.metrics.count(self.id, "errors", len(batch))
-                log.error("sink %r failed to write %d record(s): %s: %s", self.id, len(batch), type(exc).__name__, exc)
-            finally:
-                self.queue.task_done()
-
-    def drain(self) -> None:
-        self.queue.join()
-
-    def stop(self) -> None:
-        self.queue.put(_DONE)
-        self.thread.join(timeout=30)
-
-
 class Pipeline:
     """A validated, built pipeline. ``run()`` runs it for real; ``run_records()`` feeds records synchronously."""
 
@@ -81,8 +50,13 @@ class Pipeline:
         self.name = spec.name
         self.metrics = Metrics(spec.name)
         self.dead_letters = DeadLetters(self.metrics, None, keep_in_memory=True)
+        self.clock = clock
         self.graph = Graph(spec, self.metrics, self.dead_letters, clock)
         self._stop = threading.Event()
+        self._interrupted = threading.Event()   # stop requested (signal, --for, a fatal error): do not wait on blocked sinks
+        self._fatal: str | None = None
+        self._reload = threading.Event()
+        self.rebuilt: set[str] = set()   # stages a reload rebuilt: their next checkpoint replaces all their entries
         self.stopped_by = "end of sources"
         self._store: CheckpointStore | None = None
 
@@ -112,9 +86,20 @@ class Pipeline:
         return {sid: Batch.concat(bs).to_records() for sid, bs in out.items()}
 
     # ------------------------------------------------------------------ threaded run
+    def request_reload(self) -> None:
+        """Reload the pipeline file between micro-batches (SIGHUP, --watch); see pipeline/reload.py."""
+        self._reload.set()
+
     def stop(self, reason: str = "stop requested") -> None:
         self.stopped_by = reason
+        self._interrupted.set()
         self._stop.set()
+
+    def fail(self, message: str) -> None:
+        """Stop the pipeline because a part of it cannot go on (``Context.stop_pipeline``); the run reports ``message``."""
+        if self._fatal is None:
+            self._fatal = message
+        self.stop("error")
 
     def run(self, duration: float | None = None, on_tick=None) -> RunSummary:
         spec, rt = self.spec, self.spec.runtime
@@ -124,7 +109,7 @@ class Pipeline:
         for stage in self.graph.stages.values():
             stage.ctx._dead_letter = self.dead_letters
         sources: dict[str, Source] = {}
-        sinks: dict[str, _SinkWorker] = {}
+        sinks: dict[str, SinkWorker] = {}
         threads: list[threading.Thread] = []
         error: str | None = None
         lock = StateLock(rt.state_dir, self.name)
@@ -133,11 +118,15 @@ class Pipeline:
             for c in spec.sources:
                 sources[c.id] = registry.load("sources", c.type)(c, self.graph.context(c.id))
             for c in spec.sinks:
-                sinks[c.id] = _SinkWorker(registry.load("sinks", c.type)(c, self.graph.context(c.id)), self.metrics)
+                ctx = self.graph.context(c.id)
+                ctx.on_fatal = self.fail
+                sinks[c.id] = SinkWorker(registry.load("sinks", c.type)(c, ctx), self.metrics, self._interrupted, self.fail)
             for sid in self.graph.dead_letter_consumers():
-                self.dead_letters.listeners.append(lambda b, w=sinks[sid]: w.queue.put(b))
-            self.graph.deliver = lambda sink_id, batch: sinks[sink_id].queue.put(batch)
+                self.dead_letters.listeners.append(lambda b, w=sinks[sid]: w.put(b))
+            self.graph.deliver = lambda sink_id, batch: sinks[sink_id].put(batch)
             positions = self._restore(sources, sinks)
+            if rt.checkpoint.path:     # the state now is the restored checkpoint (or nothing yet): age 0
+                self.metrics.set_gauge("runtime", "last_checkpoint_time", time.time())
             self._source_error = None
             queues = {sid: queue.Queue(maxsize=c.max_queue) for sid, c in ((c.id, c) for c in spec.sources)}
             wake = threading.Event()
@@ -146,8 +135,10 @@ class Pipeline:
                 threads.append(t)
                 t.start()
             self._loop(sources, sinks, queues, threads, wake, positions, duration, started, on_tick)
+            if self._fatal:
+                error, self.stopped_by = self._fatal, "error"
         except Exception as exc:
-            error = f"{type(exc).__name__}: {exc}"
+            error = redact(f"{type(exc).__name__}: {exc}")
             self.stopped_by = "error"
             log.error("pipeline %r stopped: %s", self.name, error)
             self._stop.set()
@@ -220,6 +211,7 @@ class Pipeline:
             now = time.monotonic()
             if duration is not None and now - started >= duration:
                 self.stopped_by = f"--for {duration:g}s elapsed"
+                self._interrupted.set()
                 break
             if self._stop.is_set() or not live and not any(pending.values()):
                 break
@@ -248,6 +240,13 @@ class Pipeline:
                     pending[sid] = []
                     pending_n[sid] = 0
                     first_at.pop(sid, None)
+            if self._reload.is_set():
+                self._reload.clear()
+                from .reload import reload_graph
+
+                graph = reload_graph(self, self.spec.file)
+                if graph is not None:
+                    self.graph = graph
             now = time.monotonic()
             if now - last_tick >= rt.tick:
                 self.graph.tick(time.time())
@@ -271,10 +270,15 @@ class Pipeline:
                     items.append((batch, position))
             if items:
                 self._process(sid, items, positions, sources)
-        if rt.checkpoint.path:
+        # a finished replay checkpoints after the last flush (a restart has nothing left to send); a stopped one
+        # before it, with its open windows, which reopen on restart
+        finished = not live and not self._source_error and not self._interrupted.is_set()
+        if rt.checkpoint.path and not finished:
             self._checkpoint(positions, sources, sinks)
         self.graph.flush()
         self._flush_sinks(sinks)
+        if rt.checkpoint.path and finished:
+            self._checkpoint(positions, sources, sinks)
         if self._source_error:
             raise RuntimeError(self._source_error)
 
@@ -300,15 +304,33 @@ class Pipeline:
                 log.error("sink %r failed to flush: %s: %s", sid, type(exc).__name__, exc)
 
     def _checkpoint(self, positions: dict, sources: dict, sinks: dict) -> None:
-        """Save what changed since the last checkpoint, with the source positions, in one transaction; then ack."""
+        """Save what changed since the last checkpoint, with the source positions, in one transaction; then ack.
+
+        Only once every sink holds what it was given: never past data a sink did not take."""
         self._flush_sinks(sinks)
+        held = [sid for sid, w in sinks.items() if not w.clean]
+        if held:
+            log.error("pipeline %r: no checkpoint written: sink(s) %s did not take all their data; the last "
+                      "checkpoint stays, and a restart produces that data again", self.name, ", ".join(held))
+            return
         items = {**{f"stage:{sid}": st for sid, st in self.graph.stages.items()},
                  **{f"sink:{sid}": w.sink for sid, w in sinks.items()}}
-        changes = {name: item.snapshot_changes() for name, item in items.items()}
-        stats = self._store.save(positions, changes)
+        try:
+            changes = {name: item.snapshot_changes() for name, item in items.items()}
+            for sid in self.rebuilt:   # a fresh instance's changes are its whole state: drop the old instance's entries
+                if f"stage:{sid}" in changes:
+                    changes[f"stage:{sid}"] = StateChanges(changes[f"stage:{sid}"].entries, complete=True)
+            stats = self._store.save(positions, changes)
+        except Exception as exc:   # e.g. a full disk: the previous checkpoint stays valid; try again next time
+            self.metrics.count("runtime", "checkpoint_errors", 1)
+            log.error("pipeline %r: checkpoint not written (%s: %s); the previous one stays, retrying at the next "
+                      "interval", self.name, type(exc).__name__, exc)
+            return
+        self.rebuilt.clear()
         for item in items.values():
             item.state_saved()
         self.metrics.count("runtime", "checkpoints", 1)
+        self.metrics.set_gauge("runtime", "last_checkpoint_time", time.time())
         self.metrics.count("runtime", "checkpoint_rows", stats.rows)
         self.metrics.count("runtime", "checkpoint_bytes", stats.bytes)
         for sid, position in positions.items():

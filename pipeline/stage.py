@@ -36,6 +36,14 @@ class Context:
         self.pipeline = pipeline
         self.clock = clock
         self.checkpoints = checkpoints      # the runtime writes checkpoints (a source may journal its input)
+        self.on_fatal: Callable[[str], None] | None = None   # set by the runtime: stops the pipeline
+        self.fatal: str | None = None
+
+    def stop_pipeline(self, message: str) -> None:
+        """A part of this item (e.g. a sink's own thread) cannot go on: stop the pipeline and report ``message``."""
+        self.fatal = self.fatal or message
+        if self.on_fatal is not None:
+            self.on_fatal(message)
 
     @property
     def stage_id(self) -> str:
@@ -77,6 +85,12 @@ class _Item:
     def __init__(self, config: ItemConfig, ctx: Context):
         self.config = config
         self.ctx = ctx
+        if type(self).gauges is not _Item.gauges:      # read at scrape time (see pipeline/prometheus.py)
+            ctx.metrics.gauge_source(ctx.item_id, self.gauges)
+
+    def gauges(self) -> dict[str, float]:
+        """Current values (open windows, keys held, connected...) for /metrics; read on the scraping thread."""
+        return {}
 
     def snapshot(self) -> Any:
         """The whole state as plain data (`pipeline.statecodec`: no arbitrary objects); None = stateless."""

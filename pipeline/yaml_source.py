@@ -47,14 +47,49 @@ def substitute_env(text: str, env: Mapping[str, str], missing: list[str]) -> str
     return _VAR.sub(repl, text)
 
 
+_YAML_HINTS = (   # (what the parser says, which mark to point at, what it usually means)
+    ("found character '\\t'", "problem", "YAML indents with spaces, not tabs: replace the tab on this line with spaces"),
+    ("could not find expected ':'", "context", "this line has a key without ':' (write `key: value`, with a space after the colon)"),
+    ("mapping values are not allowed", "problem",
+     "a ':' where none can be: this line is indented deeper than the key above it, or a value contains ': ' "
+     "(quote it: where: \"t: 5\"), or the line above lacks the space after its colon (write `key: value`)"),
+    ("expected <block end>", "problem",
+     "this line is indented differently from the lines above it: the keys of one mapping, and the '-' of one "
+     "list, must start in the same column"),
+    ("did not find expected key", "problem", "this line is indented differently from the keys above it"),
+    ("did not find expected '-'", "problem", "this list item is indented differently from the items above it"),
+    ("expected ',' or '}'", "context", "a '{' opened on this line is not closed (or an item in it lacks a ',')"),
+    ("expected ',' or ']'", "context", "a '[' opened on this line is not closed (or an item in it lacks a ',')"),
+    ("unexpected end of stream", "context", "a quote or bracket opened on this line is never closed"),
+)
+
+
+def yaml_problem(exc: yaml.YAMLError, file: str) -> Problem:
+    """A YAML syntax error as a Problem at file:line:col, with what it usually means in plain words.
+
+    >>> try:
+    ...     yaml.compose("sources:\\n  - id: a\\n    type replay\\n    path: x\\n", Loader=yaml.SafeLoader)
+    ... except yaml.YAMLError as e:
+    ...     print(yaml_problem(e, "p.yaml"))
+    p.yaml:3:5: not valid YAML: could not find expected ':' — this line has a key without ':' (write `key: value`, with a space after the colon)
+    """
+    problem = str(getattr(exc, "problem", None) or exc)
+    hint, which = None, "problem"
+    for text, mark_name, meaning in _YAML_HINTS:
+        if text in problem:
+            hint, which = meaning, mark_name
+            break
+    mark = getattr(exc, f"{which}_mark", None) or getattr(exc, "problem_mark", None)
+    line, col = (mark.line + 1, mark.column + 1) if mark else (1, 1)
+    return Problem(file, line, col, f"not valid YAML: {problem}", hint=hint)
+
+
 def load_yaml_with_positions(text: str, file: str, env: Mapping[str, str] | None = None) -> YamlDocument:
     env = os.environ if env is None else env
     try:
         root = yaml.compose(text, Loader=yaml.SafeLoader)
     except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        line, col = (mark.line + 1, mark.column + 1) if mark else (1, 1)
-        raise ConfigError([Problem(file, line, col, f"not valid YAML: {getattr(exc, 'problem', exc)}")]) from None
+        raise ConfigError([yaml_problem(exc, file)]) from None
     doc = YamlDocument(data=None, file=file)
     problems: list[Problem] = []
     constructor = SafeConstructor()

@@ -48,7 +48,12 @@ def split_field(name: str) -> tuple[str, str | None]:
 
 
 def merge_fields(members: list[dict], ddof: int = 1) -> tuple[dict, bool]:
-    """Merge the field dicts of windows (ordered oldest first) into one; return ``(fields, approximate)``."""
+    """Merge the field dicts of windows (ordered oldest first) into one; return ``(fields, approximate)``.
+
+    One window alone is itself, exactly (its quantiles too).
+    """
+    if len(members) == 1:
+        return dict(members[0]), False
     bases: dict[str, dict[str, str]] = {}
     for m in members:
         for name in m:

@@ -17,8 +17,6 @@ False
 """
 from __future__ import annotations
 
-import re
-
 import os
 from pathlib import Path
 from typing import Literal, Mapping
@@ -27,7 +25,8 @@ from pydantic import Field, SecretStr, field_validator
 
 from connectors.influx.outbox_sink import OutboxSink, OutboxSinkConfig
 from connectors.influx.transport import InfluxTransport
-from pipeline.config import Duration
+from pipeline.config import INPUT, Duration
+from pipeline.redact import mask_url_credentials, remember
 
 
 class InfluxdbConfig(OutboxSinkConfig):
@@ -36,20 +35,20 @@ class InfluxdbConfig(OutboxSinkConfig):
     org: str = Field(min_length=1, description="InfluxDB organisation.")
     bucket: str = Field(min_length=1, description="Bucket the points are written to.")
     token: SecretStr | None = Field(None, description="API token; prefer `${INFLUX_TOKEN}`, `token_file` or `token_env` to writing it here.")
-    token_file: str | None = Field(None, description="File holding the token (e.g. a Docker/Kubernetes secret); surrounding whitespace is ignored.")
+    token_file: str | None = Field(None, json_schema_extra=INPUT, description="File holding the token (e.g. a Docker/Kubernetes secret); surrounding whitespace is ignored.")
     token_env: str = Field("INFLUX_TOKEN", pattern=r"^[A-Za-z_][A-Za-z0-9_]*$",
                            description="Environment variable with the token, used when neither `token` nor `token_file` is set.")
     precision: Literal["s", "ms", "us", "ns"] = Field("ms", description="Timestamp precision of the written points.")
     gzip: bool = Field(True, description="Compress request bodies (saves uplink bandwidth; InfluxDB accepts gzip).")
     verify_tls: bool = Field(True, description="Verify the server's TLS certificate (turn off only for a test server).")
-    ca_file: str | None = Field(None, description="PEM file of the CA that signed the server's certificate (default: the system's CAs).")
+    ca_file: str | None = Field(None, json_schema_extra=INPUT, description="PEM file of the CA that signed the server's certificate (default: the system's CAs).")
     timeout: Duration = Field(10.0, gt=0, le=300, description="Time limit of one write request.")
 
     @field_validator("url")
     @classmethod
     def _http(cls, v: str) -> str:
         if not v.startswith(("http://", "https://")):
-            raise ValueError(f"url must start with http:// or https://, got {re.sub(r'//[^@/]*@', '//***@', v)!r}")
+            raise ValueError(f"url must start with http:// or https://, got {mask_url_credentials(v)!r}")
         return v.rstrip("/")
 
 
@@ -57,6 +56,7 @@ def resolve_token(cfg: InfluxdbConfig, env: Mapping[str, str] | None = None) -> 
     """The token from ``token``, else ``token_file``, else ``$token_env``; a clear error (without the secret) if none."""
     env = os.environ if env is None else env
     if cfg.token is not None and cfg.token.get_secret_value():
+        remember(cfg.token)
         return cfg.token.get_secret_value()
     if cfg.token_file:
         path = Path(cfg.token_file)
@@ -66,11 +66,13 @@ def resolve_token(cfg: InfluxdbConfig, env: Mapping[str, str] | None = None) -> 
             raise ValueError(f"sink {cfg.id!r}: cannot read token_file {path}: {e.strerror}") from None
         if not token:
             raise ValueError(f"sink {cfg.id!r}: token_file {path} is empty")
+        remember(token)
         return token
     token = env.get(cfg.token_env, "").strip()
     if not token:
         raise ValueError(f"sink {cfg.id!r}: no InfluxDB token: set the environment variable {cfg.token_env}, "
                          f"or `token_file:` / `token: ${{{cfg.token_env}}}` in the sink's config")
+    remember(token)
     return token
 
 

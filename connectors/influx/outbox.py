@@ -39,17 +39,20 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+from contextlib import contextmanager
 
 import numpy as np
 import logging
 import math
 import sqlite3
+import sys
 import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from connectors.influx.diskbound import ROW_OVERHEAD, DiskBound, _dumps, _size
+from connectors.influx.integrity import open_checked, verify_against_checkpoint
 from pipeline.statefiles import private_file
 
 log = logging.getLogger(__name__)
@@ -68,6 +71,11 @@ CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NU
 CREATE TABLE IF NOT EXISTS sent (
   measurement TEXT NOT NULL, tags TEXT NOT NULL, ts INTEGER NOT NULL, fp TEXT NOT NULL, gen INTEGER NOT NULL,
   UNIQUE (measurement, tags, ts));
+CREATE TABLE IF NOT EXISTS merged (
+  measurement TEXT NOT NULL, tags TEXT NOT NULL, ts INTEGER NOT NULL, fp TEXT NOT NULL, gen INTEGER NOT NULL,
+  UNIQUE (measurement, tags, ts));
+CREATE TABLE IF NOT EXISTS delivered (
+  measurement TEXT NOT NULL, tags TEXT NOT NULL, ts INTEGER NOT NULL, PRIMARY KEY (measurement, tags));
 """
 _ON_CONFLICT = ("ON CONFLICT (measurement, tags, ts) DO UPDATE SET fields = json_patch(pending.fields, excluded.fields), "
                 "rev = pending.rev + 1 WHERE json_patch(pending.fields, excluded.fields) != pending.fields")
@@ -75,6 +83,7 @@ _UPSERT = "INSERT INTO pending (measurement, tags, ts, fields, res, approx) VALU
 # a point identical to one already delivered (a restarted pipeline replaying from its checkpoint) is not queued again
 _UPSERT_UNSENT = ("INSERT INTO pending (measurement, tags, ts, fields, res, approx) SELECT ?1, ?2, ?3, ?4, ?5, ?6 "
                   "WHERE NOT EXISTS (SELECT 1 FROM sent WHERE measurement = ?1 AND tags = ?2 AND ts = ?3 AND fp = ?7) "
+                  "AND NOT EXISTS (SELECT 1 FROM merged WHERE measurement = ?1 AND tags = ?2 AND ts = ?3 AND fp = ?7) "
                   + _ON_CONFLICT)
 
 
@@ -113,24 +122,27 @@ class Outbox(DiskBound):
 
     def __init__(self, path: str | Path, *, max_bytes: int | None = None, fsync: str = "full",
                  coarsen_steps_s: tuple[float, ...] = (60.0, 600.0), ddof: int = 0, mark_coarsened: bool = True,
-                 sent_log: int = 200_000):
+                 sent_log: int = 200_000, name: str | None = None):
         if fsync not in _SYNC:
             raise ValueError(f"outbox {path}: fsync must be one of {sorted(_SYNC)}, got {fsync!r}")
         self.path = private_file(path)  # 0600 before SQLite opens it (its -wal/-shm follow), folder 0700 if created
+        self.name = name            # the sink's id, for messages
         self._lockfile = _exclusive(self.path)
         self.max_bytes, self.steps, self.ddof = max_bytes, tuple(sorted(coarsen_steps_s)), ddof
         self.mark_coarsened, self.sent_log = mark_coarsened, sent_log
         self._lock = threading.RLock()
-        self._db = sqlite3.connect(str(self.path), check_same_thread=False, isolation_level=None, timeout=30)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute(f"PRAGMA synchronous={_SYNC[fsync]}")
-        self._db.executescript(_SCHEMA)
+        try:
+            self._db = open_checked(self.path, name, _SCHEMA, _SYNC[fsync])
+        except BaseException:
+            self._lockfile.close()
+            raise
         self._tags = _TagCache()
         self._claimed_max = 0          # rows with id <= this are in flight: coarsening leaves them alone
         self.counters = dict.fromkeys(_COUNTERS, 0)
         self.counters.update(dict(self._db.execute("SELECT name, value FROM counters")))
         self._pending = self._db.execute("SELECT count(*) FROM pending").fetchone()[0]
         self._bytes = self._stored_bytes()
+        self._coarse_res = self._db.execute("SELECT coalesce(max(res), 0) FROM pending").fetchone()[0]
         self.changed = threading.Condition(self._lock)   # notified on put (the sender waits on it)
 
     # --- writing ------------------------------------------------------------------------------
@@ -149,23 +161,30 @@ class Outbox(DiskBound):
         if not rows:
             return 0
         with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
-            last = self._db.execute("SELECT coalesce(max(id), 0) FROM pending").fetchone()[0]
-            before = self._db.total_changes
-            self._db.executemany(_UPSERT_UNSENT, rows)
-            skipped = len(rows) - (self._db.total_changes - before)
-            self._bump("duplicates", skipped)
-            self._bump("put", len(rows))
-            self._db.execute("COMMIT")
-            self._pending += self._db.execute("SELECT count(*) FROM pending WHERE id > ?", (last,)).fetchone()[0]
-            if skipped:   # only after a restart: recount rather than guess which rows were skipped
-                self._bytes = self._stored_bytes()
-            else:
-                self._bytes += sum(_size(r[0], r[1], r[3]) for r in rows)
+            with self._tx():
+                last = self._db.execute("SELECT coalesce(max(id), 0) FROM pending").fetchone()[0]
+                n_in = len(rows)
+                absorbed = self._into_coarse(rows, float(res)) if self._coarse_res > float(res) else 0
+                if absorbed:
+                    rows = [r for r in rows if r is not None]
+                changes = self._db.total_changes
+                self._db.executemany(_UPSERT_UNSENT, rows)
+                skipped = len(rows) - (self._db.total_changes - changes)
+                self._bump("duplicates", skipped)
+                self._bump("put", n_in)
+                self._pending += self._db.execute("SELECT count(*) FROM pending WHERE id > ?", (last,)).fetchone()[0]
+                if skipped or absorbed:   # rarely (a restart, late points): recount rather than guess
+                    self._bytes = self._stored_bytes()
+                else:
+                    self._bytes += sum(_size(r[0], r[1], r[3]) for r in rows)
             if self.max_bytes is not None and self._bytes > self.max_bytes:
-                self._make_room()
+                try:
+                    self._make_room()
+                except sqlite3.Error as e:   # the points are committed; making room waits for the next put
+                    log.warning("outbox %s: could not make room (%s); pending points stay as they are for now",
+                                self.path, e)
             self.changed.notify_all()
-        return len(rows)
+        return n_in
 
     # --- draining (the sender) ------------------------------------------------------------------
     def claim(self, limit: int) -> list[Row]:
@@ -185,17 +204,21 @@ class Outbox(DiskBound):
     def ack(self, rows: list[Row]) -> None:
         """The server accepted ``rows``: delete them (a point re-put meanwhile stays, with its new fields)."""
         with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
-            removed = self._delete(rows)
-            if self.sent_log:
-                gen = self.counters["generation"]
-                self._db.executemany("INSERT OR REPLACE INTO sent (measurement, tags, ts, fp, gen) VALUES (?, ?, ?, ?, ?)",
-                                     [(r.measurement, r.tags_json, r.ts, r.fields_json, gen) for r in rows])
-                self._db.execute("DELETE FROM sent WHERE rowid <= (SELECT max(rowid) FROM sent) - ?", (self.sent_log,))
-            self._bump("sent", len(rows))
-            self._db.execute("COMMIT")
+            with self._tx():
+                self._pending -= self._delete(rows)
+                if self.sent_log:
+                    gen = self.counters["generation"]
+                    self._db.executemany("INSERT OR REPLACE INTO sent (measurement, tags, ts, fp, gen) VALUES (?, ?, ?, ?, ?)",
+                                         [(r.measurement, r.tags_json, r.ts, r.fields_json, gen) for r in rows])
+                    self._db.execute("DELETE FROM sent WHERE rowid <= (SELECT max(rowid) FROM sent) - ?", (self.sent_log,))
+                frontier: dict[tuple, int] = {}
+                for r in rows:
+                    key = (r.measurement, r.tags_json)
+                    frontier[key] = max(frontier.get(key, r.ts), r.ts)
+                self._db.executemany("INSERT INTO delivered VALUES (?, ?, ?) ON CONFLICT (measurement, tags) "
+                                     "DO UPDATE SET ts = max(ts, excluded.ts)", [(*k, ts) for k, ts in frontier.items()])
+                self._bump("sent", len(rows))
             self._claimed_max = 0
-            self._pending -= removed
 
     def checkpoint(self) -> int:
         """The pipeline checkpoints: forget delivered points older than the previous checkpoint.
@@ -204,38 +227,37 @@ class Outbox(DiskBound):
         send them twice. Returns the new generation (what a sink's ``snapshot()`` records).
         """
         with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
-            self._bump("generation", 1)
-            gen = self.counters["generation"]
-            self._db.execute("DELETE FROM sent WHERE gen < ?", (gen - 1,))
-            self._db.execute("DELETE FROM sent WHERE rowid <= (SELECT max(rowid) FROM sent) - ?", (self.sent_log,))
-            self._db.execute("COMMIT")
+            with self._tx():
+                self._bump("generation", 1)
+                gen = self.counters["generation"]
+                for table in ("sent", "merged"):
+                    self._db.execute(f"DELETE FROM {table} WHERE gen < ?", (gen - 1,))
+                    self._db.execute(f"DELETE FROM {table} WHERE rowid <= (SELECT max(rowid) FROM {table}) - ?",
+                                     (self.sent_log,))
             return gen
 
     def dead_letter(self, rows: list[Row], status: int | None, reason: str) -> None:
         """Move ``rows`` to the ``dead`` table with the server's status and message."""
         with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
-            now = time.time()
-            self._db.executemany(
-                "INSERT INTO dead (measurement, tags, ts, fields, res, approx, status, reason, at) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                [(r.measurement, r.tags_json, r.ts, r.fields_json, r.res, int(r.approx), status, reason, now)
-                 for r in rows])
-            self._pending -= self._delete(rows)
-            self._bump("dead_lettered", len(rows))
-            self._db.execute("COMMIT")
+            with self._tx():
+                now = time.time()
+                self._db.executemany(
+                    "INSERT INTO dead (measurement, tags, ts, fields, res, approx, status, reason, at) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    [(r.measurement, r.tags_json, r.ts, r.fields_json, r.res, int(r.approx), status, reason, now)
+                     for r in rows])
+                self._pending -= self._delete(rows)
+                self._bump("dead_lettered", len(rows))
             self._claimed_max = 0
 
     def requeue_dead(self) -> int:
         """Move every dead-lettered point back to pending (after fixing the token, bucket, ...)."""
         with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
-            rows = self._db.execute("SELECT measurement, tags, ts, fields, res, approx FROM dead ORDER BY id").fetchall()
-            self._db.executemany(_UPSERT, rows)
-            self._db.execute("DELETE FROM dead")
-            self._bump("requeued", len(rows))
-            self._db.execute("COMMIT")
+            with self._tx():
+                rows = self._db.execute("SELECT measurement, tags, ts, fields, res, approx FROM dead ORDER BY id").fetchall()
+                self._db.executemany(_UPSERT, rows)
+                self._db.execute("DELETE FROM dead")
+                self._bump("requeued", len(rows))
             self._pending = self._db.execute("SELECT count(*) FROM pending").fetchone()[0]
             self._bytes += sum(_size(r[0], r[1], r[3]) for r in rows)
             self.changed.notify_all()
@@ -246,13 +268,43 @@ class Outbox(DiskBound):
             return self._db.execute("SELECT measurement, tags, ts, fields, status, reason FROM dead ORDER BY id").fetchall()
 
     # --- bookkeeping ----------------------------------------------------------------------------
+    @contextmanager
+    def _tx(self):
+        """One write transaction; on any error (disk full, I/O, locked) it is rolled back and the in-memory
+        counters, pending count and sizes are as before, so the caller may simply try again later."""
+        saved = dict(self.counters), self._pending, self._bytes, self._coarse_res
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+            self._db.execute("COMMIT")
+        except BaseException:
+            self.counters.clear()
+            self.counters.update(saved[0])
+            self._pending, self._bytes, self._coarse_res = saved[1:]
+            if self._db.in_transaction:
+                try:
+                    self._db.execute("ROLLBACK")
+                except sqlite3.Error:
+                    pass
+            if getattr(sys.exc_info()[1], "sqlite_errorcode", 0) & 0xFF == 13:   # SQLITE_FULL
+                self._shrink_wal()
+            raise
+
+    def _shrink_wal(self) -> None:
+        """On a full disk the write-ahead log itself may hold the space (it grows to ~4 MB between checkpoints):
+        move its pages into the database and truncate it, so that the retry has room. Best effort."""
+        try:
+            self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        except sqlite3.Error:
+            pass
+
     def _delete(self, rows: list[Row]) -> int:
         before = self._db.total_changes
         self._db.executemany("DELETE FROM pending WHERE id = ? AND rev = ?", [(r.id, r.rev) for r in rows])
         removed = self._db.total_changes - before
         self._bytes -= sum(_size(r.measurement, r.tags_json, r.fields_json) for r in rows)
         if self._pending - removed <= 0:
-            self._bytes = 0
+            self._bytes, self._coarse_res = 0, 0.0
         return removed
 
     def _bump(self, name: str, n: int) -> None:
@@ -276,6 +328,17 @@ class Outbox(DiskBound):
                     "dead": self._db.execute("SELECT count(*) FROM dead").fetchone()[0],
                     "oldest_pending_ts": None if oldest is None else oldest / 1e9,
                     "file_bytes": sum(p.stat().st_size for p in files if p.exists())}
+
+    def verify(self, recorded: dict) -> None:
+        """Raise :class:`OutboxDamaged` when this file is behind what the pipeline's checkpoint recorded of it."""
+        with self._lock:
+            verify_against_checkpoint(self.path, self.name, self.counters, self._pending, recorded)
+
+    def snapshot(self) -> dict:
+        """What a checkpoint records of this outbox (plain numbers): checked by ``verify`` on the next start."""
+        with self._lock:
+            return {"outbox_generation": self.counters["generation"], "outbox_put": self.counters["put"],
+                    "outbox_sent": self.counters["sent"], "outbox_pending": self._pending}
 
     def close(self) -> None:
         with self._lock:

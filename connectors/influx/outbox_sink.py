@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import math
+import time
 from pathlib import Path
 from typing import ClassVar, Literal
 
@@ -15,9 +16,10 @@ import numpy as np
 from pydantic import Field, field_validator
 
 from pipeline.batch import Batch
-from pipeline.config import Duration, SinkConfig, parse_duration
+from pipeline.config import OUTPUT, Duration, FsyncPolicy, SinkConfig, parse_duration
 from pipeline.stage import Context, Sink
 
+from connectors.influx.integrity import is_storage_error, is_transient, ways_forward
 from connectors.influx.outbox import Outbox
 from connectors.influx.sender import Backoff, CloudRejected, Sender, Transport
 
@@ -30,7 +32,7 @@ class OutboxSinkConfig(SinkConfig):
     fields: list[str] | None = Field(None, description="Fields to send; default: every numeric or boolean field (the aggregates).")
     batch_size: int = Field(5000, ge=1, le=100_000, description="Most points per request to the server.")
     flush_interval: Duration = Field(1.0, gt=0, le=3600, description="Longest a point waits in the outbox for its batch to fill.")
-    outbox: str | None = Field(None, description="Outbox database file; default: `<runtime.state_dir>/outbox-<sink id>.db`.")
+    outbox: str | None = Field(None, json_schema_extra=OUTPUT, description="Outbox database file; default: `<runtime.state_dir>/outbox-<sink id>.db`.")
     max_outbox_bytes: int | None = Field(
         256 * 2**20, ge=4096,
         description="Bound on pending points (their stored size); beyond it older points are merged into coarser windows, "
@@ -41,11 +43,9 @@ class OutboxSinkConfig(SinkConfig):
                     "when the outbox is full.")
     stddev_ddof: Literal[0, 1] = Field(0, description="Delta degrees of freedom of incoming `*_stddev` fields (the window stage uses 0).")
     window: Duration | None = Field(None, gt=0, description="Width of the incoming windows (only to tell coarsened points apart).")
-    fsync: Literal["full", "normal", "off"] = Field(
+    fsync: FsyncPolicy = Field(
         "full", description="`full`: a committed point survives power loss; `normal`: survives a crash, not power loss; `off`: OS decides.")
     drain_timeout: Duration = Field(5.0, ge=0, le=600, description="At shutdown, how long to keep sending before leaving the rest in the outbox.")
-    retry_initial: Duration = Field(0.5, gt=0, le=60, description="First backoff after a transient failure (doubles, with jitter).")
-    retry_max: Duration = Field(30.0, gt=0, le=3600, description="Longest backoff between retries (a server's Retry-After may be longer).")
 
     @field_validator("coarsen_steps", mode="before")
     @classmethod
@@ -70,12 +70,13 @@ class OutboxSink(Sink):
         self.transport: Transport = self.make_transport()      # first: a config error leaves nothing open
         path = Path(config.outbox) if config.outbox else ctx.state_dir / f"outbox-{config.id}.db"
         self.outbox = Outbox(path, max_bytes=config.max_outbox_bytes, fsync=config.fsync,
-                             coarsen_steps_s=tuple(config.coarsen_steps), ddof=config.stddev_ddof)
+                             coarsen_steps_s=tuple(config.coarsen_steps), ddof=config.stddev_ddof, name=config.id)
         self._counted = dict(self.outbox.counters)
         self.sender = Sender(self.outbox, self.transport, name=config.id, batch_size=config.batch_size,
                              flush_interval_s=config.flush_interval,
                              backoff=Backoff(config.retry_initial, config.retry_max),
-                             on_sent=lambda n, nbytes: self.ctx.count("bytes_out", nbytes)).start()
+                             on_sent=lambda n, nbytes: self.ctx.count("bytes_out", nbytes),
+                             on_fatal=ctx.stop_pipeline).start()
         self._raised: object = None
         if self.outbox.pending():
             log.info("sink %r: resuming with %d points left in the outbox %s", config.id, self.outbox.pending(), path)
@@ -121,9 +122,17 @@ class OutboxSink(Sink):
 
     # --- the Sink contract -------------------------------------------------------------------------
     def write(self, batch: Batch) -> None:
+        """Durable in the outbox before it returns; a storage error is raised (the runtime holds the batch and
+        retries), and a damaged outbox also stops the pipeline with a message saying what to run."""
         pts = self.points(batch)
         if pts:
-            self.outbox.put(pts, res=self.config.window or 0.0)   # durable before we return
+            try:
+                self.outbox.put(pts, res=self.config.window or 0.0)
+            except Exception as e:
+                if is_storage_error(e) and not is_transient(e):
+                    self.ctx.stop_pipeline(f"sink {self.config.id!r}: outbox {self.outbox.path} cannot store points: "
+                                           f"{type(e).__name__}: {e}. {ways_forward(self.outbox.path)}")
+                raise
         self._account()
         message = self._new_error()
         if message:  # the batch itself is safely in the outbox: say it loudly, but do not fail the write
@@ -142,10 +151,22 @@ class OutboxSink(Sink):
             raise CloudRejected(message)
 
     def snapshot(self):
-        return {"outbox_generation": self.outbox.checkpoint()}
+        """Plain numbers: the outbox generation (and counters) the next start checks the outbox against."""
+        self.outbox.checkpoint()
+        return self.outbox.snapshot()
 
     def restore(self, state) -> None:
-        """Nothing to rewind: the outbox remembers what it delivered (see ``Outbox.checkpoint``)."""
+        """Nothing to rewind (the outbox remembers what it delivered); but an outbox behind the checkpoint lost
+        commits (a lost or damaged WAL, an old copy): refuse to start, saying what may be lost and what to run."""
+        if isinstance(state, dict):
+            self.outbox.verify(state)
+
+    def gauges(self) -> dict[str, float]:
+        """Backlog for /metrics: points and bytes waiting, and the event-time age of the oldest one."""
+        s = self.outbox.stats()
+        oldest = s["oldest_pending_ts"]
+        return {"outbox_backlog_points": s["pending"], "outbox_backlog_bytes": s["pending_bytes"],
+                "outbox_oldest_age_seconds": max(0.0, time.time() - oldest) if oldest is not None else 0.0}
 
     def close(self) -> None:
         if self.config.drain_timeout and not self.sender.drain(self.config.drain_timeout):
@@ -177,4 +198,5 @@ class OutboxSink(Sink):
 
     def stats(self) -> dict:
         return {**self.outbox.stats(), "retries": self.sender.retries, "bytes_sent": self.sender.bytes_sent,
-                "halted": self.sender.halted}
+                "halted": self.sender.halted, "storage_retries": self.sender.storage_retries,
+                "unrecorded": self.sender.unrecorded}

@@ -7,22 +7,26 @@
   server's message, logs it loudly and keeps the error in ``sender.error`` for the sink to raise; for errors
   that every later batch would hit too (auth, missing bucket) the sender *halts*: the rest stays pending
   until the configuration is fixed and the pipeline restarted;
-- 413 (payload too large) halves the batch size and retries before dead-lettering a single point.
+- 413 (payload too large) halves the batch size and retries before dead-lettering a single point;
+- a storage error of the outbox (disk full, I/O error, database locked) while claiming, recording a delivered batch,
+  or dead-lettering is retried with backoff, one warning per episode; a delivered batch whose record failed is
+  kept in memory and recorded again, never sent again. Only if the process ends before it could be recorded is
+  it sent again on the next start, and that is harmless: a point is identified by measurement, tags and
+  timestamp, so the server overwrites it with itself (idempotent by timestamp). A damaged outbox file stops the
+  sender and, through ``on_fatal``, the pipeline, with a message saying what to run.
 
->>> b = Backoff(initial_s=1, max_s=8, jitter=0.0)
->>> [b.next() for _ in range(5)], b.next(retry_after=30)
-([1.0, 2.0, 4.0, 8.0, 8.0], 30.0)
 """
 from __future__ import annotations
 
 import email.utils
 import logging
-import random
 import threading
 import time
 from typing import Protocol
 
+from connectors.influx.integrity import is_storage_error, is_transient, ways_forward
 from connectors.influx.outbox import Outbox, Row
+from pipeline.backoff import Backoff  # noqa: F401  (re-exported: the sender's backoff is the project's one)
 
 log = logging.getLogger(__name__)
 
@@ -76,36 +80,20 @@ def parse_retry_after(value: str | None, now: float | None = None) -> float | No
     return max(when - (time.time() if now is None else now), 0.0)
 
 
-class Backoff:
-    """Exponential backoff with jitter: ``initial * 2**attempt`` capped at ``max_s``, shortened by up to ``jitter``."""
-
-    def __init__(self, initial_s: float = 0.5, max_s: float = 30.0, jitter: float = 0.5,
-                 max_retry_after_s: float = 600.0, seed: int | None = None):
-        self.initial, self.max, self.jitter, self.max_retry_after = initial_s, max_s, jitter, max_retry_after_s
-        self.attempt = 0
-        self._rng = random.Random(seed)
-
-    def next(self, retry_after: float | None = None) -> float:
-        delay = min(self.max, self.initial * 2 ** self.attempt)
-        delay *= 1.0 - self.jitter * self._rng.random()
-        self.attempt += 1
-        if retry_after is not None:
-            delay = max(delay, min(retry_after, self.max_retry_after))
-        return float(delay)
-
-    def reset(self) -> None:
-        self.attempt = 0
-
-
 class Sender:
     """Drains ``outbox`` through ``transport`` on a daemon thread named ``outbox-<name>``."""
 
     def __init__(self, outbox: Outbox, transport: Transport, *, name: str, batch_size: int = 5000,
-                 flush_interval_s: float = 1.0, backoff: Backoff | None = None, on_sent=None):
+                 flush_interval_s: float = 1.0, backoff: Backoff | None = None, on_sent=None, on_fatal=None):
         self.outbox, self.transport, self.name = outbox, transport, name
         self.batch_size, self.flush_interval = batch_size, flush_interval_s
         self.backoff = backoff or Backoff()
         self.on_sent = on_sent          # callback(points, payload_bytes), e.g. bandwidth accounting
+        self.on_fatal = on_fatal        # callback(message): the outbox cannot be used any more (stop the pipeline)
+        self.fatal: str | None = None
+        self.storage_blocked = False    # an outbox operation is failing and being retried
+        self.storage_retries = 0
+        self.unrecorded = 0             # points delivered whose delivery could not be recorded (sent again on restart)
         self.error: PermanentError | None = None
         self.halted = False
         self.retries = 0
@@ -139,6 +127,45 @@ class Sender:
         self.nudge()
         if self._thread.is_alive():
             self._thread.join(timeout)
+        if self.unrecorded:
+            log.warning("sink %r: %d delivered points could not be recorded as delivered (%s); they are sent again "
+                        "on the next start and overwrite themselves on the server", self.name, self.unrecorded,
+                        self.outbox.path)
+
+    def _storage(self, what: str, fn):
+        """Run an outbox operation, retrying storage errors with backoff; (True, result), or (False, None) when
+        the sender stops first or the outbox is damaged."""
+        backoff = Backoff(self.backoff.initial, self.backoff.max)
+        while True:
+            try:
+                out = fn()
+            except Exception as e:
+                if not is_storage_error(e):
+                    raise
+                if not is_transient(e):
+                    self._give_up(what, e)
+                    return False, None
+                if not self.storage_blocked:
+                    log.warning("sink %r: outbox %s cannot %s (%s: %s); nothing is lost, retrying with backoff",
+                                self.name, self.outbox.path, what, type(e).__name__, e)
+                self.storage_blocked = True
+                self.storage_retries += 1
+                if self._stop.wait(backoff.next()):
+                    return False, None
+                continue
+            if self.storage_blocked:
+                log.warning("sink %r: outbox %s works again after %d retries", self.name, self.outbox.path, backoff.attempt)
+                self.storage_blocked = False
+            return True, out
+
+    def _give_up(self, what: str, e: Exception) -> None:
+        self.fatal = (f"sink {self.name!r}: outbox {self.outbox.path} cannot {what}: {type(e).__name__}: {e}; "
+                      f"the sender stopped. {ways_forward(self.outbox.path)}")
+        log.error("%s", self.fatal)
+        self.halted = True
+        self._stop.set()
+        if self.on_fatal:
+            self.on_fatal(self.fatal)
 
     # --- the thread ------------------------------------------------------------------------------
     def _ready(self) -> bool:
@@ -153,19 +180,29 @@ class Sender:
 
     def _run(self) -> None:
         while not self._stop.is_set():
-            with self.outbox.changed:
-                if not self._ready():
-                    self.outbox.changed.wait(self.flush_interval / 4)
-                    continue
-            if self.halted:
-                self._stop.wait(0.2)
-                continue
-            rows = self.outbox.claim(self.batch_size)
-            if not rows:
-                continue
-            self._send(rows)
-            if not self.outbox.pending():
-                self._flush.clear()
+            try:
+                self._step()
+            except Exception as e:  # a bug or an unexpected library error: this thread must not die alone
+                self.retries += 1
+                log.exception("sink %r: unexpected error in the sender (%s); points stay in the outbox %s, retrying",
+                              self.name, type(e).__name__, self.outbox.path)
+                self.outbox.release()
+                self._stop.wait(self.backoff.next())
+
+    def _step(self) -> None:
+        with self.outbox.changed:
+            if not self._ready():
+                self.outbox.changed.wait(self.flush_interval / 4)
+                return
+        if self.halted:
+            self._stop.wait(0.2)
+            return
+        ok, rows = self._storage("read its pending points", lambda: self.outbox.claim(self.batch_size))
+        if not rows:
+            return
+        self._send(rows)
+        if not self.outbox.pending():
+            self._flush.clear()
 
     def _send(self, rows: list[Row]) -> None:
         try:
@@ -185,7 +222,9 @@ class Sender:
                 self.batch_size = max(len(rows) // 2, 1)
                 log.warning("sink %r: server says payload too large; batch size now %d", self.name, self.batch_size)
                 return
-            self.outbox.dead_letter(rows, e.status, str(e))
+            if not self._storage("dead-letter a refused batch", lambda: self.outbox.dead_letter(rows, e.status, str(e)))[0]:
+                self.outbox.release()
+                return
             self.error, self.halted = e, e.halt
             log.error("sink %r: server refused %d points for good (%s); they are in the dead-letter table of %s%s",
                       self.name, len(rows), e, self.outbox.path,
@@ -197,8 +236,11 @@ class Sender:
                           self.name, len(rows), type(e).__name__)
             self._stop.wait(self.backoff.next())
         else:
-            self.outbox.ack(rows)
             self.bytes_sent += nbytes
+            if not self._storage("record a delivered batch", lambda: self.outbox.ack(rows))[0]:
+                self.unrecorded += len(rows)     # the process stops before it could record them
+                self.outbox.release()
+                return
             if not self.connected:
                 log.warning("sink %r: cloud reachable again after %d retries", self.name, self.backoff.attempt)
             self.connected = True

@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import gzip as _gzip
 import json
-import re
 
 from connectors.influx.outbox import Row
 from connectors.influx.sender import PermanentError, TransientError, parse_retry_after
+from pipeline.redact import mask_url_credentials
 
 PRECISION_NS = {"ns": 1, "us": 1_000, "ms": 1_000_000, "s": 1_000_000_000}
 _MEAS = str.maketrans({",": "\\,", " ": "\\ ", "\n": "\\n"})
@@ -59,7 +59,7 @@ class InfluxTransport:
         from influxdb_client.client.write_api import SYNCHRONOUS
 
         self.url, self.org, self.bucket, self.precision, self.sink_id = url, org, bucket, precision, sink_id
-        self.shown_url = re.sub(r"//[^@/]*@", "//***@", url)  # never log credentials written into the URL
+        self.shown_url = mask_url_credentials(url)  # never log credentials written into the URL
         self.gzip = gzip
         self._client = InfluxDBClient(url=url, token=token, org=org, timeout=int(timeout_s * 1000),
                                       enable_gzip=gzip, verify_ssl=verify_tls, ssl_ca_cert=ca_file)

@@ -27,7 +27,7 @@ import numpy as np
 from pydantic import Field
 
 from pipeline.batch import Batch
-from pipeline.config import Duration, SinkConfig
+from pipeline.config import OUTPUT, Duration, FsyncPolicy, SinkConfig
 from pipeline.stage import Context, Sink
 
 _SYNC = {"full": "FULL", "normal": "NORMAL", "off": "OFF"}
@@ -35,9 +35,9 @@ _SYNC = {"full": "FULL", "normal": "NORMAL", "off": "OFF"}
 
 class SqliteConfig(SinkConfig):
     type: Literal["sqlite"]
-    path: str = Field("edgesieve.db", description="SQLite database file (created with its folder).")
+    path: str = Field("edgesieve.db", json_schema_extra=OUTPUT, description="SQLite database file (created with its folder).")
     measurement: str = Field("edgesieve", min_length=1, description="Value of the `measurement` column of every row.")
-    fsync: Literal["full", "normal", "off"] = Field("full", description="`full`: survives power loss; `normal`: survives a crash; `off`: OS decides.")
+    fsync: FsyncPolicy = Field("full", description="`full`: survives power loss; `normal`: survives a crash; `off`: OS decides.")
     retention: Duration | None = Field(None, gt=0, description="Delete rows older than this (by `ts`, against the newest row) after each batch.")
 
 

@@ -10,7 +10,7 @@ is always the one decoding message by message gives (a test compares both on ran
 
 >>> from connectors.mqtt.codecs import CodecOptions
 >>> dec, b, errors = Decoder(CodecOptions(codec="json")), RowBuilder(), []
->>> payloads = [b'{"ts": 1700000000, "t": 20.5}', b'{"ts": 1700000001, "t": "hot"}', b'{"ts": 1700000002000, "t": 21}']
+>>> payloads = [b'{"ts": 1700000000, "t": 20.5}', b'{"ts": 1700000001, "t": [1]}', b'{"ts": 1700000002000, "t": 21}']
 >>> tags = [{"dev": "a"}, {"dev": "b"}, {"dev": "a"}]
 >>> decode_many(dec, payloads, tags, [1.0, 2.0, 3.0], None, b, lambda i, e: errors.append((i, e.reason)))
 >>> [(r["ts"], r["tags"], r["fields"]) for r in b.build().to_records()]
@@ -41,7 +41,8 @@ def decode_many(dec: Decoder, payloads: Sequence[bytes], tags: Sequence[dict[str
     Message ``i`` is ``payloads[i]`` from a topic with ``tags[i]``, arrived at ``arrivals[i]``, with MQTT 5 user
     properties ``props[i]`` (``props`` may be None: no properties). ``exception`` is a :class:`DecodeError`, or
     any other exception a decoder bug raised (the message is then left out too). Equivalent to calling
-    ``dec.decode`` on each message in turn.
+    ``dec.decode`` on each message in turn. A bad field of a reading that was kept (``FieldError``, see
+    ``connectors/mqtt/readings.py``) is reported through ``on_error`` too, after its message's readings were added.
     """
     msgs = _Messages(payloads, tags, arrivals, props)
     loads = _fast_loads
@@ -136,6 +137,9 @@ def _one(dec, msgs: _Messages, i: int, b, on_error) -> None:
     try:
         dec.decode(msgs.payloads[i], b, msgs.tags[i], msgs.arrivals[i], msgs.props[i] if msgs.props else None)
     except Exception as e:      # noqa: BLE001 - the caller dead-letters it; Decoder.decode rolled the builder back
+        on_error(i, e)
+        return
+    for e in dec.take_field_errors():      # bad fields of readings that were kept: dead-lettered alone
         on_error(i, e)
 
 

@@ -14,8 +14,10 @@ Timestamps (``timestamp_unit``): ``s``, ``ms``, ``us``, ``ns``, ``iso`` (ISO 860
 exactly, as the ``replay`` source does, so both give the same times for the same data).
 A reading without one gets the arrival time and the annotation ``ts_source="arrival"``.
 
-A message that cannot be decoded raises :class:`DecodeError` with a ``reason`` from :data:`REASONS`
-and leaves the builder as it was before the message (a message is decoded whole or not at all).
+What happens to each value of a JSON reading (text, nested objects, numbers sent as text, bad values) is in
+``connectors/mqtt/readings.py``: a bad field is left out and reported alone (:meth:`Decoder.take_field_errors`)
+when the rest of its reading is usable. A message that cannot be decoded raises :class:`DecodeError` with a
+``reason`` from :data:`REASONS` and leaves the builder as it was before the message.
 
 >>> dec = Decoder(CodecOptions(codec="json-batch"))
 >>> b = RowBuilder()
@@ -28,7 +30,7 @@ and leaves the builder as it was before the message (a message is decoded whole 
 ...     dec.decode(b'[{"t": NaN}]', b, {}, arrival=0.0)
 ... except DecodeError as e:
 ...     print(e.reason, "|", e)
-non_finite | non-finite number NaN (NaN and Infinity are not readings)
+non_finite | reading [0] field 't' is NaN (NaN and Infinity are not readings)
 """
 
 from __future__ import annotations
@@ -83,7 +85,13 @@ class CodecOptions(BaseModel):
     timestamp_field: str = Field("ts", min_length=1, description="JSON key of the timestamp (json, json-batch).")
     timestamp_unit: Literal["auto", "s", "ms", "us", "ns", "iso"] = Field(
         "auto", description="Unit of numeric timestamps, or iso for ISO 8601 strings; auto detects by magnitude.")
-    tag_fields: list[str] = Field(default_factory=list, description="JSON keys whose (string) values become tags.")
+    tag_fields: list[str] = Field(
+        default_factory=list, description="JSON keys whose values become tags (dotted names reach into nested objects).")
+    text_fields: Literal["drop", "tags"] = Field(
+        "drop", description="Other text values: drop (counted as text_fields_dropped, the reading is kept) or tags.")
+    numbers_from_strings: bool = Field(False, description='Read numbers sent as text ("21.5") as numbers.')
+    flatten_separator: str = Field(
+        ".", min_length=1, max_length=4, description='Nested objects become fields joined by this: {"env": {"t": 1}} -> env.t.')
     fields: list[str] | None = Field(
         None, description="Only these JSON keys become fields and each must be present; default: every other key.")
     batch_key: str = Field("readings", min_length=1, description="json-batch: key of the list in an object payload.")
@@ -106,11 +114,20 @@ class CodecOptions(BaseModel):
         return v
 
 
-def _reject_constant(name: str):
-    raise DecodeError("non_finite", f"non-finite number {name} (NaN and Infinity are not readings)")
+class NonFinite:
+    """``NaN``/``Infinity``/``-Infinity`` in a payload (not JSON, but some devices send them): a bad value, never a
+    number (not a float, so the vectorised paths refuse it and the per-value rules name the field)."""
+
+    __slots__ = ("name",)
+
+    def __init__(self, name: str):
+        self.name = name
+
+    def __repr__(self) -> str:
+        return self.name
 
 
-_json_decoder = json.JSONDecoder(parse_constant=_reject_constant)
+_json_decoder = json.JSONDecoder(parse_constant=NonFinite)
 
 
 def _iso_seconds(s: str) -> float:
@@ -155,8 +172,9 @@ class Decoder:
         self._divisor = _DIVISOR.get(unit)
         self._iso = unit in ("auto", "iso")
         self._numeric_ts = unit != "iso"
-        self._skip = {options.timestamp_field, "tags", *options.tag_fields}
-        self._only = list(options.fields) if options.fields is not None else None
+        from connectors.mqtt.readings import ReadingRules
+        self._rules = ReadingRules(options)
+        self._partial: list = []        # bad fields of readings that were kept (take_field_errors)
         if options.codec == "senml":
             from connectors.mqtt.senml import decode_senml
             self._decode = lambda *a: decode_senml(self, *a)
@@ -173,19 +191,33 @@ class Decoder:
             raise DecodeError("payload_too_large",
                               f"payload is {len(payload)} bytes, more than max_payload_bytes={self.o.max_payload_bytes}")
         mark = builder.mark()
+        self._partial = []
         try:
             return self._decode(payload, builder, topic_tags, arrival, user_properties or {})
         except DecodeError as e:
             builder.rollback(mark)
+            self._partial = []
             if e.reason == "wrong_type" and self.o.codec != "frame":
                 _check_depth(payload, self.o.max_json_depth)   # a nested value: name deep nesting if it is that
             raise
         except RecursionError:
             builder.rollback(mark)
+            self._partial = []
             raise DecodeError("json_too_deep", "JSON nested too deep to parse") from None
         except BaseException:
             builder.rollback(mark)     # whatever went wrong, the message leaves no trace
+            self._partial = []
             raise
+
+    def take_field_errors(self) -> list:
+        """Bad fields (FieldError) of the last decoded message, whose readings were kept without them."""
+        errors, self._partial = self._partial, []
+        return errors
+
+    def take_counts(self) -> dict[str, int]:
+        """Counters since the last call (``text_fields_dropped``), for the source to add to its metrics."""
+        n, self._rules.dropped = self._rules.dropped, 0
+        return {"text_fields_dropped": n} if n else {}
 
     # -- json -----------------------------------------------------------------------------------
     def parse_json(self, payload: bytes) -> Any:
@@ -208,7 +240,7 @@ class Decoder:
         if type(obj) is not dict:
             raise DecodeError("wrong_type", f"json codec expects one object per message, got a {type(obj).__name__} "
                                             "(use codec: json-batch for lists)")
-        self._reading(obj, b, topic_tags, arrival, 0)
+        self._reading(obj, b, topic_tags, arrival, 0, 1)
         return 1
 
     def _json_batch(self, payload, b, topic_tags, arrival, props) -> int:
@@ -230,47 +262,14 @@ class Decoder:
         for i, r in enumerate(obj):
             if type(r) is not dict:
                 raise DecodeError("wrong_type", f"reading [{i}] is a {type(r).__name__}, not an object")
-            self._reading(r, b, topic_tags, arrival, i)
+            self._reading(r, b, topic_tags, arrival, i, 2)
         return len(obj)
 
-    def _reading(self, obj: dict, b: RowBuilder, topic_tags, arrival: float, i: int) -> None:
-        ts_raw = obj.get(self.o.timestamp_field)
-        if ts_raw is None:
-            b.begin_row(arrival, topic_tags, arrival_ts=True)
-        else:
-            b.begin_row(self.timestamp(ts_raw, i), topic_tags)
-        if "tags" in obj:
-            tags = obj["tags"]
-            if type(tags) is not dict:
-                raise DecodeError("wrong_type", f"reading [{i}] 'tags' is a {type(tags).__name__}, not an object")
-            for k, v in tags.items():
-                b.tag(k, self._tag_value(k, v, i))
-        for k in self.o.tag_fields:
-            if k in obj:
-                b.tag(k, self._tag_value(k, obj[k], i))
-        if self._only is None:
-            items = obj.items()
-        else:
-            try:
-                items = [(k, obj[k]) for k in self._only]
-            except KeyError as e:
-                raise DecodeError("missing_field", f"reading [{i}] has no field {e.args[0]!r} "
-                                                   f"(listed in the subscription's fields)") from None
-        skip = self._skip
-        for k, v in items:
-            if k in skip:
-                continue
-            t = type(v)
-            if t is float:
-                if v - v:   # inf - inf is NaN; NaN is truthy, 0.0 is not
-                    raise DecodeError("non_finite", f"reading [{i}] field {k!r} is {v} (NaN and Infinity are not readings)")
-            elif t is not int and t is not bool:
-                if v is None:
-                    continue   # null = absent
-                raise DecodeError("wrong_type", f"reading [{i}] field {k!r} is a {t.__name__} "
-                                                f"({str(v)[:30]!r}), not a number or boolean; list string keys in tag_fields")
-            b.field(k, v)
-        b.end_row()
+    def _reading(self, obj: dict, b: RowBuilder, topic_tags, arrival: float, i: int, depth: int) -> None:
+        """One reading, per the rules of connectors/mqtt/readings.py."""
+        bad = self._rules.read(self, obj, b, topic_tags, arrival, i, depth)
+        if bad:
+            self._partial.extend(bad)
 
     def _columns(self, readings: list, quotes: int, topic_tags: dict[str, str], arrival: float) -> Batch | None:
         """Vectorised json-batch path for readings that all have the same keys and numeric/boolean values.

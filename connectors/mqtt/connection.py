@@ -2,24 +2,20 @@
 that reconnects with exponential backoff and jitter (settings in ``connectors/mqtt/settings.py``).
 
 All paho calls that write to the socket happen on the network thread; other threads (the pipeline's acks,
-the sink's publishes) only queue packets, which wakes the thread.
-
->>> import random
->>> [round(d, 2) for d in backoff(0.5, 8.0, attempts=6, rng=random.Random(1))]
-[0.28, 0.92, 1.76, 2.51, 5.98, 5.8]
+the sink's publishes) only queue packets, which wakes the thread. Reconnect delays come from the project's one
+backoff (``pipeline.backoff.Backoff``: doubling up to ``reconnect.max_delay``, "equal jitter" in [d/2, d]).
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import random
 import re
 import ssl
 import threading
 import time
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.packettypes import PacketTypes
@@ -27,19 +23,10 @@ from paho.mqtt.properties import Properties
 
 from connectors.mqtt.settings import MqttConnectionFields, TlsOptions, credentials, parse_url
 from pipeline import __version__ as VERSION
+from pipeline.backoff import Backoff
 
 log = logging.getLogger("edgesieve.mqtt")
 _AUTH_REFUSALS = {"Bad user name or password", "Not authorized", "Banned"}
-
-
-def backoff(min_delay: float, max_delay: float, attempts: int | None = None,
-            rng: random.Random | None = None) -> Iterator[float]:
-    """Reconnect delays: doubling from min_delay up to max_delay, each drawn from [d/2, d) ("equal jitter")."""
-    rng = rng or random.Random()
-    d, i = min_delay, 0
-    while attempts is None or i < attempts:
-        yield d / 2 + rng.random() * d / 2
-        d, i = min(max_delay, d * 2), i + 1
 
 
 def status_topic(node: str, pipeline: str) -> str:
@@ -150,8 +137,13 @@ class Connection:
             for f in (t.ca_file, t.cert_file, t.key_file):
                 if f is not None and not Path(f).is_file():
                     raise ValueError(f"{where}: TLS file {f} does not exist")
-            self.client.tls_set(ca_certs=t.ca_file, certfile=t.cert_file, keyfile=t.key_file,
-                                cert_reqs=ssl.CERT_REQUIRED, tls_version=ssl.PROTOCOL_TLS_CLIENT)
+            try:
+                self.client.tls_set(ca_certs=t.ca_file, certfile=t.cert_file, keyfile=t.key_file,
+                                    keyfile_password=t.key_passphrase(where), cert_reqs=ssl.CERT_REQUIRED,
+                                    tls_version=ssl.PROTOCOL_TLS_CLIENT)
+            except ssl.SSLError as exc:
+                raise ValueError(f"{where}: cannot load the TLS files ({exc.reason or exc}): check tls.ca_file, "
+                                 "tls.cert_file, tls.key_file and, for an encrypted key, tls.key_password(_file)") from None
             if t.insecure:
                 log.warning("%s: tls.insecure is on: the broker's host name is NOT verified", where)
                 self.client.tls_insecure_set(True)
@@ -257,7 +249,7 @@ class Connection:
                     burst += 1
 
     def _loop(self) -> None:
-        delays = backoff(self.cfg.reconnect.min_delay, self.cfg.reconnect.max_delay)
+        delays = Backoff(self.cfg.reconnect.min_delay, self.cfg.reconnect.max_delay, jitter=0.5)
         c = self.client
         while not self._stop.is_set():
             try:
@@ -289,6 +281,6 @@ class Connection:
                     return
                 self.connected.clear()
                 if self.generation != generation:    # it was connected: start the backoff afresh
-                    delays = backoff(self.cfg.reconnect.min_delay, self.cfg.reconnect.max_delay)
-            if self._stop.wait(next(delays)):
+                    delays.reset()
+            if self._stop.wait(delays.next()):
                 return

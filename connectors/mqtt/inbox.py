@@ -5,7 +5,8 @@ The network thread only appends each message (plain values) under a lock. The so
 1. **Redeliveries are dropped.** With a persistent session the broker sends again every QoS>=1 message whose
    acknowledgement it did not get (after a reconnect, a broker restart, an edgesieve restart), with the packet id
    it had. A message whose identity (topic, payload, packet id) is among the last ``horizon`` QoS>=1 messages
-   taken is counted as ``duplicates``, acknowledged, and dropped.
+   taken is counted as ``duplicates``, acknowledged, and dropped. A connect that finds no session on the broker
+   empties the horizon: nothing can be redelivered then, and the new session's packet ids start again at 1.
 2. **Durable mode** (checkpoints on): the kept QoS>=1 messages are appended to the input journal
    (``pipeline/journal.py``) and acknowledged right away; positions are journal record numbers. At start the
    records after the checkpoint's position are handed on again first (``replay``), and the identities of the
@@ -49,6 +50,10 @@ class Horizon:
         self._order: deque[int] = deque()
         self._seen: set[int] = set()
 
+    def clear(self) -> None:
+        self._order.clear()
+        self._seen.clear()
+
     def seen(self, ident: int) -> bool:
         """True for an identity within the horizon; otherwise remember it and return False."""
         seen = self._seen
@@ -85,6 +90,7 @@ class Inbox:
         self._acks: deque[tuple[int, int]] = deque()          # without journal: (position, ack id) awaiting committed
         self._count = count                                   # ctx.count of the source
         self._topic_bytes: dict[str, bytes] = {}
+        self._fresh_gen = self._cleared_gen = 0       # connection generation that started a new session
 
     # -- network thread ---------------------------------------------------------------------------
     def put(self, arrival: float, topic: str, payload: bytes, mid: int, qos: int, properties) -> None:
@@ -96,6 +102,12 @@ class Inbox:
             net[3].append(self.conn.generation << 18 | mid << 2 | qos if qos else 0)
             if self._keep_props:
                 net[4].append(properties)
+
+    def connected(self, generation: int, session_present: bool) -> None:
+        """A new connection: without a session on the broker nothing can be redelivered, so the horizon starts
+        afresh (a new session numbers its packets from 1 again; an old identity must not match a new message)."""
+        if not session_present:
+            self._fresh_gen = generation
 
     def pending(self) -> int:
         """Messages received and not yet handed on."""
@@ -137,6 +149,9 @@ class Inbox:
         tb = self._topic_bytes
         for i, ack in enumerate(acks):
             if ack:
+                if ack >> 18 >= self._fresh_gen > self._cleared_gen and horizon is not None:
+                    horizon.clear()
+                    self._cleared_gen = self._fresh_gen
                 topic, payload = topics[i], payloads[i]
                 mid = ack >> 2 & 0xFFFF
                 if horizon is not None and horizon.seen(identity(topic, payload, mid)):

@@ -62,6 +62,9 @@ class RowBuilder:
         if col is None:
             col = self._fields[name] = [_NAN] * self.n
             self._field_order.append(name)
+        elif len(col) > self.n:          # set twice in this row (a flattened name met again): the later one wins
+            col[-1] = value
+            return
         col.append(value)
         self._nf += 1
 

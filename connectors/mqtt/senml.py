@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from connectors.mqtt.codecs import DecodeError
+from connectors.mqtt.codecs import DecodeError, NonFinite
 
 _RELATIVE = 2 ** 28   # RFC 8428 4.5.3: times below this are relative to "now"
 
@@ -76,6 +76,8 @@ def _get(rec: dict, key: str, types, default, i: int):
     if key not in rec:
         return default
     v = rec[key]
+    if type(v) is NonFinite:
+        raise DecodeError("non_finite", f"SenML record [{i}] {key!r} is {v!r}")
     if not ((type(v) in types) if isinstance(types, tuple) else (type(v) is types)):   # bool is not a number here
         raise DecodeError("wrong_type", f"SenML record [{i}] {key!r} is a {type(v).__name__} ({str(v)[:30]!r})")
     return v

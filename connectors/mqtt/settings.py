@@ -19,6 +19,8 @@ from pathlib import Path
 from typing import Annotated, Literal
 from urllib.parse import urlsplit
 
+from pipeline.config import INPUT
+from pipeline.redact import remember
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, SecretStr, field_validator, model_validator
 
 
@@ -37,16 +39,33 @@ def parse_url(url: str) -> tuple[str, str, int]:
 
 class TlsOptions(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    ca_file: str | None = Field(None, description="PEM file of the CA(s) to trust; default: the system's CAs.")
-    cert_file: str | None = Field(None, description="Client certificate (PEM) for brokers that require one.")
-    key_file: str | None = Field(None, description="Private key (PEM) of cert_file.")
+    ca_file: str | None = Field(None, json_schema_extra=INPUT, description="PEM file of the CA(s) to trust; default: the system's CAs.")
+    cert_file: str | None = Field(None, json_schema_extra=INPUT, description="Client certificate (PEM) for brokers that require one.")
+    key_file: str | None = Field(None, json_schema_extra=INPUT, description="Private key (PEM) of cert_file.")
+    key_password: SecretStr | None = Field(None, description="Passphrase of an encrypted key_file; prefer key_password_file (never logged).")
+    key_password_file: str | None = Field(None, json_schema_extra=INPUT, description="File whose first line is the passphrase of key_file.")
     insecure: bool = Field(False, description="Skip hostname verification (logs a warning). Never in production.")
 
     @model_validator(mode="after")
     def _pair(self):
         if (self.cert_file is None) != (self.key_file is None):
             raise ValueError("tls: give both cert_file and key_file, or neither")
+        if self.key_password is not None and self.key_password_file is not None:
+            raise ValueError("tls: give key_password or key_password_file, not both")
         return self
+
+    def key_passphrase(self, where: str) -> str | None:
+        """The key_file's passphrase from the config or its file; errors never include it."""
+        if self.key_password is not None:
+            return self.key_password.get_secret_value()
+        if self.key_password_file is None:
+            return None
+        try:
+            text = Path(self.key_password_file).read_text()
+        except OSError as e:
+            raise ValueError(f"{where}: cannot read tls.key_password_file {self.key_password_file}: {e.strerror}") from None
+        remember(text.splitlines()[0] if text else None)
+        return text.splitlines()[0] if text else ""
 
 
 class ReconnectOptions(BaseModel):
@@ -67,7 +86,7 @@ class MqttConnectionFields(BaseModel):
     username_env: str | None = Field(None, description="Environment variable holding the user name.")
     password: SecretStr | None = Field(None, description="Password; prefer password_env or password_file (never logged).")
     password_env: str | None = Field(None, description="Environment variable holding the password.")
-    password_file: str | None = Field(None, description="File whose first line is the password.")
+    password_file: str | None = Field(None, json_schema_extra=INPUT, description="File whose first line is the password.")
     tls: TlsOptions | None = Field(None, description="TLS settings; mqtts:// alone uses the system CAs.")
     node: str | None = Field(None, pattern=r"^[^/+#]+$",
                              description="Name of this gateway in edgesieve/{node}/status and .../deadletter; default: host name.")
@@ -114,6 +133,7 @@ def credentials(cfg: MqttConnectionFields, where: str) -> tuple[str | None, Secr
             raise ValueError(f"{where}: cannot read password_file {cfg.password_file}: {e.strerror}") from None
     if pw is not None and user is None:
         raise ValueError(f"{where}: a password is set but no username")
+    remember(pw)
     return user, pw
 
 

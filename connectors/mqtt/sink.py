@@ -143,6 +143,9 @@ class MqttSink(Sink):
             except (RuntimeError, ValueError):
                 pass                             # disconnected meanwhile: paho re-sends after the reconnect
 
+    def gauges(self) -> dict[str, float]:
+        return {"connected": 1.0 if self.conn.connected.is_set() else 0.0}
+
     def close(self) -> None:
         self._drain(wait_for_connection=True)    # give a reconnect up to flush_timeout to send the queue
         if self._queue:

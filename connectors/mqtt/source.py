@@ -169,6 +169,7 @@ class MqttSource(Source):
     def _subscribe(self, client: mqtt.Client, session_present: bool) -> None:
         # Always (re)subscribe: harmless when the session kept the subscriptions, essential when it did not.
         topics = [(s.subscribe_topic(), s.qos) for s in self.config.subscriptions]
+        self.inbox.connected(self.conn.generation, session_present)
         stale = self.subscriptions.connecting([t for t, _ in topics], session_present)
         client.subscribe(topics)
         log.info("%s: subscribed to %s", self.where, ", ".join(t for t, _ in topics))
@@ -221,6 +222,8 @@ class MqttSource(Source):
         user = props[a:z] if route.props else None
         decode_many(route.decoder, payloads[a:z], tags[a:z], arrivals[a:z], user, self._builder,
                     lambda i, e: self._refuse(arrivals[a + i], topics[a + i], payloads[a + i], e))
+        for name, n in route.decoder.take_counts().items():   # e.g. text_fields_dropped
+            self.ctx.count(name, n)
 
     def _refuse(self, arrival: float, topic: str, payload: bytes, e: Exception) -> None:
         if isinstance(e, DecodeError):
@@ -287,6 +290,9 @@ class MqttSource(Source):
     def restore(self, position) -> None:
         """The checkpoint's journal position: the journaled messages after it are handed on again at start."""
         self._restored = int(position or 0)
+
+    def gauges(self) -> dict[str, float]:
+        return {"connected": 1.0 if self.conn.connected.is_set() else 0.0}
 
     def close(self) -> None:
         self.conn.close()

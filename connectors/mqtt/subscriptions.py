@@ -18,8 +18,9 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from pathlib import Path
+
+from pipeline.statefiles import write_private
 
 log = logging.getLogger("edgesieve.mqtt")
 
@@ -54,12 +55,7 @@ class SubscriptionMemory:
 
     def _write(self, filters: list[str]) -> None:
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-            tmp = self.path.with_name(self.path.name + ".tmp")
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-            with os.fdopen(fd, "w") as fh:
-                json.dump({"filters": filters}, fh)
-            os.replace(tmp, self.path)
+            write_private(self.path, json.dumps({"filters": filters}).encode(), durable=False)
         except OSError as e:
             log.warning("%s: cannot write %s (%s); removed subscriptions may stay in the session",
                         self.where, self.path, e)

@@ -12,6 +12,8 @@ import threading
 import time
 from pathlib import Path
 
+from pipeline.cli import duration_arg
+
 from .encode import CODECS
 from .simulator import DeviceGroup, Simulator, print_publisher
 
@@ -67,10 +69,11 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--frame-size", default="192x144", help="frame width x height (default 192x144)")
     p.add_argument("--color", action="store_true", help="send BGR frames instead of grayscale")
     p.add_argument("--inject", type=float, default=0.002, help="chance an injected anomaly starts at a reading (default 0.002; 0 = none)")
-    p.add_argument("--for", dest="duration", type=float, default=None, metavar="SECONDS", help="stop after this many seconds")
+    p.add_argument("--for", dest="duration", type=duration_arg, default=None, metavar="DURATION",
+                   help="stop after this long: seconds or 30s, 1m, 1h")
     p.add_argument("--count", type=int, default=None, help="stop after this many messages per device")
     p.add_argument("--seed", type=int, default=0, help="random seed: same seed, same data (default 0)")
-    p.add_argument("--interval", type=float, default=None,
+    p.add_argument("--interval", type=duration_arg, default=None,
                    help="event-time seconds between readings (default 1 / (rate x batch size): real time); "
                         "e.g. --rate 50 --interval 1 replays 1 Hz data 50x faster")
     p.add_argument("--start", type=float, default=None,

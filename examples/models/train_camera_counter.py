@@ -1,41 +1,50 @@
-"""Train the example camera model: people count + occupancy grid for a static camera.
+"""Train the example camera model: people count + occupancy grid for a fixed camera, on many scenes.
 
-Knowledge distillation with a teacher that needs no downloads:
+One real video (``vtest.avi``), made into many cameras (see ``camera_scenes.py``):
 
-* teacher: the median of the video is the empty background; per frame, the
-  blurred absolute difference to it is thresholded, cleaned (open + dilate) and
-  the connected blobs at least person-sized are counted.  The foreground mask is
-  also pooled into a 6x8 occupancy grid (fraction of each cell that is
-  foreground).
-* student: a ~20k-parameter CNN on a 1x96x128 grayscale frame (scaled to 0..1)
-  that predicts both (plus a density map used only in training), trained with torch on one CPU core in about a minute.
+* teacher: background subtraction on the real frames (median background, thresholded difference,
+  person-sized blobs counted; the foreground mask pooled into the 6x8 occupancy grid; blob centroids
+  as a density map that supervises the count);
+* training samples, drawn fresh at every step: random 4:3 crops of the *left* 60% of the video at
+  scales from 35% to 100% of its height (a third from the left part with its mirror image appended,
+  so that people also appear as small as in the full frame), and synthetic frames with 0..12 person
+  sprites (cut from the left part, scaled to 8..50 px, brightness-jittered; a quarter of the frames
+  empty) composited on crops of the empty scene or on generated smooth and block textures (exact
+  counts); every sample gets exposure/contrast/noise/blur jitter and a random mirror;
+* held out (never in a training sample): crops of the *right* 40% of the video (another camera
+  view of the square, with its own people), and composites of right-part sprites on a generated
+  background family (stripes/tiles) training never sees; the full frames are reported too (60% of
+  each was seen).
 
-Every fifth 4-second block of the video (20% of the frames, spread over the
-whole video) is held out and evaluates the student against the teacher.  The script
-exports ``camera_counter.onnx`` (dynamic batch axis), writes its sha256 and a
-JSON report of the evaluation next to it.
+The student is a ~6.6k-parameter CNN on a 1x96x128 grayscale frame (scaled to 0..1), trained with
+torch on one CPU thread in a few minutes. Its inputs are built by the onnx stage's own function
+(``pipeline.inference.preprocess.frames_to_tensor``: gray, true area resize, 1/255), so training,
+serving and the benchmark see the same tensors. The script exports ``camera_counter.onnx`` (dynamic
+batch axis), its sha256 and a JSON report of the held-out evaluation (with the previous model's
+figures on the same samples when it was there).
 
 Usage (from the repository root)::
 
-    python examples/models/train_camera_counter.py [--video ../shared/data/video/vtest.avi]
+    python examples/models/train_camera_counter.py [--video ../shared/data/video/vtest.avi] [--steps 600]
 
-Development dependencies only: ``opencv-python-headless`` (decode + teacher),
-``torch`` (training, export).  The runtime needs just onnxruntime + numpy.
+Development dependencies only: ``opencv-python-headless`` (decode, teacher, sprite scaling),
+``torch`` (training, export). The runtime needs just onnxruntime + numpy.
 """
 from __future__ import annotations
 
 import argparse
 import hashlib
 import json
+import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
 HERE = Path(__file__).resolve().parent
-H, W = 96, 128                # student input size (rows, cols)
-GRID = (6, 8)                 # occupancy grid (rows, cols)
-MIN_AREA, MIN_HEIGHT = 600, 30  # teacher's person-sized blob, in full-resolution pixels
+sys.path[:0] = [str(HERE), str(HERE.parents[1])]
+
+from camera_scenes import Scenes, jitter, model_input, teacher, textures  # noqa: E402,F401
 
 
 def read_gray(video: Path) -> np.ndarray:
@@ -53,42 +62,20 @@ def read_gray(video: Path) -> np.ndarray:
     return np.stack(frames)
 
 
-def teacher(frames: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """People count (n,), occupancy grid (n, 6, 8) and density map (n, 12, 16) by background subtraction.
-
-    The density map holds each person-sized blob at the cell of its centroid (so it sums to the
-    count); it gives the student spatial supervision, as in crowd-counting density regression."""
-    import cv2
-
-    bg = cv2.GaussianBlur(np.median(frames[::3], axis=0).astype(np.uint8), (5, 5), 0)
-    opener = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (5, 5))
-    grower = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (9, 15))
-    counts, grids, density = [], [], []
-    gh, gw = frames.shape[1] // GRID[0], frames.shape[2] // GRID[1]
-    for gray in frames:
-        diff = cv2.absdiff(cv2.GaussianBlur(gray, (5, 5), 0), bg)
-        mask = (diff > 30).astype(np.uint8) * 255
-        mask = cv2.dilate(cv2.morphologyEx(mask, cv2.MORPH_OPEN, opener), grower)
-        _, _, stats, centroids = cv2.connectedComponentsWithStats(mask)
-        area, height = stats[1:, cv2.CC_STAT_AREA], stats[1:, cv2.CC_STAT_HEIGHT]
-        person = (area >= MIN_AREA) & (height >= MIN_HEIGHT)
-        counts.append(int(person.sum()))
-        dmap = np.zeros((H // 8, W // 8), np.float32)
-        for cx, cy in centroids[1:][person]:
-            dmap[min(int(cy * dmap.shape[0] / gray.shape[0]), dmap.shape[0] - 1),
-                 min(int(cx * dmap.shape[1] / gray.shape[1]), dmap.shape[1] - 1)] += 1
-        density.append(dmap)
-        cells = (mask[: gh * GRID[0], : gw * GRID[1]] > 0).reshape(GRID[0], gh, GRID[1], gw)
-        grids.append(cells.mean(axis=(1, 3)))
-    return np.asarray(counts, np.float32), np.asarray(grids, np.float32), np.asarray(density, np.float32)
+def sample_set(make, n: int):
+    """n samples of ``make()`` -> (inputs (n,1,96,128), counts, grids, density maps)."""
+    imgs, c, g, d = [], [], [], []
+    for _ in range(n):
+        img, (count, grid, dens) = make()
+        imgs.append(img), c.append(count), g.append(grid), d.append(dens)
+    return model_input(imgs), np.array(c, np.float32), np.stack(g), np.stack(d)
 
 
-def preprocess(frames: np.ndarray) -> np.ndarray:
-    """uint8 (n, rows, cols) gray -> float32 (n, 1, 96, 128) in 0..1 (INTER_AREA resize)."""
-    import cv2
-
-    small = np.stack([cv2.resize(f, (W, H), interpolation=cv2.INTER_AREA) for f in frames])
-    return (small.astype(np.float32) / 255.0)[:, None]
+def count_errors(pred: np.ndarray, truth: np.ndarray, train_mean: float) -> dict:
+    return {"count_mae": round(float(np.abs(pred - truth).mean()), 3),
+            "count_exact_after_rounding": round(float((np.rint(pred) == truth).mean()), 3),
+            "baseline_mae_predict_train_mean": round(float(np.abs(train_mean - truth).mean()), 3),
+            "mean_true_count": round(float(truth.mean()), 2)}
 
 
 def build_student():
@@ -124,81 +111,96 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--video", type=Path, default=HERE.parents[1] / ".." / "shared/data/video/vtest.avi")
     ap.add_argument("--out", type=Path, default=HERE / "camera_counter.onnx")
-    ap.add_argument("--epochs", type=int, default=60)
+    ap.add_argument("--steps", type=int, default=600, help="training steps of 32 samples")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
 
     import torch
+    import torch.nn.functional as tf
 
     torch.manual_seed(args.seed)
     torch.set_num_threads(1)
     rng = np.random.default_rng(args.seed)
     t0 = time.time()
     frames = read_gray(args.video)
-    counts, grids, density = teacher(frames)
-    x = preprocess(frames)
-    # every fifth block of 40 frames (4 s) is held out: unseen stretches spread over the whole video
-    held_mask = (np.arange(len(x)) // 40) % 5 == 4
-    order_idx = np.concatenate([np.flatnonzero(~held_mask), np.flatnonzero(held_mask)])
-    x, counts, grids, density = x[order_idx], counts[order_idx], grids[order_idx], density[order_idx]
-    n_train = int((~held_mask).sum())
-    print(f"{len(x)} frames, teacher counts {counts.min():.0f}..{counts.max():.0f} "
-          f"(mean {counts.mean():.2f}), {time.time() - t0:.1f}s")
+    blobs, masks, tight, background = teacher(frames)
+    cut = int(frames.shape[2] * 0.6)
+    scenes = Scenes(frames, blobs, masks, tight, background, cut, rng)
+    print(f"{len(frames)} frames, {len(scenes.sprites['train'])} training sprites, "
+          f"{len(scenes.sprites['held'])} held-out sprites, {time.time() - t0:.1f}s")
+
+    def train_sample():
+        img, tg = scenes.random_crop() if rng.random() < 0.5 else scenes.composite()
+        return jitter(img, rng), tg
+
+    held = {"right 40% of the video (unseen view)": sample_set(lambda: scenes.random_crop(held=True, width=(0.5, 1.0)), 400),
+            "unseen background family + unseen sprites": sample_set(lambda: scenes.composite(held=True), 300),
+            "training distribution (fresh draws)": sample_set(train_sample, 300)}
+    full = [scenes.crop(scenes.view(i), 0, 0, frames.shape[2], frames.shape[1]) for i in range(len(frames))]
+    held["full frames (60% of each seen in training)"] = (
+        model_input([f for f, _ in full]), np.array([t[0] for _, t in full], np.float32),
+        np.stack([t[1] for _, t in full]), np.stack([t[2] for _, t in full]))
+    print(f"held-out sets ready, {time.time() - t0:.1f}s")
 
     model = build_student()
     opt = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=1e-4)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=3e-3, total_steps=args.epochs * ((n_train + 31) // 32))
-    xt, ct, gt = torch.from_numpy(x[:n_train]), torch.from_numpy(counts[:n_train]), torch.from_numpy(grids[:n_train])
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=4e-3, total_steps=args.steps)
     # blur the centroid map (sum-preserving) so a blob one cell off is only a small error
     blur = torch.tensor([[1, 2, 1], [2, 4, 2], [1, 2, 1]], dtype=torch.float32).div(16).view(1, 1, 3, 3)
-    dt = torch.nn.functional.conv2d(torch.from_numpy(density[:n_train])[:, None], blur, padding=1)[:, 0]
-    for epoch in range(args.epochs):
+    counts_seen = []
+    total = 0.0
+    for step in range(args.steps):
         model.train()
-        order = torch.from_numpy(rng.permutation(n_train))
-        total = 0.0
-        for i in range(0, n_train, 32):
-            idx = order[i:i + 32]
-            xb, cb, gb, db = xt[idx], ct[idx], gt[idx], dt[idx]
-            if rng.random() < 0.5:                     # mirror: same count, mirrored maps
-                xb, gb, db = xb.flip(-1), gb.flip(-1), db.flip(-1)
-            xb = xb * float(rng.uniform(0.85, 1.15)) + float(rng.uniform(-0.05, 0.05))  # exposure jitter
-            pc, pg, pd = model.heads(xb)
-            loss = (torch.nn.functional.smooth_l1_loss(pc[:, 0], cb) + 10 * torch.nn.functional.mse_loss(pg, gb)
-                    + 100 * torch.nn.functional.mse_loss(pd, db))
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            sched.step()
-            total += float(loss.detach()) * len(idx)
-        if epoch % 10 == 0 or epoch == args.epochs - 1:
-            print(f"epoch {epoch:3d} loss {total / n_train:.4f} {time.time() - t0:.0f}s")
+        x, c, g, d = sample_set(train_sample, 32)
+        counts_seen.append(c.mean())
+        xb, cb, gb = torch.from_numpy(x), torch.from_numpy(c), torch.from_numpy(g)
+        db = tf.conv2d(torch.from_numpy(d)[:, None], blur, padding=1)[:, 0]
+        if rng.random() < 0.5:                     # mirror: same count, mirrored maps
+            xb, gb, db = xb.flip(-1), gb.flip(-1), db.flip(-1)
+        pc, pg, pd = model.heads(xb)
+        loss = tf.smooth_l1_loss(pc[:, 0], cb) + 10 * tf.mse_loss(pg, gb) + 100 * tf.mse_loss(pd, db)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        sched.step()
+        total += float(loss.detach())
+        if step % 100 == 99 or step == args.steps - 1:
+            print(f"step {step + 1:5d} loss {total / 100:.4f} {time.time() - t0:.0f}s")
+            total = 0.0
 
+    train_mean = float(np.mean(counts_seen))
+    import onnxruntime as ort
+
+    previous = None
+    if args.out.exists():
+        previous = ort.InferenceSession(str(args.out), providers=["CPUExecutionProvider"])
     model.eval()
+    report = {"video": args.video.name, "frames": int(len(frames)), "cut_column": cut,
+              "training_samples": args.steps * 32, "train_mean_count": round(train_mean, 3),
+              "teacher": "median background, |diff|>30, open 5x5, dilate 9x15, blobs area>=600 & height>=30",
+              "parameters": int(sum(p.numel() for p in model.parameters())), "heldout": {}}
+    for name, (x, c, g, _) in held.items():
+        with torch.no_grad():
+            pc, pg = model(torch.from_numpy(x))
+        row = count_errors(pc[:, 0].numpy(), c, train_mean)
+        row["grid_mae"] = round(float(np.abs(pg.numpy() - g).mean()), 4)
+        row["samples"] = int(len(c))
+        if previous is not None:
+            old = np.concatenate([previous.run(["count"], {"frame": x[i:i + 64]})[0][:, 0] for i in range(0, len(x), 64)])
+            row["previous_model_count_mae"] = round(float(np.abs(old - c).mean()), 3)
+        report["heldout"][name] = row
+    report["train_seconds"] = round(time.time() - t0, 1)
+    probe = held["full frames (60% of each seen in training)"][0][:64]
     with torch.no_grad():
-        pc, pg = model(torch.from_numpy(x))
-    pc, pg = pc[:, 0].numpy(), pg.numpy()
-    held = slice(n_train, None)
-    report = {
-        "frames": int(len(x)), "train_frames": n_train, "heldout_frames": int(len(x) - n_train),
-        "teacher": "median background, |diff|>30, open 5x5, dilate 9x15, blobs area>=600 & height>=30",
-        "heldout_count_mae": round(float(np.abs(pc[held] - counts[held]).mean()), 3),
-        "heldout_count_exact_after_rounding": round(float((np.rint(pc[held]) == counts[held]).mean()), 3),
-        "heldout_baseline_mae_predict_train_mean": round(float(np.abs(counts[:n_train].mean() - counts[held]).mean()), 3),
-        "heldout_grid_mae": round(float(np.abs(pg[held] - grids[held]).mean()), 4),
-        "train_count_mae": round(float(np.abs(pc[:n_train] - counts[:n_train]).mean()), 3),
-        "parameters": int(sum(p.numel() for p in model.parameters())),
-        "train_seconds": round(time.time() - t0, 1),
-    }
-
-    torch.onnx.export(model, (torch.from_numpy(x[:1]),), str(args.out), dynamo=False,
+        tc, tg = model(torch.from_numpy(probe))
+    del previous
+    torch.onnx.export(model, (torch.from_numpy(probe[:1]),), str(args.out), dynamo=False,
                       input_names=["frame"], output_names=["count", "occupancy"],
                       dynamic_axes={"frame": {0: "batch"}, "count": {0: "batch"}, "occupancy": {0: "batch"}},
                       opset_version=17)
-    import onnxruntime as ort
-
     sess = ort.InferenceSession(str(args.out), providers=["CPUExecutionProvider"])
-    oc, og = sess.run(None, {"frame": x[:64]})
-    report["onnx_max_abs_diff_vs_torch"] = float(max(np.abs(oc[:, 0] - pc[:64]).max(), np.abs(og - pg[:64]).max()))
+    oc, og = sess.run(None, {"frame": probe})
+    report["onnx_max_abs_diff_vs_torch"] = float(max(np.abs(oc - tc.numpy()).max(), np.abs(og - tg.numpy()).max()))
     report["onnx_bytes"] = args.out.stat().st_size
     digest = hashlib.sha256(args.out.read_bytes()).hexdigest()
     args.out.with_name(args.out.name + ".sha256").write_text(f"{digest}  {args.out.name}\n")

@@ -25,6 +25,9 @@ from pathlib import Path
 
 import yaml
 
+from ..redact import mask_url_credentials
+from pipeline.cli import duration_arg
+
 ROOT = Path(__file__).resolve().parents[2]
 if not (ROOT / "examples").is_dir() and (Path.cwd() / "examples").is_dir():   # installed, not a checkout (e.g. /app)
     ROOT = Path.cwd()
@@ -42,8 +45,8 @@ def missing_types() -> list[str]:
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="edgesieve demo", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--for", dest="duration", type=float, default=None, metavar="SECONDS",
-                   help="stop after this many seconds (default: run until Ctrl-C)")
+    p.add_argument("--for", dest="duration", type=duration_arg, default=None, metavar="DURATION",
+                   help="stop after this long: seconds or 30s, 2m (default: run until Ctrl-C)")
     p.add_argument("--out", default="out/demo", help="folder for the store, anomalies, summary and report (default out/demo)")
     p.add_argument("--pumps", type=int, default=4, help="simulated pumps (default 4)")
     p.add_argument("--cameras", type=int, default=2, help="simulated cameras (default 2)")
@@ -100,7 +103,8 @@ class AlertListener:
                 stats.on_alert(m.topic, m.payload)
             elif b"online" in m.payload:
                 self.online.set()
-        self.c.on_connect = lambda c, u, f, rc, p: c.subscribe([("alerts/#", 1), ("edgesieve/demo/status", 1)])
+        self.c.on_connect = lambda c, u, f, rc, p: c.subscribe(
+            [("alerts/#", 1), ("edgesieve/+/demo/status", 1), ("edgesieve/demo/status", 1)])  # {node}/{pipeline} or a set topic
         self.c.on_message = on_message
         self.c.connect(host, port)
         self.c.loop_start()
@@ -172,6 +176,7 @@ def _run(args) -> int:
         # now (time-series stores show nothing in the future)
         start = time.time() - (args.duration or 600) * args.speed if args.pumps else None
         stats = DemoStats(pipeline, None, out_dir)
+        stats.camera_note = camera_note(groups)
         sim = Simulator(groups, seed=args.seed, start_ts=start, truth=stats.on_truth)
         stats.sim = sim
         sources = ", ".join(f"{g.devices} {g.profile}{'s' if g.devices != 1 else ''} from {g.source}" for g in groups)
@@ -181,9 +186,12 @@ def _run(args) -> int:
         stop_sim = threading.Event()
 
         def publish(topic: str, payload: bytes, props) -> bool:
+            sent = publisher.publish(topic, payload, props)
             if topic.endswith("/pump"):
-                stats.on_reading(topic.split("/")[2], payload)
-            return publisher.publish(topic, payload, props)
+                stats.on_reading(topic.split("/")[2], payload, sent)
+            elif sent:
+                stats.on_frame(len(payload))
+            return sent
 
         def simulate() -> None:
             listener.online.wait(20)          # the source has subscribed: nothing published is lost
@@ -204,10 +212,7 @@ def _run(args) -> int:
         stats.sample()
         print_summary(summary)
         bytes_out = stats.samples[-1]["bytes_out"]
-        try:
-            report = write_report(stats, out_dir / "report.png", title, bytes_out)
-        except ImportError:
-            report = "(no PNG report: pip install matplotlib)"
+        report = report_png(write_report, stats, out_dir / "report.png", title, bytes_out)
         result = _summary(stats, summary, broker, sources, out_dir, report, bytes_out, influx)
         (out_dir / "summary.json").write_text(json.dumps(result, indent=2))
         _print_demo_summary(result, human_bytes)
@@ -218,6 +223,32 @@ def _run(args) -> int:
         if listener is not None:
             listener.close()
         broker.close()
+
+
+NO_MATPLOTLIB = "(no PNG report: matplotlib is not installed; `./dev setup` or `pip install -e '.[demo]'` adds it)"
+
+
+def report_png(write_report, stats, path: Path, title: str, bytes_out: int) -> str:
+    """The report's path, or what to install to get it."""
+    try:
+        return str(write_report(stats, path, title, bytes_out))
+    except ImportError:
+        return NO_MATPLOTLIB
+
+
+def camera_note(groups) -> str | None:
+    """What the cameras show, said plainly when it is not the sample video (None without cameras)."""
+    cams = [g for g in groups if g.profile == "camera"]
+    if not cams:
+        return None
+    g = cams[0]
+    if g.source == "video":
+        return f"the sample video {g.video.name}"
+    import importlib.util
+
+    why = ("OpenCV is not installed: `./dev setup` or `pip install opencv-python-headless` adds it"
+           if importlib.util.find_spec("cv2") is None else f"no video at {g.video}")
+    return f"GENERATED moving shapes, not the sample video ({why})"
 
 
 def _summary(stats, summary, broker, sources, out_dir, report, bytes_out, influx) -> dict:
@@ -231,8 +262,9 @@ def _summary(stats, summary, broker, sources, out_dir, report, bytes_out, influx
             "records_received": last["received"], "frames_skipped": last["reused"], "frames_in": last["frames_in"],
             "skip_rate": round(last["skip_rate"], 4), "cache_hit_rate": round(last["cache_hit_rate"], 4),
             "anomalies": per_device, "aggregates": last["aggregates"], "bytes_in": last["bytes_in"],
+            "reading_bytes": last["reading_bytes"], "frame_bytes": last["frame_bytes"], "cameras_show": stats.camera_note,
             "bytes_out": bytes_out, "dead_lettered": last["dead_lettered"],
-            "store": str(out_dir / "aggregates.db"), "influxdb": influx["url"] if influx else None,
+            "store": str(out_dir / "aggregates.db"), "influxdb": mask_url_credentials(influx["url"]) if influx else None,
             "report": str(report)}
 
 
@@ -241,7 +273,7 @@ def _print_demo_summary(r: dict, human_bytes) -> None:
     from rich.table import Table
 
     t = Table(title=f"edgesieve demo: {r['seconds']:.0f} s, {r['devices']}", title_justify="left", show_header=False)
-    t.add_column(style="cyan")
+    t.add_column(style="cyan", no_wrap=True)
     t.add_column()
     t.add_row("devices sent", f"{r['messages_published']:,} messages: {r['readings']:,} pump readings, {r['frames']:,} frames")
     t.add_row("frames skipped", f"{r['skip_rate']:.0%} ({r['frames_skipped']:,} of {r['frames_in']:,}) by frame_diff")
@@ -249,8 +281,12 @@ def _print_demo_summary(r: dict, human_bytes) -> None:
     for d, a in r["anomalies"].items():
         t.add_row(f"anomalies {d}", f"{a['flagged']:,} readings flagged, {a['alerts']:,} alerts over MQTT "
                   f"({a['true']:,} truly anomalous readings)")
-    ratio = f" ({r['bytes_in'] / r['bytes_out']:,.0f}x less)" if r["bytes_out"] else ""
-    t.add_row("bytes in → out", f"{human_bytes(r['bytes_in'])} from devices → {human_bytes(r['bytes_out'])} of aggregates{ratio}")
+    if r["cameras_show"]:
+        t.add_row("cameras show", r["cameras_show"])
+    ratio = f" ({r['reading_bytes'] / r['bytes_out']:,.0f}x less)" if r["bytes_out"] and r["reading_bytes"] else ""
+    t.add_row("readings → out", f"{human_bytes(r['reading_bytes'])} of pump readings → {human_bytes(r['bytes_out'])} "
+              f"of aggregates and alerts sent{ratio}")
+    t.add_row("frames", f"{human_bytes(r['frame_bytes'])} of camera frames, analysed on the gateway; none is uploaded")
     t.add_row("aggregates", f"{r['aggregates']:,} windows in {r['store']}" + (f" and InfluxDB {r['influxdb']}" if r["influxdb"] else ""))
     t.add_row("report", r["report"])
     Console(file=sys.stderr).print(t)

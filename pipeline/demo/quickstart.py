@@ -7,12 +7,14 @@ import os
 import sys
 from pathlib import Path
 
+from pipeline.cli import duration_arg
+
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "quickstart" / "pipeline.yaml"
 
 
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="edgesieve demo --quickstart", description="Run the quickstart pipeline on the embedded example data.")
-    parser.add_argument("--for", dest="duration", type=float, default=None, metavar="SECONDS")
+    parser.add_argument("--for", dest="duration", type=duration_arg, default=None, metavar="DURATION")
     parser.add_argument("--out", default="out", help="folder for the aggregates and dead letters (default: out)")
     args = parser.parse_args(argv)
     os.environ.setdefault("OUT_DIR", args.out)

@@ -105,13 +105,16 @@ def write_report(stats, path: Path, title: str, bytes_out: int) -> Path:
 
     # 4. bytes in vs out
     ax = axes[1, 1]
-    bytes_in = s[-1]["bytes_in"] if s else 0
-    bars = ax.bar(["from devices", "aggregates out"], [max(bytes_in, 1), max(bytes_out, 1)], color=["tab:gray", "tab:green"])
+    readings = s[-1]["reading_bytes"] if s else 0
+    frames = s[-1]["frame_bytes"] if s else 0
+    values = [readings, bytes_out, frames]
+    bars = ax.bar(["pump readings in", "aggregates + alerts out", "camera frames\n(never uploaded)"],
+                  [max(v, 1) for v in values], color=["tab:gray", "tab:green", "tab:olive"])
     ax.set_yscale("log")
     ax.set_ylabel("bytes (log scale)")
-    for b, v in zip(bars, [bytes_in, bytes_out]):
+    for b, v in zip(bars, values):
         ax.annotate(f"{v:,}", (b.get_x() + b.get_width() / 2, b.get_height()), ha="center", va="bottom", fontsize=9)
-    ratio = f": {bytes_in / bytes_out:,.0f}x less leaves the site" if bytes_out else ""
+    ratio = f": {readings / bytes_out:,.0f}x less than the readings" if bytes_out and readings else ""
     ax.set_title(f"bandwidth{ratio}")
 
     path = Path(path)

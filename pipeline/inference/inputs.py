@@ -32,7 +32,7 @@ class FrameInput(BaseModel):
     size: tuple[int, int] | None = Field(None, description="[height, width] to resize to; default: the model's declared size.")
     color: Literal["gray", "rgb", "bgr"] = Field("gray", description="Channels the model expects.")
     frame_order: Literal["bgr", "rgb"] = Field("bgr", description="Channel order of incoming 3-channel frames (OpenCV gives bgr).")
-    resize: Literal["area", "bilinear", "nearest"] = Field("area", description="Interpolation (area = block mean for integer factors, else bilinear).")
+    resize: Literal["area", "bilinear", "nearest"] = Field("area", description="Interpolation: `area` = true area averaging for any size (OpenCV INTER_AREA when shrinking), `bilinear` (half-pixel centres), `nearest`.")
     scale: float = Field(1 / 255, description="Multiply pixel values by this (1/255 maps uint8 to 0..1).")
     mean: list[float] | None = Field(None, description="Subtract per channel after scaling (e.g. ImageNet means).")
     std: list[float] | None = Field(None, description="Divide per channel after subtracting `mean`.")

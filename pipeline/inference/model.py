@@ -24,6 +24,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .integrity import VERSION_NAME, IntegrityError, TrustPolicy, expected_digests
+
 ORT_DTYPES = {
     "tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(double)": np.float64,
     "tensor(uint8)": np.uint8, "tensor(int8)": np.int8, "tensor(int32)": np.int32, "tensor(int64)": np.int64,
@@ -39,19 +41,30 @@ class ModelError(Exception):
     """The model cannot be used: unreadable, tampered with (sha256), or not what the config expects."""
 
 
+class ModelRefused(ModelError):
+    """The model's bytes, pointer or manifest do not verify (integrity, not a broken model): counted as ``model_refused``."""
+
+
 def resolve_model(path: Path) -> tuple[Path, str | None]:
-    """(model file, version name or None) for a file or a versioned directory with a ``current`` pointer."""
+    """(model file, version name or None) for a file or a versioned directory with a ``current`` pointer.
+
+    The pointer must name a version directly inside the folder (``v3``, not ``../x`` or an absolute path), and the
+    model file it leads to, after following symlinks, must lie inside the folder too."""
     path = Path(path)
     if not path.is_dir():
         return path, None
     pointer = path / "current"
     if pointer.is_symlink():
-        version = os.readlink(pointer).rstrip("/").split("/")[-1]
+        link = (path / os.readlink(pointer)).resolve()
+        version = link.name if link.parent == path.resolve() else os.readlink(pointer)
     elif pointer.is_file():
         version = pointer.read_text(encoding="utf-8").strip()
     else:
         raise ModelError(f"{path} is a directory without a 'current' pointer: add a file 'current' naming the version "
                          "(e.g. 'v2') or a symlink current -> v2")
+    if not VERSION_NAME.match(version) or version in (".", ".."):
+        raise ModelError(f"{pointer} points at {version!r}, which is not a version folder inside {path}: a pointer "
+                         "names a version directly inside the folder (e.g. 'v2'); refusing to leave the folder")
     target = path / version
     if target.is_dir():
         found = sorted(target.glob("*.onnx"))
@@ -60,16 +73,11 @@ def resolve_model(path: Path) -> tuple[Path, str | None]:
         target = found[0]
     if not target.is_file():
         raise ModelError(f"{pointer} points at {version!r}, but {target} does not exist")
+    root = path.resolve()
+    if not target.resolve().is_relative_to(root):
+        raise ModelError(f"{target} leads to {target.resolve()}, outside the model folder {root} (a symlink?): "
+                         "refusing to load a model from outside the folder")
     return target, version
-
-
-def sidecar_sha256(model_file: Path) -> str | None:
-    """The digest in ``<model>.sha256`` (``sha256sum`` format) when that file exists."""
-    side = model_file.with_name(model_file.name + ".sha256")
-    if not side.is_file():
-        return None
-    text = side.read_text(encoding="utf-8").strip()
-    return text.split()[0].lower() if text else None
 
 
 @dataclass
@@ -134,24 +142,29 @@ def choose_providers(asked: list[str]) -> list[str]:
     return [p for p in wanted if p in have and p != "CPUExecutionProvider"] + ["CPUExecutionProvider"]
 
 
-def load_model(path: Path, *, expected_sha256: str | None, require_sha256: bool = False,
+def load_model(path: Path, *, policy: TrustPolicy = TrustPolicy(),
                providers: list[str] = ("cpu",), intra_op_threads: int = 1) -> LoadedModel:
-    """Resolve, read, verify and open a model; raise :class:`ModelError` saying what to do."""
+    """Resolve, read, verify (see :mod:`pipeline.inference.integrity`) and open a model; raise :class:`ModelError`."""
     import onnxruntime as ort
 
-    file, version = resolve_model(Path(path))
+    try:
+        file, version = resolve_model(Path(path))
+    except ModelError as exc:
+        raise ModelRefused(str(exc)) from None
     try:
         data = file.read_bytes()
     except OSError as exc:
         raise ModelError(f"cannot read model {file}: {exc.strerror or exc}") from exc
     digest = hashlib.sha256(data).hexdigest()
-    expected = (expected_sha256 or sidecar_sha256(file) or "").lower() or None
-    if expected is None and require_sha256:
-        raise ModelError(f"model {file} has no sha256 to check against (the pipeline pins one): "
-                         f"give the digest with the swap request or write {file.name}.sha256 beside it")
-    if expected is not None and digest != expected:
-        raise ModelError(f"model {file} has sha256 {digest}, expected {expected}: the file changed or is not the "
-                         "pinned model; restore the right file or update `sha256:` after checking where it came from")
+    try:
+        checks = expected_digests(file, Path(path) if version is not None else None, version, policy)
+    except IntegrityError as exc:
+        raise ModelRefused(str(exc)) from None
+    for expected, source in checks:
+        if digest != expected:
+            raise ModelRefused(f"model {file} has sha256 {digest}, expected {expected} ({source}): the file changed or "
+                               "is not the pinned model; restore the right file or update the digest after checking "
+                               "where it came from")
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = intra_op_threads
     opts.inter_op_num_threads = 1

@@ -1,9 +1,13 @@
 """Turn records into model input tensors, vectorised per micro-batch (numpy only).
 
-Frames are resized without OpenCV so the runtime needs only numpy:
-an integer down-scale factor uses block averaging (identical to OpenCV's
-``INTER_AREA`` for integer factors), anything else uses bilinear interpolation
-(half-pixel centres, like ``cv2.INTER_LINEAR``).
+Frames are resized without OpenCV so the runtime needs only numpy. ``area`` is true area
+averaging for any sizes (each output pixel is the mean of the input area it covers, fractional
+pixels weighted by their overlap: what OpenCV's ``INTER_AREA`` does when shrinking; integer factors
+take a faster block-sum path with the same result). ``bilinear`` uses half-pixel centres like
+``cv2.INTER_LINEAR``; ``nearest`` takes the pixel under each output pixel's centre.
+
+The training script of the example camera model and ``benchmarks/bench_redundancy.py`` call
+:func:`frames_to_tensor` too, so a model is trained, served and measured on the same inputs.
 
 >>> import numpy as np
 >>> f = np.arange(16, dtype=np.uint8).reshape(4, 4)
@@ -56,12 +60,16 @@ def resize_stack(stack: np.ndarray, height: int, width: int, method: str = "area
     n, h, w = stack.shape[:3]
     if (h, w) == (height, width):
         return stack
-    if method == "area" and h % height == 0 and w % width == 0:
-        fy, fx = h // height, w // width
-        if stack.dtype == np.uint8 and fy * fx <= 257:
-            return _block_mean_uint8(stack, fy, fx)
-        shape = (n, height, fy, width, fx) + stack.shape[3:]
-        return stack.astype(np.float32, copy=False).reshape(shape).mean(axis=(2, 4), dtype=np.float32)
+    if method == "area":
+        if h % height == 0 and w % width == 0:
+            fy, fx = h // height, w // width
+            if stack.dtype == np.uint8 and fy * fx <= 257:
+                return _block_mean_uint8(stack, fy, fx)
+            shape = (n, height, fy, width, fx) + stack.shape[3:]
+            return stack.astype(np.float32, copy=False).reshape(shape).mean(axis=(2, 4), dtype=np.float32)
+        return area_resize(stack, height, width)
+    if method not in ("bilinear", "nearest"):
+        raise ValueError(f"resize method must be area, bilinear or nearest, got {method!r}")
     x = stack.astype(np.float32, copy=False)
     if method == "nearest":
         ys = np.minimum((np.arange(height) + 0.5) * h / height, h - 1).astype(np.intp)
@@ -79,6 +87,41 @@ def resize_stack(stack: np.ndarray, height: int, width: int, method: str = "area
     top = x[:, y0][:, :, x0] * (1 - wx) + x[:, y0][:, :, x1] * wx
     bottom = x[:, y1][:, :, x0] * (1 - wx) + x[:, y1][:, :, x1] * wx
     return top * (1 - wy) + bottom * wy
+
+
+def _area_integral(cum: np.ndarray, values: np.ndarray, size: int, axis: int) -> np.ndarray:
+    """Integral of the piecewise-constant ``values`` along ``axis`` from 0 to each of the ``size + 1``
+    cell edges ``j * length / size`` (``cum``: the running sums along ``axis``, with a leading 0)."""
+    length = values.shape[axis]
+    edges = np.arange(size + 1, dtype=np.float64) * (length / size)
+    idx = np.minimum(np.floor(edges).astype(np.intp), length - 1)
+    frac = edges - idx                                    # 1.0 at the far end (idx = length - 1)
+    shape = [1] * values.ndim
+    shape[axis] = size + 1
+    return np.take(cum, idx, axis=axis) + np.take(values, idx, axis=axis) * frac.reshape(shape)
+
+
+def area_resize(stack: np.ndarray, height: int, width: int) -> np.ndarray:
+    """True area averaging of (n, h, w[, c]) frames to (n, height, width[, c]) float32, any factors.
+
+    Output pixel (i, j) is the mean of the input over the rectangle it covers, ``[i*h/height, (i+1)*h/height)``
+    by ``[j*w/width, (j+1)*w/width)``, with partly covered pixels weighted by their overlap (exact
+    integrals of running sums, one pass per axis for the whole stack). Shrinking, this is OpenCV's
+    ``INTER_AREA``; enlarging, each output pixel mixes the (at most two) input pixels it overlaps.
+
+    >>> f = np.array([[0, 3, 6]], np.uint8)                  # 3 pixels -> 2: [0, 1.5) and [1.5, 3)
+    >>> area_resize(f[None], 1, 2)[0].tolist()
+    [[1.0, 5.0]]
+    """
+    n, h, w = stack.shape[:3]
+    x = stack if stack.dtype == np.uint8 else stack.astype(np.float64, copy=False)
+    acc = np.int64 if x.dtype == np.uint8 else np.float64
+    pad = [(0, 0)] * x.ndim
+    pad[2] = (1, 0)
+    cols = np.diff(_area_integral(np.pad(np.cumsum(x, axis=2, dtype=acc), pad), x, width, 2), axis=2)
+    pad[2], pad[1] = (0, 0), (1, 0)
+    rows = np.diff(_area_integral(np.pad(np.cumsum(cols, axis=1), pad), cols, height, 1), axis=1)
+    return (rows * ((height * width) / (h * w))).astype(np.float32)
 
 
 def _block_mean_uint8(stack: np.ndarray, fy: int, fx: int) -> np.ndarray:

@@ -15,7 +15,7 @@ from concurrent.futures import Future
 from pathlib import Path
 from typing import Any, Callable
 
-from .model import ModelError, resolve_model
+from .model import ModelError, ModelRefused, resolve_model
 
 log = logging.getLogger("edgesieve.onnx")
 
@@ -101,6 +101,8 @@ class Swapper:
             log.error("%s: model swap to %s refused, the running model keeps serving: %s", self.where, path, msg)
             self.events.append({"ok": False, "path": str(path), "error": msg})
             self._count("model_swap_failures")
+            if isinstance(exc, ModelRefused):      # did not verify (digest, manifest, signature, pointer)
+                self._count("model_refused")
             fut.set_exception(exc if isinstance(exc, ModelError) else ModelError(msg))
             return
         with self._lock:

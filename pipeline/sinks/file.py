@@ -13,14 +13,14 @@ from typing import Literal
 from pydantic import Field
 
 from ..batch import Batch
-from ..config import SinkConfig
+from ..config import OUTPUT, SinkConfig
 from ..stage import Context, Sink
 from .encode import ndjson_lines
 
 
 class FileSinkConfig(SinkConfig):
     type: Literal["file"]
-    path: str = Field(description="NDJSON file to append to (its folder is created).")
+    path: str = Field(json_schema_extra=OUTPUT, description="NDJSON file to append to (its folder is created).")
     truncate: bool = Field(False, description="Empty the file when the pipeline starts fresh; a run that resumes from a checkpoint keeps it.")
     fsync: bool = Field(False, description="fsync after every flush (slower, survives power loss).")
 

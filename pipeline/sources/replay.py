@@ -32,14 +32,14 @@ import pandas as pd
 from pydantic import Field
 
 from ..batch import Batch
-from ..config import SourceConfig
+from ..config import INPUT, SourceConfig
 from ..epoch import UNIT_DIVISORS, epoch_seconds
 from ..stage import Context, Source
 
 
 class ReplayConfig(SourceConfig):
     type: Literal["replay"]
-    path: str = Field(description="A .csv / .ndjson / .jsonl file, or a folder whose such files are replayed in name order.")
+    path: str = Field(json_schema_extra=INPUT, description="A .csv / .ndjson / .jsonl file, or a folder whose such files are replayed in name order.")
     format: Literal["auto", "csv", "ndjson"] = Field("auto", description="File format; `auto` goes by the file extension.")
     timestamp: str = Field("ts", description="Column holding the event time.")
     timestamp_format: str = Field(

@@ -19,6 +19,7 @@ from pydantic import Field, field_validator
 from ..batch import Batch
 from ..config import StageConfig
 from ..expr import Expression
+from ..names import NameWatch
 from ..numeric import split_numeric
 from ..stage import Context, Stage
 
@@ -47,10 +48,16 @@ class Filter(Stage):
         super().__init__(config, ctx)
         self.expression = Expression(config.where)
         self._numeric = [n for n in self.expression.names()]
+        self._names = NameWatch(ctx, self.expression.names(), "filter", texts=[config.where])
 
     def process(self, batch: Batch) -> Batch:
+        self._names.check(batch)
         good, bad, reasons = split_numeric(batch, self._numeric, f"stage {self.ctx.item_id!r}")
         self.ctx.dead_letter(bad, reasons)
-        keep = np.asarray(self.expression.evaluate(good), dtype=bool)
+        values, over, why = self.expression.evaluate_rows(good)
+        if over.any():                   # over a string or integer limit: that record is in error, not the batch
+            self.ctx.dead_letter(good.take(over), [f"stage {self.ctx.item_id!r}: {why[i]}" for i in np.flatnonzero(over)])
+            good, values = good.take(~over), values[~over]
+        keep = np.asarray(values, dtype=bool)
         self.ctx.count("filtered", int(len(good) - keep.sum()))
         return good if keep.all() else good.take(keep)

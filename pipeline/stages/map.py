@@ -18,6 +18,7 @@ from pydantic import Field, field_validator
 from ..batch import Batch
 from ..config import StageConfig
 from ..expr import Expression
+from ..names import NameWatch
 from ..numeric import split_numeric
 from ..stage import Context, Stage
 
@@ -80,14 +81,29 @@ class Map(Stage):
         self.conversions = {f: _conversion(s) for f, s in config.units.items()}
         names = [n for _, e in self.assignments for n in e.names()] + list(self.conversions)
         self._numeric = list(dict.fromkeys(names))
+        self._names = NameWatch(ctx, self._read_names(config), "map", texts=list(config.set.values()))
+
+    def _read_names(self, config: MapConfig) -> list[str]:
+        """Names the stage reads from its input (not the ones an earlier `set` assigns)."""
+        made, read = set(), []
+        for name, expression in self.assignments:
+            read += [n for n in expression.names() if n not in made]
+            made.add(name)
+        return read + [n for n in (*config.units, *config.rename) if n not in made]
 
     def process(self, batch: Batch) -> Batch:
+        self._names.check(batch)
         good, bad, reasons = split_numeric(batch, self._numeric, f"stage {self.ctx.item_id!r}")
         self.ctx.dead_letter(bad, reasons)
         fields = dict(good.fields)
         for name, expression in self.assignments:
             view = good.with_fields(**fields) if fields is not good.fields else good
-            value = expression.evaluate(view)
+            value, over, why = expression.evaluate_rows(view)
+            if over.any():               # over a string or integer limit: that record is in error, not the batch
+                self.ctx.dead_letter(view.take(over), [f"stage {self.ctx.item_id!r}: field {name!r}: {why[i]}"
+                                                       for i in np.flatnonzero(over)])
+                good, value = good.take(~over), value[~over]
+                fields = {k: v[~over] for k, v in fields.items()}
             fields[name] = value.astype(np.float64) if value.dtype.kind in "iu" else np.array(value)
         for name, (scale, offset) in self.conversions.items():
             if name in fields:

@@ -12,10 +12,13 @@ layout: NCHW|NHWC, dtype}``; ``{source: fields, fields: [...], dtype}``; or ``{s
 fields: [...], length: N, key: [tags], flatten: false, dtype}`` (records before a key's window is full
 are counted as ``window_filling``). ``outputs:`` maps model output names to ``{decode: label|topk|
 regression|raw, field, labels: file-or-list, k, softmax, names}``. A record whose frame or fields cannot
-be used is dead-lettered with the reason. ``sha256:`` pins the model (else ``<model>.sha256`` is checked
-when present); ``watch:`` or ``request_swap(path, sha256)`` (thread-safe, e.g. from an MQTT command)
+be used is dead-lettered with the reason. ``sha256:`` pins the model: only that digest ever loads, whatever
+lies beside it. A versioned folder's ``manifest.json`` (version -> sha256) is checked when present, and must be
+signed by ``public_key:`` when one is named; with neither, ``<model>.sha256`` is checked when present
+(see docs/security.md). ``watch:`` or ``request_swap(path, sha256)`` (thread-safe, e.g. from an MQTT command)
 load, verify, warm up and check a new model in the background, then swap it in between two batches;
-on any failure the running model keeps serving (counted as ``model_swap_failures``).
+on any failure the running model keeps serving (counted as ``model_swap_failures``; a model that does not
+verify also as ``model_refused``).
 
 >>> from pipeline.testing import run_stage
 >>> out = run_stage(Onnx, {"model": "examples/models/pump_state.onnx",
@@ -36,11 +39,11 @@ import numpy as np
 from pydantic import Field
 
 from ..batch import Batch
-from ..config import Duration, StageConfig
+from ..config import INPUT, Duration, StageConfig
 from ..errors import ConfigError, Problem
 from ..inference.contract import OutputSpec, make_builders, make_decoders
 from ..inference.inputs import FieldsInput, FrameInput, WindowInput
-from ..inference.model import LoadedModel, ModelError, load_model, resolve_model, sidecar_sha256
+from ..inference.model import LoadedModel, ModelError, TrustPolicy, load_model
 from ..inference.swap import Swapper
 from ..stage import Context, Stage
 from cache.options import CacheOptions, ReuseOptions, agreement_fn, cache_wrapper
@@ -54,11 +57,13 @@ Input = Annotated[FrameInput | FieldsInput | WindowInput, Field(discriminator="s
 
 class OnnxConfig(StageConfig):
     type: Literal["onnx"]
-    model: str = Field(description="The .onnx file, or a versioned folder with a `current` pointer "
+    model: str = Field(json_schema_extra=INPUT, description="The .onnx file, or a versioned folder with a `current` pointer "
                              "(relative: to the working directory, else to the pipeline file's folder).")
     sha256: str | None = Field(None, pattern=r"^[0-9a-fA-F]{64}$",
                                description="Pin: the model's sha256; a mismatch refuses to start, and swaps then need a digest too. "
                                            "Without it a `<model>.sha256` file beside the model is checked when present.")
+    public_key: str | None = Field(None, json_schema_extra=INPUT, description="Ed25519 public key (PEM) that must have signed the versioned folder's "
+                                   "`manifest.json` (`edgesieve model manifest --sign`); unsigned or tampered models are refused.")
     feeds: dict[str, Input] = Field(min_length=1, description="Per model input name: how to build it from the record "
                                     "(`source: frame`, `fields` or `window`).")
     outputs: dict[str, OutputSpec] | None = Field(None, description="Per model output name: how to decode it; none = every output raw.")
@@ -109,16 +114,22 @@ class Onnx(Stage):
     # ------------------------------------------------------------------ model lifecycle
     def _prepare(self, path: Path, sha256: str | None, initial: bool = False):
         cfg = self.config
-        if sha256 is None and not initial and cfg.sha256 and path == self._path(cfg.model):
-            if sidecar_sha256(resolve_model(path)[0]) is None:
-                sha256 = cfg.sha256      # re-reading the pinned file: hold it to the pin
-        model = load_model(path, expected_sha256=sha256, require_sha256=bool(cfg.sha256) and not initial,
-                           providers=cfg.providers, intra_op_threads=cfg.intra_op_threads)
+        model = load_model(path, policy=self._policy(path, sha256), providers=cfg.providers,
+                           intra_op_threads=cfg.intra_op_threads)
         builders = make_builders(cfg.feeds, model, self.where)
         decoders = make_decoders(cfg.outputs, model, self._path, self.where)
         if not initial:
             self._check_new(model, builders)
         return model, builders, decoders
+
+    def _policy(self, path: Path, sha256: str | None) -> TrustPolicy:
+        """A digest given with a request pins that load; the configured pin holds every re-read of the configured
+        model; a swap to another path under a pin needs its digest (side files are never trusted over a pin)."""
+        cfg = self.config
+        key = self._path(cfg.public_key) if cfg.public_key else None
+        if sha256 is None and cfg.sha256 and path == self._path(cfg.model):
+            sha256 = cfg.sha256
+        return TrustPolicy(pin=sha256, public_key=key, require_digest=bool(cfg.sha256))
 
     def _check_new(self, model: LoadedModel, builders: dict) -> None:
         """Warm up on recent real inputs (or zeros) and compare output shapes with the running model."""
@@ -214,8 +225,18 @@ class Onnx(Stage):
     def _accept(self, batch: Batch) -> tuple[Batch, dict[str, np.ndarray]] | None:
         bad = np.zeros(len(batch), bool)
         reasons: dict[int, str] = {}
+        need = self._reuse.compute_mask(batch)      # frames marked `reused` are neither checked nor preprocessed
+        rows = None if need.all() else np.flatnonzero(need)
         for b in self._builders.values():
-            m, r = b.problems(batch)
+            if b.stateful or rows is None:
+                m, r = b.problems(batch)
+            elif not len(rows):
+                continue
+            else:                                   # check only the rows that will be used
+                sub, r_sub = b.problems(batch.take(rows))
+                m = np.zeros(len(batch), bool)
+                m[rows] = sub
+                r = {int(rows[i]): why for i, why in r_sub.items()}
             bad |= m
             for i, why in r.items():
                 reasons.setdefault(i, why)
@@ -237,16 +258,17 @@ class Onnx(Stage):
         batch = batch.take(ready) if not ready.all() else batch
         if not len(batch):
             return None
-        need = self._reuse.compute_mask(batch)      # frames marked `reused` are not preprocessed either
+        need = self._reuse.compute_mask(batch)
         for name, b in self._builders.items():
             if not b.stateful:
                 if need.all():
                     inputs[name] = b.build(batch)[0]
-                else:
+                elif need.any():
                     x = b.sample(len(batch))
-                    if need.any():
-                        x[need] = b.build(batch.take(need))[0]
+                    x[need] = b.build(batch.take(need))[0]
                     inputs[name] = x
+                else:                               # nothing to run: a read-only placeholder, no memory
+                    inputs[name] = np.broadcast_to(b.sample(1), (len(batch),) + b.sample(1).shape[1:])
         return batch, inputs
 
     def process(self, batch: Batch) -> Batch:

@@ -13,8 +13,8 @@ has already closed for its key; one device far behind or far ahead changes nothi
 A window of a key closes (is emitted) when the first of these happens:
 
 * the key's watermark reaches the window's end (``end + allowed_lateness <= newest event time of the key``);
-* the key has sent nothing for ``idle_close`` of processing time (default ``size + allowed_lateness``): all
-  of its open windows are emitted;
+* the key has sent nothing for ``idle_close`` of processing time (default 5 min, or ``size + allowed_lateness``
+  when longer): all of its open windows are emitted;
 * more than ``max_open_windows`` windows are open: the oldest are emitted early (counted as ``windows_forced``).
 
 An emitted window never reopens: after an idle or forced close, readings for it count as late.
@@ -43,7 +43,7 @@ from pydantic import Field, model_validator
 
 from ..batch import Batch
 from ..config import Duration, StageConfig
-from ..keys import first_reaching, key_codes
+from ..keys import key_codes
 from ..numeric import split_numeric
 from ..stage import Context, Stage
 from .window_aggregate import AGGREGATES
@@ -51,6 +51,7 @@ from .window_buffer import OpenWindows
 from .window_clock import EpisodeLog, EventClocks
 
 log = logging.getLogger("edgesieve")
+IDLE_CLOSE_DEFAULT = 300.0     # seconds: a device that buffers through a link outage of up to 5 min loses nothing
 Aggregate = Literal["count", "sum", "mean", "min", "max", "stddev", "first", "last", "p50", "p95", "p99"]
 
 
@@ -73,7 +74,8 @@ class WindowConfig(StageConfig):
                                  "(`future_timestamp`) and never moves its key's clock; null = no limit.")
     idle_close: Duration | None = Field(
         None, gt=0, description="Emit a key's open windows after this much processing time without readings from that key "
-                                "(default: size + allowed_lateness).",
+                                "(default: 5 min, or size + allowed_lateness when longer); keep it above the longest link "
+                                "outage whose buffered readings should still count.",
     )
     max_open_windows: int = Field(
         100_000, ge=1, description="Most windows open at once (all keys); beyond it the oldest are emitted early and "
@@ -151,7 +153,7 @@ class Window(Stage):
         n, ts = len(good), good.ts
         clock = key_ids if self.per_key else np.zeros(n, dtype=np.int64)
         self.clocks.touch(clock, now)
-        newest_before, wm_before, wm_after, order = self.clocks.advance(clock, ts)
+        run, wm_before = self.clocks.advance(clock, ts)
         seq = np.arange(self._seq, self._seq + n, dtype=np.int64)
         self._seq += n
 
@@ -168,14 +170,14 @@ class Window(Stage):
         late = start + self.size <= wm_before[row]
         late_rows = np.unique(row[late]) if late.any() else np.empty(0, dtype=np.int64)
         if len(late_rows) or self._late_log.open.any():
-            self._report_late(good, key_ids, late_rows, row[~late], newest_before, now)
+            self._report_late(good, key_ids, late_rows, row[~late], run.before + self.config.allowed_lateness, now)
         if len(late_rows):
             row, start = row[~late], start[~late]
         chunk = {"key": key_ids[row], "clock": clock[row], "start": start, "ts": ts[row], "seq": seq[row]}
         for f in self.fields:
             chunk["v:" + f] = good.fields[f][row] if f in good.fields else np.full(len(row), np.nan)
         self.open.add(chunk)
-        closed = self._close_by_watermark(clock, wm_after, order, seq)
+        closed = self._close_by_watermark(run, seq)
         forced = self._enforce_bound(now)
         return Batch.concat([closed, forced]) if len(forced) else closed
 
@@ -226,7 +228,7 @@ class Window(Stage):
                 f"`future_timestamp`; more from this key are only counted until its clock is sane again")
 
     # ------------------------------------------------------------------ close
-    def _close_by_watermark(self, clock: np.ndarray, wm_after: np.ndarray, order: np.ndarray, seq: np.ndarray) -> Batch:
+    def _close_by_watermark(self, run, seq: np.ndarray) -> Batch:
         nclocks = self.clocks.n
         wm = self.clocks.watermark()
         if not (self.open.min_end[:nclocks] <= wm).any():
@@ -235,8 +237,9 @@ class Window(Stage):
         end = rows["start"] + self.size
         closing = end <= wm[rows["clock"]]
         # the reading that closed each window: the first of its clock whose watermark reached the window's end
-        idx = first_reaching(clock[order], wm_after[order], rows["clock"][closing], end[closing])
-        rank = np.where(idx >= 0, seq[order][np.maximum(idx, 0)], -1)
+        # (an open window's end is above its clock's floor, so the floor never closes one here)
+        pos = run.first_reaching(rows["clock"][closing], end[closing])
+        rank = np.where(pos >= 0, seq[run.order][np.maximum(pos, 0)], -1)
         return self.open.emit(self.open.take(closing), rank, self._key_values)
 
     def _close_through(self, floor: np.ndarray) -> Batch:
@@ -273,7 +276,8 @@ class Window(Stage):
     def tick(self, now: float) -> Batch | None:
         if not self.open.rows:
             return None
-        idle = self.config.idle_close if self.config.idle_close is not None else self.size + self.config.allowed_lateness
+        idle = self.config.idle_close if self.config.idle_close is not None else max(
+            IDLE_CLOSE_DEFAULT, self.size + self.config.allowed_lateness)
         n = self.clocks.n
         quiet = (self.ctx.clock() - self.clocks.last_arrival[:n] >= idle) & (self.open.min_end[:n] < np.inf)
         if not quiet.any():
@@ -295,6 +299,15 @@ class Window(Stage):
         return self._close_through(floor)
 
     # ------------------------------------------------------------------ state (plain data and numpy arrays only)
+    def gauges(self) -> dict[str, float]:
+        """Read on the scraping thread: the chunk list is copied, never merged here."""
+        chunks = list(self.open._chunks)
+        if not chunks:
+            return {"open_windows": 0, "keys": len(self._key_values)}
+        key = np.concatenate([c["key"] for c in chunks])
+        start = np.concatenate([c["start"] for c in chunks])
+        return {"open_windows": len(set(zip(key.tolist(), start.tolist()))), "keys": len(self._key_values)}
+
     def snapshot(self):
         return {"format": 2, "watermark": self.config.watermark, "keys": [list(k) for k in self._key_values],
                 "pending": self.open.snapshot(), "seq": self._seq, "clocks": self.clocks.snapshot()}
@@ -304,26 +317,17 @@ class Window(Stage):
         self._key_values = [tuple(k) for k in state["keys"]]
         self._keys = {k: i for i, k in enumerate(self._key_values)}
         self._seq = int(state["seq"])
-        if "clocks" in state:
-            saved, clocks = state["watermark"], state["clocks"]
-        else:  # format 1, from before per-key clocks: one clock
-            saved, clocks = "global", {"max_ts": [state["max_ts"]], "floor": [state.get("closed_wm", -np.inf)]}
-        max_ts, floor = np.asarray(clocks["max_ts"], dtype=np.float64), np.asarray(clocks["floor"], dtype=np.float64)
-        if saved != self.config.watermark:  # the mode changed in the pipeline file: emitted windows stay closed
-            n = len(self._key_values) if self.per_key else 1
-            max_ts, floor = np.full(n, max_ts.max(initial=-np.inf)), np.full(n, floor.max(initial=-np.inf))
+        nclocks = len(self._key_values) if self.per_key else 1
+        self.clocks.restore(state.get("clocks") or {"max_ts": [state["max_ts"]], "floor": [state.get("closed_wm", -np.inf)]},
+                            now, saved_mode=state.get("watermark", "global"), mode=self.config.watermark, n=nclocks)
         pending = state["pending"]
         if pending is not None:
             pending = {k: np.asarray(v) for k, v in pending.items()}
             pending["clock"] = pending["key"] if self.per_key else np.zeros(len(pending["key"]), dtype=np.int64)
-        self.clocks.restore({"max_ts": max_ts, "floor": floor}, now)
         self.open.restore(pending, self.clocks.n)
         self._counted = (0, 0)
         if self.config.max_future is not None:  # a clock poisoned before max_future existed is reset to sane time
-            limit = now + self.config.max_future
-            bad = self.clocks.max_ts[:self.clocks.n] > limit
-            if bad.any():
-                log.warning("stage %r: %d key clock(s) in the checkpoint are more than max_future ahead of now; reset "
-                            "to now + max_future", self.ctx.item_id, int(bad.sum()))
-                self.clocks.max_ts[:self.clocks.n][bad] = limit
-                self.clocks.floor[:self.clocks.n] = np.minimum(self.clocks.floor[:self.clocks.n], limit)
+            reset = self.clocks.cap(now + self.config.max_future)
+            if reset:
+                log.warning("stage %r: %d key clock(s) in the checkpoint were more than max_future ahead of now; reset "
+                            "to now + max_future", self.ctx.item_id, reset)

@@ -7,8 +7,8 @@ the window stage (``per_key``) or all rows share clock 0 (``global``).
 
 >>> clocks = EventClocks(lateness=2.0)
 >>> clocks.ensure(2)
->>> _, before, after, _ = clocks.advance(np.array([0, 1, 0]), np.array([10.0, 3.0, 12.0]))
->>> before.tolist(), after.tolist(), clocks.watermark().tolist()
+>>> run, before = clocks.advance(np.array([0, 1, 0]), np.array([10.0, 3.0, 12.0]))
+>>> before.tolist(), run.after.tolist(), clocks.watermark().tolist()
 ([-inf, -inf, 8.0], [8.0, 1.0, 10.0], [10.0, 1.0])
 """
 
@@ -19,7 +19,7 @@ from typing import Callable
 
 import numpy as np
 
-from ..keys import grouped_running_max
+from ..keys import RunningMax
 
 log = logging.getLogger("edgesieve")
 
@@ -57,14 +57,14 @@ class EventClocks:
     def advance(self, clocks: np.ndarray, ts: np.ndarray):
         """Take the rows' event times into their clocks, in batch order.
 
-        Returns per row the newest event time of its clock before it, the clock's watermark just before and
-        just after it (batch order), and the stable order of the rows by clock (the ``after`` values are
-        non-decreasing within each clock there).
+        Returns the running maximum per clock of ``ts - allowed_lateness`` (:class:`pipeline.keys.RunningMax`:
+        each clock's watermark before and after each row, without the floor; comparing these very numbers with
+        window ends keeps "late", "closes" and "closed by which reading" consistent to the last bit), and the
+        watermark per row just before it, floor included (batch order).
         """
-        before, after, order = grouped_running_max(ts, clocks, self.max_ts)
-        floor = self.floor[clocks]
+        run = RunningMax(ts - self.lateness, clocks, self.max_ts - self.lateness)
         np.maximum.at(self.max_ts, clocks, ts)
-        return before, np.maximum(before - self.lateness, floor), np.maximum(after - self.lateness, floor), order
+        return run, np.maximum(run.before, self.floor[clocks])
 
     def touch(self, clocks: np.ndarray, now: float) -> None:
         self.last_arrival[clocks] = now
@@ -72,13 +72,24 @@ class EventClocks:
     def snapshot(self) -> dict:
         return {"max_ts": self.max_ts[:self.n].copy(), "floor": self.floor[:self.n].copy()}
 
-    def restore(self, state: dict, now: float) -> None:
+    def restore(self, state: dict, now: float, saved_mode: str, mode: str, n: int) -> None:
+        """Clocks from a snapshot; when the pipeline file changed ``watermark:`` since, every new clock starts at
+        the newest of the saved ones, so no emitted window reopens. Idle time counts from ``now`` (the restart)."""
+        max_ts = np.asarray(state["max_ts"], dtype=np.float64)
+        floor = np.asarray(state["floor"], dtype=np.float64)
+        if saved_mode != mode:
+            max_ts, floor = np.full(n, max_ts.max(initial=-np.inf)), np.full(n, floor.max(initial=-np.inf))
         self.n = 0
         self.max_ts, self.floor, self.last_arrival = np.empty(0), np.empty(0), np.empty(0)
-        n = len(state["max_ts"])
-        self.ensure(n, now)   # idle time counts from the restart, not from before it
-        self.max_ts[:n] = np.asarray(state["max_ts"], dtype=np.float64)
-        self.floor[:n] = np.asarray(state["floor"], dtype=np.float64)
+        self.ensure(len(max_ts), now)
+        self.max_ts[:self.n], self.floor[:self.n] = max_ts, floor
+
+    def cap(self, limit: float) -> int:
+        """Pull clocks that are ahead of ``limit`` back to it; returns how many were."""
+        ahead = self.max_ts[:self.n] > limit
+        self.max_ts[:self.n][ahead] = limit
+        np.minimum(self.floor[:self.n], limit, out=self.floor[:self.n])
+        return int(ahead.sum())
 
 
 class EpisodeLog:

@@ -213,3 +213,102 @@ def test_confidence_scales_the_threshold_until_the_next_processed_frame():
     fd.observe_confidence("a", 0.5)                       # the last result was near a boundary: 0.3 -> 0.15
     d = fd.decide(["a"] * 3, [1.0, 2.0, 3.0], frames[1:])
     assert d.process.tolist() == [False, True, False] and d.threshold[0] == pytest.approx(0.15)
+
+
+def test_guard_audits_more_while_it_lacks_evidence_and_after_a_disagreement():
+    g = AccuracyGuard(0.1, target=0.95, adaptive=True, min_audits=5, boost=4.0)
+    assert g.audit_multiplier("k") == 4.0                 # a new key: gather evidence fast
+    for _ in range(5):
+        g.observe("k", 1.0)
+    assert g.audit_multiplier("k") == 1.0                 # enough agreeing audits: the base rate
+    g.observe("k", 0.0)
+    assert g.audit_multiplier("k") == 4.0                 # a disagreement: look closer for min_audits audits
+    for _ in range(5):
+        g.observe("k", 1.0)
+    assert g.audit_multiplier("k") == 1.0
+    assert AccuracyGuard(0.1, adaptive=False, boost=4.0).audit_multiplier("k") == 1.0
+
+
+def test_guard_tightens_on_a_second_disagreement_even_after_a_long_agreeing_history():
+    g = AccuracyGuard(0.1, target=0.9, adaptive=True, min_audits=5, window=200)
+    for _ in range(300):
+        g.observe("k", 1.0)
+    high = g.threshold("k")
+    g.observe("k", 0.0)                                   # one: the bound is still far above target
+    assert g.threshold("k") == high
+    g.observe("k", 1.0)
+    g.observe("k", 0.0)                                   # a second within min_audits audits: the scene changed
+    assert g.threshold("k") == pytest.approx(high * 0.5)
+
+
+def test_guard_reacts_within_a_few_audits_of_a_scene_change():
+    """A static scene for 600 frames (every audit agrees), then the model's answer changes every 10 frames
+    while the frames change only a little: the raised audit rate finds it and the threshold drops fast."""
+    rng = np.random.default_rng(0)
+    base = rng.integers(60, 200, (48, 64)).astype(np.uint8)
+    fd = FrameDiffer("pixel", threshold=0.2, downscale=4, audit_rate=0.05, seed=3, adaptive=True, target=0.95,
+                     guard={"min_audits": 5, "boost": 4.0})
+    last, audits_before, change_at = None, None, 600
+    for i in range(900):
+        f = base.copy()
+        if i >= change_at:
+            f[: 2 + (i // 10) % 5] = 255                  # a few rows: 3-12% of the pixels
+        label = 0 if i < change_at else (i // 10) % 5
+        d = fd.decide(["cam"], [i * 0.1], [f])
+        if d.process[0]:
+            if d.reason[0] == "audit" and last is not None:
+                fd.observe("cam", float(last == label))
+            last = label
+        if i == change_at - 1:
+            st = fd.stats()["cam"]
+            audits_before, thr_before = st["audits"], st["threshold"]
+            assert 25 <= audits_before <= 80               # warm-up, then the base rate
+        st = fd.stats()["cam"]
+        if i >= change_at and st["threshold"] <= thr_before / 4:
+            break
+    assert i < change_at + 200, "the guard took more than 200 frames to tighten 4x after the change"
+    assert st["audits"] - audits_before <= 12
+
+
+def test_reuse_merge_is_the_per_row_rule():
+    """The vectorised merge equals the rule it implements, row by row: a reused row gets the last computed
+    result of its key (this batch or earlier); audits are scored against that result."""
+    from cache.reuse import ReuseTracker, register_guard
+    from pipeline.batch import Batch
+
+    class Sink:
+        def __init__(self):
+            self.audits = []
+
+        def observe(self, key, score):
+            self.audits.append((key, score))
+
+        def observe_confidence(self, key, c):
+            pass
+
+    rng = np.random.default_rng(5)
+    sink = Sink()
+    register_guard("merge-test", "fd", sink)
+    t = ReuseTracker(["device"], pipeline="merge-test", agreement=lambda a, b: float(a == b))
+    last, expected_audits = {}, []
+    for _ in range(40):
+        n = int(rng.integers(1, 12))
+        keys = rng.choice(["a", "b", "c"], n)
+        reused = rng.random(n) < 0.6
+        reasons = np.where(reused, "reuse", np.where(rng.random(n) < 0.4, "audit", "changed"))
+        batch = Batch.from_records([{"ts": float(i), "tags": {"device": str(k)}, "reused": bool(r),
+                                     "reuse_reason": str(why), "diff_by": "fd"}
+                                    for i, (k, r, why) in enumerate(zip(keys, reused, reasons))])
+        mask = t.compute_mask(batch)
+        values = rng.integers(0, 4, int(mask.sum())).astype(float)
+        out = t.merge(batch, mask, batch.take(mask).with_fields(y=values)).to_records()
+        it = iter(values)
+        for k, r, why, rec in zip(keys, reused, reasons, out):
+            if not r:
+                v = next(it)
+                if why == "audit" and k in last:
+                    expected_audits.append((str(k), float(last[k] == v)))
+                last[k] = v
+            want, got = last.get(k, np.nan), rec["fields"].get("y", np.nan)   # no field before any result
+            assert got == want or (np.isnan(want) and np.isnan(got))
+    assert sink.audits == expected_audits and len(expected_audits) > 10

@@ -9,6 +9,7 @@ import pytest
 import connectors.mqtt.bulk as bulk
 from connectors.mqtt.bulk import decode_many
 from connectors.mqtt.codecs import CodecOptions, Decoder, RowBuilder
+from connectors.mqtt.readings import FieldError
 
 T0 = 1_700_000_000.0
 
@@ -23,8 +24,14 @@ def _reading(rng, keys, i, with_ts, scale):
     elif u < 0.04:
         r[keys[0]] = None                  # null: absent
     elif u < 0.05:
-        r[keys[0]] = "1.5"                 # a string: refused
+        r[keys[0]] = "1.5"                 # a string: dropped, a tag or a number, per the options
+    elif u < 0.055:
+        r["status"] = "ok"                 # a text field beside the numbers
+    elif u < 0.058:
+        r["env"] = {"h": 40, "deep": {"x": 1.5}}   # nested: flattened
     elif u < 0.06:
+        r["env"] = {}                      # an empty object
+    elif u < 0.062:
         r["extra"] = 1                     # a key the others lack
     elif u < 0.065:
         r[keys[-1]] = True                 # a boolean among numbers
@@ -38,6 +45,8 @@ def _reading(rng, keys, i, with_ts, scale):
         r = {k: r[k] for k in reversed(list(r))}   # same keys, other order
     elif u < 0.09:
         r["tags"] = {"unit": "C"}
+    elif u < 0.095:
+        r["bad"] = float("nan")           # NaN beside good fields: dead-lettered alone
     return r
 
 
@@ -77,6 +86,7 @@ def _one_by_one(dec, msgs):
             dec.decode(payload, b, tags, arrival, props)
         except Exception as e:
             errors.append((i, getattr(e, "reason", type(e).__name__)))
+        errors.extend((i, "field:" + e.reason) for e in dec.take_field_errors())
     return b.build(), errors
 
 
@@ -85,7 +95,8 @@ def _all_at_once(dec, msgs, chunk):
     for start in range(0, len(msgs), chunk):
         part = msgs[start:start + chunk]
         decode_many(dec, *([m[k] for m in part] for k in range(4)), b,
-                    lambda i, e, s=start: errors.append((s + i, getattr(e, "reason", type(e).__name__))))
+                    lambda i, e, s=start: errors.append((s + i, ("field:" if isinstance(e, FieldError) else "")
+                                                         + getattr(e, "reason", type(e).__name__))))
     return b.build(), errors
 
 
@@ -103,8 +114,9 @@ def _assert_same(a, b):
 @pytest.mark.parametrize("codec", ["json", "json-batch"])
 @pytest.mark.parametrize("unit", ["auto", "ms", "iso"])
 @pytest.mark.parametrize("seed", [1, 2, 3])
-def test_bulk_decoding_equals_one_by_one(codec, unit, seed, monkeypatch):
-    dec = Decoder(CodecOptions(codec=codec, timestamp_unit=unit, max_payload_bytes=1000))
+@pytest.mark.parametrize("tolerance", [{}, {"numbers_from_strings": True, "text_fields": "tags"}])
+def test_bulk_decoding_equals_one_by_one(codec, unit, seed, tolerance, monkeypatch):
+    dec = Decoder(CodecOptions(codec=codec, timestamp_unit=unit, max_payload_bytes=1000, **tolerance))
     msgs = _traffic(codec, seed)
     expected, expected_errors = _one_by_one(dec, msgs)
     runs = []
@@ -114,7 +126,9 @@ def test_bulk_decoding_equals_one_by_one(codec, unit, seed, monkeypatch):
         got, errors = _all_at_once(dec, msgs, chunk)
         _assert_same(got, expected)
         assert errors == expected_errors
-    assert {reason for _, reason in expected_errors} >= {"undecodable", "wrong_type", "non_finite", "payload_too_large"}
+    reasons = {reason for _, reason in expected_errors}
+    assert reasons >= {"undecodable", "payload_too_large", "field:wrong_type", "field:non_finite"}
+    assert any("." in k for k in expected.fields) or unit == "iso"      # nested objects were flattened
     if unit != "iso":
         assert sum(r is not None for r in runs) > 20            # the run path really ran
         assert any(r is not None and len(r) > 5 for r in runs)

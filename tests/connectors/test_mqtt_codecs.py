@@ -84,7 +84,7 @@ def test_missing_timestamp_is_arrival_time_and_annotated():
 @pytest.mark.parametrize("payload,expected", [
     (b"\xff\xfe not utf8", "undecodable"), (b'{"ts": 1, "x": ', "undecodable"), (b"", "undecodable"),
     (b'{"x": NaN}', "non_finite"), (b'{"x": -Infinity}', "non_finite"), (b'{"x": 1e999}', "non_finite"),
-    (b'{"x": "12"}', "wrong_type"), (b'{"x": [1, 2]}', "wrong_type"), (b'{"tags": "a"}', "wrong_type"),
+    (b'{"x": {"y": [1]}}', "wrong_type"), (b'{"x": [1, 2]}', "wrong_type"), (b'{"tags": "a"}', "wrong_type"),
     (b'{"tags": {"a": [1]}}', "wrong_type"), (b'{"x": ' + b"[" * 50 + b"]" * 50 + b"}", "json_too_deep"),
     (b"[" * 400 + b"]" * 400, "json_too_deep"), (b'{"x": 1, "pad": "' + b"a" * 2000 + b'"}', "payload_too_large")],
     ids=lambda v: v[:20].decode("latin-1") if isinstance(v, bytes) else v)
@@ -93,7 +93,7 @@ def test_bad_json_payloads(payload, expected):
 
 
 @pytest.mark.parametrize("payload,expected", [
-    (b'[{"ts": 1, "x": 1}, {"ts": 2, "x": NaN}]', "non_finite"), (b'[{"x": 1}, {"x": "a"}]', "wrong_type"),
+    (b'[{"ts": 1, "x": 1}, {"ts": 2, "x": NaN}]', "non_finite"), (b'[{"x": 1}, {"x": [1]}]', "wrong_type"),
     (b'[{"x": 1}, {"x": 1e999}]', "non_finite"), (b'[{"x": {"y": {"z": {"w": {"v": {"u": {"t": 1}}}}}}}]', "json_too_deep")])
 def test_bad_json_batch_payloads(payload, expected):
     assert reason(payload, codec="json-batch", max_json_depth=6) == expected
@@ -104,7 +104,7 @@ def test_failed_message_leaves_builder_unchanged():
     dec = Decoder(CodecOptions(codec="json-batch"))
     dec.decode(b'[{"ts": 1, "a": 1}]', b, {"s": "x"}, T0)
     with pytest.raises(DecodeError):
-        dec.decode(b'[{"ts": 2, "a": 2, "new": 5, "tags": {"t": "v"}}, {"ts": 3, "a": "bad"}]', b, {"s": "y"}, T0)
+        dec.decode(b'[{"ts": 2, "a": 2, "new": 5, "tags": {"t": "v"}}, {"ts": 3, "a": [1]}]', b, {"s": "y"}, T0)
     dec.decode(b'[{"ts": 4, "a": 4}, {"ts": 5, "a": 5}]', b, {"s": "z"}, T0)
     rows = b.build()
     assert rows.ts.tolist() == [1, 4, 5] and set(rows.fields) == {"a"} and set(rows.tags) == {"s"}
@@ -129,7 +129,9 @@ def test_columnar_json_batch_equals_per_value_path():
             elif u < 0.05:
                 r[keys[0]] = None         # null: absent
             elif u < 0.06:
-                r[keys[0]] = "1.5"        # a string: the message is refused
+                r[keys[0]] = "1.5"        # a string: dropped and counted
+            elif u < 0.065:
+                r[keys[0]] = [1.5]        # a list: a bad field (the reading is refused when it has no other)
             elif u < 0.07:
                 r["extra"] = 1            # a key the first reading lacks
             readings.append(r)
@@ -143,7 +145,7 @@ def test_columnar_json_batch_equals_per_value_path():
         for i, p in enumerate(payloads):
             try:
                 dec.decode(p, b, {"dev": f"d{i % 3}"}, T0 + 1000)
-                reasons.append(None)
+                reasons.append(tuple(str(e) for e in dec.take_field_errors()) or None)
             except DecodeError as e:
                 reasons.append(e.reason)
         out.append(b.build())

@@ -1,12 +1,12 @@
 """Connection helpers: the buffered socket under paho, credentials, client ids, backoff."""
 
-import random
 import socket
 
 import pytest
 from pydantic import SecretStr
 
-from connectors.mqtt.connection import _BufferedSocket, backoff
+from connectors.mqtt.connection import _BufferedSocket
+from pipeline.backoff import Backoff
 from connectors.mqtt.settings import MqttConnectionFields, credentials, default_client_id
 
 
@@ -55,6 +55,9 @@ def test_client_id_is_stable_bounded_and_unique_per_host_and_state_dir(tmp_path)
 
 
 def test_backoff_doubles_with_jitter_up_to_the_cap():
-    delays = list(backoff(0.5, 4.0, attempts=8, rng=random.Random(3)))
+    b = Backoff(0.5, 4.0, jitter=0.5, seed=3)      # what the MQTT connection uses for reconnects
+    delays = [b.next() for _ in range(8)]
     caps = [0.5, 1, 2, 4, 4, 4, 4, 4]
-    assert all(c / 2 <= d < c for d, c in zip(delays, caps))
+    assert all(c / 2 <= d <= c for d, c in zip(delays, caps))
+    b.reset()
+    assert b.next() <= 0.5

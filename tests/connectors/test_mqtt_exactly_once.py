@@ -124,7 +124,7 @@ def test_lost_acks_and_broker_restarts_count_every_reading_once(make_broker, top
         # ... then the broker restarts (it saves the session) and sends all 300 again, DUP=1.
         b.restart()
         proxy.release_upstream()
-        wait_until(lambda: p.counter("in", "duplicates") >= 300, what="the redeliveries")
+        wait_until(lambda: p.counter("in", "duplicates") >= 300, timeout=60, what="the redeliveries")
         wait_until(lambda: pub.c.is_connected(), what="the publisher to reconnect")
         # Another restart in the middle of a stream, without holding anything back.
         publish(pub, topic_prefix, range(1300, 1800))

@@ -115,7 +115,7 @@ def test_bad_inputs_are_dead_lettered_and_the_pipeline_goes_on(broker, topic_pre
     pub = clients(broker)
     bad = {
         "undecodable": b"\xff\xfe\x00garbage",
-        "wrong_type": {"ts": T0, "t": "hot"},
+        "wrong_type": {"ts": T0, "t": ["hot"]},
         "missing_field": None,  # below, with a json-batch object
         "non_finite": b'{"ts": 1700000000, "t": NaN}',
         "payload_too_large": json.dumps({"ts": T0, "pad": "x" * 5000}).encode(),

@@ -92,7 +92,7 @@ pipeline: anomaly_many_keys
 sources:
   - {{id: readings, type: replay, path: {csv}, tags: [device], speed: {speed}, chunk_size: 400}}
 stages:
-  - {{id: detect, type: anomaly, inputs: [readings], fields: [t], params: {{window: 64, refresh: 8, min_samples: 16}},
+  - {{id: detect, type: anomaly, inputs: [readings], fields: [t], detector: mad, params: {{window: 64, refresh: 8, min_samples: 16}},
      idle_spill: 1s}}
 sinks:
   - {{id: out, type: file, inputs: [detect], path: {out}}}

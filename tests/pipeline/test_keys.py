@@ -38,3 +38,20 @@ def test_key_codes_with_absent_tags():
     assert keys == [("a", "x"), ("a", None), (None, "y"), ("b", "x"), (None, None)]
     codes, keys = key_codes(b, ["dev"])
     assert codes.tolist() == [0, 1, 2, 0, 1, 1] and keys == [("x",), (None,), ("y",)]
+
+
+def test_factorize_of_key_objects_is_the_same_for_small_and_large_inputs():
+    from pipeline.keys import factorize
+    rng = random.Random(3)
+    pool = ["a", ("b", 1), ("b", 2), None, float("nan"), 7]
+    for _ in range(300):
+        values = [rng.choice(pool) for _ in range(rng.randint(1, 60))]   # below and above the small-input path
+        arr = np.empty(len(values), dtype=object)
+        arr[:] = [None] * len(values)
+        for i, v in enumerate(values):
+            arr[i] = v
+        codes, uniques = factorize(values)
+        want_codes, want_uniques = pd.factorize(arr, use_na_sentinel=False)
+        assert codes.tolist() == want_codes.tolist(), values
+        assert [None if u is None or u != u else u for u in uniques] == \
+               [None if u is None or u != u else u for u in want_uniques], values

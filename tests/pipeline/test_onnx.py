@@ -235,6 +235,33 @@ def test_vectorised_bilinear_resize_matches_opencv():
     np.testing.assert_allclose(ours, ref, atol=1e-3)
 
 
+@pytest.mark.parametrize("src,dst", [((576, 768), (96, 128)), ((720, 1280), (96, 128)), ((100, 77), (30, 21)),
+                                     ((50, 70), (24, 32)), ((30, 40), (96, 128)), ((40, 30), (45, 31))])
+@pytest.mark.parametrize("channels", [None, 3])
+def test_area_resize_matches_opencv_inter_area_at_any_factor(src, dst, channels):
+    cv2 = pytest.importorskip("cv2", reason="opencv-python-headless (test extra) is not installed")
+    rng = np.random.default_rng(0)
+    shape = (3, *src) if channels is None else (3, *src, channels)
+    frames = rng.integers(0, 256, shape, dtype=np.uint8)
+    ours = resize_stack(frames, *dst, "area")
+    ref = np.stack([cv2.resize(f.astype(np.float32), dst[::-1], interpolation=cv2.INTER_AREA) for f in frames])
+    assert ours.shape == ref.shape and ours.dtype == np.float32
+    np.testing.assert_allclose(ours, ref, atol=1e-3)
+    # float frames (0..1) take the same path
+    np.testing.assert_allclose(resize_stack(frames / 255.0, *dst, "area"), ref / 255, atol=1e-5)
+
+
+def test_stage_preprocessing_is_area_at_non_integer_factors():
+    cv2 = pytest.importorskip("cv2", reason="opencv-python-headless (test extra) is not installed")
+    rng = np.random.default_rng(1)
+    frames = [rng.integers(0, 256, (480, 854, 3), dtype=np.uint8) for _ in range(2)]     # 480p 16:9 -> 128x96
+    x = frames_to_tensor(frames, height=96, width=128, color="gray", order="bgr", resize="area", scale=1 / 255,
+                         mean=None, std=None, layout="NCHW", dtype=np.float32)
+    gray = [cv2.cvtColor(f, cv2.COLOR_BGR2GRAY).astype(np.float32) for f in frames]
+    ref = np.stack([cv2.resize(g, (128, 96), interpolation=cv2.INTER_AREA) for g in gray])[:, None] / 255
+    assert np.abs(x - ref).max() < 0.6 / 255       # cv2 rounds the gray conversion to uint8; we keep floats
+
+
 def test_mixed_frame_sizes_in_one_batch_match_one_by_one():
     rng = np.random.default_rng(0)
     frames = [rng.integers(0, 256, s, dtype=np.uint8) for s in [(60, 80, 3), (30, 40, 3), (60, 80, 3), (48, 64)]]

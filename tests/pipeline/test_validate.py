@@ -104,12 +104,15 @@ def test_environment_substitution_and_missing_variable():
 
 def test_invalid_yaml_names_the_line():
     found = problems("sources: [\n  {id: a\n")
-    assert "not valid YAML" in str(found[0]) and str(found[0]).startswith("<text>:3:")
+    assert "not valid YAML" in str(found[0]) and str(found[0]).startswith("<text>:2:")   # the unclosed {
+    assert "not closed" in str(found[0])
 
 
 def test_cli_validate_exit_codes(tmp_path: Path):
     good = tmp_path / "good.yaml"
     good.write_text(GOOD)
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "readings.csv").write_text("ts,site,device,temperature\n")  # validate checks input files
     bad = tmp_path / "bad.yaml"
     bad.write_text(GOOD.replace("size: 10s", "size: -3s").replace("type: file", "type: fiel"))
     ok = edgesieve("validate", str(good))

@@ -90,7 +90,7 @@ def test_hop_longer_than_size_is_rejected():
 def test_idle_close_then_a_record_for_the_closed_window_is_late_not_a_second_copy():
     from pipeline.testing import FakeClock
     clock = FakeClock(1000.0)
-    stage, _ = build_stage(Window, {"size": "10s", "aggregates": {"t": ["count", "mean"]}}, clock=clock)
+    stage, _ = build_stage(Window, {"size": "10s", "aggregates": {"t": ["count", "mean"]}, "idle_close": "15s"}, clock=clock)
     first = stage.process(Batch.from_records([{"ts": 1.0, "fields": {"t": 1.0}}, {"ts": 2.0, "fields": {"t": 2.0}}]))
     assert len(first) == 0
     clock.advance(20)

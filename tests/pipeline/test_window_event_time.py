@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from pipeline.batch import Batch
-from pipeline.keys import first_reaching, grouped_running_max
+from pipeline.keys import RunningMax
 from pipeline.stages.window import Window
 from pipeline.testing import FakeClock, build_stage
 from tests.support.windows import check, plain_copy, reference
@@ -43,23 +43,30 @@ def interleaved(streams):
 
 
 # ---------------------------------------------------------------------------------------------------- helpers
-def test_grouped_running_max_and_first_reaching_equal_a_loop():
+def test_running_max_per_key_and_first_reaching_equal_a_loop():
     rng = np.random.default_rng(5)
     for _ in range(200):
         n, g = int(rng.integers(1, 40)), int(rng.integers(1, 6))
         codes, values = rng.integers(0, g, n), rng.integers(0, 20, n).astype(float)
         initial = np.where(rng.random(g) < 0.5, -np.inf, rng.integers(0, 20, g).astype(float))
-        before, after, order = grouped_running_max(values, codes, initial)
+        m = RunningMax(values, codes, initial)
+        before, after, order = m.before, m.after, m.order
         best = dict(enumerate(initial))
         for i in range(n):
             assert before[i] == best[codes[i]]
             best[codes[i]] = max(best[codes[i]], values[i])
             assert after[i] == best[codes[i]]
         q_codes, q_values = rng.integers(0, g, 10), rng.integers(0, 25, 10).astype(float)
-        got = first_reaching(codes[order], after[order], q_codes, q_values)
-        for c, v, idx in zip(q_codes, q_values, got):
-            want = next((j for j in range(n) if codes[order][j] == c and after[order][j] >= v), -1)
-            assert idx == want
+        got = m.first_reaching(q_codes, q_values)
+        for c, v, pos in zip(q_codes, q_values, got):    # the batch's own values only, not ``initial``
+            want, top = -1, -np.inf
+            for j in range(n):
+                if codes[order][j] == c:
+                    top = max(top, values[order][j])
+                    if top >= v:
+                        want = j
+                        break
+            assert pos == want
 
 
 # ---------------------------------------------------------------------------------------------------- clocks
@@ -200,3 +207,47 @@ def test_late_readings_are_logged_once_per_key_and_episode(caplog):
     lines = [m for m in caplog.messages if "late readings of device=a" in m]
     assert len(lines) == 2 and "behind the newest event time of its key" in lines[0]
     assert counter(stage, "late") == 51 and not [m for m in caplog.messages if "device=b" in m]
+
+
+@pytest.mark.parametrize("before, after", [("per_key", "global"), ("global", "per_key")])
+def test_changing_the_watermark_mode_across_a_restart_reopens_no_window(before, after):
+    records = interleaved([readings(f"d{d}", NOW - 300 + 20 * d, 60, 2, seed=d) for d in range(4)])
+    opts = {"size": "10s", "key": ["device"], "aggregates": AGG, "allowed_lateness": "2s"}
+    first, _ = build_stage(Window, {**opts, "watermark": before}, clock=FakeClock(NOW))
+    out = [first.process(Batch.from_records(records[:300]))]
+    second, _ = build_stage(Window, {**opts, "watermark": after}, clock=FakeClock(NOW))
+    second.restore(plain_copy(first.snapshot()))
+    out += [second.process(Batch.from_records(records[300:])), second.flush()]
+    windows = [(r["tags"]["device"], r["ts"]) for r in Batch.concat(out).to_records()]
+    assert len(windows) == len(set(windows))
+    total = sum(r["fields"]["count"] for r in Batch.concat(out).to_records())
+    assert total + counter(first, "late") + counter(second, "late") == len(records)
+
+
+@pytest.mark.parametrize("idle_close, late", [(None, 0), ("10s", "some")])
+def test_a_live_device_that_loses_its_link_for_25s_and_flushes_its_buffer(idle_close, late):
+    # live at 1 Hz, link down for 25 s (readings buffered), then the buffer arrives at once, then live again
+    clock = FakeClock(NOW)
+    opts = {"size": "10s", "key": ["device"], "aggregates": AGG, "allowed_lateness": "2s"}
+    if idle_close:
+        opts["idle_close"] = idle_close
+    stage, _ = build_stage(Window, opts, clock=clock)
+    sent = readings("pump", NOW - 0.5, 75, 1, seed=4)
+    out = []
+    for i, r in enumerate(sent):
+        if 30 <= i < 55:                                  # buffered during the outage
+            clock.advance(1)
+            out.append(stage.tick(clock()) or Batch.empty())
+            continue
+        batch = sent[30:56] if i == 55 else [r]
+        out.append(stage.process(Batch.from_records(batch)))
+        clock.advance(1)
+        out.append(stage.tick(clock()) or Batch.empty())
+    out.append(stage.flush())
+    got = Batch.concat(out).to_records()
+    if late == 0:
+        assert counter(stage, "late") == 0
+        check(got, reference(sent, 10.0, 10.0, ["t"], AGG["t"]))
+    else:   # the window open when the link dropped was emitted after 10 s of quiet: the rest of it is late
+        assert 0 < counter(stage, "late") < 10
+        assert sum(r["fields"]["count"] for r in got) + counter(stage, "late") == len(sent)

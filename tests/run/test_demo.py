@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 
 import pytest
@@ -24,13 +25,20 @@ def test_demo_for_20_seconds_writes_summary_and_report(tmp_path):
     out = tmp_path / "demo"
     r = edgesieve("demo", "--for", "20", "--no-live", "--out", str(out), timeout=150, cwd=tmp_path)
     assert r.returncode == 0, r.stderr[-4000:]
-    assert "edgesieve demo: 20 s" in r.stderr and "bytes in → out" in r.stderr
+    assert "edgesieve demo: 20 s" in r.stderr and "readings → out" in r.stderr
     s = json.loads((out / "summary.json").read_text())
     assert s["stopped_by"].startswith("--for") and s["error"] is None
     assert s["records_received"] > 0.9 * s["messages_published"] > 500
     assert s["frames_in"] > 100 and 0 < s["frames_skipped"] < s["frames_in"]
     assert s["aggregates"] > 50
-    assert s["bytes_out"] and s["bytes_in"] / s["bytes_out"] > 20          # only aggregates leave
+    assert s["bytes_out"] and s["reading_bytes"] / s["bytes_out"] > 5     # only aggregates and alerts leave
+    # published (readings and frames apart) vs received: equal but for what was in flight at the stop
+    assert abs(s["reading_bytes"] + s["frame_bytes"] - s["bytes_in"]) < 0.05 * s["bytes_in"]
+    assert s["frame_bytes"] > s["reading_bytes"] > 0
+    if importlib.util.find_spec("cv2") is not None and (DEMO_FILE.parents[2].parent / "shared" / "data" / "video" / "vtest.avi").is_file():
+        assert s["cameras_show"] == "the sample video vtest.avi" and "from video" in s["devices"]
+    else:
+        assert s["cameras_show"].startswith("GENERATED moving shapes") and "GENERATED" in r.stderr
     assert sum(a["flagged"] for a in s["anomalies"].values()) > 0
     assert sum(a["alerts"] for a in s["anomalies"].values()) > 0          # alerts came back over MQTT
     png = out / "report.png"
@@ -47,6 +55,7 @@ def test_demo_runs_on_the_embedded_python_broker_without_shared_data(tmp_path):
     s = json.loads((out / "summary.json").read_text())
     assert s["broker"] == "amqtt" and s["mqtt_protocol"] == "3.1.1"
     assert s["devices"] == "2 pumps from generator, 1 camera from shapes"
+    assert s["cameras_show"].startswith("GENERATED moving shapes, not the sample video (")   # said plainly
     assert s["records_received"] > 100 and (out / "report.png").exists()
 
 

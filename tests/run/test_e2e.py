@@ -1,4 +1,4 @@
-"""The compose topology as native processes: Mosquitto with the stack's password/ACL configuration,
+"""The compose topology as native processes: Mosquitto as the stack runs it (tests/support/stack_broker.py),
 VictoriaMetrics standing in for InfluxDB's write API, ``edgesieve run compose/pipeline.yaml`` and
 ``edgesieve simulate`` as the devices. Aggregates must arrive and alerts must be published."""
 
@@ -20,12 +20,13 @@ from pipeline import registry
 from tests.support.cli import cli_env, edgesieve, start_edgesieve
 
 from tests.support.mosquitto import free_port
+from tests.support.stack_broker import StackBroker
 
 from .conftest import MOSQUITTO
 
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE = ROOT / "compose"
-PASSWORDS = {"edgesieve": "es-Secret-1", "devices": "dev-Secret-2"}
+PASSWORDS = {"edgesieve": "es-Secret-1", "simulator": "sim-Secret-2", "pump01": "pump01-Secret-3"}
 pytestmark = pytest.mark.slow
 
 
@@ -33,52 +34,6 @@ def _needs(*types: tuple[str, str]) -> None:
     absent = [f"{k} {t}" for k, t in types if t not in registry.KINDS[k]]
     if absent:
         pytest.skip(f"types not on this branch yet: {', '.join(absent)}")
-
-
-class StackBroker:
-    """Mosquitto started from compose/mosquitto/mosquitto.conf and acl, paths and port made local,
-    with the password file written as compose/mosquitto/entrypoint.sh writes it."""
-
-    def __init__(self, workdir: Path):
-        self.port = free_port()
-        self.url = f"mqtt://127.0.0.1:{self.port}"
-        data = workdir / "data"
-        data.mkdir(parents=True)
-        passwd = data / "passwd"
-        passwd.touch(mode=0o600)
-        for user, pw in PASSWORDS.items():
-            subprocess.run(["mosquitto_passwd", "-b", str(passwd), user, pw], check=True, capture_output=True)
-        conf = (COMPOSE / "mosquitto" / "mosquitto.conf").read_text()
-        conf = conf.replace("listener 1883", f"listener {self.port} 127.0.0.1")
-        conf = conf.replace("/mosquitto/data/", f"{data}/")
-        conf = conf.replace("/mosquitto/config/acl", str(COMPOSE / "mosquitto" / "acl"))
-        conf = re.sub(r"^log_dest stdout$", f"log_dest file {workdir}/mosquitto.log", conf, flags=re.M)
-        if os.geteuid() == 0:
-            import pwd
-            user = pwd.getpwuid(os.getuid()).pw_name
-            conf += f"\nuser {user}\n"
-        (workdir / "mosquitto.conf").write_text(conf)
-        self.log = workdir / "mosquitto.log"
-        self.proc = subprocess.Popen([MOSQUITTO, "-c", str(workdir / "mosquitto.conf")],
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        deadline = time.monotonic() + 10
-        import socket
-        while time.monotonic() < deadline:
-            try:
-                socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
-                return
-            except OSError:
-                time.sleep(0.05)
-        self.close()
-        raise RuntimeError(f"mosquitto did not start: {self.proc.stderr.read().decode()[-500:]}")
-
-    def close(self):
-        self.proc.terminate()
-        try:
-            self.proc.wait(5)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
 
 
 class Listener:
@@ -111,7 +66,7 @@ class Listener:
 def stack_broker(tmp_path):
     if not Path(MOSQUITTO).exists():
         pytest.skip("mosquitto is not installed (apt-get install mosquitto mosquitto-clients)")
-    b = StackBroker(tmp_path / "mosquitto")
+    b = StackBroker(tmp_path, PASSWORDS, {"pump01": PASSWORDS["pump01"]})
     yield b
     b.close()
 
@@ -123,6 +78,39 @@ def victoria():
         pytest.skip("victoria-metrics is not installed (apt-get install victoria-metrics)")
     with vm.VictoriaMetrics() as server:
         yield server
+
+
+def _dashboard_series() -> list[str]:
+    """Each metric the dashboard queries, with its item/event selector: `edgesieve_records_total{item="motion",...}`."""
+    dash = json.loads((COMPOSE / "grafana" / "dashboards" / "edgesieve.json").read_text())
+    found = []
+    for p in dash["panels"]:
+        for t in p["targets"]:
+            if "expr" in t:
+                found += re.findall(r"edgesieve_\w+(?:\{[^}]*\})?", t["expr"])
+    return found
+
+
+def _scrape_dashboard_names(port: int, deadline: float) -> set[str]:
+    """The dashboard's series that /metrics has a sample for (waits up to ``deadline`` for all of them)."""
+    import urllib.request
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    wanted, have = _dashboard_series(), set()
+    while time.monotonic() < deadline:
+        text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+        samples = [s for f in text_string_to_metric_families(text) for s in f.samples]
+        for series in wanted:
+            name, _, sel = series.partition("{")
+            # exact label matchers must match a series; a regex (=~) one may match no sample yet (e.g. no cache hit)
+            matchers = re.findall(r'(\w+)="([^"]*)"', sel)
+            if any(s.name == name and all(s.labels.get(k) == v for k, v in matchers) for s in samples):
+                have.add(series)
+        if have == set(wanted):
+            break
+        time.sleep(1)
+    return have
 
 
 def test_compose_healthcheck_passes_on_this_broker(stack_broker):
@@ -141,23 +129,24 @@ def test_compose_healthcheck_passes_on_this_broker(stack_broker):
 
 def test_broker_config_enforces_passwords_and_acls(stack_broker):
     ok = edgesieve("simulate", "--url", stack_broker.url, "--count", "1", "--rate", "0", "--quiet",
-                   env=cli_env(MQTT_USERNAME="devices", MQTT_PASSWORD=PASSWORDS["devices"]))
+                   env=cli_env(MQTT_USERNAME="simulator", MQTT_PASSWORD=PASSWORDS["simulator"]))
     assert ok.returncode == 0, ok.stderr
     bad = edgesieve("simulate", "--url", stack_broker.url, "--count", "1", "--quiet",
-                    env=cli_env(MQTT_USERNAME="devices", MQTT_PASSWORD="wrong"))
+                    env=cli_env(MQTT_USERNAME="simulator", MQTT_PASSWORD="wrong"))
     assert bad.returncode == 1 and "refused" in bad.stderr and "wrong" not in bad.stderr
     anon = edgesieve("simulate", "--url", stack_broker.url, "--count", "1", "--quiet",
                      env=cli_env(MQTT_USERNAME="", MQTT_PASSWORD=""))
     assert anon.returncode == 1
-    # devices may not read what other devices send (ACL: write-only on sensors/#)
-    spy = Listener(stack_broker.port, "sensors/#", "devices")
+    # neither the simulator nor a device may read what devices send (ACL: write-only on sensors)
+    spies = [Listener(stack_broker.port, "sensors/#", "simulator"), Listener(stack_broker.port, "sensors/#", "pump01")]
     try:
         edgesieve("simulate", "--url", stack_broker.url, "--count", "3", "--rate", "0", "--quiet",
-                  env=cli_env(MQTT_USERNAME="devices", MQTT_PASSWORD=PASSWORDS["devices"]))
+                  env=cli_env(MQTT_USERNAME="simulator", MQTT_PASSWORD=PASSWORDS["simulator"]))
         time.sleep(0.5)
-        assert spy.messages == []
+        assert [s.messages for s in spies] == [[], []]
     finally:
-        spy.close()
+        for s in spies:
+            s.close()
 
 
 def test_compose_topology_aggregates_arrive_and_alerts_are_published(stack_broker, victoria, tmp_path):
@@ -166,13 +155,13 @@ def test_compose_topology_aggregates_arrive_and_alerts_are_published(stack_broke
     env = cli_env(MQTT_URL=stack_broker.url, MQTT_USERNAME="edgesieve", MQTT_PASSWORD=PASSWORDS["edgesieve"],
                   INFLUX_URL=victoria.url, INFLUX_TOKEN="e2e-token", EDGESIEVE_STATE=str(tmp_path / "state"),
                   EDGESIEVE_NODE="e2e", MODELS_DIR=str(ROOT / "examples" / "models"))
-    alerts = Listener(stack_broker.port, "alerts/#", "devices")
+    alerts = Listener(stack_broker.port, "alerts/#", "edgesieve")
     metrics_port = free_port()
     run = start_edgesieve("run", str(COMPOSE / "pipeline.yaml"), "--for", "40", "--metrics-port", str(metrics_port),
                           "--metrics-addr", "0.0.0.0", env=env, cwd=tmp_path)
     try:
         deadline = time.monotonic() + 30   # wait until edgesieve is online (retained status, read as edgesieve)
-        status = Listener(stack_broker.port, "edgesieve/e2e/status", "edgesieve")
+        status = Listener(stack_broker.port, "edgesieve/e2e/+/status", "edgesieve")  # {node}/{pipeline}
         while time.monotonic() < deadline and not any("online" in json.dumps(m) for _, m in status.messages):
             assert run.poll() is None, run.communicate()[1][-3000:]
             time.sleep(0.2)
@@ -182,7 +171,7 @@ def test_compose_topology_aggregates_arrive_and_alerts_are_published(stack_broke
         argv = [a.replace("python", sys.executable, 1) if a == "python" else a.replace("9108", str(metrics_port))
                 for a in check[1:]]
         assert subprocess.run(argv, capture_output=True, timeout=20).returncode == 0
-        dev_env = cli_env(MQTT_USERNAME="devices", MQTT_PASSWORD=PASSWORDS["devices"])
+        dev_env = cli_env(MQTT_USERNAME="simulator", MQTT_PASSWORD=PASSWORDS["simulator"])
         start = str(int(time.time()) - 3600)   # event time in the past: VictoriaMetrics exports up to now
         sims = [
             start_edgesieve("simulate", "--url", stack_broker.url, "--profile", "pump", "--devices", "3", "--rate", "150",
@@ -195,6 +184,14 @@ def test_compose_topology_aggregates_arrive_and_alerts_are_published(stack_broke
         for p in sims:
             out, err = p.communicate(timeout=60)
             assert p.returncode == 0, err
+        bad = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)   # one undecodable reading
+        bad.username_pw_set("simulator", PASSWORDS["simulator"])
+        bad.connect("127.0.0.1", stack_broker.port)
+        bad.loop_start()
+        bad.publish("sensors/plant1/pump09/pump", b"not json", qos=1).wait_for_publish(10)
+        bad.loop_stop()
+        bad.disconnect()
+        scraped = _scrape_dashboard_names(metrics_port, time.monotonic() + 15)
         deadline = time.monotonic() + 30
         pumps = cameras = 0
         while time.monotonic() < deadline:
@@ -215,6 +212,8 @@ def test_compose_topology_aggregates_arrive_and_alerts_are_published(stack_broke
     series = victoria.samples('{__name__="pump_is_anomaly_sum"}')
     assert {dict(labels).get("device") for _, labels in series} == {"pump01", "pump02", "pump03"}
     assert alerts.messages, "no alert was published"
+    missing = sorted(set(_dashboard_series()) - scraped)
+    assert not missing, f"dashboard queries that match nothing on /metrics: {missing}"
     topic, alert = alerts.messages[0]
     assert re.fullmatch(r"alerts/plant1/pump0[123]", topic)
     assert alert["fields"]["anomaly_alert"] in (True, 1)

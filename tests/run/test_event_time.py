@@ -59,7 +59,7 @@ class Run:
 
     def __init__(self, path: Path, broker, node: str):
         self.port = free_port()
-        status = Client(broker).subscribe(f"edgesieve/{node}/status")
+        status = Client(broker).subscribe(f"edgesieve/{node}/+/status")
         self.proc = start_edgesieve("run", str(path), "--metrics-port", str(self.port), cwd=path.parent)
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
@@ -67,6 +67,8 @@ class Run:
             if any(json.loads(m.payload).get("status") == "online" for m in status.messages):
                 break
             time.sleep(0.05)
+        else:
+            raise AssertionError(f"no online status from node {node!r} within 30 s")
         status.close()
         self.base = scrape(self.port)        # counters resume from the checkpoint: count from here
 

@@ -1,0 +1,164 @@
+"""What a model must match before it loads: a pin, a (signed) manifest of a versioned folder, or a side file.
+
+Every check that applies must pass, and the strongest source of truth decides which apply:
+
+1. ``pin`` (the stage's ``sha256:``, or a digest given with a swap request): only that digest loads.
+   Side files are never read, so writing a matching ``<model>.sha256`` beside a replaced model changes nothing.
+2. A versioned folder's ``manifest.json`` (``{"versions": {"v1": "<sha256>", ...}}``): the version the
+   ``current`` pointer names must be listed, with the digest of the bytes read. With a ``public_key``
+   the manifest must exist and carry a valid Ed25519 signature (``manifest.json.sig``, base64) over its
+   exact bytes, so models can travel through an untrusted channel: whoever can write the folder but does
+   not hold the private key can only get a refusal.
+3. Only when neither applies: ``<model>.sha256`` beside the file, when present (``sha256sum`` format).
+
+>>> import tempfile, pathlib
+>>> d = pathlib.Path(tempfile.mkdtemp())
+>>> write_manifest(d, {"v1": "ab" * 32})["versions"]["v1"] == "ab" * 32
+True
+>>> read_manifest(d, None)["v1"] == "ab" * 32
+True
+"""
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+MANIFEST = "manifest.json"
+SIGNATURE = MANIFEST + ".sig"
+VERSION_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
+_HEX64 = re.compile(r"^[0-9a-f]{64}$")
+
+
+class IntegrityError(Exception):
+    """A model or its manifest does not verify; the message says what to do."""
+
+
+@dataclass(frozen=True)
+class TrustPolicy:
+    """What a model must match: ``pin`` (a sha256), a manifest signed by ``public_key`` (a PEM file), or neither."""
+
+    pin: str | None = None
+    public_key: Path | None = None
+    require_digest: bool = False   # the pipeline pins: refuse a model without a pin or manifest, ignore side files
+
+
+def sidecar_sha256(model_file: Path) -> str | None:
+    """The digest in ``<model>.sha256`` (``sha256sum`` format) when that file exists."""
+    side = model_file.with_name(model_file.name + ".sha256")
+    if not side.is_file():
+        return None
+    text = side.read_text(encoding="utf-8").strip()
+    return text.split()[0].lower() if text else None
+
+
+def load_public_key(path: Path):
+    """An Ed25519 public key from a PEM file (as ``edgesieve model keygen`` writes it)."""
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+    from cryptography.hazmat.primitives.serialization import load_pem_public_key
+
+    try:
+        key = load_pem_public_key(Path(path).read_bytes())
+    except OSError as exc:
+        raise IntegrityError(f"cannot read public_key {path}: {exc.strerror or exc}") from None
+    except ValueError:
+        raise IntegrityError(f"public_key {path} is not a PEM public key (make one with `edgesieve model keygen`)") from None
+    if not isinstance(key, Ed25519PublicKey):
+        raise IntegrityError(f"public_key {path} is not an Ed25519 key (make one with `edgesieve model keygen`)")
+    return key
+
+
+def read_manifest(folder: Path, public_key: Path | None) -> dict[str, str] | None:
+    """``{version: sha256}`` from ``folder/manifest.json``, its signature verified when a key is given.
+
+    None when there is no manifest and no key asks for one."""
+    folder = Path(folder)
+    try:
+        raw = (folder / MANIFEST).read_bytes()
+    except FileNotFoundError:
+        if public_key is None:
+            return None
+        raise IntegrityError(f"{folder} has no {MANIFEST}, but the pipeline names a public_key: models must come "
+                             f"with a signed manifest (`edgesieve model manifest {folder} --sign KEY`)") from None
+    except OSError as exc:
+        raise IntegrityError(f"cannot read {folder / MANIFEST}: {exc.strerror or exc}") from None
+    if public_key is not None:
+        _verify_signature(folder, raw, public_key)
+    try:
+        versions = json.loads(raw)["versions"]
+        if not isinstance(versions, dict):
+            raise TypeError
+        out = {str(v): str(d).lower() for v, d in versions.items()}
+    except (ValueError, KeyError, TypeError):
+        raise IntegrityError(f"{folder / MANIFEST} is not a manifest: expected {{\"versions\": {{\"v1\": \"<sha256>\"}}}}") from None
+    bad = [v for v, d in out.items() if not _HEX64.match(d)]
+    if bad:
+        raise IntegrityError(f"{folder / MANIFEST}: version {bad[0]!r} has no valid sha256 (64 hex digits)")
+    return out
+
+
+def _verify_signature(folder: Path, raw: bytes, public_key: Path) -> None:
+    from cryptography.exceptions import InvalidSignature
+
+    key = load_public_key(public_key)
+    try:
+        sig = base64.b64decode((folder / SIGNATURE).read_bytes().strip(), validate=True)
+    except FileNotFoundError:
+        raise IntegrityError(f"{folder / MANIFEST} is not signed ({SIGNATURE} is missing), but the pipeline names "
+                             f"a public_key: sign it with `edgesieve model manifest {folder} --sign KEY`") from None
+    except (OSError, binascii.Error, ValueError):
+        raise IntegrityError(f"{folder / SIGNATURE} is not a base64 Ed25519 signature") from None
+    try:
+        key.verify(sig, raw)
+    except InvalidSignature:
+        raise IntegrityError(f"the signature {folder / SIGNATURE} does not match {MANIFEST} for public_key "
+                             f"{public_key}: the manifest was changed or signed with another key") from None
+
+
+def expected_digests(file: Path, folder: Path | None, version: str | None, policy: TrustPolicy) -> list[tuple[str, str]]:
+    """Every ``(sha256, where it comes from)`` the model's bytes must match; raises when one is required and missing."""
+    checks: list[tuple[str, str]] = []
+    if policy.pin:
+        checks.append((policy.pin.lower(), "the pinned sha256"))
+    if folder is not None:
+        manifest = read_manifest(folder, policy.public_key)
+        if manifest is not None:
+            if version not in manifest:
+                raise IntegrityError(f"version {version!r} is not listed in {folder / MANIFEST}: add it with "
+                                     f"`edgesieve model manifest {folder}` (and sign it when a public_key is set)")
+            checks.append((manifest[version], f"{folder / MANIFEST}" + (" (signed)" if policy.public_key else "")))
+    elif policy.public_key is not None:
+        raise IntegrityError(f"{file} is a single file, but the pipeline names a public_key: signed models live in a "
+                             "versioned folder with a signed manifest (see docs/security.md)")
+    if not checks and not policy.require_digest:     # under a pin a side file is never trusted
+        side = sidecar_sha256(file)
+        if side:
+            checks.append((side, f"{file.name}.sha256"))
+    if not checks and policy.require_digest:
+        raise IntegrityError(f"model {file} has no sha256 to check against (the pipeline pins one): give the digest "
+                             "with the swap request")
+    return checks
+
+
+def write_manifest(folder: Path, versions: dict[str, str]) -> dict:
+    """Write ``folder/manifest.json`` for ``{version: sha256}`` (sorted, so the same input gives the same bytes)."""
+    doc = {"format": "edgesieve-model-manifest/1", "versions": dict(sorted(versions.items()))}
+    (Path(folder) / MANIFEST).write_text(json.dumps(doc, indent=2) + "\n", encoding="utf-8")
+    return doc
+
+
+def sign_manifest(folder: Path, private_key: Path) -> Path:
+    """Sign ``folder/manifest.json`` with an Ed25519 private key (PEM); writes ``manifest.json.sig``."""
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+    from cryptography.hazmat.primitives.serialization import load_pem_private_key
+
+    key = load_pem_private_key(Path(private_key).read_bytes(), password=None)
+    if not isinstance(key, Ed25519PrivateKey):
+        raise IntegrityError(f"{private_key} is not an Ed25519 private key")
+    sig = key.sign((Path(folder) / MANIFEST).read_bytes())
+    out = Path(folder) / SIGNATURE
+    out.write_text(base64.b64encode(sig).decode() + "\n", encoding="ascii")
+    return out

@@ -1,0 +1,104 @@
+"""The mqtt source's inbox (connectors/mqtt/inbox.py) on its own: redelivery filter, journal, replay, acks.
+
+A fake connection stands in for paho (generation + the acks sent); the broker-level behaviour is tested against
+a real Mosquitto in test_mqtt_exactly_once.py.
+"""
+
+from connectors.mqtt.inbox import Inbox
+
+
+class FakeConn:
+    def __init__(self):
+        self.generation = 1
+        self.client = self
+        self.acked: list[tuple[int, int]] = []
+
+    def ack(self, mid, qos):
+        self.acked.append((mid, qos))
+
+
+def make(tmp_path, conn, durable=True, horizon=100):
+    counts = {}
+    inbox = Inbox(conn, where="source 'in'", count=lambda n, k: counts.__setitem__(n, counts.get(n, 0) + k),
+                  journal_dir=tmp_path / "j" if durable else None, fsync="full", horizon=horizon, keep_props=False)
+    return inbox, counts
+
+
+def drain(inbox) -> list:
+    out = []
+    while (chunk := inbox.next_chunk(1000)) is not None:
+        out.append((chunk.payloads, chunk.position))
+    return out
+
+
+def test_redeliveries_are_dropped_counted_and_acknowledged_after_the_journal(tmp_path):
+    conn = FakeConn()
+    inbox, counts = make(tmp_path, conn)
+    inbox.open(0)
+    for mid in (1, 2, 3):
+        inbox.put(0.0, "t/a", b"m%d" % mid, mid, 1, None)
+    inbox.put(0.0, "t/a", b"m2", 2, 1, None)        # the same message again (its ack was lost)
+    inbox.put(0.0, "t/a", b"m2", 9, 1, None)        # the same payload under another packet id: a new message
+    inbox.take()
+    assert drain(inbox) == [([b"m1", b"m2", b"m3", b"m2"], 4)]
+    assert counts == {"duplicates": 1} and conn.acked == [(1, 1), (2, 1), (3, 1), (2, 1), (9, 1)]
+    assert inbox.journal.head == 4
+
+
+def test_a_restart_replays_after_the_checkpoint_and_still_knows_what_it_journaled(tmp_path):
+    conn = FakeConn()
+    inbox, _ = make(tmp_path, conn)
+    inbox.open(0)
+    for mid in range(1, 6):
+        inbox.put(float(mid), "t/a", b"m%d" % mid, mid, 1, None)
+    inbox.take()
+    inbox.close()                                    # "kill -9": a checkpoint covered position 2
+    conn2 = FakeConn()
+    again, counts = make(tmp_path, conn2)
+    again.open(2)
+    again.connected(1, session_present=True)
+    again.put(9.0, "t/a", b"m5", 5, 1, None)         # the broker redelivers one whose ack was lost
+    again.put(9.0, "t/a", b"m6", 6, 1, None)
+    again.take()
+    assert drain(again) == [([b"m3", b"m4", b"m5"], 5), ([b"m6"], 6)]
+    assert counts == {"duplicates": 1}
+
+
+def test_a_new_session_forgets_the_horizon(tmp_path):
+    conn = FakeConn()
+    inbox, counts = make(tmp_path, conn)
+    inbox.open(0)
+    inbox.put(0.0, "t/a", b"same", 1, 1, None)
+    inbox.take()
+    conn.generation = 2
+    inbox.connected(2, session_present=False)        # broker lost the session: packet ids start at 1 again
+    inbox.put(0.0, "t/a", b"same", 1, 1, None)
+    inbox.take()
+    assert [p for p, _ in drain(inbox)] == [[b"same", b"same"]] and counts == {}
+
+
+def test_without_checkpoints_acks_wait_for_the_pipeline(tmp_path):
+    conn = FakeConn()
+    inbox, _ = make(tmp_path, conn, durable=False)
+    inbox.open(0)
+    inbox.put(0.0, "t/a", b"a", 1, 1, None)
+    inbox.put(0.0, "t/a", b"b", 2, 0, None)          # QoS 0: nothing to acknowledge
+    inbox.put(0.0, "t/a", b"c", 3, 1, None)
+    inbox.take()
+    (payloads, position), = drain(inbox)
+    assert conn.acked == [] and position == 3
+    inbox.committed(2)
+    assert conn.acked == [(1, 1)]
+    inbox.committed(3)
+    assert conn.acked == [(1, 1), (3, 1)]
+    assert not (tmp_path / "j").exists()
+
+
+def test_acks_of_an_older_connection_are_not_sent(tmp_path):
+    conn = FakeConn()
+    inbox, _ = make(tmp_path, conn)
+    inbox.open(0)
+    inbox.put(0.0, "t/a", b"a", 1, 1, None)
+    conn.generation = 2                              # reconnected before the take: the broker sends it again
+    inbox.take()
+    assert conn.acked == []
