@@ -5,7 +5,6 @@ Every refusal keeps the old model serving, is logged with the reason and counted
 import json
 import logging
 import os
-import time
 
 import pytest
 
@@ -17,6 +16,7 @@ from pipeline.metrics import PrometheusCollector
 from pipeline.stages.onnx import Onnx
 from pipeline.testing import build_stage
 from tests.support.onnx_models import sum_plus, write_sidecar
+from tests.support.waiting import wait_for
 
 FEEDS = {"x": {"source": "fields", "fields": ["a", "b", "c"]}}
 
@@ -28,15 +28,6 @@ def stage_for(model, **extra):
 def y(stage) -> float:
     """The running model's answer for a=0, b=1, c=0: 1 + its bias."""
     return float(stage.process(Batch.from_records([{"ts": 0.0, "fields": {"a": 0.0, "b": 1.0, "c": 0.0}}])).fields["y"][0])
-
-
-def wait_for(cond, timeout=10.0):
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if cond():
-            return True
-        time.sleep(0.01)
-    return False
 
 
 def refused(stage) -> int:

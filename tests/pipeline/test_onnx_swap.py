@@ -11,6 +11,7 @@ from pipeline.batch import Batch
 from pipeline.stages.onnx import Onnx
 from pipeline.testing import build_stage
 from tests.support.onnx_models import classifier, sum_plus, write_sidecar
+from tests.support.waiting import wait_for
 
 FEEDS = {"x": {"source": "fields", "fields": ["a", "b", "c"]}}
 
@@ -21,15 +22,6 @@ def stage_for(model, **extra):
 
 def batch(start, n=10):
     return Batch.from_records([{"ts": float(i), "fields": {"a": float(i), "b": 1.0, "c": 0.0}} for i in range(start, start + n)])
-
-
-def wait_for(cond, timeout=10.0):
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if cond():
-            return True
-        time.sleep(0.01)
-    return False
 
 
 def test_swap_under_load_loses_nothing_and_every_record_matches_its_model(tmp_path):

@@ -15,6 +15,7 @@ import pytest
 from pipeline.demo import _summary
 from tests.support.cli import cli_env, edgesieve, start_edgesieve
 from tests.support.mosquitto import Mosquitto, available, free_port, make_tls_files
+from tests.support.waiting import wait_for
 
 pytestmark = [pytest.mark.slow,
               pytest.mark.skipif(not available(), reason="mosquitto is not installed (apt install mosquitto)")]
@@ -115,12 +116,12 @@ def test_no_secret_in_validate_run_logs_errors_tracebacks_metrics_or_summaries(s
 
     port = free_port()
     proc = start_edgesieve("run", str(good), "--for", "60", "--metrics-port", str(port), "--log-format", "json", env=env)
-    if not wait_for(lambda: "edgesieve_connected" in scrape(port)):   # a gauge the mqtt items set at start
+    if not wait_for(lambda: "edgesieve_connected" in scrape(port), 30, 0.3):   # a gauge the mqtt items set at start
         proc.kill()
         pytest.fail(f"the pipeline did not start: {proc.communicate()[1][-3000:]}")
     time.sleep(2.0)                                                        # subscribed by now
     publish(broker, tls, tmp_path, [{"t": 5.0}, "{not json"])             # one alert, one dead letter
-    assert wait_for(lambda: 'item="hot"' in scrape(port)), "no record reached the filter"
+    assert wait_for(lambda: 'item="hot"' in scrape(port), 30, 0.3), "no record reached the filter"
     time.sleep(3.0)                                                        # let the influx senders fail and log
     metrics = scrape(port)
     proc.send_signal(signal.SIGINT)
@@ -174,15 +175,6 @@ def scrape(port) -> str:
         return urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2).read().decode()
     except OSError:
         return ""
-
-
-def wait_for(cond, timeout=30.0) -> bool:
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if cond():
-            return True
-        time.sleep(0.3)
-    return False
 
 
 def publish(broker, tls, tmp_path, readings):

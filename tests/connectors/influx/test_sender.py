@@ -11,6 +11,7 @@ from connectors.influx.outbox import Outbox
 from connectors.influx.sender import Backoff, Sender
 from connectors.influx.transport import InfluxTransport
 from tests.support.victoria import free_port
+from tests.support.waiting import wait_for
 
 S = 1_000_000_000
 TOKEN = "s3cr3t-T0KEN-never-print-me"
@@ -28,15 +29,6 @@ def make(tmp_path, url, *, batch_size=100, name="out", **kw):
     snd = Sender(ob, tr, name=name, batch_size=batch_size, flush_interval_s=0.05,
                  backoff=Backoff(initial_s=0.05, max_s=0.4, seed=1)).start()
     return ob, snd
-
-
-def wait_for(cond, timeout=10.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if cond():
-            return True
-        time.sleep(0.02)
-    return False
 
 
 def test_aggregates_land_with_tags_fields_and_timestamps(tmp_path, victoria_shared, measurement):
