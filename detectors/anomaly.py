@@ -40,6 +40,7 @@ from pipeline.keys import key_codes
 from pipeline.stage import Context, Stage, StateChanges
 from pipeline.statefiles import private_dir, write_private
 
+from .anomaly_bank import KeyBank
 from .base import DETECTORS, detector_class, make_detector
 from .keystate import AdaptiveThreshold, Debounce, KeyState
 from .state import dump_model, load_model
@@ -117,6 +118,26 @@ class Anomaly(Stage):
         self.spill_dir = Path(ctx.state_dir) / "anomaly" / ctx.stage_id
         self.where = f"anomaly {ctx.stage_id!r}"
         self.threshold = config.effective_threshold
+        self.bank = self._new_bank()
+        if self.bank is not None:
+            self.models = self.bank.slots  # key -> slot: the keys' states live in the bank's arrays
+
+    def _new_bank(self) -> KeyBank | None:
+        """The cross-key engine, for `residual` without `adaptive` or `drift` (those run key by key)."""
+        c = self.config
+        if c.detector != "residual" or c.adaptive is not None or c.drift != "none":
+            return None
+        proto = make_detector(c.detector, self.fields, c.detector_params())
+        return KeyBank(proto, c.effective_threshold, c.alert_after, c.clear_after)
+
+    def _keystate(self, key: tuple) -> KeyState:
+        return self.bank.keystate(key) if self.bank is not None else self.models[key]
+
+    def _put(self, key: tuple, st: KeyState, where: str) -> None:
+        if self.bank is not None:
+            self.bank.adopt(key, st, where)
+        else:
+            self.models[key] = st
 
     # ------------------------------------------------------------------ models
     def _new(self, now: float) -> KeyState:
@@ -149,14 +170,38 @@ class Anomaly(Stage):
         self.dirty.add(key)
         return st
 
+    def _slot(self, key: tuple) -> int:
+        """`_get` for the bank: the key's slot, created or reloaded from its spill file."""
+        slot = self.bank.slots.get(key)
+        if slot is None:
+            path = self.spilled.pop(key, None)
+            if path is not None:
+                self.bank.adopt(key, load_model(path.read_bytes(), str(path)), str(path))
+                path.unlink(missing_ok=True)
+                self.ctx.count("models_reloaded")
+            else:
+                self.bank.new(key)
+                self.ctx.count("models_created")
+            slot = self.bank.slots[key]
+        self.dirty.add(key)
+        return slot
+
     def _spill_idle(self, now: float) -> None:
         if self.config.idle_spill is None:
             return
-        idle = [k for k, st in self.models.items() if now - st.last_seen >= self.config.idle_spill]
+        if self.bank is not None:
+            seen = self.bank.a.last_seen[[self.bank.slots[k] for k in self.bank.slots]]
+            idle = [k for k, t in zip(list(self.bank.slots), seen.tolist()) if now - t >= self.config.idle_spill]
+        else:
+            idle = [k for k, st in self.models.items() if now - st.last_seen >= self.config.idle_spill]
         if idle:
             private_dir(self.spill_dir)
         for k in idle:  # not fsynced: after a crash the checkpoint, not the spill folder, is what counts
-            write_private(self._spill_path(k), dump_model(self.models.pop(k)), durable=False)
+            write_private(self._spill_path(k), dump_model(self._keystate(k)), durable=False)
+            if self.bank is not None:
+                self.bank.drop(k)
+            else:
+                del self.models[k]
             self.spilled[k] = self._spill_path(k)
         if idle:
             self.ctx.count("models_spilled", len(idle))
@@ -200,6 +245,44 @@ class Anomaly(Stage):
         count = np.zeros(n)
         events: list[dict] = []
         codes, keys = key_codes(batch, self.config.key)
+        if self.bank is not None:
+            self._process_bank(batch, codes, keys, X, bad, keep, now, score, cols, count, events)
+        else:
+            self._process_keys(batch, codes, keys, X, bad, keep, any_bad, now, score, cols, count, events)
+        out = batch.with_fields(anomaly_score=score, anomaly_count=count, **cols)
+        if not keep.all():
+            out = out.take(keep)
+        self._spill_idle(now)
+        if events:  # each event goes right after the reading that raised it: same output for any batching
+            pos = np.concatenate([np.flatnonzero(keep), [p for p, _ in events]]).astype(np.float64)
+            pos[len(out):] += 0.5
+            out = Batch.concat([out, Batch.from_records([e for _, e in events])])
+            out = out.take(np.argsort(pos, kind="stable"))
+        return out
+
+    def _process_bank(self, batch, codes, keys, X, bad, keep, now, score, cols, count, events) -> None:
+        """All keys at once (`KeyBank`): the same outputs as `_process_keys`, without a loop over keys."""
+        bank = self.bank
+        rows = np.flatnonzero(keep)
+        slot_of = np.full(len(keys), -1, dtype=np.int64)
+        for code in np.unique(codes[rows]).tolist():
+            slot_of[code] = self._slot(keys[code])
+        s = slot_of[codes[rows]]
+        bank.a.last_seen[s] = now
+        Xr, learn = bank.impute(s, X[rows], bad[rows], self.config.bad_values == "impute_last")
+        usable = np.flatnonzero(np.isfinite(Xr).all(axis=1))
+        u, su, ts = rows[usable], s[usable], batch.ts[rows[usable]]
+        sc, warm = bank.det.score_learn(su, Xr[usable], ts, learn[usable])
+        state, opened, cnt, closed = bank.debounce(su, (sc >= self.threshold) & ~warm, ts)
+        score[u], count[u] = sc, cnt
+        cols["is_anomaly"][u], cols["warming_up"][u], cols["anomaly_alert"][u] = state, warm, opened
+        for r, start, end, k in closed:
+            events.append((int(u[r]), self._event(bank.keys[su[r]], end, "anomaly_end",
+                                                  {"anomaly_count": k, "duration_s": end - start})))
+
+    def _process_keys(self, batch, codes, keys, X, bad, keep, any_bad, now, score, cols, count, events) -> None:
+        """Key by key, each key's `KeyState` (detectors other than `residual`, `adaptive`, `drift`)."""
+        c = self.config
         order = np.argsort(codes, kind="stable")
         bounds = np.flatnonzero(np.diff(codes[order])) + 1
         for rows in np.split(order, bounds):
@@ -242,16 +325,6 @@ class Anomaly(Stage):
             for start, end, k, r in closed:
                 events.append((int(rows[r]), self._event(key, end, "anomaly_end",
                                                          {"anomaly_count": k, "duration_s": end - start})))
-        out = batch.with_fields(anomaly_score=score, anomaly_count=count, **cols)
-        if not keep.all():
-            out = out.take(keep)
-        self._spill_idle(now)
-        if events:  # each event goes right after the reading that raised it: same output for any batching
-            pos = np.concatenate([np.flatnonzero(keep), [p for p, _ in events]]).astype(np.float64)
-            pos[len(out):] += 0.5
-            out = Batch.concat([out, Batch.from_records([e for _, e in events])])
-            out = out.take(np.argsort(pos, kind="stable"))
-        return out
 
     def _event(self, key: tuple, ts: float, kind: str, fields: dict, **extra) -> dict:
         tags = {k: v for k, v in zip(self.config.key, key) if v is not None}
@@ -292,7 +365,7 @@ class Anomaly(Stage):
 
     def _entry(self, key: tuple) -> dict | None:
         if key in self.models:
-            return {"model": dump_model(self.models[key]), "spilled": False}
+            return {"model": dump_model(self._keystate(key)), "spilled": False}
         path = self.spilled.get(key)
         return {"model": path.read_bytes(), "spilled": True} if path is not None and path.exists() else None
 
@@ -313,6 +386,9 @@ class Anomaly(Stage):
 
     def restore_entries(self, entries: dict) -> None:
         self.models, self.spilled, self.dirty, self._taken = {}, {}, set(), set()
+        self.bank = self._new_bank()
+        if self.bank is not None:
+            self.models = self.bank.slots
         if self.spill_dir.is_dir():  # spilled after the checkpoint: the checkpoint's entries replace them
             for stale in self.spill_dir.glob("*.state"):
                 stale.unlink()
@@ -321,7 +397,8 @@ class Anomaly(Stage):
                 write_private(self._spill_path(k), entry["model"], durable=False)
                 self.spilled[k] = self._spill_path(k)
             else:
-                self.models[k] = load_model(entry["model"], f"{self.where}, model of key {k!r}", hint="")
+                where = f"{self.where}, model of key {k!r}"
+                self._put(k, load_model(entry["model"], where, hint=""), where)
 
 
 def _forward_fill(X: np.ndarray, bad: np.ndarray, last: np.ndarray) -> np.ndarray:
