@@ -264,9 +264,12 @@ class Anomaly(Stage):
         """All keys at once (`KeyBank`): the same outputs as `_process_keys`, without a loop over keys."""
         bank = self.bank
         rows = np.flatnonzero(keep)
+        present = np.unique(codes[rows])
+        named = [keys[code] for code in present.tolist()]
+        found = [bank.slots.get(k) for k in named]
         slot_of = np.full(len(keys), -1, dtype=np.int64)
-        for code in np.unique(codes[rows]).tolist():
-            slot_of[code] = self._slot(keys[code])
+        slot_of[present] = [self._slot(k) if slot is None else slot for k, slot in zip(named, found)]
+        self.dirty.update(named)
         s = slot_of[codes[rows]]
         bank.a.last_seen[s] = now
         Xr, learn = bank.impute(s, X[rows], bad[rows], self.config.bad_values == "impute_last")
