@@ -1,8 +1,8 @@
 """Named numpy arrays with one row per key slot: the cross-key state of a stage, grown by doubling.
 
 >>> a = SlotArrays({"level": ((2,), np.float64, 0.0), "n": ((), np.int64, 0)}, capacity=2)
->>> a.grow(5); a.capacity, a.level.shape
-(8, (8, 2))
+>>> a.grow(20); a.capacity, a.level.shape
+(32, (32, 2))
 >>> a.level[3] = 1.5; a.reset(np.array([3])); float(a.level[3, 0])
 0.0
 """
