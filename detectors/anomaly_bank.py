@@ -58,7 +58,7 @@ class KeyBank:
             slot = len(self.keys)
             self.keys.append(key)
             self.a.grow(slot + 1)
-            self.det.a.grow(slot + 1)
+            self.det.grow(slot + 1)
         self.slots[key] = slot
         return slot
 
@@ -66,7 +66,7 @@ class KeyBank:
         slot = self.slots.pop(key)
         self.keys[slot] = None
         self.a.reset(np.array([slot]))
-        self.det.a.reset(np.array([slot]))
+        self.det.reset(np.array([slot]))
         self.free.append(slot)
 
     def keystate(self, key: tuple) -> KeyState:

@@ -11,25 +11,22 @@ detector fed the same rows (tests/detectors/test_residual_bank.py).
 Each step of the per-row algorithm is one function below, named as in `ResidualDetector`:
 `_warm` (warm-up), `_start_calls`, `_forecast` (deseasonalise, clip to the band), `_learn_level`
 (the closed-form prefix sum, run sequentially), `_raw_score`, `_adapt_row` (runs of rows out of
-band), `_calibrated_score`, `_note_step`, then at a call's end `_calibrate` (hold, drop, feed the
-calibrator), `_refresh` / `_fit` (calibrator) and `_end_segment` (scale, floor, seasonal profile).
+band), the calibrated score, `_note_step`, then at a call's end `_calibrate` (hold, drop, feed the
+calibrator: `CalibratorBank` in detectors/calibrate_bank.py) and `_end_segment` (scale, floor, profile).
 
 `export(slot)` gives a key's state as `ResidualDetector.state()` data and `load(slot, state)` takes one,
 so checkpoints and spill files stay those of a per-key detector.
 """
 from __future__ import annotations
 
-from types import SimpleNamespace
-
 import numpy as np
 
-from .calibrate import BINS, EDGES, TailCalibrator, plain
+from .calibrate import plain
+from .calibrate_bank import CalibratorBank
 from .residual import ResidualDetector
 from .slots import SlotArrays, rank_passes
 
 __all__ = ["ResidualBank"]
-
-NB = BINS + 1
 
 
 class ResidualBank:
@@ -45,15 +42,12 @@ class ResidualBank:
         self.R, self.M = p.refresh, p.min_samples
         self.season, self.bins, self.season_rate = p.season, p.season_bins, p.season_rate
         self.adapt_rows, self.adapt_s, self.H = p.adapt_rows, p.adapt_s, p.hold
-        cal = p.cal
-        self.cal_min, self.tail, self.half_life = cal.min_samples, cal.tail, cal.half_life
         # the powers of the level's closed form, computed as ResidualDetector._segment computes them
         j = np.arange(self.R + 1)[:, None]
         r = 1 - self.alpha
         self.A, self.B, self.C = r ** (j + 1), self.alpha * r ** j, r ** -j
         self.w = [None] + [self.beta * (1 - self.beta) ** np.arange(k - 1, -1, -1.0) for k in range(1, self.R + 1)]
         self.keep = np.array([1.0] + [(1 - self.beta) ** k for k in range(1, self.R + 1)])
-        self.decay = 0.5 ** (self.R / self.half_life)
         R, H, B = self.R, self.H, self.bins
         f8, i8 = np.float64, np.int64
         specs = {
@@ -63,11 +57,6 @@ class ResidualBank:
             "seg_len": ((), i8, 0), "seg_sum": ((c,), f8, 0.0), "seg_y": ((R, c), f8, 0.0), "seg_r": ((R, c), f8, 0.0),
             "run": ((c,), i8, 0), "run_sign": ((c,), f8, 0.0), "run_start": ((c,), f8, 0.0), "run_sum": ((c,), f8, 0.0),
             "held": ((H + R,), f8, 0.0), "held_len": ((), i8, 0),
-            # TailCalibrator
-            "count": ((NB,), f8, 0.0), "sum1": ((NB,), f8, 0.0), "sum2": ((NB,), f8, 0.0),
-            "pending": ((R,), f8, 0.0), "pending_len": ((), i8, 0), "cal_n": ((), i8, 0), "ready": ((), bool, False),
-            "total": ((), f8, 0.0), "above": ((NB,), f8, 0.0), "t": ((), f8, 0.0), "q_t": ((), f8, 0.0),
-            "gamma": ((), f8, 0.0), "sigma": ((), f8, 1.0),
             # within a batch only: the open call of each key
             "call_left": ((), i8, 0), "call_level": ((c,), f8, 0.0),
         }
@@ -75,10 +64,21 @@ class ResidualBank:
             specs.update({"profile": ((B, d), f8, 0.0), "visits": ((B,), f8, 0.0),
                           "pbins": ((R,), i8, 0), "pres": ((R, d), f8, 0.0)})
         self.a = SlotArrays(specs, capacity)
+        self.cal = CalibratorBank(p.cal, capacity)
+
+    def grow(self, need: int) -> None:
+        """Room for slots 0 .. need - 1."""
+        self.a.grow(need)
+        self.cal.a.grow(need)
+
+    def reset(self, slots: np.ndarray) -> None:
+        """Slots `slots` back to a fresh key's state."""
+        self.a.reset(slots)
+        self.cal.a.reset(slots)
 
     @property
     def bytes_per_key(self) -> int:
-        return self.a.nbytes // max(self.a.capacity, 1)
+        return (self.a.nbytes + self.cal.a.nbytes) // max(self.a.capacity, 1)
 
     # ------------------------------------------------------------------ a batch
     def score_learn(self, slots: np.ndarray, X: np.ndarray, ts: np.ndarray, learn: np.ndarray):
@@ -114,11 +114,11 @@ class ResidualBank:
         absR = np.abs(Rz)
         raw = self._raw_score(absR, scale)
         cut, run_len, jump = self._adapt_row(s, Rz, absR, band, Y, ts, learn)
-        ready = a.ready[s]
+        ready = self.cal.a.ready[s]
         out = np.zeros(len(s))
         if ready.any():
             k = np.flatnonzero(ready)
-            out[k] = self._calibrated_score(s[k], raw[k])
+            out[k] = self.cal.score(s[k], raw[k])
         self._hold(s, raw, ts, learn)
         sl = s[li]
         j = a.seg_len[sl]
@@ -175,7 +175,7 @@ class ResidualBank:
         i = np.flatnonzero(a.call_left[s] == 0)
         if len(i):
             o = s[i]
-            a.call_left[o] = np.minimum(np.minimum(left[i], self.R - a.since[o]), self.R - a.pending_len[o])
+            a.call_left[o] = np.minimum(np.minimum(left[i], self.R - a.since[o]), self.cal.frozen_rows(o))
             a.call_level[o] = a.level[o]
 
     def _phase(self, ts):
@@ -243,23 +243,6 @@ class ResidualBank:
         a.run[sh], a.run_sign[sh], a.run_start[sh], a.run_sum[sh] = run, sg, start, total
         return cut, run_len, jump
 
-    def _calibrated_score(self, s, raw):
-        """`TailCalibrator.score` with each key's frozen table."""
-        a = self.a
-        b = np.clip(np.searchsorted(EDGES, raw, side="right") - 1, 0, BINS)
-        lo = EDGES[b]
-        hi = np.where(b < BINS, EDGES[np.minimum(b + 1, BINS)], lo)
-        frac = np.where(hi > lo, (raw - lo) / np.where(hi > lo, hi - lo, 1.0), 0.0)  # position inside the bin
-        nxt = np.where(b < BINS, a.above[s, np.minimum(b + 1, BINS)], 0.0)
-        body = (nxt + (a.above[s, b] - nxt) * (1 - frac)) / a.total[s]
-        excess = np.maximum(raw - a.t[s], 0.0) / a.sigma[s]
-        g = a.gamma[s]
-        expo = g < 1e-6
-        gs = np.where(expo, 1.0, g)
-        with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
-            gpd = a.q_t[s] * np.where(expo, np.exp(-excess), (1 + gs * excess) ** (-1 / gs))
-        return 1.0 - np.clip(np.where(raw > a.t[s], gpd, body), 0.0, 1.0)
-
     def _hold(self, s, raw, ts, learn) -> None:
         """Queue the learned rows' raw scores (the calibrator gets them at the call's end, `hold` rows late)."""
         a = self.a
@@ -289,42 +272,12 @@ class ResidualBank:
             ep, pu = e[p], push[p]
             rows = np.repeat(ep, pu)
             col = np.arange(len(rows)) - np.repeat(np.cumsum(pu) - pu, pu)
-            a.pending[rows, a.pending_len[rows] + col] = a.held[rows, col]
-            a.pending_len[ep] += pu
+            self.cal.add(ep, pu, a.held[rows, col])
             if H:
                 idx = np.minimum(pu[:, None] + np.arange(H), H + self.R - 1)
                 a.held[ep, :H] = np.take_along_axis(a.held[ep], idx, axis=1)
             hl[p] -= pu
         a.held_len[e] = hl
-        full = e[a.pending_len[e] == self.R]
-        if len(full):
-            self._refresh(full)
-
-    def _refresh(self, f) -> None:
-        """`TailCalibrator._refresh` for the keys whose `refresh` pending raw scores are in."""
-        a = self.a
-        raw = a.pending[f]
-        b = np.clip(np.searchsorted(EDGES, raw, side="right") - 1, 0, BINS)
-        idx = (np.arange(len(f))[:, None] * NB + b).ravel()
-        for acc, w in ((a.count, np.ones(raw.size)), (a.sum1, raw.ravel()), (a.sum2, (raw * raw).ravel())):
-            add = np.bincount(idx, weights=w, minlength=len(f) * NB).reshape(len(f), NB)
-            acc[f] = acc[f] * self.decay + add
-        a.pending_len[f] = 0
-        a.cal_n[f] += self.R
-        for slot in f[a.cal_n[f] >= self.cal_min].tolist():
-            self._set_table(slot, self._fit(slot))
-
-    def _fit(self, slot: int) -> dict:
-        a = self.a
-        view = SimpleNamespace(count=a.count[slot], sum1=a.sum1[slot], sum2=a.sum2[slot], tail=self.tail)
-        return TailCalibrator._fit(view)
-
-    def _set_table(self, slot: int, tb: dict | None) -> None:
-        a = self.a
-        a.ready[slot] = tb is not None
-        if tb is not None:
-            a.total[slot], a.above[slot], a.t[slot] = tb["total"], tb["above"], tb["t"]
-            a.q_t[slot], a.gamma[slot], a.sigma[slot] = tb["q_t"], tb["gamma"], tb["sigma"]
 
     @staticmethod
     def _floor(step, level):
@@ -376,12 +329,7 @@ class ResidualBank:
         if self.season is not None:
             st["profile"], st["visits"] = a.profile[slot].copy(), a.visits[slot].copy()
             st["pending_bins"], st["pending_res"] = a.pbins[slot, :k].tolist(), a.pres[slot, :k].tolist()
-        cal = st["cal"]
-        cal.update(count=a.count[slot].copy(), sum1=a.sum1[slot].copy(), sum2=a.sum2[slot].copy(),
-                   pending=a.pending[slot, :a.pending_len[slot]].copy(), n=int(a.cal_n[slot]))
-        cal["table"] = None if not a.ready[slot] else {
-            "total": float(a.total[slot]), "above": a.above[slot].copy(), "t": float(a.t[slot]),
-            "q_t": float(a.q_t[slot]), "gamma": float(a.gamma[slot]), "sigma": float(a.sigma[slot])}
+        self.cal.export(slot, st["cal"])
         return st
 
     def load(self, slot: int, st: dict) -> None:
@@ -404,8 +352,4 @@ class ResidualBank:
             a.profile[slot], a.visits[slot] = st["profile"], st["visits"]
             if k:
                 a.pbins[slot, :k], a.pres[slot, :k] = st["pending_bins"], st["pending_res"]
-        cal = st["cal"]
-        a.count[slot], a.sum1[slot], a.sum2[slot] = cal["count"], cal["sum1"], cal["sum2"]
-        pending = np.asarray(cal["pending"], dtype=np.float64)
-        a.pending[slot, :len(pending)], a.pending_len[slot], a.cal_n[slot] = pending, len(pending), cal["n"]
-        self._set_table(slot, cal["table"])
+        self.cal.load(slot, st["cal"])

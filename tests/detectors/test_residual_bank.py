@@ -55,7 +55,7 @@ def test_bank_gives_the_scores_and_state_of_residual_fed_key_by_key(options):
     keys, X, ts, learn, batches = stream(n_keys, 500, seed=len(str(options)))
     refs = [ResidualDetector(["a", "b"], **params) for _ in range(n_keys)]
     bank = ResidualBank(ResidualDetector(["a", "b"], **params), capacity=4)
-    bank.a.grow(n_keys)
+    bank.grow(n_keys)
     got = np.zeros(len(keys)), np.zeros(len(keys), dtype=bool)
     want = np.zeros(len(keys)), np.zeros(len(keys), dtype=bool)
     for a, b in batches:
@@ -67,7 +67,7 @@ def test_bank_gives_the_scores_and_state_of_residual_fed_key_by_key(options):
     assert 0.3 < (~want[1]).mean() < 0.95  # past the warm-up for most rows: the calibrated scores are compared
     assert all(same_state(bank.export(k), refs[k].state()) for k in range(n_keys))
     twin = ResidualBank(ResidualDetector(["a", "b"], **params))  # export/load: a key's state moves intact
-    twin.a.grow(1)
+    twin.grow(1)
     twin.load(0, bank.export(3))
     assert same_state(twin.export(0), refs[3].state())
 
