@@ -147,3 +147,26 @@ def test_a_checkpoint_of_the_per_key_path_restores_into_the_bank():
 def test_bank_state_per_key_is_small():
     stage, _ = build_stage(Anomaly, {"fields": ["temperature", "pressure", "vibration"]}, clock=FakeClock(0))
     assert stage.bank.bytes_per_key <= 20_000
+
+
+def test_idle_keys_spill_from_the_bank_come_back_and_checkpoints_write_only_changed_keys(tmp_path):
+    config = {"fields": ["t", "p"], "params": {"calibration_samples": 64}, "clear_after": 2, "alert_rate": 1e-2,
+              "bad_values": "impute_last", "idle_spill": "10m"}
+    recs = readings(400, ["a", "b", "c"], seed=5)
+    want = run(per_key_stage({**config, "idle_spill": None}), recs, [40])
+    clock = FakeClock(0)
+    stage, _ = build_stage(Anomaly, config, clock=clock, state_dir=tmp_path)
+    out = run(stage, recs[:600], [40])
+    clock.advance(3600)
+    stage.tick(clock())
+    assert stage.models == {} and len(list((tmp_path / "anomaly" / "under_test").glob("*.state"))) == 3
+    snap = roundtrip(stage.snapshot())
+    rest = run(stage, recs[600:], [40])
+    assert out + rest == want and len(stage.models) == 3
+    stage.snapshot_changes()
+    stage.state_saved()
+    stage.process(Batch.from_records([dict(recs[-3], ts=recs[-1]["ts"] + 1)]))  # one reading of one key
+    assert list(stage.snapshot_changes().entries) == [(recs[-3]["tags"]["device"],)]
+    restarted, _ = build_stage(Anomaly, config, clock=clock, state_dir=tmp_path / "other")
+    restarted.restore(snap)
+    assert run(restarted, recs[600:], [40]) == want[len(out):]
