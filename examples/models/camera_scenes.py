@@ -7,7 +7,7 @@ One real video, made into many cameras, and a held-out part that no training sam
 * :class:`Scenes` cuts the video at a column: training samples come only from the *left* part
   (random 4:3 crops at many scales, brightness/contrast/noise/blur jitter, mirrored), and synthetic
   frames composite person sprites cut from the left part onto backgrounds (crops of the empty scene,
-  or generated textures) with exact counts. The *right* part (its crops, its sprites) and one family
+  remixes of it, or generated textures and street-like clutter) with exact counts. The *right* part (its crops, its sprites) and one family
   of generated backgrounds (stripes and tiles) are kept for evaluation only.
 
 Every model input is made by :func:`pipeline.inference.preprocess.frames_to_tensor` with the onnx
@@ -189,19 +189,11 @@ class Scenes:
         return g
 
     def composite(self, held: bool = False, max_people: int = 12):
-        """0..``max_people`` person sprites (a quarter of the frames empty) pasted onto a background at 2x the
+        """0..``max_people`` person sprites (30% of the frames empty, 22% held out) pasted onto a background at 2x the
     model input (exact count)."""
         r = self.rng
         pick = r.random()
-        import os
-        if os.environ.get("I14_OLD") and not held:
-            if pick < 0.4:
-                cw = int(self.cut * r.uniform(0.4, 1.0))
-                x0, y0 = int(r.integers(0, self.cut - cw + 1)), int(r.integers(0, self.bg.shape[0] - int(cw * 0.75) + 1))
-                canvas = self.bg[y0:y0 + int(cw * 0.75), x0:x0 + cw].astype(np.float32)
-            else:
-                canvas = textures(r, 1, "smooth" if pick < 0.7 else "blocks")[0].astype(np.float32)
-        elif held:
+        if held:
             canvas = textures(r, 1, "tiles")[0].astype(np.float32)
         elif pick < 0.25:
             cw = int(self.cut * r.uniform(0.4, 1.0))
@@ -215,11 +207,12 @@ class Scenes:
         canvas = _fit(canvas, 2 * H, 2 * W)
         cover = np.zeros(canvas.shape, bool)
         pool = self.sprites["held" if held else "train"]
-        k = min(max_people, int(r.geometric(0.22)) - 1)      # many empty and quiet frames, a few crowded
+        # many empty and quiet frames, a few crowded; the held-out set keeps the v3 model's draw
+        k = min(max_people, int(r.geometric(0.22 if held else 0.3)) - 1)
         centres = []
         for _ in range(k):
             patch, alpha = pool[int(r.integers(len(pool)))]
-            height = int(r.uniform(16, 100 if os.environ.get("I14_OLD") else 150))                # 8..75 px in the model input
+            height = int(r.uniform(16, 100 if held else 150))   # 8..50 (held out) or 8..75 px in the model input
             width = max(2, int(round(patch.shape[1] * height / patch.shape[0])))
             p, a = _fit(patch.astype(np.float32), height, width), _fit(alpha, height, width)
             if r.random() < 0.5:
