@@ -202,11 +202,15 @@ def main(argv=None) -> int:
     ap.add_argument("--frames", type=int, default=None, help="only the first N frames of the video")
     ap.add_argument("--repeats", type=int, default=3, help="timed runs per variant (fastest counts)")
     ap.add_argument("--scenes", nargs="*", default=None, help="only these scenes (vtest, 'right view', edited)")
+    ap.add_argument("--sampling", choices=["stride", "sparse", "area"], default=None,
+                    help="frame_diff's sampling (default: the stage's default)")
     ap.add_argument("--json", type=Path, default=None, help="also write all figures here")
     args = ap.parse_args(argv)
     if not args.video.exists():
         print(f"skipped: {args.video} is missing (give --video; the shared data folder is not beside the checkout)")
         return 0
+    if args.sampling:
+        BASE["sampling"] = args.sampling
     started = time.perf_counter()
     video = decode(args.video, args.frames)
     reports = []

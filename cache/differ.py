@@ -20,6 +20,7 @@ Audited frames report their agreement back through :meth:`FrameDiffer.observe`, 
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -74,6 +75,11 @@ class FrameDiffer:
 
         Returns ``(groups, bad)``: groups = [(row indices, stacked small copies)], bad = {row: reason}."""
         bad: dict = {}
+        x0 = data[0] if len(data) else None
+        if type(x0) is np.ndarray and all(type(x) is np.ndarray and x.shape == x0.shape and x.dtype == x0.dtype
+                                          for x in data):
+            g = self._group(np.arange(len(data)), data, x0.shape, x0.dtype.kind, bad)   # the usual batch: one shape
+            return ([g] if g is not None else []), bad
         by_sig: dict = {}
         for i, x in enumerate(data):                # one signature per row; the work is per shape
             if x is None:
@@ -102,7 +108,7 @@ class FrameDiffer:
         return groups, bad
 
     def _group(self, idx, items, shape, kind, bad):
-        size = int(np.prod(shape))
+        size = math.prod(shape)
         if size == 0 or kind not in "biuf":
             for i in idx:
                 bad[i] = f"empty or non-numeric array (dtype kind {kind!r}, shape {shape})"
@@ -129,7 +135,7 @@ class FrameDiffer:
         thr = np.full(n, np.nan)
         out = Decision(process, reason, dist, since, age, thr, bad)
         if not bad and len(groups) == 1:            # the usual micro-batch: one camera, one frame size
-            codes, uniques = factorize(keys)
+            uniques = [keys[0]] if n == 1 else factorize(keys)[1]
             st = self.keys.get(uniques[0]) if len(uniques) == 1 else None
             if len(uniques) == 1 and (st is None or st["shape"] == groups[0][1].shape[1:]):
                 self._decide_key(uniques[0], np.arange(n), ts, groups[0][1], process, reason, dist, since, age, thr)
@@ -170,7 +176,7 @@ class FrameDiffer:
             reason[rows[0]] = "first"
             self._count(st, "first", 1)
             pos = 1
-        u = uniform(self.seed, k, st["count"] + np.arange(m)) if self.audit_rate > 0 else np.ones(m)
+        u = uniform(self.seed, k, st["count"] + np.arange(m)) if self.audit_rate > 0 else None
         st["count"] += m
         while pos < m:
             w = min(m - pos, max(4, 2 * st["run"]))          # galloping window: expect a run like the last
@@ -182,14 +188,18 @@ class FrameDiffer:
             r = rows[seg]
             s = st["since"] + np.arange(1, w + 1)
             a = ts[r] - st["ref_ts"]
-            forced = np.zeros(w, bool)
-            if self.refresh_frames:
-                forced |= s >= self.refresh_frames
-            if self.refresh_seconds:
-                forced |= a >= self.refresh_seconds
             changed = d > t
-            audit = u[seg] < self._audit_rate(k)
-            hit = changed | forced | audit
+            hit = changed
+            forced = None
+            if self.refresh_frames or self.refresh_seconds:
+                forced = np.zeros(w, bool)
+                if self.refresh_frames:
+                    forced |= s >= self.refresh_frames
+                if self.refresh_seconds:
+                    forced |= a >= self.refresh_seconds
+                hit = hit | forced
+            if u is not None:
+                hit = hit | (u[seg] < self._audit_rate(k))
             j = int(np.argmax(hit)) if hit.any() else w
             dist[r] = d
             thr[r] = t
@@ -202,7 +212,7 @@ class FrameDiffer:
                 self._count(st, "reuse", w)
                 continue
             i = r[j]
-            why = "changed" if changed[j] else ("forced" if forced[j] else "audit")
+            why = "changed" if changed[j] else ("forced" if forced is not None and forced[j] else "audit")
             process[i] = True
             reason[i] = why
             self._count(st, "reuse", j)

@@ -199,6 +199,30 @@ class ReuseTracker:
         base = batch if not mask.all() else computed
         return base.with_fields(**fcols).with_tags(**tcols).with_extra(**ecols)
 
+    def merge_reused(self, batch: Batch) -> Batch:
+        """:meth:`merge` for a batch in which every row is marked ``reused`` (nothing computed, nothing to
+        report): each row gets its key's last result, one ``np.full`` per result column and key."""
+        n = len(batch)
+        fields, tags, extra = self.result_fields or self.names[0], self.names[1], self.names[2]
+        codes, keys = key_codes(batch, self.key)
+        keys = [k[0] if len(k) == 1 else k for k in keys]
+        one = len(keys) == 1
+        cols: dict[str, dict[str, np.ndarray]] = {}
+        for part, names, absent in (("fields", fields, np.nan), ("tags", tags, None), ("extra", extra, None)):
+            out = cols[part] = {}
+            for name in names:
+                values = [self.last.get(k, _NOTHING)[part].get(name, absent) for k in keys]
+                if part == "fields":
+                    out[name] = (np.full(n, values[0], dtype=np.float64) if one
+                                 else np.asarray(values, dtype=np.float64)[codes])
+                    continue
+                table = np.empty(len(keys), dtype=object)
+                for i, v in enumerate(values):      # per key, never per row (array values stay one object)
+                    table[i] = v
+                out[name] = np.broadcast_to(table, (n,)).copy() if one else table[codes]
+        return Batch(batch.ts, {**batch.tags, **cols["tags"]}, {**batch.fields, **cols["fields"]}, batch.frames,
+                     {**batch.extra, **cols["extra"]})
+
     def _report(self, batch, mask, codes, keys, prev, fcols, fields) -> None:
         """Audit scores and result confidences back to the frame_diff stage that marked the rows."""
         by = batch.extra.get("diff_by")
