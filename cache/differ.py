@@ -165,63 +165,78 @@ class FrameDiffer:
         return out
 
     def _decide_key(self, k, rows, ts, small, process, reason, dist, since, age, thr):
+        """Decide the rows of one key, in order. The loop runs once per processed frame (the reference
+        changes there), over a galloping window of distances; every per-row result is written once, after it."""
         st = self.keys.get(k)
         m = len(rows)
-        pos = 0
-        if st is None:
-            st = self.keys[k] = {"ref": small[0], "ref_ts": float(ts[rows[0]]), "since": 0, "count": 0,
+        tr = ts[rows]
+        first = st is None
+        if first:
+            st = self.keys[k] = {"ref": small[0], "ref_ts": float(tr[0]), "since": 0, "count": 0,
                                  "shape": small[0].shape, "run": 8, "frames": 0, "processed": 0,
                                  "audits": 0, "forced": 0}
-            process[rows[0]] = True
-            reason[rows[0]] = "first"
             self._count(st, "first", 1)
-            pos = 1
+        pos = start = int(first)
+        base_since, base_ts = st["since"], st["ref_ts"]
         u = uniform(self.seed, k, st["count"] + np.arange(m)) if self.audit_rate > 0 else None
+        rate = self._audit_rate(k) if u is not None else 0.0      # the guard only moves on feedback, not here
         st["count"] += m
+        t0 = self.guard.threshold(k)
+        t = t0
+        if self.confidence_power and st.get("confidence") is not None:
+            t = t0 * max(st["confidence"], 1e-3) ** self.confidence_power
+        d_all = np.empty(m)
+        t_all = np.empty(m)
+        hits, whys = ([0], ["first"]) if first else ([], [])
         while pos < m:
-            w = min(m - pos, max(4, 2 * st["run"]))          # galloping window: expect a run like the last
-            seg = slice(pos, pos + w)
-            t = self.guard.threshold(k)
-            if self.confidence_power and st.get("confidence") is not None:
-                t *= max(st["confidence"], 1e-3) ** self.confidence_power
-            d = F.distance(self.feature, small[seg], st["ref"], **self.kw)
-            r = rows[seg]
-            s = st["since"] + np.arange(1, w + 1)
-            a = ts[r] - st["ref_ts"]
+            w = min(m - pos, max(4, 2 * st["run"]))              # galloping window: expect a run like the last
+            d = F.distance(self.feature, small[pos:pos + w], st["ref"], **self.kw)
+            d_all[pos:pos + w] = d
+            t_all[pos:pos + w] = t
             changed = d > t
             hit = changed
             forced = None
             if self.refresh_frames or self.refresh_seconds:
                 forced = np.zeros(w, bool)
                 if self.refresh_frames:
-                    forced |= s >= self.refresh_frames
+                    forced |= st["since"] + np.arange(1, w + 1) >= self.refresh_frames
                 if self.refresh_seconds:
-                    forced |= a >= self.refresh_seconds
+                    forced |= tr[pos:pos + w] - st["ref_ts"] >= self.refresh_seconds
                 hit = hit | forced
             if u is not None:
-                hit = hit | (u[seg] < self._audit_rate(k))
-            j = int(np.argmax(hit)) if hit.any() else w
-            dist[r] = d
-            thr[r] = t
-            since[r[:j]] = s[:j]
-            age[r[:j]] = a[:j]
-            if j == w:                                      # whole window reused
+                hit = hit | (u[pos:pos + w] < rate)
+            j = int(hit.argmax())
+            if not hit[j]:                                      # whole window reused
                 st["since"] += w
                 st["run"] = st["since"]
                 pos += w
                 self._count(st, "reuse", w)
                 continue
-            i = r[j]
+            i = pos + j
             why = "changed" if changed[j] else ("forced" if forced is not None and forced[j] else "audit")
-            process[i] = True
-            reason[i] = why
+            hits.append(i)
+            whys.append(why)
             self._count(st, "reuse", j)
             self._count(st, why, 1)
-            st["run"] = int(s[j])
-            st["ref"], st["ref_ts"], st["since"] = small[pos + j], float(ts[i]), 0
+            st["run"] = st["since"] + j + 1
+            st["ref"], st["ref_ts"], st["since"] = small[i], float(tr[i]), 0
             st["confidence"] = None                         # until the new result's confidence is reported
-            pos += j + 1
-
+            t = t0
+            pos = i + 1
+        r = rows[start:]
+        dist[r] = d_all[start:]
+        thr[r] = t_all[start:]
+        q = np.arange(m)
+        last = np.full(m, -1)
+        if hits:
+            p = rows[hits]
+            process[p] = True
+            reason[p] = whys
+            last[hits] = hits
+            last = np.maximum.accumulate(last)                  # per row: the last processed row at or before it
+        none = last < 0                                         # reference from an earlier batch
+        since[rows] = np.where(none, base_since + q + 1, q - last)
+        age[rows] = np.where(none, tr - base_ts, tr - tr[np.maximum(last, 0)])
     def _audit_rate(self, k) -> float:
         """The base audit rate, raised by the guard while a key has little evidence (at most 1 in 2 frames)."""
         m = self.guard.audit_multiplier(k)

@@ -243,11 +243,16 @@ class ReuseTracker:
                 else:
                     continue
                 report(self.pipeline, by[i], "observe", k, self.agreement(before, values[i]))
-        if self.confidence == "rounding":
-            for i in np.flatnonzero(mask).tolist():
-                v = values[i]
-                if by[i] is not None and np.isfinite(v):
-                    report(self.pipeline, by[i], "observe_confidence", keys[codes[i]], 1.0 - 2.0 * abs(v - round(v)))
+        if self.confidence == "rounding":          # a key's confidence is its latest result's: report that one per key
+            rows = np.flatnonzero(mask & np.isfinite(values) & (by != None))   # noqa: E711 (elementwise)
+            if not len(rows):
+                return
+            last = {}                               # (key, frame_diff stage) -> its last computed row
+            for i, c, b in zip(rows.tolist(), codes[rows].tolist(), by[rows].tolist()):
+                last[c, b] = i
+            for i in last.values():
+                v = float(values[i])
+                report(self.pipeline, by[i], "observe_confidence", keys[codes[i]], 1.0 - 2.0 * abs(v - round(v)))
 
     def snapshot(self) -> dict:
         return {"last": {k: {p: dict(d) for p, d in v.items()} for k, v in self.last.items()},
