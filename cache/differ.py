@@ -176,6 +176,8 @@ class FrameDiffer:
                                  "shape": small[0].shape, "run": 8, "frames": 0, "processed": 0,
                                  "audits": 0, "forced": 0}
             self._count(st, "first", 1)
+        if m == 1 and not first:
+            return self._decide_one(k, st, rows[0], float(tr[0]), small, process, reason, dist, since, age, thr)
         pos = start = int(first)
         base_since, base_ts = st["since"], st["ref_ts"]
         u = uniform(self.seed, k, st["count"] + np.arange(m)) if self.audit_rate > 0 else None
@@ -237,6 +239,31 @@ class FrameDiffer:
         none = last < 0                                         # reference from an earlier batch
         since[rows] = np.where(none, base_since + q + 1, q - last)
         age[rows] = np.where(none, tr - base_ts, tr - tr[np.maximum(last, 0)])
+    def _decide_one(self, k, st, i, ts_i, small, process, reason, dist, since, age, thr):
+        """:meth:`_decide_key` for one frame of a known key (a camera's batch of one), in scalars: same decisions."""
+        t = self.guard.threshold(k)
+        if self.confidence_power and st.get("confidence") is not None:
+            t *= max(st["confidence"], 1e-3) ** self.confidence_power
+        d = F.distance(self.feature, small, st["ref"], **self.kw)[0]
+        audit = self.audit_rate > 0 and uniform(self.seed, k, np.array([st["count"]]))[0] < self._audit_rate(k)
+        st["count"] += 1
+        s, a = st["since"] + 1, ts_i - st["ref_ts"]
+        changed = d > t
+        forced = bool((self.refresh_frames and s >= self.refresh_frames)
+                      or (self.refresh_seconds and a >= self.refresh_seconds))
+        dist[i], thr[i] = d, t
+        if not (changed or forced or audit):
+            since[i], age[i] = s, a
+            st["since"] = st["run"] = s
+            self._count(st, "reuse", 1)
+            return
+        why = "changed" if changed else ("forced" if forced else "audit")
+        process[i], reason[i] = True, why
+        self._count(st, why, 1)
+        st["run"] = s
+        st["ref"], st["ref_ts"], st["since"] = small[0], ts_i, 0
+        st["confidence"] = None
+
     def _audit_rate(self, k) -> float:
         """The base audit rate, raised by the guard while a key has little evidence (at most 1 in 2 frames)."""
         m = self.guard.audit_multiplier(k)
