@@ -117,6 +117,10 @@ def _last_computed(codes: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.
 
 def key_column(batch: Batch, key: list[str]) -> np.ndarray:
     """One key per row, as an object array: the tag value for one key tag, the tuple of values for several."""
+    if len(key) == 1:                           # one key tag of plain strings (the usual case): the column itself
+        col = batch.tags.get(key[0])
+        if col is not None and col.dtype == object and all(type(v) is str for v in col.tolist()):
+            return col
     codes, keys = key_codes(batch, key)
     table = np.empty(len(keys), dtype=object)
     for i, k in enumerate(keys):
@@ -162,13 +166,18 @@ class ReuseTracker:
             have.extend(x for x in new if x not in have)
         fields = self.result_fields or self.names[0]
         tags, extra = self.names[1], self.names[2]
-        fcols = {f: np.full(n, np.nan) for f in fields}
-        tcols = {t: np.full(n, None, dtype=object) for t in tags}
-        ecols = {e: np.full(n, None, dtype=object) for e in extra}
-        for cols, part in ((fcols, computed.fields), (tcols, computed.tags), (ecols, computed.extra)):
-            for name, c in cols.items():
-                if name in part:
-                    c[mask] = part[name]
+        every = bool(mask.all())                 # nothing reused (a processed frame alone, say): computed columns as they are
+        fcols, tcols, ecols = {}, {}, {}
+        for cols, names, part, kind in ((fcols, fields, computed.fields, "f"), (tcols, tags, computed.tags, "o"),
+                                        (ecols, extra, computed.extra, "o")):
+            for name in names:
+                got = part.get(name)
+                if every and got is not None:
+                    cols[name] = np.asarray(got, np.float64) if kind == "f" else np.asarray(got, object)
+                    continue
+                c = cols[name] = np.full(n, np.nan) if kind == "f" else np.full(n, None, dtype=object)
+                if got is not None:
+                    c[mask] = got
         codes, keys = key_codes(batch, self.key)
         keys = [k[0] if len(k) == 1 else k for k in keys]
         src, prev = _last_computed(codes, mask)
