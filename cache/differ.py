@@ -128,11 +128,13 @@ class FrameDiffer:
         ts = np.asarray(ts, dtype=np.float64)
         groups, bad = self._prepare(data)
         process = np.zeros(n, bool)
-        reason = np.full(n, "reuse", dtype=object)
-        dist = np.full(n, np.nan)
+        reason = np.empty(n, dtype=object)
+        reason.fill("reuse")
+        dist = np.empty(n)
+        dist.fill(np.nan)
         since = np.zeros(n, np.int64)
         age = np.zeros(n)
-        thr = np.full(n, np.nan)
+        thr = dist.copy()
         out = Decision(process, reason, dist, since, age, thr, bad)
         if not bad and len(groups) == 1:            # the usual micro-batch: one camera, one frame size
             uniques = [keys[0]] if n == 1 else factorize(keys)[1]

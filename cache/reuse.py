@@ -210,25 +210,32 @@ class ReuseTracker:
 
     def merge_reused(self, batch: Batch) -> Batch:
         """:meth:`merge` for a batch in which every row is marked ``reused`` (nothing computed, nothing to
-        report): each row gets its key's last result, one ``np.full`` per result column and key."""
+        report): each row gets its key's last result, one fill per result column (and key)."""
         n = len(batch)
         fields, tags, extra = self.result_fields or self.names[0], self.names[1], self.names[2]
-        codes, keys = key_codes(batch, self.key)
-        keys = [k[0] if len(k) == 1 else k for k in keys]
-        one = len(keys) == 1
+        col = key_column(batch, self.key) if len(self.key) == 1 else None
+        if col is not None and (n == 1 or bool((col == col[0]).all())):
+            codes, keys = None, [col[0]]             # one key (the usual micro-batch)
+        else:
+            codes, keys = key_codes(batch, self.key)
+            keys = [k[0] if len(k) == 1 else k for k in keys]
+        lasts = [self.last.get(k, _NOTHING) for k in keys]
         cols: dict[str, dict[str, np.ndarray]] = {}
         for part, names, absent in (("fields", fields, np.nan), ("tags", tags, None), ("extra", extra, None)):
             out = cols[part] = {}
             for name in names:
-                values = [self.last.get(k, _NOTHING)[part].get(name, absent) for k in keys]
+                values = [last[part].get(name, absent) for last in lasts]
+                if codes is None:
+                    c = out[name] = np.empty(n, np.float64 if part == "fields" else object)
+                    c.fill(values[0])                # an array value stays one object per row
+                    continue
                 if part == "fields":
-                    out[name] = (np.full(n, values[0], dtype=np.float64) if one
-                                 else np.asarray(values, dtype=np.float64)[codes])
+                    out[name] = np.asarray(values, dtype=np.float64)[codes]
                     continue
                 table = np.empty(len(keys), dtype=object)
-                for i, v in enumerate(values):      # per key, never per row (array values stay one object)
+                for i, v in enumerate(values):      # per key, never per row
                     table[i] = v
-                out[name] = np.broadcast_to(table, (n,)).copy() if one else table[codes]
+                out[name] = table[codes]
         return Batch(batch.ts, {**batch.tags, **cols["tags"]}, {**batch.fields, **cols["fields"]}, batch.frames,
                      {**batch.extra, **cols["extra"]})
 

@@ -314,18 +314,19 @@ def test_reuse_merge_is_the_per_row_rule():
     assert sink.audits == expected_audits and len(expected_audits) > 10
 
 
-def test_merge_of_an_all_reused_batch_equals_the_general_merge():
+@pytest.mark.parametrize("key", [["device"], ["device", "site"]])
+def test_merge_of_an_all_reused_batch_equals_the_general_merge(key):
     """The onnx stage's shortcut for a batch with nothing to compute (``merge_reused``) gives what ``merge``
     gives: per key its last result (fields, tags, array annotations), NaN/None for a key with no result yet."""
     from cache.reuse import ReuseTracker
     from pipeline.batch import Batch
 
     rng = np.random.default_rng(11)
-    t = ReuseTracker(["device"])
+    t = ReuseTracker(key)
 
     def batch(keys, reused):
-        return Batch.from_records([{"ts": float(i), "tags": {"device": str(k)}, "reused": bool(r), "diff_by": "fd"}
-                                   for i, (k, r) in enumerate(zip(keys, reused))])
+        return Batch.from_records([{"ts": float(i), "tags": {"device": str(k), "site": "s" + str(k)[:1]},
+                                    "reused": bool(r), "diff_by": "fd"} for i, (k, r) in enumerate(zip(keys, reused))])
 
     def same(a, b):
         assert len(a) == len(b)
