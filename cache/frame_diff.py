@@ -43,7 +43,7 @@ class FrameDiffConfig(StageConfig):
     downscale: int = Field(8, ge=1, le=64, description="Frames are compared on a grayscale copy shrunk by this factor in both axes.")
     sampling: Literal["sparse", "stride", "area"] = Field(
         "sparse", description="How a cell of the small copy is read: the luma of two pixels of its middle row (`sparse`), its "
-        "centre pixel's green channel (`stride`: one strided copy per frame, about 6x cheaper on frames in cache; it skips "
+        "centre pixel's green channel (`stride`: one strided copy per frame, no arithmetic: cheaper, and it skips "
         "differently, see docs/redundancy.md), or the luma of every pixel (`area`).")
     pixel_threshold: float = Field(25.0, ge=0, description="Gray-level change (0..255) that makes a pixel count as changed (`pixel`, `block`).")
     blocks: int = Field(8, ge=1, le=256, description="Grid size for `block` (blocks x blocks cells).")
