@@ -40,8 +40,10 @@ from pipeline.keys import key_codes
 from pipeline.stage import Context, Stage, StateChanges
 from pipeline.statefiles import private_dir, write_private
 
+from .anomaly_bank import KeyBank
+from .anomaly_keys import PerKeyPath
 from .base import DETECTORS, detector_class, make_detector
-from .keystate import AdaptiveThreshold, Debounce, KeyState
+from .keystate import KeyState
 from .state import dump_model, load_model
 
 DEFAULT_ALERT_RATE = 1e-4  # `residual`: one normal reading in 10,000 flagged
@@ -101,7 +103,7 @@ class AnomalyConfig(StageConfig):
         return self
 
 
-class Anomaly(Stage):
+class Anomaly(PerKeyPath, Stage):
     """Per-key online anomaly detection with thresholds, debouncing, drift events and spill (module docstring)."""
 
     Config = AnomalyConfig
@@ -117,46 +119,60 @@ class Anomaly(Stage):
         self.spill_dir = Path(ctx.state_dir) / "anomaly" / ctx.stage_id
         self.where = f"anomaly {ctx.stage_id!r}"
         self.threshold = config.effective_threshold
+        self.bank = self._new_bank()
+        if self.bank is not None:
+            self.models = self.bank.slots  # key -> slot: the keys' states live in the bank's arrays
+
+    def _new_bank(self) -> KeyBank | None:
+        """The cross-key engine, for `residual` without `adaptive` or `drift` (those run key by key)."""
+        c = self.config
+        if c.detector != "residual" or c.adaptive is not None or c.drift != "none":
+            return None
+        proto = make_detector(c.detector, self.fields, c.detector_params())
+        return KeyBank(proto, c.effective_threshold, c.alert_after, c.clear_after)
+
+    def _keystate(self, key: tuple) -> KeyState:
+        return self.bank.keystate(key) if self.bank is not None else self.models[key]
+
+    def _put(self, key: tuple, st: KeyState, where: str) -> None:
+        if self.bank is not None:
+            self.bank.adopt(key, st, where)
+        else:
+            self.models[key] = st
 
     # ------------------------------------------------------------------ models
-    def _new(self, now: float) -> KeyState:
-        c = self.config
-        drift = None
-        if c.drift != "none":
-            from river import drift as rdrift
-
-            drift = [rdrift.ADWIN() if c.drift == "adwin" else rdrift.PageHinkley() for _ in self.fields]
-        return KeyState(
-            detector=make_detector(c.detector, self.fields, c.detector_params()),
-            last=np.full(len(self.fields), np.nan),
-            threshold=AdaptiveThreshold(c.effective_threshold, c.adaptive) if c.adaptive else None,
-            debounce=Debounce(c.alert_after, c.clear_after),
-            drift=drift, last_seen=now)
-
-    def _get(self, key: tuple, now: float) -> KeyState:
-        st = self.models.get(key)
-        if st is None:
+    def _slot(self, key: tuple) -> int:
+        """`_get` for the bank: the key's slot, created or reloaded from its spill file."""
+        slot = self.bank.slots.get(key)
+        if slot is None:
             path = self.spilled.pop(key, None)
             if path is not None:
-                st = load_model(path.read_bytes(), str(path))
+                self.bank.adopt(key, load_model(path.read_bytes(), str(path)), str(path))
                 path.unlink(missing_ok=True)
                 self.ctx.count("models_reloaded")
             else:
-                st = self._new(now)
+                self.bank.new(key)
                 self.ctx.count("models_created")
-            self.models[key] = st
-        st.last_seen = now
+            slot = self.bank.slots[key]
         self.dirty.add(key)
-        return st
+        return slot
 
     def _spill_idle(self, now: float) -> None:
         if self.config.idle_spill is None:
             return
-        idle = [k for k, st in self.models.items() if now - st.last_seen >= self.config.idle_spill]
+        if self.bank is not None:
+            seen = self.bank.a.last_seen[[self.bank.slots[k] for k in self.bank.slots]]
+            idle = [k for k, t in zip(list(self.bank.slots), seen.tolist()) if now - t >= self.config.idle_spill]
+        else:
+            idle = [k for k, st in self.models.items() if now - st.last_seen >= self.config.idle_spill]
         if idle:
             private_dir(self.spill_dir)
         for k in idle:  # not fsynced: after a crash the checkpoint, not the spill folder, is what counts
-            write_private(self._spill_path(k), dump_model(self.models.pop(k)), durable=False)
+            write_private(self._spill_path(k), dump_model(self._keystate(k)), durable=False)
+            if self.bank is not None:
+                self.bank.drop(k)
+            else:
+                del self.models[k]
             self.spilled[k] = self._spill_path(k)
         if idle:
             self.ctx.count("models_spilled", len(idle))
@@ -200,48 +216,10 @@ class Anomaly(Stage):
         count = np.zeros(n)
         events: list[dict] = []
         codes, keys = key_codes(batch, self.config.key)
-        order = np.argsort(codes, kind="stable")
-        bounds = np.flatnonzero(np.diff(codes[order])) + 1
-        for rows in np.split(order, bounds):
-            key = keys[codes[rows[0]]]
-            rows = rows[keep[rows]]
-            if not len(rows):
-                continue
-            st = self._get(key, now)
-            Xk = X[rows]
-            if not any_bad:  # the common case: every reading usable and learned
-                learn = np.ones(len(rows), dtype=bool)
-                st.last = Xk[-1].copy()
-            else:
-                badk = bad[rows]
-                learn = ~badk.any(axis=1)
-                if c.bad_values == "impute_last" and badk.any():
-                    Xk = _forward_fill(Xk, badk, st.last)
-                usable = np.isfinite(Xk).all(axis=1)
-                if learn.any():
-                    st.last = Xk[learn][-1].copy()
-                rows, Xk, learn = rows[usable], Xk[usable], learn[usable]
-                if not len(rows):
-                    continue
-            cuts = self._drift(st, key, Xk, learn, rows, batch.ts, events)
-            threshold = self.threshold
-            protect = threshold if c.learn == "normal" else None
-            s, warm = np.zeros(len(rows)), np.zeros(len(rows), dtype=bool)
-            tsk = batch.ts[rows]
-            for a, b in zip([0, *cuts], [*cuts, len(rows)]):  # relearn: a fresh model from the drift row on
-                if a > 0:
-                    st.detector = make_detector(c.detector, self.fields, c.detector_params())
-                if getattr(st.detector, "uses_time", False):
-                    s[a:b], warm[a:b] = st.detector.score_learn_many(Xk[a:b], protect, learn[a:b], ts=tsk[a:b])
-                else:
-                    s[a:b], warm[a:b] = st.detector.score_learn_many(Xk[a:b], protect, learn[a:b])
-            flags = st.threshold.flags(s, warm) if st.threshold else (s >= threshold) & ~warm
-            state, opened, cnt, closed = st.debounce.apply(flags, batch.ts[rows])
-            score[rows], count[rows] = s, cnt
-            cols["is_anomaly"][rows], cols["warming_up"][rows], cols["anomaly_alert"][rows] = state, warm, opened
-            for start, end, k, r in closed:
-                events.append((int(rows[r]), self._event(key, end, "anomaly_end",
-                                                         {"anomaly_count": k, "duration_s": end - start})))
+        if self.bank is not None:
+            self._process_bank(batch, codes, keys, X, bad, keep, now, score, cols, count, events)
+        else:
+            self._process_keys(batch, codes, keys, X, bad, keep, any_bad, now, score, cols, count, events)
         out = batch.with_fields(anomaly_score=score, anomaly_count=count, **cols)
         if not keep.all():
             out = out.take(keep)
@@ -253,29 +231,34 @@ class Anomaly(Stage):
             out = out.take(np.argsort(pos, kind="stable"))
         return out
 
+    def _process_bank(self, batch, codes, keys, X, bad, keep, now, score, cols, count, events) -> None:
+        """All keys at once (`KeyBank`): the same outputs as `_process_keys`, without a loop over keys."""
+        bank = self.bank
+        rows = np.flatnonzero(keep)
+        present = np.unique(codes[rows])
+        named = [keys[code] for code in present.tolist()]
+        found = [bank.slots.get(k) for k in named]
+        slot_of = np.full(len(keys), -1, dtype=np.int64)
+        slot_of[present] = [self._slot(k) if slot is None else slot for k, slot in zip(named, found)]
+        self.dirty.update(named)
+        s = slot_of[codes[rows]]
+        bank.a.last_seen[s] = now
+        Xr, learn = bank.impute(s, X[rows], bad[rows], self.config.bad_values == "impute_last")
+        usable = np.flatnonzero(np.isfinite(Xr).all(axis=1))
+        u, su, ts = rows[usable], s[usable], batch.ts[rows[usable]]
+        sc, warm = bank.det.score_learn(su, Xr[usable], ts, learn[usable])
+        state, opened, cnt, closed = bank.debounce(su, (sc >= self.threshold) & ~warm, ts)
+        score[u], count[u] = sc, cnt
+        cols["is_anomaly"][u], cols["warming_up"][u], cols["anomaly_alert"][u] = state, warm, opened
+        for r, start, end, k in closed:
+            events.append((int(u[r]), self._event(bank.keys[su[r]], end, "anomaly_end",
+                                                  {"anomaly_count": k, "duration_s": end - start})))
+
     def _event(self, key: tuple, ts: float, kind: str, fields: dict, **extra) -> dict:
         tags = {k: v for k, v in zip(self.config.key, key) if v is not None}
         base = {"anomaly_score": None, "is_anomaly": False, "warming_up": False, "anomaly_alert": False,
                 "anomaly_count": 0.0}  # same columns as readings, so bool columns stay bool after concat
         return {"ts": ts, "tags": tags, "fields": {**base, **fields}, "event": kind, **extra}
-
-    def _drift(self, st: KeyState, key: tuple, Xk: np.ndarray, learn: np.ndarray, rows: np.ndarray,
-               ts: np.ndarray, events: list) -> list[int]:
-        """Feed the good rows to the per-field drift detectors; return the rows where the model restarts."""
-        if st.drift is None:
-            return []
-        cuts = set()
-        good = np.flatnonzero(learn)
-        for j, det in enumerate(st.drift):
-            for i, v in zip(good.tolist(), Xk[good, j].tolist()):
-                det.update(v)
-                if det.drift_detected:
-                    self.ctx.count("drifts")
-                    events.append((int(rows[i]), self._event(key, float(ts[rows[i]]), "drift", {},
-                                                             drift_field=self.fields[j])))
-                    if self.config.relearn_on_drift:  # from the next row on (maybe the next batch's)
-                        cuts.add(i + 1)
-        return sorted(cuts)
 
     def tick(self, now: float) -> None:
         self._spill_idle(self.ctx.clock())
@@ -292,7 +275,7 @@ class Anomaly(Stage):
 
     def _entry(self, key: tuple) -> dict | None:
         if key in self.models:
-            return {"model": dump_model(self.models[key]), "spilled": False}
+            return {"model": dump_model(self._keystate(key)), "spilled": False}
         path = self.spilled.get(key)
         return {"model": path.read_bytes(), "spilled": True} if path is not None and path.exists() else None
 
@@ -313,6 +296,9 @@ class Anomaly(Stage):
 
     def restore_entries(self, entries: dict) -> None:
         self.models, self.spilled, self.dirty, self._taken = {}, {}, set(), set()
+        self.bank = self._new_bank()
+        if self.bank is not None:
+            self.models = self.bank.slots
         if self.spill_dir.is_dir():  # spilled after the checkpoint: the checkpoint's entries replace them
             for stale in self.spill_dir.glob("*.state"):
                 stale.unlink()
@@ -321,12 +307,5 @@ class Anomaly(Stage):
                 write_private(self._spill_path(k), entry["model"], durable=False)
                 self.spilled[k] = self._spill_path(k)
             else:
-                self.models[k] = load_model(entry["model"], f"{self.where}, model of key {k!r}", hint="")
-
-
-def _forward_fill(X: np.ndarray, bad: np.ndarray, last: np.ndarray) -> np.ndarray:
-    """Replace bad cells by the previous good value of the same column (or `last` from earlier batches)."""
-    X = np.vstack([last[None, :], np.where(bad, np.nan, X)])
-    idx = np.where(np.isfinite(X), np.arange(len(X))[:, None], 0)
-    np.maximum.accumulate(idx, axis=0, out=idx)
-    return X[idx, np.arange(X.shape[1])][1:]
+                where = f"{self.where}, model of key {k!r}"
+                self._put(k, load_model(entry["model"], where, hint=""), where)

@@ -19,7 +19,7 @@ from .errors import ConfigError
 
 # Commands implemented elsewhere: name -> "module:function" taking argv and returning an exit code.
 EXTERNAL_COMMANDS: dict[str, tuple[str, str]] = {
-    "demo": ("pipeline.demo", "main"),
+    "demo": ("connectors.simulate.demo", "main"),
     "simulate": ("connectors.simulate", "main"),
     "quantize": ("pipeline.quantize", "main"),
     "outbox": ("connectors.influx.outbox_cli", "main"),

@@ -127,6 +127,11 @@ class Pipeline:
             positions = self._restore(sources, sinks)
             if rt.checkpoint.path:     # the state now is the restored checkpoint (or nothing yet): age 0
                 self.metrics.set_gauge("runtime", "last_checkpoint_time", time.time())
+            elif live := [c.id for c in spec.sources if c.type == "mqtt"]:
+                log.warning("pipeline %r runs without checkpoints (runtime.checkpoint.path is not set): source(s) %s "
+                            "acknowledge messages as soon as they are processed and open windows and learned models "
+                            "live only in memory, so a restart or crash loses them; set runtime.checkpoint.path to "
+                            "keep them", self.name, ", ".join(live))
             self._source_error = None
             queues = {sid: queue.Queue(maxsize=c.max_queue) for sid, c in ((c.id, c) for c in spec.sources)}
             wake = threading.Event()

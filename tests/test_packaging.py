@@ -32,7 +32,7 @@ def test_running_a_pipeline_imports_neither_pytest_nor_matplotlib():
             "from pipeline import registry\n"
             "for kind, table in registry.KINDS.items():\n"
             "    for name in table: registry.load(kind, name)\n"
-            "import pipeline.cli, pipeline.runtime, pipeline.trial, pipeline.demo\n"
+            "import pipeline.cli, pipeline.runtime, pipeline.trial, connectors.simulate.demo\n"
             "bad = sorted(m for m in ('pytest', 'matplotlib', 'jsonschema') if m in sys.modules)\n"
             "assert not bad, bad\n")
     r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
@@ -40,8 +40,8 @@ def test_running_a_pipeline_imports_neither_pytest_nor_matplotlib():
 
 
 def test_demo_says_how_to_get_the_png_without_matplotlib(monkeypatch, tmp_path):
-    from pipeline.demo import NO_MATPLOTLIB, report_png
-    from pipeline.demo.report import write_report
+    from connectors.simulate.demo import NO_MATPLOTLIB, report_png
+    from connectors.simulate.demo.report import write_report
 
     monkeypatch.setitem(sys.modules, "matplotlib", None)           # as if it were not installed
     assert report_png(write_report, None, tmp_path / "r.png", "t", 0) == NO_MATPLOTLIB

@@ -259,11 +259,24 @@ class Decoder:
             if rows is not None:
                 b.add(rows)
                 return len(rows)
+        refused: list[tuple[int, Any, DecodeError]] = []
         for i, r in enumerate(obj):
-            if type(r) is not dict:
-                raise DecodeError("wrong_type", f"reading [{i}] is a {type(r).__name__}, not an object")
-            self._reading(r, b, topic_tags, arrival, i, 2)
-        return len(obj)
+            mark = b.mark()
+            try:
+                if type(r) is not dict:
+                    raise DecodeError("wrong_type", f"reading [{i}] is a {type(r).__name__}, not an object")
+                self._reading(r, b, topic_tags, arrival, i, 2)
+            except DecodeError as e:     # this reading only: the message's other readings are kept
+                b.rollback(mark)
+                refused.append((i, r, e))
+        kept = len(obj) - len(refused)
+        if refused and not kept:
+            raise refused[0][2]          # nothing usable: the message is refused whole, as one dead letter
+        from connectors.mqtt.readings import ReadingError
+
+        for i, r, e in refused:
+            self._partial.append(ReadingError.of(e, r, i, kept))
+        return kept
 
     def _reading(self, obj: dict, b: RowBuilder, topic_tags, arrival: float, i: int, depth: int) -> None:
         """One reading, per the rules of connectors/mqtt/readings.py."""

@@ -36,6 +36,26 @@ _WARN_NAMES = 200     # distinct dropped text fields warned about per decoder (t
 class FieldError(DecodeError):
     """One bad field of a reading that was otherwise kept: dead-lettered alone."""
 
+    payload: bytes | None = None     # what the dead letter carries instead of the whole message (None: the message)
+
+
+class ReadingError(FieldError):
+    """One refused reading of a json-batch message whose other readings were kept: dead-lettered alone.
+
+    The dead letter carries that reading only (as JSON), not the message, so replaying dead letters cannot
+    ingest the kept readings a second time.
+    """
+
+    @classmethod
+    def of(cls, e: DecodeError, reading, i: int, kept: int, unit: str = "reading") -> "ReadingError":
+        import json
+
+        where = "" if f"[{i}]" in e.detail else f"{unit} [{i}]: "
+        err = cls(e.reason, f"{where}{e.detail}; this {unit} was dead-lettered alone, the message's other {kept} "
+                            f"{unit}{'s were' if kept != 1 else ' was'} kept")
+        err.payload = json.dumps(reading, default=repr).encode()
+        return err
+
 
 def _number(s: str) -> float | None:
     try:

@@ -3,7 +3,10 @@
 Base name/time/value resolve per record (``bn`` + ``n``, ``bt`` + ``t``, ``bv`` + ``v``); times below 2**28 are
 relative to the arrival time. Records with the same base name and time become one reading whose fields are the
 record names (``value`` when empty, ``<name>_sum`` for ``s``) and whose tag ``device`` (``senml_device_tag``) is the
-base name without a trailing ``:`` or ``/``. String and data values (``vs``, ``vd``) are refused (``wrong_type``).
+base name without a trailing ``:`` or ``/``. String and data values (``vs``, ``vd``) are dropped and counted
+(``text_fields_dropped``); any other bad record is dead-lettered alone (``ReadingError``) and the pack's other records
+kept. A pack with nothing usable, or with a bad base value (``bn``, ``bt``, ``bv``: every later record depends on
+it), is refused whole.
 
 >>> from connectors.mqtt.codecs import CodecOptions, Decoder, RowBuilder
 >>> b = RowBuilder()
@@ -33,36 +36,34 @@ def decode_senml(dec, payload: bytes, b, topic_tags: dict[str, str], arrival: fl
     bn, bt, bv = "", 0.0, 0.0
     rows: dict[tuple[str, float], dict[str, Any]] = {}
     no_time = True
+    refused: list[tuple[int, Any, DecodeError]] = []
+    texts = 0
     for i, rec in enumerate(pack):
         if type(rec) is not dict:
-            raise DecodeError("wrong_type", f"SenML record [{i}] is a {type(rec).__name__}, not an object")
-        bn = _get(rec, "bn", str, bn, i)
+            refused.append((i, rec, DecodeError("wrong_type", f"SenML record [{i}] is a {type(rec).__name__}, "
+                                                              "not an object")))
+            continue
+        bn = _get(rec, "bn", str, bn, i)      # a bad base value changes every later record: the pack is refused
         bt = _get(rec, "bt", (int, float), bt, i)
         bv = _get(rec, "bv", (int, float), bv, i)
-        n = _get(rec, "n", str, "", i)
-        t = _get(rec, "t", (int, float), 0.0, i)
+        try:
+            n, when, v = _record(rec, i, bn, bt, bv, arrival)
+        except DecodeError as e:               # this record only: the pack's other records are kept
+            refused.append((i, rec, e))
+            texts += type(e) is _TextValue
+            continue
         if "t" in rec or "bt" in rec:
             no_time = False
-        if "v" in rec:
-            v = _get(rec, "v", (int, float), 0.0, i) + bv
-        elif "vb" in rec:
-            v = _get(rec, "vb", bool, False, i)
-        elif "vs" in rec or "vd" in rec:
-            raise DecodeError("wrong_type", f"SenML record [{i}] ({bn + n!r}) has a string/data value; "
-                                            "only numeric (v) and boolean (vb) values are readings")
-        elif "s" in rec:
-            v, n = _get(rec, "s", (int, float), 0.0, i), (n or "value") + "_sum"
-        else:
-            raise DecodeError("missing_field", f"SenML record [{i}] ({bn + n!r}) has no value (v, vb or s)")
-        if type(v) is float and v - v:
-            raise DecodeError("non_finite", f"SenML record [{i}] value is {v}")
-        when = bt + t
-        if when < _RELATIVE:
-            when = arrival + when
-        dev = bn.rstrip(":/") if bn else ""
-        if not n:
-            n = "value"
-        rows.setdefault((dev, when), {})[n] = v
+        rows.setdefault((bn.rstrip(":/") if bn else "", when), {})[n] = v
+    if refused and not rows:
+        raise refused[0][2]                   # nothing usable: refused whole, as one dead letter
+    if refused:
+        from connectors.mqtt.readings import ReadingError
+
+        dec._rules.dropped += texts           # string/data values: dropped and counted, like json text fields
+        for i, rec, e in refused:
+            if type(e) is not _TextValue:
+                dec._partial.append(ReadingError.of(e, rec, i, len(pack) - len(refused), "record"))
     for (dev, when), fields in rows.items():
         b.begin_row(when, topic_tags, arrival_ts=no_time)
         if dev:
@@ -71,6 +72,33 @@ def decode_senml(dec, payload: bytes, b, topic_tags: dict[str, str], arrival: fl
             b.field(k, v)
         b.end_row()
     return len(rows)
+
+class _TextValue(DecodeError):
+    """A string or data value (vs, vd): not a reading."""
+
+
+def _record(rec: dict, i: int, bn: str, bt: float, bv: float, arrival: float) -> tuple[str, float, Any]:
+    """(field name, event time, value) of one record, base values resolved; raises DecodeError."""
+    n = _get(rec, "n", str, "", i)
+    t = _get(rec, "t", (int, float), 0.0, i)
+    if "v" in rec:
+        v = _get(rec, "v", (int, float), 0.0, i) + bv
+    elif "vb" in rec:
+        v = _get(rec, "vb", bool, False, i)
+    elif "vs" in rec or "vd" in rec:
+        raise _TextValue("wrong_type", f"SenML record [{i}] ({bn + n!r}) has a string/data value; "
+                                        "only numeric (v) and boolean (vb) values are readings")
+    elif "s" in rec:
+        v, n = _get(rec, "s", (int, float), 0.0, i), (n or "value") + "_sum"
+    else:
+        raise DecodeError("missing_field", f"SenML record [{i}] ({bn + n!r}) has no value (v, vb or s)")
+    if type(v) is float and v - v:
+        raise DecodeError("non_finite", f"SenML record [{i}] value is {v}")
+    when = bt + t
+    if when < _RELATIVE:
+        when = arrival + when
+    return n or "value", when, v
+
 
 def _get(rec: dict, key: str, types, default, i: int):
     if key not in rec:

@@ -226,8 +226,8 @@ class MqttSource(Source):
             self.ctx.count(name, n)
 
     def _refuse(self, arrival: float, topic: str, payload: bytes, e: Exception) -> None:
-        if isinstance(e, DecodeError):
-            self._reject(arrival, topic, e.reason, e.detail, payload)
+        if isinstance(e, DecodeError):   # a refused reading of a kept message carries only itself
+            self._reject(arrival, topic, e.reason, e.detail, getattr(e, "payload", None) or payload)
         else:     # a decoder bug must not stop the source: dead-letter and go on
             log.error("%s: decoding a message on %r failed", self.where, topic, exc_info=e)
             self._reject(arrival, topic, "undecodable", f"decoder error {type(e).__name__}: {e}", payload)

@@ -44,6 +44,7 @@ class TrustPolicy:
     pin: str | None = None
     public_key: Path | None = None
     require_digest: bool = False   # the pipeline pins: refuse a model without a pin or manifest, ignore side files
+    serial_file: Path | None = None  # where the highest manifest serial loaded so far is kept (outside the folder)
 
 
 def sidecar_sha256(model_file: Path) -> str | None:
@@ -75,6 +76,13 @@ def read_manifest(folder: Path, public_key: Path | None) -> dict[str, str] | Non
     """``{version: sha256}`` from ``folder/manifest.json``, its signature verified when a key is given.
 
     None when there is no manifest and no key asks for one."""
+    doc = read_manifest_doc(folder, public_key)
+    return None if doc is None else doc["versions"]
+
+
+def read_manifest_doc(folder: Path, public_key: Path | None) -> dict | None:
+    """The manifest: ``versions`` ({version: sha256}), ``current`` (the version to serve, or None) and ``serial``
+    (an integer that grows with every manifest written, 0 when absent); the signature verified when a key is given."""
     folder = Path(folder)
     try:
         raw = (folder / MANIFEST).read_bytes()
@@ -88,16 +96,21 @@ def read_manifest(folder: Path, public_key: Path | None) -> dict[str, str] | Non
     if public_key is not None:
         _verify_signature(folder, raw, public_key)
     try:
-        versions = json.loads(raw)["versions"]
+        doc = json.loads(raw)
+        versions = doc["versions"]
         if not isinstance(versions, dict):
             raise TypeError
         out = {str(v): str(d).lower() for v, d in versions.items()}
-    except (ValueError, KeyError, TypeError):
-        raise IntegrityError(f"{folder / MANIFEST} is not a manifest: expected {{\"versions\": {{\"v1\": \"<sha256>\"}}}}") from None
+        current, serial = doc.get("current"), doc.get("serial", 0)
+        if current is not None and not isinstance(current, str) or type(serial) is not int or serial < 0:
+            raise TypeError
+    except (ValueError, KeyError, TypeError, AttributeError):
+        raise IntegrityError(f"{folder / MANIFEST} is not a manifest: expected {{\"versions\": {{\"v1\": \"<sha256>\"}}}}"
+                             " (optional: \"current\": a version name, \"serial\": a non-negative integer)") from None
     bad = [v for v, d in out.items() if not _HEX64.match(d)]
     if bad:
         raise IntegrityError(f"{folder / MANIFEST}: version {bad[0]!r} has no valid sha256 (64 hex digits)")
-    return out
+    return {"versions": out, "current": current, "serial": serial}
 
 
 def _verify_signature(folder: Path, raw: bytes, public_key: Path) -> None:
@@ -124,11 +137,13 @@ def expected_digests(file: Path, folder: Path | None, version: str | None, polic
     if policy.pin:
         checks.append((policy.pin.lower(), "the pinned sha256"))
     if folder is not None:
-        manifest = read_manifest(folder, policy.public_key)
-        if manifest is not None:
+        doc = read_manifest_doc(folder, policy.public_key)
+        if doc is not None:
+            manifest = doc["versions"]
             if version not in manifest:
                 raise IntegrityError(f"version {version!r} is not listed in {folder / MANIFEST}: add it with "
                                      f"`edgesieve model manifest {folder}` (and sign it when a public_key is set)")
+            _check_fresh(folder, version, doc, policy)
             checks.append((manifest[version], f"{folder / MANIFEST}" + (" (signed)" if policy.public_key else "")))
     elif policy.public_key is not None:
         raise IntegrityError(f"{file} is a single file, but the pipeline names a public_key: signed models live in a "
@@ -143,9 +158,71 @@ def expected_digests(file: Path, folder: Path | None, version: str | None, polic
     return checks
 
 
-def write_manifest(folder: Path, versions: dict[str, str]) -> dict:
-    """Write ``folder/manifest.json`` for ``{version: sha256}`` (sorted, so the same input gives the same bytes)."""
-    doc = {"format": "edgesieve-model-manifest/1", "versions": dict(sorted(versions.items()))}
+def _check_fresh(folder: Path, version: str, doc: dict, policy: TrustPolicy) -> None:
+    """Rollback protection: the pointer must name the manifest's ``current``, and the manifest may not be older
+    (a lower ``serial``) than one this stage loaded before."""
+    if doc["current"] is not None and version != doc["current"]:
+        raise IntegrityError(f"{folder}: the 'current' pointer names {version!r} but {MANIFEST} names "
+                             f"{doc['current']!r} as current: the pointer was changed without a new manifest (a rollback?); "
+                             f"serve another version with `edgesieve model manifest {folder} --current VERSION --sign KEY`")
+    seen = loaded_serial(policy.serial_file, folder)
+    if doc["serial"] < seen:
+        raise IntegrityError(f"{folder / MANIFEST} has serial {doc['serial']}, older than serial {seen} loaded before "
+                             f"(remembered in {policy.serial_file}): an old manifest was put back (a rollback?); "
+                             "write and sign a new manifest, or delete that file to accept it")
+
+
+def loaded_serial(serial_file: Path | None, folder: Path) -> int:
+    """The highest manifest serial loaded from ``folder`` so far (0: none remembered)."""
+    if serial_file is None:
+        return 0
+    try:
+        seen = json.loads(Path(serial_file).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return 0
+    except (OSError, ValueError) as exc:
+        raise IntegrityError(f"cannot read {serial_file} (the manifest serials loaded before): {exc}; delete it to "
+                             "start remembering afresh") from None
+    value = seen.get(str(Path(folder).resolve()), 0) if isinstance(seen, dict) else 0
+    return value if type(value) is int else 0
+
+
+def remember_serial(serial_file: Path | None, folder: Path, public_key: Path | None) -> None:
+    """After a model from ``folder`` loaded: keep its manifest's serial when it is the highest so far."""
+    if serial_file is None:
+        return
+    doc = read_manifest_doc(folder, public_key)
+    if doc is None or doc["serial"] <= loaded_serial(serial_file, folder):
+        return
+    path = Path(serial_file)
+    try:
+        seen = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        seen = {}
+    seen = seen if isinstance(seen, dict) else {}
+    seen[str(Path(folder).resolve())] = doc["serial"]
+    from pipeline.statefiles import private_dir, write_private
+
+    private_dir(path.parent)
+    write_private(path, (json.dumps(seen, indent=1, sort_keys=True) + "\n").encode())
+
+
+def write_manifest(folder: Path, versions: dict[str, str], current: str | None = None,
+                   serial: int | None = None) -> dict:
+    """Write ``folder/manifest.json`` for ``{version: sha256}`` (sorted, so the same input gives the same bytes).
+
+    ``serial`` defaults to one more than the manifest there now (1 for the first); ``current``, when given, is the
+    only version a pointer may name while this manifest stands."""
+    if serial is None:
+        try:
+            serial = int(json.loads((Path(folder) / MANIFEST).read_text(encoding="utf-8")).get("serial", 0)) + 1
+        except (OSError, ValueError, TypeError, AttributeError):
+            serial = 1
+    if current is not None and current not in versions:
+        raise IntegrityError(f"--current {current!r} is not a version in {folder} (have: {', '.join(sorted(versions))})")
+    doc = {"format": "edgesieve-model-manifest/1", "serial": serial, "versions": dict(sorted(versions.items()))}
+    if current is not None:
+        doc["current"] = current
     (Path(folder) / MANIFEST).write_text(json.dumps(doc, indent=2) + "\n", encoding="utf-8")
     return doc
 

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .integrity import VERSION_NAME, IntegrityError, TrustPolicy, expected_digests
+from .integrity import VERSION_NAME, IntegrityError, TrustPolicy, expected_digests, remember_serial
 
 ORT_DTYPES = {
     "tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(double)": np.float64,
@@ -174,6 +174,11 @@ def load_model(path: Path, *, policy: TrustPolicy = TrustPolicy(),
         sess = ort.InferenceSession(data, sess_options=opts, providers=chosen)
     except Exception as exc:  # onnxruntime raises several types for a bad model
         raise ModelError(f"onnxruntime cannot load {file}: {str(exc).splitlines()[0][:300]}") from exc
+    if version is not None:
+        try:
+            remember_serial(policy.serial_file, Path(path), policy.public_key)
+        except (IntegrityError, OSError) as exc:
+            raise ModelRefused(f"model {file} verified, but its manifest serial could not be remembered: {exc}") from None
     inputs = {a.name: _info(a) for a in sess.get_inputs()}
     outputs = {a.name: _info(a) for a in sess.get_outputs()}
     firsts = {i.shape[0] if i.shape else None for i in inputs.values()}

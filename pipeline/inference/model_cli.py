@@ -6,7 +6,7 @@ A versioned model folder holds one folder (or ``.onnx`` file) per version and a 
       v1/camera_counter.onnx
       v2/camera_counter.onnx
       current            # "v2", or a symlink current -> v2
-      manifest.json      # {"versions": {"v1": "<sha256>", "v2": "<sha256>"}}  (edgesieve model manifest)
+      manifest.json      # {"serial": 3, "current": "v2", "versions": {"v1": "<sha256>", ...}}  (edgesieve model manifest)
       manifest.json.sig  # Ed25519 signature of manifest.json, base64           (--sign KEY)
 
 Sign where the private key lives (a build machine), ship the folder through any channel, and name the public
@@ -67,10 +67,14 @@ def _manifest(args) -> int:
     if not versions:
         print(f"edgesieve model manifest: {folder} holds no version (v1/model.onnx or v1.onnx)", file=sys.stderr)
         return 1
-    write_manifest(folder, versions)
+    try:
+        doc = write_manifest(folder, versions, current=args.current)
+    except IntegrityError as exc:
+        print(f"edgesieve model manifest: {exc}", file=sys.stderr)
+        return 1
     for v, d in versions.items():
-        print(f"{v}  {d}")
-    print(f"wrote {folder / MANIFEST}")
+        print(f"{v}  {d}" + ("  (current)" if v == args.current else ""))
+    print(f"wrote {folder / MANIFEST} (serial {doc['serial']})")
     if args.sign:
         print(f"wrote {sign_manifest(folder, Path(args.sign))}")
     return 0
@@ -105,6 +109,8 @@ def main(argv: list[str]) -> int:
     m = sub.add_parser("manifest", help="write FOLDER/manifest.json with the sha256 of every version")
     m.add_argument("folder")
     m.add_argument("--sign", metavar="PRIVATE_KEY", help="also write manifest.json.sig with this private key")
+    m.add_argument("--current", metavar="VERSION", help="the only version a 'current' pointer may name under this "
+                   "manifest: with --sign, flipping the pointer back needs the key (rollback protection)")
     v = sub.add_parser("verify", help="check every version against the manifest (and its signature)")
     v.add_argument("folder")
     v.add_argument("--public-key", metavar="PEM")

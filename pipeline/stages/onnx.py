@@ -130,7 +130,8 @@ class Onnx(Stage):
         key = self._path(cfg.public_key) if cfg.public_key else None
         if sha256 is None and cfg.sha256 and path == self._path(cfg.model):
             sha256 = cfg.sha256
-        return TrustPolicy(pin=sha256, public_key=key, require_digest=bool(cfg.sha256))
+        return TrustPolicy(pin=sha256, public_key=key, require_digest=bool(cfg.sha256),
+                           serial_file=Path(self.ctx.state_dir) / "onnx" / f"{self.ctx.item_id}.manifest-serials.json")
 
     def _check_new(self, model: LoadedModel, builders: dict) -> None:
         """Warm up on recent real inputs (or zeros) and compare output shapes with the running model."""

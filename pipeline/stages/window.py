@@ -45,10 +45,11 @@ from ..batch import Batch
 from ..config import Duration, StageConfig
 from ..keys import key_codes
 from ..numeric import split_numeric
-from ..stage import Context, Stage
+from ..stage import Context, Stage, StateChanges
 from .window_aggregate import AGGREGATES
 from .window_buffer import OpenWindows
 from .window_clock import EpisodeLog, EventClocks
+from .window_state import META, RowEntries
 
 log = logging.getLogger("edgesieve")
 IDLE_CLOSE_DEFAULT = 300.0     # seconds: a device that buffers through a link outage of up to 5 min loses nothing
@@ -105,6 +106,8 @@ class Window(Stage):
         self._seq = 0
         self.clocks = EventClocks(config.allowed_lateness)
         self.open = OpenWindows(self.size, config.aggregates, config.key)
+        self._entries = RowEntries()      # what the next checkpoint writes (pipeline/stages/window_state.py)
+        self.open.on_remove = self._entries.removed
         self._counted = (0, 0)            # (exact open windows, open.added) at the last count
         self._forced_logged_at = -np.inf
         self._late_log = EpisodeLog(self._describe_late)
@@ -173,7 +176,8 @@ class Window(Stage):
             self._report_late(good, key_ids, late_rows, row[~late], run.before + self.config.allowed_lateness, now)
         if len(late_rows):
             row, start = row[~late], start[~late]
-        chunk = {"key": key_ids[row], "clock": clock[row], "start": start, "ts": ts[row], "seq": seq[row]}
+        chunk = {"key": key_ids[row], "clock": clock[row], "start": start, "ts": ts[row], "seq": seq[row],
+                 "gen": np.full(len(row), self._entries.gen, dtype=np.int64)}
         for f in self.fields:
             chunk["v:" + f] = good.fields[f][row] if f in good.fields else np.full(len(row), np.nan)
         self.open.add(chunk)
@@ -309,20 +313,42 @@ class Window(Stage):
         return {"open_windows": len(set(zip(key.tolist(), start.tolist()))), "keys": len(self._key_values)}
 
     def snapshot(self):
+        """The whole state as one value (reload, tests); checkpoints write `snapshot_changes`."""
         return {"format": 2, "watermark": self.config.watermark, "keys": [list(k) for k in self._key_values],
                 "pending": self.open.snapshot(), "seq": self._seq, "clocks": self.clocks.snapshot()}
 
+    def snapshot_changes(self) -> StateChanges:
+        meta = {"watermark": self.config.watermark, "seq": self._seq, "clocks": self.clocks.snapshot()}
+        return self._entries.changes(self.open.all(), self._key_values, meta)
+
+    def state_saved(self) -> None:
+        self._entries.saved()
+
+    def restore_entries(self, entries: dict) -> None:
+        if META not in entries:          # a checkpoint written as one whole-state entry (before format 3)
+            super().restore_entries(entries)
+            return
+        keys, meta, rows = self._entries.restored(entries, f"stage {self.ctx.item_id!r}")
+        self._restore_state(keys, meta["seq"], meta["clocks"], meta["watermark"], rows)
+
     def restore(self, state) -> None:
-        now = self.ctx.clock()
-        self._key_values = [tuple(k) for k in state["keys"]]
-        self._keys = {k: i for i, k in enumerate(self._key_values)}
-        self._seq = int(state["seq"])
-        nclocks = len(self._key_values) if self.per_key else 1
-        self.clocks.restore(state.get("clocks") or {"max_ts": [state["max_ts"]], "floor": [state.get("closed_wm", -np.inf)]},
-                            now, saved_mode=state.get("watermark", "global"), mode=self.config.watermark, n=nclocks)
         pending = state["pending"]
         if pending is not None:
             pending = {k: np.asarray(v) for k, v in pending.items()}
+            pending["gen"] = np.zeros(len(pending["key"]), dtype=np.int64)
+        self._restore_state([tuple(k) for k in state["keys"]], state["seq"],
+                            state.get("clocks") or {"max_ts": [state["max_ts"]], "floor": [state.get("closed_wm", -np.inf)]},
+                            state.get("watermark", "global"), pending)
+        self._entries.restored_whole()
+
+    def _restore_state(self, keys: list[tuple], seq: int, clocks: dict, saved_mode: str, pending) -> None:
+        now = self.ctx.clock()
+        self._key_values = keys
+        self._keys = {k: i for i, k in enumerate(self._key_values)}
+        self._seq = int(seq)
+        nclocks = len(self._key_values) if self.per_key else 1
+        self.clocks.restore(clocks, now, saved_mode=saved_mode, mode=self.config.watermark, n=nclocks)
+        if pending is not None:
             pending["clock"] = pending["key"] if self.per_key else np.zeros(len(pending["key"]), dtype=np.int64)
         self.open.restore(pending, self.clocks.n)
         self._counted = (0, 0)

@@ -21,6 +21,7 @@ class OpenWindows:
         self.rows = 0
         self.added = 0                 # rows ever added (an upper bound on windows opened since a count)
         self.min_end = np.empty(0)     # per clock; inf = no open window
+        self.on_remove = None          # called with the rows that closed (the checkpoint entries follow them)
 
     def ensure(self, nclocks: int) -> None:
         if len(self.min_end) < nclocks:
@@ -50,6 +51,8 @@ class OpenWindows:
         self.min_end[:] = np.inf
         if self.rows:
             np.minimum.at(self.min_end, rest["clock"], rest["start"] + self.size)
+        if self.on_remove is not None and len(out["start"]):
+            self.on_remove(out)
         return out
 
     def windows(self) -> dict[str, np.ndarray]:

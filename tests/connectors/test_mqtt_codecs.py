@@ -49,7 +49,7 @@ def test_json_batch_list_or_object(payload):
 def test_json_batch_shape_errors():
     assert reason({"items": []}, codec="json-batch") == "missing_field"
     assert reason({"readings": 3}, codec="json-batch") == "wrong_type"
-    assert reason([{"x": 1}, 5], codec="json-batch") == "wrong_type"
+    assert reason([5, "x"], codec="json-batch") == "wrong_type"       # nothing usable: the message is refused
     assert reason([1, 2], codec="json") == "wrong_type"
 
 
@@ -96,19 +96,31 @@ def test_bad_json_payloads(payload, expected):
     (b'[{"ts": 1, "x": 1}, {"ts": 2, "x": NaN}]', "non_finite"), (b'[{"x": 1}, {"x": [1]}]', "wrong_type"),
     (b'[{"x": 1}, {"x": 1e999}]', "non_finite"), (b'[{"x": {"y": {"z": {"w": {"v": {"u": {"t": 1}}}}}}}]', "json_too_deep")])
 def test_bad_json_batch_payloads(payload, expected):
-    assert reason(payload, codec="json-batch", max_json_depth=6) == expected
+    """A bad reading is reported with its reason; the message's good readings are kept (refused whole: none)."""
+    dec, b = Decoder(CodecOptions(codec="json-batch", max_json_depth=6)), RowBuilder()
+    try:
+        n = dec.decode(payload, b, {}, T0)
+    except DecodeError as e:
+        assert len(json.loads(payload.replace(b"NaN", b"0").replace(b"1e999", b"0"))) == 1, "good readings lost"
+        assert e.reason == expected
+        return
+    rows = b.build().to_records()
+    assert n == len(rows) == 1 and rows[0]["fields"] == {"x": 1.0}
+    assert [e.reason for e in dec.take_field_errors()] == [expected]
 
 
 def test_failed_message_leaves_builder_unchanged():
     b = RowBuilder()
     dec = Decoder(CodecOptions(codec="json-batch"))
     dec.decode(b'[{"ts": 1, "a": 1}]', b, {"s": "x"}, T0)
-    with pytest.raises(DecodeError):
-        dec.decode(b'[{"ts": 2, "a": 2, "new": 5, "tags": {"t": "v"}}, {"ts": 3, "a": [1]}]', b, {"s": "y"}, T0)
+    with pytest.raises(DecodeError):        # no usable reading: the message is refused whole
+        dec.decode(b'[{"ts": 2, "a": [2], "new": [5], "tags": {"t": "v"}}, {"ts": 3, "a": [1]}]', b, {"s": "y"}, T0)
+    # a reading refused half-way (a tag and a field already added) leaves no trace; its good neighbour is kept
+    assert dec.decode(b'[{"ts": 3, "a": 3}, {"ts": 4, "tags": {"t": "v", "u": [1]}, "new": 5}]', b, {"s": "w"}, T0) == 1
     dec.decode(b'[{"ts": 4, "a": 4}, {"ts": 5, "a": 5}]', b, {"s": "z"}, T0)
     rows = b.build()
-    assert rows.ts.tolist() == [1, 4, 5] and set(rows.fields) == {"a"} and set(rows.tags) == {"s"}
-    assert rows.tags["s"].tolist() == ["x", "z", "z"]
+    assert rows.ts.tolist() == [1, 3, 4, 5] and set(rows.fields) == {"a"} and set(rows.tags) == {"s"}
+    assert rows.tags["s"].tolist() == ["x", "w", "z", "z"]
 
 
 def test_columnar_json_batch_equals_per_value_path():
@@ -145,14 +157,15 @@ def test_columnar_json_batch_equals_per_value_path():
         for i, p in enumerate(payloads):
             try:
                 dec.decode(p, b, {"dev": f"d{i % 3}"}, T0 + 1000)
-                reasons.append(tuple(str(e) for e in dec.take_field_errors()) or None)
+                reasons.append(tuple((e.reason, str(e)) for e in dec.take_field_errors()) or None)
             except DecodeError as e:
                 reasons.append(e.reason)
         out.append(b.build())
         outcomes.append(reasons)
         if columnar:
             assert sum(v is not None for v in vectorised) > 20      # the vectorised path really ran
-    assert outcomes[0] == outcomes[1] and "wrong_type" in outcomes[0]
+    assert outcomes[0] == outcomes[1]
+    assert any(r == "wrong_type" for o in outcomes[0] if isinstance(o, tuple) for r, _ in o)
     fast, slow = out
     np.testing.assert_array_equal(fast.ts, slow.ts)
     assert fast.fields.keys() == slow.fields.keys() and fast.tags.keys() == slow.tags.keys()
@@ -189,6 +202,7 @@ def test_senml_without_time_is_arrival():
 
 
 @pytest.mark.parametrize("pack,expected", [([{"n": "s", "vs": "on"}], "wrong_type"), ([{"n": "x"}], "missing_field"),
+                                           ([{"n": "x", "v": 1}, {"bn": 7, "n": "y", "v": 2}], "wrong_type"),
                                            ([], "wrong_type"), ([{"n": 5, "v": 1}], "wrong_type"),
                                            ([{"n": "x", "v": True}], "wrong_type"), ([{"n": "x", "v": 1e999}], "non_finite"),
                                            ("text", "wrong_type")])

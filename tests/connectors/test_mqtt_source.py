@@ -370,3 +370,10 @@ def test_messages_not_committed_before_a_crash_are_delivered_again(broker, topic
     stop.set()
     t.join(10)
     assert sorted(again) == [float(i) for i in range(10)]
+
+
+def test_a_live_source_without_checkpoints_is_warned_about(broker, topic_prefix, tmp_path, run_pipeline, clients, caplog):
+    p = start(run_pipeline, clients, broker, tmp_path, {"subscriptions": [{"topic": f"{topic_prefix}/x"}]})
+    p.stop()
+    warned = [r.getMessage() for r in caplog.records if "without checkpoints" in r.getMessage()]
+    assert len(warned) == 1 and "source(s) in " in warned[0] and "runtime.checkpoint.path" in warned[0]

@@ -95,3 +95,45 @@ def test_over_mosquitto(broker, topic_prefix, tmp_path, run_pipeline, clients):
     assert dead["reason"] == "non_finite" and "'bad'" in dead["detail"] and b"NaN" in base64.b64decode(dead["payload_b64"])
     assert summary.counters["in"]["text_fields_dropped"] == 1
     assert summary.counters["in"]["dead_lettered.non_finite"] == 1
+
+
+def test_json_batch_refuses_a_bad_reading_alone_and_keeps_the_rest():
+    payload = [{"ts": T0, "t": 1}, {"ts": "yesterday", "t": 2}, 7, {"ts": T0 + 3, "t": 4}]
+    dec, b = Decoder(CodecOptions(codec="json-batch")), RowBuilder()
+    assert dec.decode(json.dumps(payload).encode(), b, {}, T0 + 9) == 2
+    assert [(r["ts"], r["fields"]) for r in b.build().to_records()] == [(T0, {"t": 1.0}), (T0 + 3, {"t": 4.0})]
+    errors = dec.take_field_errors()
+    assert [e.reason for e in errors] == ["bad_timestamp", "wrong_type"]
+    assert "reading [1]" in str(errors[0]) and "reading [2]" in str(errors[1])
+    assert "the message's other 2 readings were kept" in str(errors[0])
+    assert [json.loads(e.payload) for e in errors] == [payload[1], 7]      # each dead letter carries its reading only
+
+
+def test_senml_keeps_the_good_records_of_a_pack():
+    pack = [{"bn": "urn:dev:a:", "bt": T0, "n": "t", "v": 21.5}, {"n": "state", "vs": "on"},
+            {"n": "h", "v": "40"}, {"n": "p", "v": 3}]
+    dec, b = Decoder(CodecOptions(codec="senml")), RowBuilder()
+    assert dec.decode(json.dumps(pack).encode(), b, {}, T0 + 9) == 1
+    assert b.build().to_records() == [{"ts": T0, "tags": {"device": "urn:dev:a"}, "fields": {"t": 21.5, "p": 3.0}}]
+    errors = dec.take_field_errors()
+    assert [(e.reason, json.loads(e.payload)) for e in errors] == [("wrong_type", pack[2])]   # "40": a string v
+    assert dec.take_counts() == {"text_fields_dropped": 1}                                     # vs: dropped, counted
+
+
+def test_json_batch_bad_reading_over_mosquitto(broker, topic_prefix, tmp_path, run_pipeline, clients):
+    node = f"gw-{uuid.uuid4().hex[:8]}"
+    dl = clients(broker).subscribe(f"edgesieve/{node}/deadletter")
+    p = start(run_pipeline, clients, broker, tmp_path, {"node": node, "subscriptions": [
+        {"topic_template": f"{topic_prefix}/{{device}}", "codec": "json-batch"}]})
+    pub = clients(broker)
+    pub.publish(f"{topic_prefix}/d1", [{"ts": T0 + i, "t": float(i)} for i in range(3)]
+                + [{"ts": -5, "t": 99.0}] + [{"ts": T0 + i, "t": float(i)} for i in range(3, 6)])
+    assert p.wait_counter("out", "out", 6) == 6
+    msg = dl.wait_for(1)[0]
+    summary = p.stop()
+    out = read_ndjson(tmp_path / "out.ndjson")
+    assert [(r["ts"], r["fields"]["t"]) for r in out] == [(T0 + i, float(i)) for i in range(6)]
+    dead = json.loads(msg.payload)
+    assert dead["reason"] == "bad_timestamp" and "reading [3]" in dead["detail"]
+    assert json.loads(base64.b64decode(dead["payload_b64"])) == {"ts": -5, "t": 99.0}
+    assert summary.counters["in"]["dead_lettered.bad_timestamp"] == 1

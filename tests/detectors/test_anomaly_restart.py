@@ -25,7 +25,7 @@ stages:
     detector: {detector}
     params: {params}
     clear_after: 3
-    drift: page_hinkley
+    drift: {drift}
     bad_values: impute_last
 sinks:
   - {{id: out, type: file, inputs: [detect], path: {out}}}
@@ -50,27 +50,31 @@ def readings(tmp_path: Path) -> Path:
     return path
 
 
-def write_pipeline(tmp_path: Path, name: str, csv: Path, speed, detector: str, params: str) -> Path:
+def write_pipeline(tmp_path: Path, name: str, csv: Path, speed, detector: str, params: str,
+                   drift: str = "page_hinkley") -> Path:
     out = tmp_path / name
     out.mkdir()
     path = out / "pipeline.yaml"
     path.write_text(PIPELINE.format(csv=csv, speed=speed, out=out / "scored.ndjson", checkpoint=out / "state.db",
-                                    dead=out / "dead.ndjson", state=out / "state", detector=detector, params=params))
+                                    dead=out / "dead.ndjson", state=out / "state", detector=detector, params=params,
+                                    drift=drift))
     return path
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("detector,params", [("residual", "{calibration_samples: 64}"), ("mad", "{}"),
-                                             ("hst", "{n_trees: 5, height: 6, window_size: 100}")])
-def test_anomaly_stage_restart_gives_exactly_the_uninterrupted_output(tmp_path, readings, detector, params):
-    ref = write_pipeline(tmp_path, "reference", readings, "max", detector, params)
+@pytest.mark.parametrize("detector,params,drift", [
+    ("residual", "{calibration_samples: 64}", "page_hinkley"),  # key by key (drift)
+    ("residual", "{calibration_samples: 64}", "none"),  # all keys at once (the bank)
+    ("mad", "{}", "page_hinkley"), ("hst", "{n_trees: 5, height: 6, window_size: 100}", "page_hinkley")])
+def test_anomaly_stage_restart_gives_exactly_the_uninterrupted_output(tmp_path, readings, detector, params, drift):
+    ref = write_pipeline(tmp_path, "reference", readings, "max", detector, params, drift)
     assert load_pipeline(ref).run().error is None
     expected = (ref.parent / "scored.ndjson").read_bytes()
     records = [json.loads(line) for line in expected.splitlines()]
     assert sum(bool(r["fields"].get("is_anomaly")) for r in records) >= 10  # the stuck fault is flagged
     assert any(r.get("event") == "anomaly_end" for r in records)
 
-    path = write_pipeline(tmp_path, "interrupted", readings, 60, detector, params)  # 600 s of events at 60x: 10 s
+    path = write_pipeline(tmp_path, "interrupted", readings, 60, detector, params, drift)  # 600 s of events at 60x: 10 s
     proc = start_edgesieve("run", str(path), cwd=path.parent)
     out = path.parent / "scored.ndjson"
     deadline = time.monotonic() + 60
@@ -92,7 +96,7 @@ pipeline: anomaly_many_keys
 sources:
   - {{id: readings, type: replay, path: {csv}, tags: [device], speed: {speed}, chunk_size: 400}}
 stages:
-  - {{id: detect, type: anomaly, inputs: [readings], fields: [t], detector: mad, params: {{window: 64, refresh: 8, min_samples: 16}},
+  - {{id: detect, type: anomaly, inputs: [readings], fields: [t], detector: {detector}, params: {params},
      idle_spill: 1s}}
 sinks:
   - {{id: out, type: file, inputs: [detect], path: {out}}}
@@ -103,7 +107,9 @@ runtime:
 
 
 @pytest.mark.slow
-def test_many_keys_killed_mid_stream_and_restarted_give_the_uninterrupted_output(tmp_path):
+@pytest.mark.parametrize("detector,params", [("mad", "{window: 64, refresh: 8, min_samples: 16}"),
+                                             ("residual", "{calibration_samples: 64, min_samples: 16}")])
+def test_many_keys_killed_mid_stream_and_restarted_give_the_uninterrupted_output(tmp_path, detector, params):
     """500 devices, models spilled when idle, checkpoints that write only the devices that changed: a kill -9
     mid-stream and a restart give byte for byte the output of an uninterrupted run."""
     rng = np.random.default_rng(21)
@@ -119,7 +125,7 @@ def test_many_keys_killed_mid_stream_and_restarted_give_the_uninterrupted_output
         out.mkdir()
         path = out / "pipeline.yaml"
         path.write_text(MANY_KEYS.format(csv=csv, speed=speed, out=out / "scored.ndjson", checkpoint=out / "state.db",
-                                         state=out / "state"))
+                                         state=out / "state", detector=detector, params=params))
         return path
 
     ref = pipeline("reference", "max")

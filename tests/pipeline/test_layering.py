@@ -18,10 +18,6 @@ ALLOWED = {
     # is the open step
     ("pipeline/stages/onnx.py", "cache.options"),
     ("pipeline/stages/onnx.py", "cache.reuse"),
-    # `edgesieve demo` starts the device simulator (connectors/simulate); the demo is an application on top of
-    # the kernel that lives in pipeline/ only for the CLI entry point
-    ("pipeline/demo/__init__.py", "connectors.simulate"),
-    ("pipeline/demo/__init__.py", "connectors.simulate.publisher"),
 }
 
 

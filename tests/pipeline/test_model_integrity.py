@@ -223,3 +223,38 @@ def test_a_symlink_pointer_to_a_version_inside_the_folder_still_works(tmp_path):
     (root / "current").unlink()
     os.symlink(root / "v2", root / "current")       # absolute target, inside the folder
     assert stage_for(root).model_version == "v2"
+
+
+def test_a_signed_current_and_the_serial_stop_rollbacks(tmp_path):
+    private, public = keys(tmp_path)
+    root = versioned(tmp_path / "models", 1.0, 2.0)
+    old = tmp_path / "old"
+    old.mkdir()
+    assert model_cli(["manifest", str(root), "--current", "v1", "--sign", str(private)]) == 0
+    for name in (MANIFEST, SIGNATURE):                                    # an attacker keeps a copy of this release
+        (old / name).write_bytes((root / name).read_bytes())
+    stage = stage_for(root, public_key=str(public))
+    assert y(stage) == 2.0
+
+    def swap_refused(match):
+        before = refused(stage)
+        with pytest.raises(Exception, match=match):
+            stage.request_swap().result(timeout=10)
+        assert refused(stage) == before + 1
+
+    (root / "current").write_text("v2\n")                                 # the pointer alone cannot move
+    swap_refused("names 'v1' as current")
+    assert model_cli(["manifest", str(root), "--current", "v2", "--sign", str(private)]) == 0   # the owner can
+    assert json.loads((root / MANIFEST).read_text())["serial"] == 2
+    fut = stage.request_swap()
+    assert wait_for(lambda: y(stage) == 3.0) and fut.result() == "v2"
+    for name in (MANIFEST, SIGNATURE):                                    # the old signed release put back
+        (root / name).write_bytes((old / name).read_bytes())
+    (root / "current").write_text("v1\n")
+    swap_refused("serial 1, older than serial 2")
+    assert y(stage) == 3.0                                                # v2 keeps serving
+    with pytest.raises(ConfigError, match="older than serial 2"):          # remembered across a restart
+        build_stage(Onnx, {"model": str(root), "feeds": FEEDS, "outputs": {"y": {"decode": "regression"}},
+                           "public_key": str(public)}, state_dir=stage.ctx.state_dir)
+    assert model_cli(["manifest", str(root), "--current", "v9"]) == 1     # not a version: refused, nothing written
+    assert json.loads((root / MANIFEST).read_text())["serial"] == 1

@@ -7,8 +7,8 @@ import json
 
 import pytest
 
-from pipeline.demo import DEMO_FILE, missing_types
-from pipeline.demo.broker import EmbeddedBroker
+from connectors.simulate.demo import DEMO_FILE, missing_types
+from connectors.simulate.demo.broker import EmbeddedBroker
 from tests.support.cli import edgesieve
 
 pytestmark = pytest.mark.slow

@@ -12,7 +12,7 @@ import urllib.request
 
 import pytest
 
-from pipeline.demo import _summary
+from connectors.simulate.demo import _summary
 from tests.support.cli import cli_env, edgesieve, start_edgesieve
 from tests.support.mosquitto import Mosquitto, available, free_port, make_tls_files
 from tests.support.waiting import wait_for

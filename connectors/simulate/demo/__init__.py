@@ -25,10 +25,10 @@ from pathlib import Path
 
 import yaml
 
-from ..redact import mask_url_credentials
+from pipeline.redact import mask_url_credentials
 from pipeline.cli import duration_arg
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 if not (ROOT / "examples").is_dir() and (Path.cwd() / "examples").is_dir():   # installed, not a checkout (e.g. /app)
     ROOT = Path.cwd()
 DEMO_FILE = ROOT / "examples" / "demo" / "demo.yaml"
@@ -37,7 +37,7 @@ NEEDS = {"sources": ["mqtt"], "stages": ["anomaly", "frame_diff", "onnx", "filte
 
 
 def missing_types() -> list[str]:
-    from .. import registry
+    from pipeline import registry
 
     return [f"{kind[:-1]} {t}" for kind, names in NEEDS.items() for t in names if t not in registry.KINDS[kind]]
 
@@ -69,7 +69,7 @@ def parser() -> argparse.ArgumentParser:
 
 def build_spec(out_dir: Path, broker, influx: dict | None):
     """The demo pipeline, with InfluxDB added when asked."""
-    from ..loader import parse_pipeline
+    from pipeline.loader import parse_pipeline
 
     doc = yaml.safe_load(DEMO_FILE.read_text())
     if influx:
@@ -138,9 +138,9 @@ def _run(args) -> int:
     from connectors.simulate import DeviceGroup, Simulator
     from connectors.simulate.publisher import Publisher
 
-    from ..errors import ConfigError
-    from ..progress import print_summary
-    from ..runtime import Pipeline
+    from pipeline.errors import ConfigError
+    from pipeline.progress import print_summary
+    from pipeline.runtime import Pipeline
     from .broker import EmbeddedBroker
     from .report import write_report
     from .view import DemoStats, LiveDemoView, human_bytes

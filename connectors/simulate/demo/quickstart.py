@@ -9,7 +9,7 @@ from pathlib import Path
 
 from pipeline.cli import duration_arg
 
-EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "quickstart" / "pipeline.yaml"
+EXAMPLE = Path(__file__).resolve().parents[3] / "examples" / "quickstart" / "pipeline.yaml"
 
 
 def main(argv: list[str]) -> int:
@@ -19,7 +19,7 @@ def main(argv: list[str]) -> int:
     args = parser.parse_args(argv)
     os.environ.setdefault("OUT_DIR", args.out)
     os.chdir(EXAMPLE.parents[2])
-    from ..cli import main as cli_main
+    from pipeline.cli import main as cli_main
 
     run_args = ["run", str(EXAMPLE), "--progress"] + (["--for", str(args.duration)] if args.duration else [])
     rc = cli_main(run_args)

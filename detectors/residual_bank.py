@@ -1,0 +1,355 @@
+"""The cross-key engine of `residual`: the states of all keys of one stage as arrays, a batch in rank passes.
+
+`ResidualBank` is an exact port of `ResidualDetector` (and its `TailCalibrator`) for many keys at once:
+slot ``i`` holds what one detector holds (level, scale, runs, calibrator histogram, ...), and a batch is
+processed in one vectorised pass per rank (the r-th row of every key in the batch, all keys at once).
+Per key the rows are processed in the same "calls" as `ResidualDetector.score_learn_many` (a call ends
+at the segment end, when the calibrator's frozen rows are used up, when a run adapts, or at the end of
+the key's rows in the batch), so the scores and warming flags are the same floats as the per-key
+detector fed the same rows (tests/detectors/test_residual_bank.py).
+
+Each step of the per-row algorithm is one function below, named as in `ResidualDetector`:
+`_warm` (warm-up), `_start_calls`, `_forecast` (deseasonalise, clip to the band), `_learn_level`
+(the closed-form prefix sum, run sequentially), `_raw_score`, `_adapt_row` (runs of rows out of
+band), the calibrated score, `_note_step`, then at a call's end `_calibrate` (hold, drop, feed the
+calibrator: `CalibratorBank` in detectors/calibrate_bank.py) and `_end_segment` (scale, floor, profile).
+
+`export(slot)` gives a key's state as `ResidualDetector.state()` data and `load(slot, state)` takes one,
+so checkpoints and spill files stay those of a per-key detector.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from .calibrate import plain
+from .calibrate_bank import CalibratorBank
+from .residual import ResidualDetector
+from .slots import SlotArrays, rank_passes
+
+__all__ = ["ResidualBank"]
+
+
+class ResidualBank:
+    """One `ResidualDetector` per slot, as arrays; `proto` (a fresh detector) gives the parameters."""
+
+    def __init__(self, proto: ResidualDetector, capacity: int = 16):
+        p = proto
+        self.template = p.state()
+        d = len(p.fields)
+        c = 2 * d
+        self.d, self.c = d, c
+        self.alpha, self.beta, self.clip = p.alpha, p.beta, p.clip
+        self.R, self.M = p.refresh, p.min_samples
+        self.season, self.bins, self.season_rate = p.season, p.season_bins, p.season_rate
+        self.adapt_rows, self.adapt_s, self.H = p.adapt_rows, p.adapt_s, p.hold
+        # the powers of the level's closed form, computed as ResidualDetector._segment computes them
+        j = np.arange(self.R + 1)[:, None]
+        r = 1 - self.alpha
+        self.A, self.B, self.C = r ** (j + 1), self.alpha * r ** j, r ** -j
+        self.w = [None] + [self.beta * (1 - self.beta) ** np.arange(k - 1, -1, -1.0) for k in range(1, self.R + 1)]
+        self.keep = np.array([1.0] + [(1 - self.beta) ** k for k in range(1, self.R + 1)])
+        R, H, B = self.R, self.H, self.bins
+        f8, i8 = np.float64, np.int64
+        specs = {
+            "n": ((), i8, 0), "since": ((), i8, 0), "t0": ((), f8, 0.0),
+            "level": ((c,), f8, 0.0), "anchor": ((c,), f8, 0.0), "scale": ((c,), f8, 0.0), "floor": ((c,), f8, 0.0),
+            "step": ((d,), f8, np.inf), "last": ((d,), f8, np.nan), "warm": ((self.M, d), f8, 0.0),
+            "seg_len": ((), i8, 0), "seg_sum": ((c,), f8, 0.0), "seg_y": ((R, c), f8, 0.0), "seg_r": ((R, c), f8, 0.0),
+            "run": ((c,), i8, 0), "run_sign": ((c,), f8, 0.0), "run_start": ((c,), f8, 0.0), "run_sum": ((c,), f8, 0.0),
+            "held": ((H + R,), f8, 0.0), "held_len": ((), i8, 0),
+            # within a batch only: the open call of each key
+            "call_left": ((), i8, 0), "call_level": ((c,), f8, 0.0),
+        }
+        if self.season is not None:
+            specs.update({"profile": ((B, d), f8, 0.0), "visits": ((B,), f8, 0.0),
+                          "pbins": ((R,), i8, 0), "pres": ((R, d), f8, 0.0)})
+        self.a = SlotArrays(specs, capacity)
+        self.cal = CalibratorBank(p.cal, capacity)
+
+    def grow(self, need: int) -> None:
+        """Room for slots 0 .. need - 1."""
+        self.a.grow(need)
+        self.cal.a.grow(need)
+
+    def reset(self, slots: np.ndarray) -> None:
+        """Slots `slots` back to a fresh key's state."""
+        self.a.reset(slots)
+        self.cal.a.reset(slots)
+
+    @property
+    def bytes_per_key(self) -> int:
+        return (self.a.nbytes + self.cal.a.nbytes) // max(self.a.capacity, 1)
+
+    # ------------------------------------------------------------------ a batch
+    def score_learn(self, slots: np.ndarray, X: np.ndarray, ts: np.ndarray, learn: np.ndarray):
+        """Score then learn each row (of key slot `slots[i]`) in order; returns (scores, warming)."""
+        n = len(slots)
+        scores, warming = np.zeros(n), np.zeros(n, dtype=bool)
+        if n == 0:
+            return scores, warming
+        a = self.a
+        for rows, left in rank_passes(slots):
+            s = slots[rows]
+            cold = a.n[s] < self.M
+            if cold.any():
+                i = np.flatnonzero(cold)
+                self._warm(s[i], X[rows[i]], ts[rows[i]], learn[rows[i]])
+                warming[rows[i]] = True
+                if cold.all():
+                    continue
+                i = np.flatnonzero(~cold)
+                rows, left, s = rows[i], left[i], s[i]
+            scores[rows], warming[rows] = self._rows(s, X[rows], ts[rows], learn[rows], left)
+        return scores, warming
+
+    def _rows(self, s, X, ts, learn, left):
+        """One row of each slot `s` (distinct) past its warm-up: the body of `ResidualDetector._segment`."""
+        a, d = self.a, self.d
+        self._start_calls(s, left)
+        Y, Yc, scale, band, phase = self._forecast(s, X, ts)
+        L_before = a.level[s]
+        li = np.flatnonzero(learn)
+        self._learn_level(s[li], Yc[li])
+        Rz = Y - L_before
+        absR = np.abs(Rz)
+        raw = self._raw_score(absR, scale)
+        cut, run_len, jump = self._adapt_row(s, Rz, absR, band, Y, ts, learn)
+        ready = self.cal.a.ready[s]
+        out = np.zeros(len(s))
+        if ready.any():
+            k = np.flatnonzero(ready)
+            out[k] = self.cal.score(s[k], raw[k])
+        self._hold(s, raw, ts, learn)
+        sl = s[li]
+        j = a.seg_len[sl]
+        a.seg_r[sl, j] = np.minimum(absR[li], band[li])  # bounded influence
+        if self.season is not None:
+            a.pbins[sl, j] = phase[li]
+            a.pres[sl, j] = X[li] - L_before[li, :d]
+        a.seg_len[sl] += 1
+        self._note_step(sl, X[li])
+        a.n[sl] += 1
+        a.since[s] += 1
+        a.call_left[s] -= 1
+        ends = np.flatnonzero((a.call_left[s] == 0) | cut)
+        if len(ends):
+            e = s[ends]
+            c = np.flatnonzero(cut)
+            if len(c):  # adapt: the level restarts at the mean of the run
+                # as in `_segment` (`if used == m`): not when the run's last row is the call's last row
+                early = a.call_left[s[c]] > 0
+                a.level[s[c[early]]] = jump[early]
+            a.call_left[e] = 0
+            self._calibrate(e, run_len[ends])
+            seg = e[(a.since[e] >= self.R) | cut[ends]]
+            if len(seg):
+                self._end_segment(seg)
+        return out, ~ready
+
+    # ------------------------------------------------------------------ the steps, one function each
+    def _warm(self, s, X, ts, learn) -> None:
+        """`ResidualDetector._warm` for the learned rows: collect, then start level and scale."""
+        a = self.a
+        i = np.flatnonzero(learn)
+        if not len(i):
+            return
+        s, X, ts = s[i], X[i], ts[i]
+        self._note_step(s, X)
+        first = a.n[s] == 0
+        a.t0[s[first]] = ts[first]  # event time of the first reading learned
+        a.warm[s, a.n[s]] = X
+        a.n[s] += 1
+        for slot in s[a.n[s] == self.M].tolist():
+            W = a.warm[slot]
+            level = np.tile(np.median(W, axis=0), 2)
+            a.level[slot] = level
+            a.anchor[slot] = level
+            dev = np.abs(np.diff(W, axis=0)).mean(axis=0) * 1.2533 / np.sqrt(2)  # noise from successive changes
+            floor = self._floor(a.step[slot], level)
+            a.floor[slot] = floor
+            a.scale[slot] = np.maximum(np.concatenate([dev, np.sqrt(2) * dev]), floor)
+
+    def _start_calls(self, s, left) -> None:
+        """Keys without an open call open one: as many rows as `score_learn_many` gives one `_segment` call."""
+        a = self.a
+        i = np.flatnonzero(a.call_left[s] == 0)
+        if len(i):
+            o = s[i]
+            a.call_left[o] = np.minimum(np.minimum(left[i], self.R - a.since[o]), self.cal.frozen_rows(o))
+            a.call_level[o] = a.level[o]
+
+    def _phase(self, ts):
+        return (np.floor(np.mod(ts, self.season) / self.season * self.bins)).astype(np.int64) % self.bins
+
+    def _forecast(self, s, X, ts):
+        """Deseasonalised readings (once per forecast), the frozen scale, the band, the clipped readings."""
+        a = self.a
+        phase = None
+        Xd = X
+        if self.season is not None:
+            phase = self._phase(ts)
+            Xd = X - a.profile[s, phase]
+        Y = np.concatenate((Xd, Xd), axis=1)
+        scale = np.maximum(a.scale[s], a.floor[s])
+        band = self.clip * scale
+        anchor = a.anchor[s]
+        Yc = np.minimum(np.maximum(Y, anchor - band), anchor + band)  # bounded influence on the level
+        return Y, Yc, scale, band, phase
+
+    def _learn_level(self, s, Yc) -> None:
+        """L_j = r^(j+1) anchor + alpha r^j sum_k r^-k y_k, the sum run row by row (np.cumsum's order)."""
+        a = self.a
+        j = a.seg_len[s]
+        term = Yc * self.C[j]
+        S = np.where((j == 0)[:, None], term, a.seg_sum[s] + term)
+        a.seg_sum[s] = S
+        a.seg_y[s, j] = Yc
+        a.level[s] = self.A[j] * a.anchor[s] + self.B[j] * S
+
+    def _raw_score(self, absR, scale):
+        d = self.d
+        z = absR / scale
+        slow = scale[:, :d] <= scale[:, d:]  # per field, the forecast whose residuals have been smaller
+        return np.where(slow, z[:, :d], z[:, d:]).max(axis=1)
+
+    def _adapt_row(self, s, Rz, absR, band, Y, ts, learn):
+        """`ResidualDetector._adapt_row` for one row per key: returns (cut, run_len, jump of the cut keys)."""
+        cut, run_len = np.zeros(len(s), dtype=bool), np.zeros(len(s), dtype=np.int64)
+        if self.adapt_rows is None and self.adapt_s is None:
+            return cut, run_len, None
+        a = self.a
+        sign = np.where(absR > band, np.sign(Rz), 0.0)
+        hot = learn & (sign != 0).any(axis=1)
+        calm = s[learn & ~hot]  # a learned row in band ends every run
+        a.run[calm], a.run_sign[calm] = 0, 0.0
+        h = np.flatnonzero(hot)
+        if not len(h):
+            return cut, run_len, None
+        sh, sg, th = s[h], sign[h], ts[h][:, None]
+        cont = (sg != 0) & (sg == a.run_sign[sh])
+        run = np.where(cont, a.run[sh] + 1, (sg != 0).astype(np.int64))
+        start = np.where(cont, a.run_start[sh], th)
+        total = np.where(cont, a.run_sum[sh] + Y[h], np.where(sg != 0, Y[h], 0.0))
+        long = (run >= self.adapt_rows) if self.adapt_rows else (run > 0) & (th - start >= self.adapt_s)
+        jump = None
+        k = np.flatnonzero(long.any(axis=1))
+        if len(k):
+            lk = long[k]
+            jump = np.where(lk, total[k] / np.maximum(run[k], 1), a.call_level[sh[k]])
+            run_len[h[k]] = np.where(lk, run[k], 0).max(axis=1)
+            cut[h[k]] = True
+            run[k] = np.where(lk, 0, run[k])
+            sg[k] = np.where(lk, 0.0, sg[k])
+        a.run[sh], a.run_sign[sh], a.run_start[sh], a.run_sum[sh] = run, sg, start, total
+        return cut, run_len, jump
+
+    def _hold(self, s, raw, ts, learn) -> None:
+        """Queue the learned rows' raw scores (the calibrator gets them at the call's end, `hold` rows late)."""
+        a = self.a
+        keep = learn
+        if self.season is not None:  # the first two cycles: the profile is not there yet
+            keep = learn & (ts - a.t0[s] >= 2 * self.season)
+        k = s[keep]
+        a.held[k, a.held_len[k]] = raw[keep]
+        a.held_len[k] += 1
+
+    def _note_step(self, s, X) -> None:
+        """Resolution: the smallest positive change between learned readings."""
+        a = self.a
+        diff = np.abs(X - a.last[s])
+        diff[~(diff > 0)] = np.inf
+        a.step[s] = np.minimum(a.step[s], diff)
+        a.last[s] = X
+
+    def _calibrate(self, e, dropped) -> None:
+        """`ResidualDetector._calibrate` at the end of a call: drop a run that became a regime, pass on
+        what is more than `hold` rows old."""
+        a, H = self.a, self.H
+        hl = np.maximum(a.held_len[e] - dropped, 0)
+        push = np.maximum(hl - H, 0)
+        p = np.flatnonzero(push)
+        if len(p):
+            ep, pu = e[p], push[p]
+            rows = np.repeat(ep, pu)
+            col = np.arange(len(rows)) - np.repeat(np.cumsum(pu) - pu, pu)
+            self.cal.add(ep, pu, a.held[rows, col])
+            if H:
+                idx = np.minimum(pu[:, None] + np.arange(H), H + self.R - 1)
+                a.held[ep, :H] = np.take_along_axis(a.held[ep], idx, axis=1)
+            hl[p] -= pu
+        a.held_len[e] = hl
+
+    @staticmethod
+    def _floor(step, level):
+        step = np.where(np.isfinite(step), step, 0.0)
+        return np.maximum(0.5 * np.tile(step, 2), 1e-9 * np.maximum(1.0, np.abs(level)))
+
+    def _end_segment(self, g) -> None:
+        """`ResidualDetector._end_segment`: a new anchor and floor; the scale learns the segment's residuals."""
+        a = self.a
+        a.since[g] = 0
+        a.anchor[g] = a.level[g]
+        step = np.where(np.isfinite(a.step[g]), a.step[g], 0.0)
+        a.floor[g] = np.maximum(0.5 * np.concatenate((step, step), axis=1), 1e-9 * np.maximum(1.0, np.abs(a.level[g])))
+        k = a.seg_len[g]
+        has = np.flatnonzero(k)
+        if len(has):
+            gh, kh = g[has], k[has]
+            dots = np.array([self.w[kk] @ a.seg_r[slot, :kk] for slot, kk in zip(gh.tolist(), kh.tolist())])
+            a.scale[gh] = self.keep[kh][:, None] * a.scale[gh] + 1.2533 * dots
+        if self.season is not None:
+            for slot, kk in zip(g.tolist(), k.tolist()):
+                if kk:
+                    self._learn_profile(slot, a.pbins[slot, :kk], a.pres[slot, :kk])
+        a.seg_len[g] = 0
+
+    def _learn_profile(self, slot: int, bins: np.ndarray, res: np.ndarray) -> None:
+        a = self.a
+        profile = a.profile[slot]
+        sums = np.zeros_like(profile)
+        np.add.at(sums, bins, res)
+        cnt = np.bincount(bins, minlength=self.bins)[:, None]
+        hit = cnt[:, 0] > 0
+        target = np.where(hit[:, None], sums / np.maximum(cnt, 1), profile)
+        a.visits[slot] += hit
+        rate = np.where(hit, np.maximum(self.season_rate, 1 / np.maximum(a.visits[slot], 1)), 0.0)[:, None]
+        a.profile[slot] = profile + rate * (target - profile)
+
+    # ------------------------------------------------------------------ one key's state as detector data
+    def export(self, slot: int) -> dict:
+        """Slot `slot` as `ResidualDetector.state()` data."""
+        a = self.a
+        st = plain(self.template)
+        k, n = int(a.seg_len[slot]), int(a.n[slot])
+        st.update(n=n, since=int(a.since[slot]), t0=float(a.t0[slot]), held=a.held[slot, :a.held_len[slot]].copy())
+        for name in ("level", "anchor", "scale", "floor", "step", "last", "run", "run_sign", "run_start", "run_sum"):
+            st[name] = getattr(a, name)[slot].copy()
+        st["seg_y"], st["seg_r"] = a.seg_y[slot, :k].copy(), a.seg_r[slot, :k].copy()
+        st["warm_rows"] = a.warm[slot, :n].tolist() if n < self.M else []
+        if self.season is not None:
+            st["profile"], st["visits"] = a.profile[slot].copy(), a.visits[slot].copy()
+            st["pending_bins"], st["pending_res"] = a.pbins[slot, :k].tolist(), a.pres[slot, :k].tolist()
+        self.cal.export(slot, st["cal"])
+        return st
+
+    def load(self, slot: int, st: dict) -> None:
+        """Put `ResidualDetector.state()` data (this bank's parameters) into slot `slot`."""
+        a = self.a
+        a.reset(np.array([slot]))
+        for name in ("level", "anchor", "scale", "floor", "step", "last", "run", "run_sign", "run_start", "run_sum"):
+            getattr(a, name)[slot] = st[name]
+        a.n[slot], a.since[slot], a.t0[slot] = st["n"], st["since"], st["t0"]
+        held = np.asarray(st["held"], dtype=np.float64)
+        a.held[slot, :len(held)], a.held_len[slot] = held, len(held)
+        seg_y = np.asarray(st["seg_y"], dtype=np.float64).reshape(-1, self.c)
+        k = len(seg_y)
+        a.seg_y[slot, :k], a.seg_r[slot, :k], a.seg_len[slot] = seg_y, st["seg_r"], k
+        if k:
+            a.seg_sum[slot] = np.cumsum(seg_y * self.C[:k], axis=0)[-1]
+        warm = np.asarray(st["warm_rows"], dtype=np.float64).reshape(-1, self.d)
+        a.warm[slot, :len(warm)] = warm
+        if self.season is not None:
+            a.profile[slot], a.visits[slot] = st["profile"], st["visits"]
+            if k:
+                a.pbins[slot, :k], a.pres[slot, :k] = st["pending_bins"], st["pending_res"]
+        self.cal.load(slot, st["cal"])
