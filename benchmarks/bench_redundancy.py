@@ -137,7 +137,7 @@ def pipeline_check(model: Path, frames, ref, setting: dict, t0: int) -> dict:
     return {"skip": p.metrics.get("diff", "reused") / len(frames), **{m: fn(used, ref) for m, fn in METRICS.items()}}
 
 
-def evaluate(name, frames, model: Path, repeats: int) -> dict:
+def evaluate(name, frames, model: Path, repeats: int, compare_sampling: bool = False) -> dict:
     ref = reference(model, frames)
     half = len(frames) // 2
     first, second, ref1, ref2 = frames[:half], frames[half:], ref[:half], ref[half:]
@@ -161,8 +161,29 @@ def evaluate(name, frames, model: Path, repeats: int) -> dict:
                 for batch in (1, 16):
                     speeds.append({"metric": metric, "target": target, "setting": _show(setting),
                                    **speed(model, second, setting, batch, repeats, half)})
-    return {"scene": name, "frames": len(frames), "rows": rows, "speed": speeds,
+    curves = sampling_curves(second, ref2) if compare_sampling else None
+    return {"scene": name, "frames": len(frames), "rows": rows, "speed": speeds, "curves": curves,
             "count_changes": float((np.diff(np.round(ref)) != 0).mean()), "mean_count": float(ref.mean())}
+
+
+CURVE_THRESHOLDS = (0.002, 0.005, 0.01, 0.015, 0.02, 0.03, 0.04, 0.06, 0.08, 0.12, 0.15, 0.2, 0.3)
+CURVE_SKIPS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
+
+
+def sampling_curves(frames, ref) -> dict:
+    """Quality at equal skip on these frames (the held-out half) for each ``sampling``: static settings over
+    CURVE_THRESHOLDS, each metric interpolated at CURVE_SKIPS (None outside the range the settings reach),
+    with every-Nth at the same skips. Nothing is chosen on these frames: it is a curve, not a tuning."""
+    out = {}
+    for sampling in ("sparse", "stride"):
+        res = [simulate(frames, ref, dict(threshold=t, audit_rate=0.0, sampling=sampling)) for t in CURVE_THRESHOLDS]
+        skip = np.array([r["skip"] for r in res])
+        order = np.argsort(skip, kind="stable")
+        out[sampling] = {m: [None if np.isnan(v) else float(v) for v in
+                             np.interp(CURVE_SKIPS, skip[order], np.array([r[m] for r in res])[order], left=np.nan, right=np.nan)]
+                         for m in METRICS}
+    out["every N-th"] = {m: [every_nth(ref, s)[m] for s in CURVE_SKIPS] for m in METRICS}
+    return out
 
 
 def _show(s: dict) -> str:
@@ -193,6 +214,13 @@ def print_report(rep: dict) -> None:
         print(f"| {s['metric']} {s['target']:.2f} | {s['setting']} | {s['batch']} | {s['skip']:.1%} | {s['us_onnx']:.0f} | "
               f"{s['us_diff']:.0f} ({s['diff_share']:.1%}) | {s['us_both']:.0f} | {s['speedup']:.2f}x | "
               f"{s['needed']:.2f}x {'✓' if s['speedup'] >= s['needed'] else '✗'} |")
+    if rep.get("curves"):
+        print("\nQuality at equal skip on the 2nd half (static thresholds, interpolated), by `sampling`:\n")
+        print("| sampling | metric | " + " | ".join(f"{s:.0%} skipped" for s in CURVE_SKIPS) + " |")
+        print("|---|---|" + "---|" * len(CURVE_SKIPS))
+        for sampling, by_metric in rep["curves"].items():
+            for m, values in by_metric.items():
+                print(f"| {sampling} | {m} | " + " | ".join("-" if v is None else f"{v:.4f}" for v in values) + " |")
 
 
 def main(argv=None) -> int:
@@ -202,18 +230,24 @@ def main(argv=None) -> int:
     ap.add_argument("--frames", type=int, default=None, help="only the first N frames of the video")
     ap.add_argument("--repeats", type=int, default=3, help="timed runs per variant (fastest counts)")
     ap.add_argument("--scenes", nargs="*", default=None, help="only these scenes (vtest, 'right view', edited)")
+    ap.add_argument("--sampling", choices=["stride", "sparse", "area"], default=None,
+                    help="frame_diff's sampling (default: the stage's default)")
+    ap.add_argument("--compare-sampling", action="store_true",
+                    help="also print quality at equal skip on the 2nd half for sampling sparse vs stride")
     ap.add_argument("--json", type=Path, default=None, help="also write all figures here")
     args = ap.parse_args(argv)
     if not args.video.exists():
         print(f"skipped: {args.video} is missing (give --video; the shared data folder is not beside the checkout)")
         return 0
+    if args.sampling:
+        BASE["sampling"] = args.sampling
     started = time.perf_counter()
     video = decode(args.video, args.frames)
     reports = []
     for name, frames in scenes(video):
         if args.scenes and name not in args.scenes:
             continue
-        rep = evaluate(name, frames, args.model, args.repeats)
+        rep = evaluate(name, frames, args.model, args.repeats, args.compare_sampling)
         print_report(rep)
         reports.append(rep)
         del frames

@@ -20,6 +20,7 @@ Audited frames report their agreement back through :meth:`FrameDiffer.observe`, 
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -74,6 +75,11 @@ class FrameDiffer:
 
         Returns ``(groups, bad)``: groups = [(row indices, stacked small copies)], bad = {row: reason}."""
         bad: dict = {}
+        x0 = data[0] if len(data) else None
+        if type(x0) is np.ndarray and all(type(x) is np.ndarray and x.shape == x0.shape and x.dtype == x0.dtype
+                                          for x in data):
+            g = self._group(np.arange(len(data)), data, x0.shape, x0.dtype.kind, bad)   # the usual batch: one shape
+            return ([g] if g is not None else []), bad
         by_sig: dict = {}
         for i, x in enumerate(data):                # one signature per row; the work is per shape
             if x is None:
@@ -102,7 +108,7 @@ class FrameDiffer:
         return groups, bad
 
     def _group(self, idx, items, shape, kind, bad):
-        size = int(np.prod(shape))
+        size = math.prod(shape)
         if size == 0 or kind not in "biuf":
             for i in idx:
                 bad[i] = f"empty or non-numeric array (dtype kind {kind!r}, shape {shape})"
@@ -122,14 +128,16 @@ class FrameDiffer:
         ts = np.asarray(ts, dtype=np.float64)
         groups, bad = self._prepare(data)
         process = np.zeros(n, bool)
-        reason = np.full(n, "reuse", dtype=object)
-        dist = np.full(n, np.nan)
+        reason = np.empty(n, dtype=object)
+        reason.fill("reuse")
+        dist = np.empty(n)
+        dist.fill(np.nan)
         since = np.zeros(n, np.int64)
         age = np.zeros(n)
-        thr = np.full(n, np.nan)
+        thr = dist.copy()
         out = Decision(process, reason, dist, since, age, thr, bad)
         if not bad and len(groups) == 1:            # the usual micro-batch: one camera, one frame size
-            codes, uniques = factorize(keys)
+            uniques = [keys[0]] if n == 1 else factorize(keys)[1]
             st = self.keys.get(uniques[0]) if len(uniques) == 1 else None
             if len(uniques) == 1 and (st is None or st["shape"] == groups[0][1].shape[1:]):
                 self._decide_key(uniques[0], np.arange(n), ts, groups[0][1], process, reason, dist, since, age, thr)
@@ -159,58 +167,104 @@ class FrameDiffer:
         return out
 
     def _decide_key(self, k, rows, ts, small, process, reason, dist, since, age, thr):
+        """Decide the rows of one key, in order. The loop runs once per processed frame (the reference
+        changes there), over a galloping window of distances; every per-row result is written once, after it."""
         st = self.keys.get(k)
         m = len(rows)
-        pos = 0
-        if st is None:
-            st = self.keys[k] = {"ref": small[0], "ref_ts": float(ts[rows[0]]), "since": 0, "count": 0,
+        tr = ts[rows]
+        first = st is None
+        if first:
+            st = self.keys[k] = {"ref": small[0], "ref_ts": float(tr[0]), "since": 0, "count": 0,
                                  "shape": small[0].shape, "run": 8, "frames": 0, "processed": 0,
                                  "audits": 0, "forced": 0}
-            process[rows[0]] = True
-            reason[rows[0]] = "first"
             self._count(st, "first", 1)
-            pos = 1
-        u = uniform(self.seed, k, st["count"] + np.arange(m)) if self.audit_rate > 0 else np.ones(m)
+        if m == 1 and not first:
+            return self._decide_one(k, st, rows[0], float(tr[0]), small, process, reason, dist, since, age, thr)
+        pos = start = int(first)
+        base_since, base_ts = st["since"], st["ref_ts"]
+        u = uniform(self.seed, k, st["count"] + np.arange(m)) if self.audit_rate > 0 else None
+        rate = self._audit_rate(k) if u is not None else 0.0      # the guard only moves on feedback, not here
         st["count"] += m
+        t0 = self.guard.threshold(k)
+        t = t0
+        if self.confidence_power and st.get("confidence") is not None:
+            t = t0 * max(st["confidence"], 1e-3) ** self.confidence_power
+        d_all = np.empty(m)
+        t_all = np.empty(m)
+        hits, whys = ([0], ["first"]) if first else ([], [])
         while pos < m:
-            w = min(m - pos, max(4, 2 * st["run"]))          # galloping window: expect a run like the last
-            seg = slice(pos, pos + w)
-            t = self.guard.threshold(k)
-            if self.confidence_power and st.get("confidence") is not None:
-                t *= max(st["confidence"], 1e-3) ** self.confidence_power
-            d = F.distance(self.feature, small[seg], st["ref"], **self.kw)
-            r = rows[seg]
-            s = st["since"] + np.arange(1, w + 1)
-            a = ts[r] - st["ref_ts"]
-            forced = np.zeros(w, bool)
-            if self.refresh_frames:
-                forced |= s >= self.refresh_frames
-            if self.refresh_seconds:
-                forced |= a >= self.refresh_seconds
+            w = min(m - pos, max(4, 2 * st["run"]))              # galloping window: expect a run like the last
+            d = F.distance(self.feature, small[pos:pos + w], st["ref"], **self.kw)
+            d_all[pos:pos + w] = d
+            t_all[pos:pos + w] = t
             changed = d > t
-            audit = u[seg] < self._audit_rate(k)
-            hit = changed | forced | audit
-            j = int(np.argmax(hit)) if hit.any() else w
-            dist[r] = d
-            thr[r] = t
-            since[r[:j]] = s[:j]
-            age[r[:j]] = a[:j]
-            if j == w:                                      # whole window reused
+            hit = changed
+            forced = None
+            if self.refresh_frames or self.refresh_seconds:
+                forced = np.zeros(w, bool)
+                if self.refresh_frames:
+                    forced |= st["since"] + np.arange(1, w + 1) >= self.refresh_frames
+                if self.refresh_seconds:
+                    forced |= tr[pos:pos + w] - st["ref_ts"] >= self.refresh_seconds
+                hit = hit | forced
+            if u is not None:
+                hit = hit | (u[pos:pos + w] < rate)
+            j = int(hit.argmax())
+            if not hit[j]:                                      # whole window reused
                 st["since"] += w
                 st["run"] = st["since"]
                 pos += w
                 self._count(st, "reuse", w)
                 continue
-            i = r[j]
-            why = "changed" if changed[j] else ("forced" if forced[j] else "audit")
-            process[i] = True
-            reason[i] = why
+            i = pos + j
+            why = "changed" if changed[j] else ("forced" if forced is not None and forced[j] else "audit")
+            hits.append(i)
+            whys.append(why)
             self._count(st, "reuse", j)
             self._count(st, why, 1)
-            st["run"] = int(s[j])
-            st["ref"], st["ref_ts"], st["since"] = small[pos + j], float(ts[i]), 0
+            st["run"] = st["since"] + j + 1
+            st["ref"], st["ref_ts"], st["since"] = small[i], float(tr[i]), 0
             st["confidence"] = None                         # until the new result's confidence is reported
-            pos += j + 1
+            t = t0
+            pos = i + 1
+        r = rows[start:]
+        dist[r] = d_all[start:]
+        thr[r] = t_all[start:]
+        q = np.arange(m)
+        last = np.full(m, -1)
+        if hits:
+            p = rows[hits]
+            process[p] = True
+            reason[p] = whys
+            last[hits] = hits
+            last = np.maximum.accumulate(last)                  # per row: the last processed row at or before it
+        none = last < 0                                         # reference from an earlier batch
+        since[rows] = np.where(none, base_since + q + 1, q - last)
+        age[rows] = np.where(none, tr - base_ts, tr - tr[np.maximum(last, 0)])
+    def _decide_one(self, k, st, i, ts_i, small, process, reason, dist, since, age, thr):
+        """:meth:`_decide_key` for one frame of a known key (a camera's batch of one), in scalars: same decisions."""
+        t = self.guard.threshold(k)
+        if self.confidence_power and st.get("confidence") is not None:
+            t *= max(st["confidence"], 1e-3) ** self.confidence_power
+        d = F.distance(self.feature, small, st["ref"], **self.kw)[0]
+        audit = self.audit_rate > 0 and uniform(self.seed, k, np.array([st["count"]]))[0] < self._audit_rate(k)
+        st["count"] += 1
+        s, a = st["since"] + 1, ts_i - st["ref_ts"]
+        changed = d > t
+        forced = bool((self.refresh_frames and s >= self.refresh_frames)
+                      or (self.refresh_seconds and a >= self.refresh_seconds))
+        dist[i], thr[i] = d, t
+        if not (changed or forced or audit):
+            since[i], age[i] = s, a
+            st["since"] = st["run"] = s
+            self._count(st, "reuse", 1)
+            return
+        why = "changed" if changed else ("forced" if forced else "audit")
+        process[i], reason[i] = True, why
+        self._count(st, why, 1)
+        st["run"] = s
+        st["ref"], st["ref_ts"], st["since"] = small[0], ts_i, 0
+        st["confidence"] = None
 
     def _audit_rate(self, k) -> float:
         """The base audit rate, raised by the guard while a key has little evidence (at most 1 in 2 frames)."""

@@ -41,7 +41,10 @@ class FrameDiffConfig(StageConfig):
         "difference of numeric vectors (a spectrum in `frame`, or `vector_fields`).")
     threshold: float = Field(0.01, gt=0, description="Distance above which a frame is processed (the adaptive guard moves it per key).")
     downscale: int = Field(8, ge=1, le=64, description="Frames are compared on a grayscale copy shrunk by this factor in both axes.")
-    sampling: Literal["sparse", "area"] = Field("sparse", description="Downscale by averaging two pixels of each cell's middle row (`sparse`: reads 1/downscale of the frame) or every pixel (`area`).")
+    sampling: Literal["sparse", "stride", "area"] = Field(
+        "sparse", description="How a cell of the small copy is read: the luma of two pixels of its middle row (`sparse`), its "
+        "centre pixel's green channel (`stride`: one strided copy per frame, no arithmetic: cheaper, and it skips "
+        "differently, see docs/redundancy.md), or the luma of every pixel (`area`).")
     pixel_threshold: float = Field(25.0, ge=0, description="Gray-level change (0..255) that makes a pixel count as changed (`pixel`, `block`).")
     blocks: int = Field(8, ge=1, le=256, description="Grid size for `block` (blocks x blocks cells).")
     block_min: float = Field(0.05, ge=0, le=1, description="Fraction of changed pixels that makes a cell count as changed (`block`).")
@@ -150,16 +153,23 @@ class FrameDiff(Stage):
             self.ctx.dead_letter(batch.take(~good), [bad[i] for i in sorted(bad)])
             out = batch.take(good)
             keep = good if rows is None else good[rows]
-        reused = ~d.process[keep]
+        process = d.process[keep]
         reason = d.reason[keep]
-        by = np.empty(len(reason), dtype=object)
+        m = len(reason)
+        n_processed = int(np.count_nonzero(process))
+        self.ctx.count("reused", m - n_processed)
+        if n_processed:                               # reasons other than "reuse" only on processed rows
+            why = reason[process]
+            self.ctx.count("audited", int(np.count_nonzero(why == "audit")))
+            self.ctx.count("forced", int(np.count_nonzero(why == "forced")))
+        reused = np.empty(m, dtype=object)
+        reused[:] = True
+        reused[process] = False
+        by = np.empty(m, dtype=object)
         by[:] = self.ctx.item_id
-        self.ctx.count("reused", int(reused.sum()))
-        self.ctx.count("audited", int((reason == "audit").sum()))
-        self.ctx.count("forced", int((reason == "forced").sum()))
-        return out.with_extra(reused=reused.astype(object), reuse_reason=reason, diff_by=by).with_fields(
-            staleness_frames=d.frames_since[keep].astype(np.float64), staleness_s=d.age_s[keep],
-            frame_diff=d.distance[keep])
+        return Batch(out.ts, out.tags, {**out.fields, "staleness_frames": d.frames_since[keep].astype(np.float64),
+                                        "staleness_s": d.age_s[keep], "frame_diff": d.distance[keep]},
+                     out.frames, {**out.extra, "reused": reused, "reuse_reason": reason, "diff_by": by})
 
     def observe_confidence(self, key: str, confidence: float) -> None:
         """Confidence (0..1) of the key's latest result, from downstream (see ``confidence_power``)."""

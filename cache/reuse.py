@@ -117,6 +117,10 @@ def _last_computed(codes: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.
 
 def key_column(batch: Batch, key: list[str]) -> np.ndarray:
     """One key per row, as an object array: the tag value for one key tag, the tuple of values for several."""
+    if len(key) == 1:                           # one key tag of plain strings (the usual case): the column itself
+        col = batch.tags.get(key[0])
+        if col is not None and col.dtype == object and all(type(v) is str for v in col.tolist()):
+            return col
     codes, keys = key_codes(batch, key)
     table = np.empty(len(keys), dtype=object)
     for i, k in enumerate(keys):
@@ -162,13 +166,18 @@ class ReuseTracker:
             have.extend(x for x in new if x not in have)
         fields = self.result_fields or self.names[0]
         tags, extra = self.names[1], self.names[2]
-        fcols = {f: np.full(n, np.nan) for f in fields}
-        tcols = {t: np.full(n, None, dtype=object) for t in tags}
-        ecols = {e: np.full(n, None, dtype=object) for e in extra}
-        for cols, part in ((fcols, computed.fields), (tcols, computed.tags), (ecols, computed.extra)):
-            for name, c in cols.items():
-                if name in part:
-                    c[mask] = part[name]
+        every = bool(mask.all())                 # nothing reused (a processed frame alone, say): computed columns as they are
+        fcols, tcols, ecols = {}, {}, {}
+        for cols, names, part, kind in ((fcols, fields, computed.fields, "f"), (tcols, tags, computed.tags, "o"),
+                                        (ecols, extra, computed.extra, "o")):
+            for name in names:
+                got = part.get(name)
+                if every and got is not None:
+                    cols[name] = np.asarray(got, np.float64) if kind == "f" else np.asarray(got, object)
+                    continue
+                c = cols[name] = np.full(n, np.nan) if kind == "f" else np.full(n, None, dtype=object)
+                if got is not None:
+                    c[mask] = got
         codes, keys = key_codes(batch, self.key)
         keys = [k[0] if len(k) == 1 else k for k in keys]
         src, prev = _last_computed(codes, mask)
@@ -199,6 +208,37 @@ class ReuseTracker:
         base = batch if not mask.all() else computed
         return base.with_fields(**fcols).with_tags(**tcols).with_extra(**ecols)
 
+    def merge_reused(self, batch: Batch) -> Batch:
+        """:meth:`merge` for a batch in which every row is marked ``reused`` (nothing computed, nothing to
+        report): each row gets its key's last result, one fill per result column (and key)."""
+        n = len(batch)
+        fields, tags, extra = self.result_fields or self.names[0], self.names[1], self.names[2]
+        col = key_column(batch, self.key) if len(self.key) == 1 else None
+        if col is not None and (n == 1 or bool((col == col[0]).all())):
+            codes, keys = None, [col[0]]             # one key (the usual micro-batch)
+        else:
+            codes, keys = key_codes(batch, self.key)
+            keys = [k[0] if len(k) == 1 else k for k in keys]
+        lasts = [self.last.get(k, _NOTHING) for k in keys]
+        cols: dict[str, dict[str, np.ndarray]] = {}
+        for part, names, absent in (("fields", fields, np.nan), ("tags", tags, None), ("extra", extra, None)):
+            out = cols[part] = {}
+            for name in names:
+                values = [last[part].get(name, absent) for last in lasts]
+                if codes is None:
+                    c = out[name] = np.empty(n, np.float64 if part == "fields" else object)
+                    c.fill(values[0])                # an array value stays one object per row
+                    continue
+                if part == "fields":
+                    out[name] = np.asarray(values, dtype=np.float64)[codes]
+                    continue
+                table = np.empty(len(keys), dtype=object)
+                for i, v in enumerate(values):      # per key, never per row
+                    table[i] = v
+                out[name] = table[codes]
+        return Batch(batch.ts, {**batch.tags, **cols["tags"]}, {**batch.fields, **cols["fields"]}, batch.frames,
+                     {**batch.extra, **cols["extra"]})
+
     def _report(self, batch, mask, codes, keys, prev, fcols, fields) -> None:
         """Audit scores and result confidences back to the frame_diff stage that marked the rows."""
         by = batch.extra.get("diff_by")
@@ -219,11 +259,16 @@ class ReuseTracker:
                 else:
                     continue
                 report(self.pipeline, by[i], "observe", k, self.agreement(before, values[i]))
-        if self.confidence == "rounding":
-            for i in np.flatnonzero(mask).tolist():
-                v = values[i]
-                if by[i] is not None and np.isfinite(v):
-                    report(self.pipeline, by[i], "observe_confidence", keys[codes[i]], 1.0 - 2.0 * abs(v - round(v)))
+        if self.confidence == "rounding":          # a key's confidence is its latest result's: report that one per key
+            rows = np.flatnonzero(mask & np.isfinite(values) & (by != None))   # noqa: E711 (elementwise)
+            if not len(rows):
+                return
+            last = {}                               # (key, frame_diff stage) -> its last computed row
+            for i, c, b in zip(rows.tolist(), codes[rows].tolist(), by[rows].tolist()):
+                last[c, b] = i
+            for i in last.values():
+                v = float(values[i])
+                report(self.pipeline, by[i], "observe_confidence", keys[codes[i]], 1.0 - 2.0 * abs(v - round(v)))
 
     def snapshot(self) -> dict:
         return {"last": {k: {p: dict(d) for p, d in v.items()} for k, v in self.last.items()},

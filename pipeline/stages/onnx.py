@@ -97,6 +97,7 @@ class Onnx(Stage):
             msg = str(exc).removeprefix(f"{self.where}: ")
             raise ConfigError([Problem(str(path), 1, 1, msg, item=self.where,
                                        hint="the pipeline cannot start without its model")]) from exc
+        self._stateful = any(b.stateful for b in self._builders.values())   # window inputs see every row
         self._infer_fn: Callable[[dict], dict] = self._run_model
         self._pending: list[tuple[Batch, dict[str, np.ndarray]]] = []
         self._pending_n = 0
@@ -169,6 +170,7 @@ class Onnx(Stage):
                 b.history = self._builders[name].history
         old = self._model.version
         self._model, self._builders, self._decoders = model, builders, decoders
+        self._stateful = any(b.stateful for b in builders.values())
         self.ctx.count("model_swaps")
         self._swap.events.append({"ok": True, "path": str(model.path), "version": model.version})
         log.info("%s: model %s swapped in (was %s)", self.where, model.version, old)
@@ -274,6 +276,9 @@ class Onnx(Stage):
 
     def process(self, batch: Batch) -> Batch:
         self._apply_swap()
+        if not self._pending and not self._stateful and "reused" in batch.extra and len(batch):
+            if not self._reuse.compute_mask(batch).any():   # every row reused: no checks, no preprocessing, no model
+                return self._reuse.merge_reused(batch)
         got = self._accept(batch)
         if got is not None:
             if not self._pending:

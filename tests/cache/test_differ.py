@@ -312,3 +312,64 @@ def test_reuse_merge_is_the_per_row_rule():
             want, got = last.get(k, np.nan), rec["fields"].get("y", np.nan)   # no field before any result
             assert got == want or (np.isnan(want) and np.isnan(got))
     assert sink.audits == expected_audits and len(expected_audits) > 10
+
+
+@pytest.mark.parametrize("key", [["device"], ["device", "site"]])
+def test_merge_of_an_all_reused_batch_equals_the_general_merge(key):
+    """The onnx stage's shortcut for a batch with nothing to compute (``merge_reused``) gives what ``merge``
+    gives: per key its last result (fields, tags, array annotations), NaN/None for a key with no result yet."""
+    from cache.reuse import ReuseTracker
+    from pipeline.batch import Batch
+
+    rng = np.random.default_rng(11)
+    t = ReuseTracker(key)
+
+    def batch(keys, reused):
+        return Batch.from_records([{"ts": float(i), "tags": {"device": str(k), "site": "s" + str(k)[:1]},
+                                    "reused": bool(r), "diff_by": "fd"} for i, (k, r) in enumerate(zip(keys, reused))])
+
+    def same(a, b):
+        assert len(a) == len(b)
+        for x, y in zip(a, b):
+            assert x.keys() == y.keys() and x["tags"] == y["tags"]
+            assert x["fields"].keys() == y["fields"].keys()
+            assert all(x["fields"][f] == y["fields"][f] for f in x["fields"])
+            assert np.array_equal(x.get("heat"), y.get("heat"))
+
+    for step in range(30):
+        n = int(rng.integers(1, 9))
+        keys = rng.choice(["a", "b", "c", "new"] if step > 20 else ["a", "b"], n)
+        if step % 3:                                       # a batch with computed rows teaches the tracker results
+            b = batch(keys, rng.random(n) < 0.5)
+            m = t.compute_mask(b)
+            k = int(m.sum())
+            heat = np.empty(k, dtype=object)
+            for i in range(k):
+                heat[i] = rng.random(3)
+            computed = b.take(m).with_fields(y=rng.random(k)).with_tags(label=np.array(["x"] * k, dtype=object))
+            t.merge(b, m, computed.with_extra(heat=heat))
+            continue
+        b = batch(keys, np.ones(n, bool))
+        m = t.compute_mask(b)
+        snap = t.snapshot()
+        general = t.merge(b, m, b.take(m)).to_records()
+        assert t.snapshot() == snap                        # nothing computed: the tracker learns nothing
+        same(t.merge_reused(b).to_records(), general)
+
+
+def test_stride_sampling_reads_the_centre_pixel_of_each_cell():
+    rng = np.random.default_rng(2)
+    color = rng.integers(0, 255, (3, 50, 70, 3)).astype(np.uint8)
+    gray = color[..., 0]
+    for f in (1, 2, 5, 8):
+        want = color[:, f // 2:(50 // f) * f:f, f // 2:(70 // f) * f:f, 1].astype(np.float32)   # green
+        assert np.array_equal(F.prepare(color, f, "stride"), want)
+        assert np.array_equal(F.prepare_list(list(color), f, "stride"), want)
+        assert np.array_equal(F.prepare_list(list(gray), f, "stride"), F.prepare(gray, f, "stride"))
+    fd = FrameDiffer(threshold=0.05, downscale=4, sampling="stride", audit_rate=0.0)
+    still = np.zeros((48, 64, 3), np.uint8)
+    moved = still.copy()
+    moved[:24, :, 1] = 200                                 # a change in the green channel
+    assert fd.decide(["cam"] * 3, [0.0, 0.1, 0.2], [still, still, moved]).reason.tolist() == ["first", "reuse", "changed"]
+    with pytest.raises(ValueError, match="mode must be one of"):
+        F.prepare(color, 4, "nearest")

@@ -108,3 +108,18 @@ def test_cache_ttl_uses_the_pipeline_clock():
     clock.advance(10)
     p.run_records(recs[:1])
     assert cache.stats()["expired"] == 1 and cache.stats()["exact_hits"] == 1
+
+
+def test_one_frame_batches_give_the_same_records_as_larger_batches():
+    """Batches of one frame take the onnx stage's all-reused shortcut (no checks, no preprocessing):
+    every record, reused or not, is the same as with batches of five."""
+    recs = scene(60)
+    five = load_pipeline(spec()).run_records(recs, batch_size=5)["out"]
+    p = load_pipeline(spec())
+    one = p.run_records(recs, batch_size=1)["out"]
+    assert p.metrics.get("diff", "reused") >= 35
+    assert len(one) == len(five) == 60
+    for a, b in zip(one, five):
+        assert a["tags"] == b["tags"] and a["reused"] == b["reused"]
+        assert a["fields"] == b["fields"]
+        assert np.array_equal(a["occupancy"], b["occupancy"])
