@@ -133,6 +133,44 @@ class DiskBound:
             self._bump("coarsened_in", 1)
         return done
 
+    def _into_delivered_coarse(self, rows: list, res: float) -> tuple[list, int]:
+        """Points inside a coarse point the server already holds: sent again as that window, merged.
+
+        The server keeps one point per (series, timestamp): a fine point sent on its own inside a delivered coarse
+        window would be counted twice by a sum over time, or replace the coarse point when it has the window's
+        timestamp. So it is merged into the delivered point's fields and the window is re-sent as one coarse point
+        (the server overwrites the old one). A point already merged before (a replay) is a duplicate."""
+        out, made, done, gen = [], {}, 0, self.counters["generation"]
+        for row in rows:
+            m, t, ts, fj = row[:4]
+            cur = self._db.execute("SELECT ts, res, fields, approx FROM delivered_coarse WHERE measurement = ? AND "
+                                   "tags = ? AND ts <= ? ORDER BY ts DESC LIMIT 1", (m, t, ts)).fetchone()
+            if cur is None or cur[1] <= res or cur[0] + int(round(cur[1] * 1e9)) <= ts:
+                out.append(row)
+                continue
+            done += 1
+            before = self._db.execute("SELECT fp FROM merged WHERE measurement = ? AND tags = ? AND ts = ?",
+                                      (m, t, ts)).fetchone()
+            if before is not None and before[0] == fj:      # already in the delivered point: a replay
+                self._bump("duplicates", 1)
+                continue
+            key = (m, t, cur[0])
+            base = made[key] if key in made else (_data(cur[2]), bool(cur[3]))
+            new = json.loads(fj)
+            fields, approx = merge_fields([base[0], new], self.ddof)
+            approx = approx or base[1] or before is not None or any(split_field(k)[1] in ("first", "last") for k in new)
+            made[key] = (fields, approx)
+            self._db.execute("INSERT OR REPLACE INTO merged (measurement, tags, ts, fp, gen) VALUES (?, ?, ?, ?, ?)",
+                             (m, t, ts, fj, gen))
+            self._bump("coarsened_in", 1)
+        for (m, t, w), (fields, approx) in made.items():
+            res_w = self._db.execute("SELECT res FROM delivered_coarse WHERE measurement = ? AND tags = ? AND ts = ?",
+                                     (m, t, w)).fetchone()[0]
+            fj = _dumps(self._mark(dict(fields), res_w, approx))
+            out.append((m, t, w, fj, float(res_w), int(approx), fj))
+            self._coarse_res = max(self._coarse_res, float(res_w))   # later points join it while it is pending
+        return out, done
+
     def _drop_oldest(self, limit: int) -> int:
         rows = self._db.execute("SELECT id, measurement, tags, fields FROM pending WHERE id > ? ORDER BY id LIMIT ?",
                                 (self._claimed_max, limit)).fetchall()

@@ -57,6 +57,7 @@ from pipeline.statefiles import private_file
 
 log = logging.getLogger(__name__)
 _SYNC = {"full": "FULL", "normal": "NORMAL", "off": "OFF"}
+DELIVERED_COARSE = 100_000   # delivered coarse points remembered (a late point for one of them is merged into it)
 _COUNTERS = ("put", "sent", "coarsened_in", "coarsened_out", "dropped", "dead_lettered", "requeued",
              "duplicates", "generation")
 _SCHEMA = """
@@ -76,6 +77,9 @@ CREATE TABLE IF NOT EXISTS merged (
   UNIQUE (measurement, tags, ts));
 CREATE TABLE IF NOT EXISTS delivered (
   measurement TEXT NOT NULL, tags TEXT NOT NULL, ts INTEGER NOT NULL, PRIMARY KEY (measurement, tags));
+CREATE TABLE IF NOT EXISTS delivered_coarse (
+  measurement TEXT NOT NULL, tags TEXT NOT NULL, ts INTEGER NOT NULL, res REAL NOT NULL, fields TEXT NOT NULL,
+  approx INTEGER NOT NULL, PRIMARY KEY (measurement, tags, ts));
 """
 _ON_CONFLICT = ("ON CONFLICT (measurement, tags, ts) DO UPDATE SET fields = json_patch(pending.fields, excluded.fields), "
                 "rev = pending.rev + 1 WHERE json_patch(pending.fields, excluded.fields) != pending.fields")
@@ -143,6 +147,7 @@ class Outbox(DiskBound):
         self._pending = self._db.execute("SELECT count(*) FROM pending").fetchone()[0]
         self._bytes = self._stored_bytes()
         self._coarse_res = self._db.execute("SELECT coalesce(max(res), 0) FROM pending").fetchone()[0]
+        self._delivered_coarse = self._db.execute("SELECT count(*) FROM delivered_coarse").fetchone()[0] > 0
         self.changed = threading.Condition(self._lock)   # notified on put (the sender waits on it)
 
     # --- writing ------------------------------------------------------------------------------
@@ -167,6 +172,9 @@ class Outbox(DiskBound):
                 absorbed = self._into_coarse(rows, float(res)) if self._coarse_res > float(res) else 0
                 if absorbed:
                     rows = [r for r in rows if r is not None]
+                if self._delivered_coarse:   # a late point for a window the server holds as one coarse point
+                    rows, late = self._into_delivered_coarse(rows, float(res))
+                    absorbed += late
                 changes = self._db.total_changes
                 self._db.executemany(_UPSERT_UNSENT, rows)
                 skipped = len(rows) - (self._db.total_changes - changes)
@@ -211,6 +219,12 @@ class Outbox(DiskBound):
                     self._db.executemany("INSERT OR REPLACE INTO sent (measurement, tags, ts, fp, gen) VALUES (?, ?, ?, ?, ?)",
                                          [(r.measurement, r.tags_json, r.ts, r.fields_json, gen) for r in rows])
                     self._db.execute("DELETE FROM sent WHERE rowid <= (SELECT max(rowid) FROM sent) - ?", (self.sent_log,))
+                coarse = [(r.measurement, r.tags_json, r.ts, r.res, r.fields_json, int(r.approx)) for r in rows if r.res > 0]
+                if coarse:   # kept (the newest DELIVERED_COARSE) so that a late point is merged in, never sent over it
+                    self._db.executemany("INSERT OR REPLACE INTO delivered_coarse VALUES (?, ?, ?, ?, ?, ?)", coarse)
+                    self._db.execute("DELETE FROM delivered_coarse WHERE rowid <= (SELECT max(rowid) FROM "
+                                     "delivered_coarse) - ?", (DELIVERED_COARSE,))
+                    self._delivered_coarse = True
                 frontier: dict[tuple, int] = {}
                 for r in rows:
                     key = (r.measurement, r.tags_json)

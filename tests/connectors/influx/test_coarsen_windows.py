@@ -97,3 +97,37 @@ def test_a_replayed_point_already_merged_is_a_duplicate_and_a_late_one_merges_ex
     x = np.concatenate(list(raw.values()))
     assert row.ts == T0 and row.fields["count"] == x.size and row.fields["t_mean"] == pytest.approx(x.mean(), rel=1e-12)
     assert row.fields["t_stddev"] == pytest.approx(x.std(), rel=1e-9) and not row.approx
+
+
+def test_a_late_point_for_a_delivered_coarse_window_is_merged_into_it_never_sent_over_it(tmp_path):
+    raw, pts = windows(["d0", "d1"], 120)                    # 20 min of 10 s windows
+    late = {(d, ts) for d, ts in raw if ts in (T0 + 120 * S, T0 + 130 * S)}   # two windows of one 60 s window come late
+    ob = Outbox(tmp_path / "o.db", max_bytes=8_000, coarsen_steps_s=(60, 600), ddof=0)
+    fill(ob, [p for p in pts if (p[1]["dev"], p[2]) not in late])
+    server = {}                                              # what InfluxDB holds: one point per (series, ts)
+    while True:
+        rows = ob.claim(1000)
+        if not rows:
+            break
+        for r in rows:
+            server[(r.tags["dev"], r.ts)] = r
+        ob.ack(rows)
+    coarse = [r for r in server.values() if r.res >= 60 and r.ts <= T0 + 120 * S < r.ts + r.res * S]
+    assert coarse, "the setting must coarsen the window the late points belong to"
+    late_pts = [p for p in pts if (p[1]["dev"], p[2]) in late]
+    ob.put(late_pts, res=10)
+    ob.put(late_pts, res=10)                                 # and once more: a replay, a duplicate
+    while rows := ob.claim(1000):
+        for r in rows:
+            server[(r.tags["dev"], r.ts)] = r
+        ob.ack(rows)
+    for d in ("d0", "d1"):                                   # each reading exactly once on the server
+        mine = sorted((r for (dd, _), r in server.items() if dd == d), key=lambda r: r.ts)
+        for a, b in zip(mine, mine[1:]):
+            assert a.ts + max(a.res, 10) * S <= b.ts, "points overlap on the server"
+        assert sum(r.fields["count"] for r in mine) == sum(v.size for (dd, _), v in raw.items() if dd == d)
+        for r in mine:
+            x = np.concatenate([v for (dd, ts), v in raw.items() if dd == d and r.ts <= ts < r.ts + max(r.res, 10) * S])
+            assert r.fields["count"] == x.size and r.fields["t_sum"] == pytest.approx(x.sum(), rel=1e-12)
+            assert (r.fields["t_min"], r.fields["t_max"]) == (x.min(), x.max())
+    assert ob.counters["duplicates"] >= len(late_pts)
