@@ -36,6 +36,9 @@ from .calibrate import TailCalibrator, plain
 
 __all__ = ["ResidualDetector"]
 
+STEPS = 3  # the resolution is the STEPS-th smallest positive step seen between a field's readings
+RECENT = 3  # the fast forecast's readings are clipped around the median of the previous RECENT learned ones
+
 
 class ResidualDetector:
     """See the module docstring.  `fields` are watched together: the key's raw score is the largest field's."""
@@ -75,9 +78,10 @@ class ResidualDetector:
         self.scale = np.zeros(c)  # frozen for the segment
         self.seg_y = np.zeros((0, c))  # clipped deseasonalised readings learned in this segment
         self.seg_r = np.zeros((0, c))  # their clipped absolute residuals (the scale learns them at the end)
-        self.step = np.full(d, np.inf)  # resolution: the smallest positive change between readings
+        self.steps = np.full((STEPS, d), np.inf)  # the STEPS smallest positive changes between readings seen
         self.floor = np.zeros(2 * d)  # the least scale: half the resolution
         self.last = np.full(d, np.nan)
+        self.recent = np.zeros((RECENT, d))  # the last RECENT learned deseasonalised readings (fast clipping centre)
         self.profile = np.zeros((season_bins if season else 0, d))
         self.visits = np.zeros(season_bins if season else 0)  # segments that updated each bin
         self.pending_bins: list[int] = []  # seasonal bins and residuals of the segment, learned at its end
@@ -141,6 +145,7 @@ class ResidualDetector:
             dev = np.abs(np.diff(W, axis=0)).mean(axis=0) * 1.2533 / np.sqrt(2)  # noise from successive changes
             self.floor = self._floor()
             self.scale = np.maximum(np.concatenate([dev, np.sqrt(2) * dev]), self.floor)
+            self.recent = W[-RECENT:].copy()
             self.warm_rows = []
 
     def _note_step(self, X: np.ndarray) -> None:
@@ -149,11 +154,12 @@ class ResidualDetector:
         full = np.concatenate((self.last[None, :], X))
         d = np.abs(full[1:] - full[:-1])
         d[~(d > 0)] = np.inf
-        self.step = np.minimum(self.step, d.min(axis=0))
+        self.steps = np.sort(np.concatenate((self.steps, d)), axis=0)[:STEPS]
         self.last = full[-1].copy()
 
     def _floor(self) -> np.ndarray:
-        step = np.where(np.isfinite(self.step), self.step, 0.0)
+        step = self.steps[-1]  # the resolution: a step seen STEPS times (a spike on a constant is only two)
+        step = np.where(np.isfinite(step), step, 0.0)
         return np.maximum(0.5 * np.tile(step, 2), 1e-9 * np.maximum(1.0, np.abs(self.level)))
 
     def _segment(self, X, ts, learn, out_scores, out_warm) -> int:
@@ -167,11 +173,19 @@ class ResidualDetector:
         Y = np.concatenate((Xd, Xd), axis=1)  # once per forecast
         scale = np.maximum(self.scale, self.floor)
         band = self.clip * scale
-        Yc = np.minimum(np.maximum(Y, self.anchor - band), self.anchor + band)  # bounded influence on the level
-        # level after each learned row: L_j = r^(j+1) anchor + alpha r^j sum_k r^-k y_k over the segment's
-        # learned rows, a cumsum, so any split of the segment gives the same floats; unlearned rows carry it on
+        # bounded influence on the level: the slow forecast's readings are clipped to `clip` scales around the
+        # segment's anchor, the fast one's around the median of the previous RECENT learned readings (so it
+        # follows a random walk within a segment, and a spike still moves it by at most alpha_fast * clip scales)
         every = bool(learn.all())
         idx = np.flatnonzero(learn)
+        hist = np.concatenate((self.recent, Xd[idx]))
+        centre = np.repeat(self.anchor[None, :], m, axis=0)
+        if len(idx):
+            med = np.median(np.lib.stride_tricks.sliding_window_view(hist, RECENT, axis=0), axis=-1)[:len(idx)]
+            centre[idx, d:] = med
+        Yc = np.minimum(np.maximum(Y, centre - band), centre + band)
+        # level after each learned row: L_j = r^(j+1) anchor + alpha r^j sum_k r^-k y_k over the segment's
+        # learned rows, a cumsum, so any split of the segment gives the same floats; unlearned rows carry it on
         k0 = len(self.seg_y)
         seg_y = np.concatenate((self.seg_y, Yc if every else Yc[idx]))
         j = np.arange(len(seg_y))[:, None]
@@ -210,6 +224,7 @@ class ResidualDetector:
         else:  # adapt: the level restarts at the mean of the run
             self.level = jump
         self._note_step(X[:used][lrn])
+        self.recent = np.concatenate((self.recent, Xd[:used][lrn]))[-RECENT:]
         if self.season is not None and lrn.any():
             ph = self._phase(ts[:used])[lrn]
             self.pending_bins.extend(ph.tolist())
