@@ -23,9 +23,9 @@ every row.  Any batching of the stream gives the same scores.  State is plain da
 >>> s, warm = det.score_learn_many(20 + rng.normal(0, 0.5, (2000, 1)))
 >>> bool(warm[0]), bool(warm[-1]), bool((s[warm == 0] < 0.9999).all())
 (True, False, True)
->>> s, warm = det.score_learn_many(np.array([[20.2], [30.0]]))
+>>> s, warm = det.score_learn_many(np.array([[21.0], [30.0]]))
 >>> [round(float(v), 4) for v in s]
-[0.3038, 1.0]
+[0.8636, 1.0]
 """
 from __future__ import annotations
 
@@ -50,7 +50,8 @@ class ResidualDetector:
                  clip: float = 4.0,
                  season: float | None = None, season_bins: int = 288, season_rate: float = 0.1,
                  adapt: float | int | None = 60, refresh: int = 32, min_samples: int = 32,
-                 half_life: int = 20_000, tail: float = 0.02, calibration_samples: int = 256):
+                 half_life: int = 20_000, tail: float = 0.02, calibration_samples: int = 256,
+                 trend_rate: float | None = 0.02):
         if not (0 < alpha <= 0.95 and 0 < alpha_fast <= 0.95 and 0 < beta <= 1 and 0 < season_rate <= 1):
             raise ValueError(f"residual: alpha and alpha_fast must be in (0, 0.95], beta and season_rate in (0, 1]; "
                              f"got {alpha}, {alpha_fast}, {beta}, {season_rate}")
@@ -60,16 +61,20 @@ class ResidualDetector:
             raise ValueError(f"residual: season must be a positive duration in seconds, got {season}")
         if adapt is not None and adapt <= 0:
             raise ValueError(f"residual: adapt must be > 0 (rows as an int, seconds as a float), got {adapt}")
+        if trend_rate is not None and not 0 < trend_rate < 1:
+            raise ValueError(f"residual: trend_rate must be in (0, 1) or None, got {trend_rate}")
         d = len(fields)
         self.fields = tuple(fields)
+        self.trend_rate = trend_rate
         self.alpha = np.repeat([alpha, alpha_fast], d)  # columns: the slow forecast of each field, then the fast
         self.beta, self.clip, self.refresh, self.min_samples = beta, clip, refresh, min_samples
         self.season, self.season_bins, self.season_rate = season, season_bins, season_rate
         self.adapt_rows = adapt if isinstance(adapt, int) and not isinstance(adapt, bool) else None
         self.adapt_s = float(adapt) if adapt is not None and self.adapt_rows is None else None
         self.hold = self.adapt_rows or (128 if self.adapt_s else 0)  # rows held back from the calibrator
-        self.held = np.zeros(0)
+        self.held = np.zeros((0, 2))  # raw scores held back: the residual channel's, the trend channel's
         self.cal = TailCalibrator(half_life=half_life, tail=tail, refresh=refresh, min_samples=calibration_samples)
+        self.tcal = TailCalibrator(half_life=half_life, tail=tail, refresh=refresh, min_samples=calibration_samples)
         self.n = 0  # rows learned
         self.since = 0  # rows learned in the current segment
         c = 2 * d
@@ -88,6 +93,10 @@ class ResidualDetector:
         self.pending_res: list[list[float]] = []
         self.warm_rows: list[list[float]] = []
         self.t0 = 0.0  # the first min_samples rows, to start level and scale
+        self.base = np.zeros(d)  # the trend baseline: an EWMA (rate trend_rate) of the slow level
+        self.base_anchor = np.zeros(d)  # the baseline at the segment start
+        self.tscale = np.zeros(d)  # frozen for the segment: EWMA (rate beta) of |slow level - baseline|
+        self.seg_t = np.zeros((0, d))  # the segment's clipped |slow level - baseline| (tscale learns them at its end)
         self.run = np.zeros(c, dtype=np.int64)  # rows in a row more than `clip` scales away, same side
         self.run_sign = np.zeros(c)
         self.run_start = np.zeros(c)  # event time of the run's first row
@@ -100,7 +109,7 @@ class ResidualDetector:
     @property
     def nbytes(self) -> int:
         arrays = [v for v in vars(self).values() if isinstance(v, np.ndarray)]
-        return sum(a.nbytes for a in arrays) + 5 * self.cal.count.nbytes  # histogram (3) and its table (2)
+        return sum(a.nbytes for a in arrays) + 10 * self.cal.count.nbytes  # 2 x (histogram (3) and its table (2))
 
     # ------------------------------------------------------------------ scoring
     def _phase(self, ts: np.ndarray) -> np.ndarray:
@@ -145,6 +154,10 @@ class ResidualDetector:
             dev = np.abs(np.diff(W, axis=0)).mean(axis=0) * 1.2533 / np.sqrt(2)  # noise from successive changes
             self.floor = self._floor()
             self.scale = np.maximum(np.concatenate([dev, np.sqrt(2) * dev]), self.floor)
+            self.base = self.level[:len(dev)].copy()
+            self.base_anchor = self.base.copy()
+            a = self.alpha[0]
+            self.tscale = dev * np.sqrt(a / (2 - a))  # the spread of an EWMA of white noise
             self.recent = W[-RECENT:].copy()
             self.warm_rows = []
 
@@ -206,23 +219,42 @@ class ResidualDetector:
         z = np.abs(R) / scale
         slow = scale[:d] <= scale[d:]  # per field, the forecast whose residuals have been smaller
         raw = np.where(slow, z[:, :d], z[:, d:]).max(axis=1)
+        traw = np.zeros(m)
+        if self.trend_rate is not None:  # a slow drift: the slow level against its own, much slower, baseline
+            B_after = self._baseline(levels[:, :d], k0, learn, idx, every, m)
+            B_before = np.concatenate((self.base[None, :], B_after[:-1]))
+            T = np.abs(L_before[:, :d] - B_before)
+            tscale = np.maximum(self.tscale, self.floor[:d])
+            reach = self.alpha[:d] * band[:d]  # how far one reading can move the slow level: not a drift
+            traw = (np.maximum(T - reach, 0.0) / tscale).max(axis=1)
         # runs of rows more than `clip` scales away on one side: a new regime once long enough
         sign = np.where(np.abs(R) > band, np.sign(R), 0.0) * learn[:, None]
         cut, jump, run_len = self._adapt_row(sign, Y, ts, learn)
         used = m if cut is None else cut + 1
         cal_warm = not self.cal.ready
-        out_scores[:used] = 0.0 if cal_warm else self.cal.score(raw[:used])
+        if cal_warm:
+            out_scores[:used] = 0.0
+        elif self.trend_rate is None:
+            out_scores[:used] = self.cal.score(raw[:used])
+        else:  # two channels, each calibrated on its own: the smaller tail probability, doubled (Bonferroni)
+            p = np.minimum(self.cal.tail_probability(raw[:used]), self.tcal.tail_probability(traw[:used]))
+            out_scores[:used] = 1.0 - np.minimum(1.0, 2.0 * p)
         out_warm[:used] = cal_warm
         lrn = learn[:used]
-        self._calibrate(raw[:used][lrn], run_len, ts[:used][lrn])
+        self._calibrate(np.stack((raw[:used][lrn], traw[:used][lrn]), axis=1), run_len, ts[:used][lrn])
         n_new = int(lrn.sum())
         self.seg_y = seg_y[:k0 + n_new]
         absr = np.abs(R[:used][lrn])
         self.seg_r = np.concatenate([self.seg_r, np.minimum(absr, self.clip * scale)])  # bounded influence
         if used == m:
             self.level = L_after[-1].copy()
-        else:  # adapt: the level restarts at the mean of the run
-            self.level = jump
+        else:  # adapt: the level of a column whose run became a regime restarts at the mean of the run
+            self.level = np.where(np.isnan(jump), L_after[used - 1], jump)
+        if self.trend_rate is not None:
+            self.seg_t = np.concatenate([self.seg_t, np.minimum(T[:used][lrn], self.clip * tscale)])
+            self.base = B_after[used - 1].copy()
+            if used < m:  # adapt: the baseline restarts with the slow level, a regime is not a drift
+                self.base = np.where(np.isnan(jump[:d]), self.base, jump[:d])
         self._note_step(X[:used][lrn])
         self.recent = np.concatenate((self.recent, Xd[:used][lrn]))[-RECENT:]
         if self.season is not None and lrn.any():
@@ -235,19 +267,32 @@ class ResidualDetector:
             self._end_segment()
         return used
 
+    def _baseline(self, slow_levels, k0, learn, idx, every, m) -> np.ndarray:
+        """The trend baseline after each row: an EWMA of the slow level, the same prefix-exact cumsum."""
+        g = self.trend_rate
+        j = np.arange(len(slow_levels))[:, None]
+        r = 1 - g
+        base = r ** (j + 1) * self.base_anchor + g * r ** j * np.cumsum(slow_levels * r ** -j, axis=0)
+        if every:
+            return base[k0:]
+        if not len(idx):
+            return np.repeat(self.base[None, :], m, axis=0)
+        filled = np.zeros((m, base.shape[1]))
+        filled[idx] = base[k0:]
+        k = np.maximum.accumulate(np.where(learn, np.arange(m), -1))
+        return np.where((k >= 0)[:, None], filled[np.maximum(k, 0)], self.base)
+
     def _calibrate(self, raw: np.ndarray, dropped: int, now: np.ndarray) -> None:
         """Raw scores reach the calibrator `hold` learned rows late; those of a run that became a regime
         (`dropped` rows, the most recent) never do, so a change the model adapted to does not blunt it."""
         if self.season is not None:  # the first two cycles: the profile is not there yet, its errors would mislead
             raw = raw[now - self.t0 >= 2 * self.season]
-        if not self.hold:
-            self.cal.learn(raw)
-            return
         held = np.concatenate((self.held, raw))
         if dropped:
             held = held[:max(0, len(held) - dropped)]
         if len(held) > self.hold:
-            self.cal.learn(held[:len(held) - self.hold])
+            self.cal.learn(held[:len(held) - self.hold, 0])
+            self.tcal.learn(held[:len(held) - self.hold, 1])
             held = held[len(held) - self.hold:]
         self.held = held
 
@@ -275,7 +320,7 @@ class ResidualDetector:
             long = (self.run >= self.adapt_rows) if self.adapt_rows else \
                 (self.run > 0) & (ts[i] - self.run_start >= self.adapt_s)
             if long.any():
-                jump = self.level.copy()
+                jump = np.full_like(self.level, np.nan)  # NaN: the column keeps its own level
                 jump[long] = self.run_sum[long] / self.run[long]
                 run_len = int(self.run[long].max())
                 self.run = np.where(long, 0, self.run)
@@ -295,6 +340,12 @@ class ResidualDetector:
             self.scale = (1 - self.beta) ** k * self.scale + 1.2533 * (w @ self.seg_r)
         self.seg_y = self.seg_y[:0]
         self.seg_r = self.seg_r[:0]
+        self.base_anchor = self.base.copy()
+        k = len(self.seg_t)
+        if k:
+            w = self.beta * (1 - self.beta) ** np.arange(k - 1, -1, -1.0)
+            self.tscale = (1 - self.beta) ** k * self.tscale + 1.2533 * (w @ self.seg_t)
+        self.seg_t = self.seg_t[:0]
         if self.season is not None and self.pending_bins:
             bins = np.array(self.pending_bins)
             res = np.array(self.pending_res)
@@ -310,13 +361,13 @@ class ResidualDetector:
 
     # ------------------------------------------------------------------ state (plain data)
     def state(self) -> dict:
-        return plain({k: (v.state() if k == "cal" else v) for k, v in vars(self).items()})
+        return plain({k: (v.state() if k in ("cal", "tcal") else v) for k, v in vars(self).items()})
 
     @classmethod
     def from_state(cls, state: dict) -> "ResidualDetector":
         det = cls.__new__(cls)
         for k, v in state.items():
-            if k == "cal":
+            if k in ("cal", "tcal"):
                 v = TailCalibrator.from_state(v)
             elif k == "fields":
                 v = tuple(v)
