@@ -4,11 +4,21 @@ Per field, the forecast of a reading is ``level + profile[phase]``: `level` is a
 weighted mean (rate `alpha`) of the deseasonalised readings, each clipped to ``clip`` scales around
 the level (bounded influence: a spike moves it by at most ``alpha * clip`` scales), and `profile`
 is an optional per-key seasonal profile over `season` seconds of event time, in `season_bins` bins.
+There are two levels per field, a slow one (`alpha`) and a fast one (`alpha_fast`, its readings
+clipped around the median of its previous three readings rather than the segment's anchor, so it
+follows a random walk); each field is judged by the one whose recent residuals were smaller.
 The raw score of a row is the largest ``|reading - forecast| / scale`` over the fields, where
 `scale` is a clipped EWMA (rate `beta`) of the absolute residuals, floored at half the field's
-resolution (the smallest step between readings seen) so that quantised or constant series do not
-divide by nothing.  A `TailCalibrator` turns the raw score into ``1 - p``, p being how often this
-key's own normal readings score as high, so one threshold means the same on every key.
+resolution (the third smallest step between readings seen: a spike on a constant series makes only
+two) so that quantised or constant series do not divide by nothing.
+
+A second, trend channel catches slow drifts that an EWMA follows: per field, the slow level against
+a baseline that follows it at `trend_rate` (0.02), ``max(0, |level - baseline| - 2 alpha clip
+scale) / tscale`` (tscale: a clipped EWMA of ``|level - baseline|``); the largest field wins.
+Each channel has its own `TailCalibrator` (the trend's starts after twice as many samples): p is
+how often this key's own normal readings score as high, and the score is ``1 - min(1, 2 min(p,
+p_trend))`` (Bonferroni), so one threshold means the same on every key.  ``trend_rate=None``
+turns the channel off (score ``1 - p``).
 
 Learning is never gated by the threshold.  When the readings of a field stay more than ``clip``
 scales away from the forecast for `adapt` rows (an int) or seconds (a float), the level jumps to
@@ -25,7 +35,7 @@ every row.  Any batching of the stream gives the same scores.  State is plain da
 (True, False, True)
 >>> s, warm = det.score_learn_many(np.array([[21.0], [30.0]]))
 >>> [round(float(v), 4) for v in s]
-[0.8636, 1.0]
+[0.8647, 1.0]
 """
 from __future__ import annotations
 
@@ -74,7 +84,8 @@ class ResidualDetector:
         self.hold = self.adapt_rows or (128 if self.adapt_s else 0)  # rows held back from the calibrator
         self.held = np.zeros((0, 2))  # raw scores held back: the residual channel's, the trend channel's
         self.cal = TailCalibrator(half_life=half_life, tail=tail, refresh=refresh, min_samples=calibration_samples)
-        self.tcal = TailCalibrator(half_life=half_life, tail=tail, refresh=refresh, min_samples=calibration_samples)
+        self.tcal = TailCalibrator(half_life=half_life, tail=tail, refresh=refresh,  # the trend channel's: its
+                                   min_samples=2 * calibration_samples)  # raw scores are autocorrelated, so twice as many
         self.n = 0  # rows learned
         self.since = 0  # rows learned in the current segment
         c = 2 * d
@@ -153,7 +164,8 @@ class ResidualDetector:
             self.anchor = self.level.copy()
             dev = np.abs(np.diff(W, axis=0)).mean(axis=0) * 1.2533 / np.sqrt(2)  # noise from successive changes
             self.floor = self._floor()
-            self.scale = np.maximum(np.concatenate([dev, np.sqrt(2) * dev]), self.floor)
+            spread = np.abs(W - np.median(W, axis=0)).mean(axis=0) * 1.2533  # the slow forecast's residuals
+            self.scale = np.maximum(np.concatenate([spread, np.sqrt(2) * dev]), self.floor)
             self.base = self.level[:len(dev)].copy()
             self.base_anchor = self.base.copy()
             a = self.alpha[0]
@@ -225,7 +237,7 @@ class ResidualDetector:
             B_before = np.concatenate((self.base[None, :], B_after[:-1]))
             T = np.abs(L_before[:, :d] - B_before)
             tscale = np.maximum(self.tscale, self.floor[:d])
-            reach = self.alpha[:d] * band[:d]  # how far one reading can move the slow level: not a drift
+            reach = 2 * self.alpha[:d] * band[:d]  # how far two readings can move the slow level: not a drift
             traw = (np.maximum(T - reach, 0.0) / tscale).max(axis=1)
         # runs of rows more than `clip` scales away on one side: a new regime once long enough
         sign = np.where(np.abs(R) > band, np.sign(R), 0.0) * learn[:, None]
