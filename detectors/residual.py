@@ -258,14 +258,14 @@ class ResidualDetector:
         self.seg_y = seg_y[:k0 + n_new]
         absr = np.abs(R[:used][lrn])
         self.seg_r = np.concatenate([self.seg_r, np.minimum(absr, self.clip * scale)])  # bounded influence
-        if used == m:
+        if cut is None:
             self.level = L_after[-1].copy()
-        else:  # adapt: the level of a column whose run became a regime restarts at the mean of the run
+        else:  # adapt (at whatever row of the call): a column whose run became a regime restarts at its mean
             self.level = np.where(np.isnan(jump), L_after[used - 1], jump)
         if self.trend_rate is not None:
             self.seg_t = np.concatenate([self.seg_t, np.minimum(T[:used][lrn], self.clip * tscale)])
             self.base = B_after[used - 1].copy()
-            if used < m:  # adapt: the baseline restarts with the slow level, a regime is not a drift
+            if cut is not None:  # adapt: the baseline restarts with the slow level, a regime is not a drift
                 self.base = np.where(np.isnan(jump[:d]), self.base, jump[:d])
         self._note_step(X[:used][lrn])
         self.recent = np.concatenate((self.recent, Xd[:used][lrn]))[-RECENT:]
@@ -296,16 +296,18 @@ class ResidualDetector:
 
     def _calibrate(self, raw: np.ndarray, dropped: int, now: np.ndarray) -> None:
         """Raw scores reach the calibrator `hold` learned rows late; those of a run that became a regime
-        (`dropped` rows, the most recent) never do, so a change the model adapted to does not blunt it."""
+        (`dropped` rows, the most recent, still held) never do, so a change the model adapted to does not blunt it.
+        As if row by row: what is more than `hold` rows old goes first, then the run is dropped (a run adapts
+        only at a call's last row), so the calibrator gets the same rows at the same rows whatever the calls."""
         if self.season is not None:  # the first two cycles: the profile is not there yet, its errors would mislead
             raw = raw[now - self.t0 >= 2 * self.season]
         held = np.concatenate((self.held, raw))
-        if dropped:
-            held = held[:max(0, len(held) - dropped)]
         if len(held) > self.hold:
             self.cal.learn(held[:len(held) - self.hold, 0])
             self.tcal.learn(held[:len(held) - self.hold, 1])
             held = held[len(held) - self.hold:]
+        if dropped:
+            held = held[:max(0, len(held) - dropped)]
         self.held = held
 
     def _adapt_row(self, sign, Y, ts, learn) -> tuple[int | None, np.ndarray | None, int]:
