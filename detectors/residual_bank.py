@@ -17,16 +17,16 @@ residual channel's and the trend channel's), `_note_step` (the three smallest st
 end `_calibrate` (hold, feed the calibrators: `CalibratorBank` in detectors/calibrate_bank.py, drop a run
 that became a regime) and `_end_segment` (scale, trend scale, floor, profile).
 
-`export(slot)` gives a key's state as `ResidualDetector.state()` data and `load(slot, state)` takes one,
-so checkpoints and spill files stay those of a per-key detector.
+`export(slot)` gives a key's state as `ResidualDetector.state()` data and `load(slot, state)` takes one
+(detectors/residual_bank_state.py), so checkpoints and spill files stay those of a per-key detector.
 """
 from __future__ import annotations
 
 import numpy as np
 
-from .calibrate import plain
 from .calibrate_bank import CalibratorBank
 from .residual import RECENT, STEPS, ResidualDetector
+from .residual_bank_state import export_slot, load_slot
 from .slots import SlotArrays, rank_passes
 
 __all__ = ["ResidualBank"]
@@ -374,57 +374,10 @@ class ResidualBank:
         a.profile[slot] = profile + rate * (target - profile)
 
     # ------------------------------------------------------------------ one key's state as detector data
-    SAME = ("level", "anchor", "scale", "floor", "steps", "last", "recent", "base", "tscale",
-            "run", "run_sign", "run_start", "run_sum")  # arrays stored as they are in `ResidualDetector`
-
     def export(self, slot: int) -> dict:
         """Slot `slot` as `ResidualDetector.state()` data."""
-        a = self.a
-        st = plain(self.template)
-        k, n = int(a.seg_len[slot]), int(a.n[slot])
-        st.update(n=n, since=int(a.since[slot]), t0=float(a.t0[slot]), held=a.held[slot, :a.held_len[slot]].copy())
-        for name in self.SAME:
-            st[name] = getattr(a, name)[slot].copy()
-        st["seg_y"], st["seg_r"] = a.seg_y[slot, :k].copy(), a.seg_r[slot, :k].copy()
-        st["warm_rows"] = a.warm[slot, :n].tolist() if n < self.M else []
-        if self.trend_rate is not None:
-            st["base_anchor"], st["seg_t"] = a.base_anchor[slot].copy(), a.seg_t[slot, :k].copy()
-        else:  # the baseline never moves: its anchor is where the warm-up put it
-            st["base_anchor"] = a.base[slot].copy()
-        if self.season is not None:
-            st["profile"], st["visits"] = a.profile[slot].copy(), a.visits[slot].copy()
-            st["pending_bins"], st["pending_res"] = a.pbins[slot, :k].tolist(), a.pres[slot, :k].tolist()
-        self.cal.export(slot, st["cal"])
-        self.tcal.export(slot, st["tcal"])
-        return st
+        return export_slot(self, slot)
 
     def load(self, slot: int, st: dict) -> None:
         """Put `ResidualDetector.state()` data (this bank's parameters) into slot `slot`."""
-        a = self.a
-        a.reset(np.array([slot]))
-        for name in self.SAME:
-            getattr(a, name)[slot] = st[name]
-        a.n[slot], a.since[slot], a.t0[slot] = st["n"], st["since"], st["t0"]
-        held = np.asarray(st["held"], dtype=np.float64).reshape(-1, 2)
-        a.held[slot, :len(held)], a.held_len[slot] = held, len(held)
-        seg_y = np.asarray(st["seg_y"], dtype=np.float64).reshape(-1, self.c)
-        k = len(seg_y)
-        a.seg_y[slot, :k], a.seg_r[slot, :k], a.seg_len[slot] = seg_y, st["seg_r"], k
-        if k:  # the running sums, as `_learn_level` and `_trend` left them
-            a.seg_sum[slot] = np.cumsum(seg_y * self.C[:k], axis=0)[-1]
-        if self.trend_rate is not None:
-            a.base_anchor[slot] = st["base_anchor"]
-            if k:
-                a.seg_t[slot, :k] = st["seg_t"]
-                j = np.arange(k)[:, None]
-                r = 1 - self.alpha
-                levels = r ** (j + 1) * a.anchor[slot] + self.alpha * r ** j * np.cumsum(seg_y * r ** -j, axis=0)
-                a.base_sum[slot] = np.cumsum(levels[:, :self.d] * self.gC[:k], axis=0)[-1]
-        warm = np.asarray(st["warm_rows"], dtype=np.float64).reshape(-1, self.d)
-        a.warm[slot, :len(warm)] = warm
-        if self.season is not None:
-            a.profile[slot], a.visits[slot] = st["profile"], st["visits"]
-            if k:
-                a.pbins[slot, :k], a.pres[slot, :k] = st["pending_bins"], st["pending_res"]
-        self.cal.load(slot, st["cal"])
-        self.tcal.load(slot, st["tcal"])
+        load_slot(self, slot, st)
