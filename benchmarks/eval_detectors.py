@@ -4,6 +4,7 @@
     python benchmarks/eval_detectors.py --only residual,mad --no-skab
     python benchmarks/eval_detectors.py --skab-only --data /path/to/skab
     python benchmarks/eval_detectors.py --tune          # the tuning grid of the default, on the tuning half only
+    python benchmarks/eval_detectors.py --half tune     # the same tables, tuned AND scored on the tuning half (development)
 
 Method (fixed before any held-out figure was looked at; docs/detectors.md has the reasoning):
 - corpus: benchmarks/corpus.py, 98 generated series in 11 anomalous families plus 8 anomaly-free
@@ -147,12 +148,14 @@ def fmt(v, spec=".1f"):
     return "-" if v is None or (isinstance(v, float) and np.isnan(v)) else format(v, spec)
 
 
-def corpus_tables(labels) -> None:
-    tune_s, rep_s = corpus("tune"), corpus("report")
+def corpus_tables(labels, half: str = "report") -> None:
+    tune_s = corpus("tune")
+    rep_s = tune_s if half == "tune" else corpus("report")
     groups = {f: [i for i, s in enumerate(rep_s) if s.family == f] for f in FAMILIES}
     n_free = sum(len(s.x) for s in rep_s if not s.events)
-    print(f"## Generated corpus, held-out half: {len(rep_s)} series ({len(tune_s)} more tuned the thresholds), "
-          f"{sum(len(s.x) for s in rep_s):,} readings, {n_free:,} of them anomaly-free\n")
+    what = ("TUNING half (thresholds tuned and scored on it: for development, not a result)" if half == "tune" else
+            f"held-out half: {len(rep_s)} series ({len(tune_s)} more tuned the thresholds)")
+    print(f"## Generated corpus, {what}, {sum(len(s.x) for s in rep_s):,} readings, {n_free:,} of them anomaly-free\n")
     results = [evaluate(lb, tune_s, rep_s, groups) for lb in labels]
     print("| detector | NAB Standard | LowFP | LowFN | threshold (tuned) | false alerts / 10k | "
           "at the stage default: NAB Standard | false alerts / 10k | CPU s |")
@@ -161,7 +164,7 @@ def corpus_tables(labels) -> None:
         print(f"| {r['label']} | {fmt(r['Standard'])} | {fmt(r['LowFP'])} | {fmt(r['LowFN'])} | "
               f"{fmt(r['thr']['Standard'], '.6g')} | {fmt(r['fa'], '.2f')} | {fmt(r.get('default_std'))} | "
               f"{fmt(r['fa_default'], '.2f')} | {r['sec']:.1f} |")
-    print("\n### NAB Standard per family (held-out half, the tuned corpus threshold)\n")
+    print(f"\n### NAB Standard per family ({'tuning' if half == 'tune' else 'held-out'} half, the tuned corpus threshold)\n")
     print("| detector | " + " | ".join(FAMILIES) + " |")
     print("|---|" + "---|" * len(FAMILIES))
     for r in results:
@@ -186,13 +189,17 @@ def load_skab(root: Path):
     return out
 
 
-def skab_table(root: Path, labels) -> None:
+def skab_table(root: Path, labels, half: str = "report") -> None:
     if not root.is_dir():
         print(f"SKAB data not found at {root} (expected ../shared/data/skab); skipping SKAB.")
         return
     files = load_skab(root)
     tune_s, rep_s = files[0::2], files[1::2]
-    print(f"## SKAB v0.9, held-out half: {len(rep_s)} files (the other {len(tune_s)} tuned the thresholds)\n")
+    if half == "tune":
+        rep_s = tune_s
+        print(f"## SKAB v0.9, TUNING half: {len(rep_s)} files (thresholds tuned and scored on them: development only)\n")
+    else:
+        print(f"## SKAB v0.9, held-out half: {len(rep_s)} files (the other {len(tune_s)} tuned the thresholds)\n")
     print("| detector | NAB Standard | LowFP | LowFN | F1 | FAR % | MAR % | CPU s |")
     print("|---|---|---|---|---|---|---|---|")
     for lb in labels:
@@ -228,6 +235,8 @@ def main(argv=None) -> int:
     ap.add_argument("--only", default="", help="comma-separated detector names (baselines always run)")
     ap.add_argument("--no-skab", action="store_true", help="only the generated corpus")
     ap.add_argument("--skab-only", action="store_true", help="only SKAB")
+    ap.add_argument("--half", choices=["report", "tune"], default="report",
+                    help="`tune`: tune and score on the tuning half (for development); default: the held-out half")
     ap.add_argument("--tune", action="store_true", help="print the tuning grid (tuning half only) and stop")
     args = ap.parse_args(argv)
     if args.tune:
@@ -237,9 +246,9 @@ def main(argv=None) -> int:
     labels = [lb for lb, (kind, _, _) in DETECTORS.items()
               if not only or kind in only or kind in ("never", "always", "zscore")]
     if not args.skab_only:
-        corpus_tables(labels)
+        corpus_tables(labels, args.half)
     if not args.no_skab:
-        skab_table(Path(args.data), labels)
+        skab_table(Path(args.data), labels, args.half)
     return 0
 
 

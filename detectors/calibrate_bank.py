@@ -75,6 +75,20 @@ class CalibratorBank:
 
     def score(self, s: np.ndarray, raw: np.ndarray) -> np.ndarray:
         """`TailCalibrator.score` with each key's frozen table (slots `s` ready)."""
+        return 1.0 - self._tail(s, raw)
+
+    def tail_probability(self, s: np.ndarray, raw: np.ndarray) -> np.ndarray:
+        """`TailCalibrator.tail_probability`: each key's frozen table, 1 for a slot not ready."""
+        ready = self.a.ready[s]
+        if ready.all():
+            return self._tail(s, raw)
+        p = np.ones(len(s))
+        k = np.flatnonzero(ready)
+        if len(k):
+            p[k] = self._tail(s[k], raw[k])
+        return p
+
+    def _tail(self, s: np.ndarray, raw: np.ndarray) -> np.ndarray:
         a = self.a
         b = np.clip(np.searchsorted(EDGES, raw, side="right") - 1, 0, BINS)
         lo = EDGES[b]
@@ -88,7 +102,7 @@ class CalibratorBank:
         gs = np.where(expo, 1.0, g)
         with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
             gpd = a.q_t[s] * np.where(expo, np.exp(-excess), (1 + gs * excess) ** (-1 / gs))
-        return 1.0 - np.clip(np.where(raw > a.t[s], gpd, body), 0.0, 1.0)
+        return np.clip(np.where(raw > a.t[s], gpd, body), 0.0, 1.0)
 
     def export(self, slot: int, st: dict) -> None:
         """Write slot `slot` into `st`, a `TailCalibrator.state()` dict."""

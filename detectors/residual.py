@@ -4,11 +4,21 @@ Per field, the forecast of a reading is ``level + profile[phase]``: `level` is a
 weighted mean (rate `alpha`) of the deseasonalised readings, each clipped to ``clip`` scales around
 the level (bounded influence: a spike moves it by at most ``alpha * clip`` scales), and `profile`
 is an optional per-key seasonal profile over `season` seconds of event time, in `season_bins` bins.
+There are two levels per field, a slow one (`alpha`) and a fast one (`alpha_fast`, its readings
+clipped around the median of its previous three readings rather than the segment's anchor, so it
+follows a random walk); each field is judged by the one whose recent residuals were smaller.
 The raw score of a row is the largest ``|reading - forecast| / scale`` over the fields, where
 `scale` is a clipped EWMA (rate `beta`) of the absolute residuals, floored at half the field's
-resolution (the smallest step between readings seen) so that quantised or constant series do not
-divide by nothing.  A `TailCalibrator` turns the raw score into ``1 - p``, p being how often this
-key's own normal readings score as high, so one threshold means the same on every key.
+resolution (the third smallest step between readings seen: a spike on a constant series makes only
+two) so that quantised or constant series do not divide by nothing.
+
+A second, trend channel catches slow drifts that an EWMA follows: per field, the slow level against
+a baseline that follows it at `trend_rate` (0.02), ``max(0, |level - baseline| - 2 alpha clip
+scale) / tscale`` (tscale: a clipped EWMA of ``|level - baseline|``); the largest field wins.
+Each channel has its own `TailCalibrator` (the trend's starts after twice as many samples): p is
+how often this key's own normal readings score as high, and the score is ``1 - min(1, 2 min(p,
+p_trend))`` (Bonferroni), so one threshold means the same on every key.  ``trend_rate=None``
+turns the channel off (score ``1 - p``).
 
 Learning is never gated by the threshold.  When the readings of a field stay more than ``clip``
 scales away from the forecast for `adapt` rows (an int) or seconds (a float), the level jumps to
@@ -23,9 +33,9 @@ every row.  Any batching of the stream gives the same scores.  State is plain da
 >>> s, warm = det.score_learn_many(20 + rng.normal(0, 0.5, (2000, 1)))
 >>> bool(warm[0]), bool(warm[-1]), bool((s[warm == 0] < 0.9999).all())
 (True, False, True)
->>> s, warm = det.score_learn_many(np.array([[20.2], [30.0]]))
+>>> s, warm = det.score_learn_many(np.array([[21.0], [30.0]]))
 >>> [round(float(v), 4) for v in s]
-[0.3038, 1.0]
+[0.8647, 1.0]
 """
 from __future__ import annotations
 
@@ -35,6 +45,9 @@ import numpy as np
 from .calibrate import TailCalibrator, plain
 
 __all__ = ["ResidualDetector"]
+
+STEPS = 3  # the resolution is the STEPS-th smallest positive step seen between a field's readings
+RECENT = 3  # the fast forecast's readings are clipped around the median of the previous RECENT learned ones
 
 
 class ResidualDetector:
@@ -47,7 +60,8 @@ class ResidualDetector:
                  clip: float = 4.0,
                  season: float | None = None, season_bins: int = 288, season_rate: float = 0.1,
                  adapt: float | int | None = 60, refresh: int = 32, min_samples: int = 32,
-                 half_life: int = 20_000, tail: float = 0.02, calibration_samples: int = 256):
+                 half_life: int = 20_000, tail: float = 0.02, calibration_samples: int = 256,
+                 trend_rate: float | None = 0.02):
         if not (0 < alpha <= 0.95 and 0 < alpha_fast <= 0.95 and 0 < beta <= 1 and 0 < season_rate <= 1):
             raise ValueError(f"residual: alpha and alpha_fast must be in (0, 0.95], beta and season_rate in (0, 1]; "
                              f"got {alpha}, {alpha_fast}, {beta}, {season_rate}")
@@ -57,16 +71,21 @@ class ResidualDetector:
             raise ValueError(f"residual: season must be a positive duration in seconds, got {season}")
         if adapt is not None and adapt <= 0:
             raise ValueError(f"residual: adapt must be > 0 (rows as an int, seconds as a float), got {adapt}")
+        if trend_rate is not None and not 0 < trend_rate < 1:
+            raise ValueError(f"residual: trend_rate must be in (0, 1) or None, got {trend_rate}")
         d = len(fields)
         self.fields = tuple(fields)
+        self.trend_rate = trend_rate
         self.alpha = np.repeat([alpha, alpha_fast], d)  # columns: the slow forecast of each field, then the fast
         self.beta, self.clip, self.refresh, self.min_samples = beta, clip, refresh, min_samples
         self.season, self.season_bins, self.season_rate = season, season_bins, season_rate
         self.adapt_rows = adapt if isinstance(adapt, int) and not isinstance(adapt, bool) else None
         self.adapt_s = float(adapt) if adapt is not None and self.adapt_rows is None else None
         self.hold = self.adapt_rows or (128 if self.adapt_s else 0)  # rows held back from the calibrator
-        self.held = np.zeros(0)
+        self.held = np.zeros((0, 2))  # raw scores held back: the residual channel's, the trend channel's
         self.cal = TailCalibrator(half_life=half_life, tail=tail, refresh=refresh, min_samples=calibration_samples)
+        self.tcal = TailCalibrator(half_life=half_life, tail=tail, refresh=refresh,  # the trend channel's: its
+                                   min_samples=2 * calibration_samples)  # raw scores are autocorrelated, so twice as many
         self.n = 0  # rows learned
         self.since = 0  # rows learned in the current segment
         c = 2 * d
@@ -75,15 +94,20 @@ class ResidualDetector:
         self.scale = np.zeros(c)  # frozen for the segment
         self.seg_y = np.zeros((0, c))  # clipped deseasonalised readings learned in this segment
         self.seg_r = np.zeros((0, c))  # their clipped absolute residuals (the scale learns them at the end)
-        self.step = np.full(d, np.inf)  # resolution: the smallest positive change between readings
+        self.steps = np.full((STEPS, d), np.inf)  # the STEPS smallest positive changes between readings seen
         self.floor = np.zeros(2 * d)  # the least scale: half the resolution
         self.last = np.full(d, np.nan)
+        self.recent = np.zeros((RECENT, d))  # the last RECENT learned deseasonalised readings (fast clipping centre)
         self.profile = np.zeros((season_bins if season else 0, d))
         self.visits = np.zeros(season_bins if season else 0)  # segments that updated each bin
         self.pending_bins: list[int] = []  # seasonal bins and residuals of the segment, learned at its end
         self.pending_res: list[list[float]] = []
         self.warm_rows: list[list[float]] = []
         self.t0 = 0.0  # the first min_samples rows, to start level and scale
+        self.base = np.zeros(d)  # the trend baseline: an EWMA (rate trend_rate) of the slow level
+        self.base_anchor = np.zeros(d)  # the baseline at the segment start
+        self.tscale = np.zeros(d)  # frozen for the segment: EWMA (rate beta) of |slow level - baseline|
+        self.seg_t = np.zeros((0, d))  # the segment's clipped |slow level - baseline| (tscale learns them at its end)
         self.run = np.zeros(c, dtype=np.int64)  # rows in a row more than `clip` scales away, same side
         self.run_sign = np.zeros(c)
         self.run_start = np.zeros(c)  # event time of the run's first row
@@ -96,7 +120,7 @@ class ResidualDetector:
     @property
     def nbytes(self) -> int:
         arrays = [v for v in vars(self).values() if isinstance(v, np.ndarray)]
-        return sum(a.nbytes for a in arrays) + 5 * self.cal.count.nbytes  # histogram (3) and its table (2)
+        return sum(a.nbytes for a in arrays) + 10 * self.cal.count.nbytes  # 2 x (histogram (3) and its table (2))
 
     # ------------------------------------------------------------------ scoring
     def _phase(self, ts: np.ndarray) -> np.ndarray:
@@ -140,7 +164,13 @@ class ResidualDetector:
             self.anchor = self.level.copy()
             dev = np.abs(np.diff(W, axis=0)).mean(axis=0) * 1.2533 / np.sqrt(2)  # noise from successive changes
             self.floor = self._floor()
-            self.scale = np.maximum(np.concatenate([dev, np.sqrt(2) * dev]), self.floor)
+            spread = np.abs(W - np.median(W, axis=0)).mean(axis=0) * 1.2533  # the slow forecast's residuals
+            self.scale = np.maximum(np.concatenate([spread, np.sqrt(2) * dev]), self.floor)
+            self.base = self.level[:len(dev)].copy()
+            self.base_anchor = self.base.copy()
+            a = self.alpha[0]
+            self.tscale = dev * np.sqrt(a / (2 - a))  # the spread of an EWMA of white noise
+            self.recent = W[-RECENT:].copy()
             self.warm_rows = []
 
     def _note_step(self, X: np.ndarray) -> None:
@@ -149,11 +179,12 @@ class ResidualDetector:
         full = np.concatenate((self.last[None, :], X))
         d = np.abs(full[1:] - full[:-1])
         d[~(d > 0)] = np.inf
-        self.step = np.minimum(self.step, d.min(axis=0))
+        self.steps = np.sort(np.concatenate((self.steps, d)), axis=0)[:STEPS]
         self.last = full[-1].copy()
 
     def _floor(self) -> np.ndarray:
-        step = np.where(np.isfinite(self.step), self.step, 0.0)
+        step = self.steps[-1]  # the resolution: a step seen STEPS times (a spike on a constant is only two)
+        step = np.where(np.isfinite(step), step, 0.0)
         return np.maximum(0.5 * np.tile(step, 2), 1e-9 * np.maximum(1.0, np.abs(self.level)))
 
     def _segment(self, X, ts, learn, out_scores, out_warm) -> int:
@@ -167,11 +198,19 @@ class ResidualDetector:
         Y = np.concatenate((Xd, Xd), axis=1)  # once per forecast
         scale = np.maximum(self.scale, self.floor)
         band = self.clip * scale
-        Yc = np.minimum(np.maximum(Y, self.anchor - band), self.anchor + band)  # bounded influence on the level
-        # level after each learned row: L_j = r^(j+1) anchor + alpha r^j sum_k r^-k y_k over the segment's
-        # learned rows, a cumsum, so any split of the segment gives the same floats; unlearned rows carry it on
+        # bounded influence on the level: the slow forecast's readings are clipped to `clip` scales around the
+        # segment's anchor, the fast one's around the median of the previous RECENT learned readings (so it
+        # follows a random walk within a segment, and a spike still moves it by at most alpha_fast * clip scales)
         every = bool(learn.all())
         idx = np.flatnonzero(learn)
+        hist = np.concatenate((self.recent, Xd[idx]))
+        centre = np.repeat(self.anchor[None, :], m, axis=0)
+        if len(idx):
+            med = np.median(np.lib.stride_tricks.sliding_window_view(hist, RECENT, axis=0), axis=-1)[:len(idx)]
+            centre[idx, d:] = med
+        Yc = np.minimum(np.maximum(Y, centre - band), centre + band)
+        # level after each learned row: L_j = r^(j+1) anchor + alpha r^j sum_k r^-k y_k over the segment's
+        # learned rows, a cumsum, so any split of the segment gives the same floats; unlearned rows carry it on
         k0 = len(self.seg_y)
         seg_y = np.concatenate((self.seg_y, Yc if every else Yc[idx]))
         j = np.arange(len(seg_y))[:, None]
@@ -192,24 +231,44 @@ class ResidualDetector:
         z = np.abs(R) / scale
         slow = scale[:d] <= scale[d:]  # per field, the forecast whose residuals have been smaller
         raw = np.where(slow, z[:, :d], z[:, d:]).max(axis=1)
+        traw = np.zeros(m)
+        if self.trend_rate is not None:  # a slow drift: the slow level against its own, much slower, baseline
+            B_after = self._baseline(levels[:, :d], k0, learn, idx, every, m)
+            B_before = np.concatenate((self.base[None, :], B_after[:-1]))
+            T = np.abs(L_before[:, :d] - B_before)
+            tscale = np.maximum(self.tscale, self.floor[:d])
+            reach = 2 * self.alpha[:d] * band[:d]  # how far two readings can move the slow level: not a drift
+            traw = (np.maximum(T - reach, 0.0) / tscale).max(axis=1)
         # runs of rows more than `clip` scales away on one side: a new regime once long enough
         sign = np.where(np.abs(R) > band, np.sign(R), 0.0) * learn[:, None]
         cut, jump, run_len = self._adapt_row(sign, Y, ts, learn)
         used = m if cut is None else cut + 1
         cal_warm = not self.cal.ready
-        out_scores[:used] = 0.0 if cal_warm else self.cal.score(raw[:used])
+        if cal_warm:
+            out_scores[:used] = 0.0
+        elif self.trend_rate is None:
+            out_scores[:used] = self.cal.score(raw[:used])
+        else:  # two channels, each calibrated on its own: the smaller tail probability, doubled (Bonferroni)
+            p = np.minimum(self.cal.tail_probability(raw[:used]), self.tcal.tail_probability(traw[:used]))
+            out_scores[:used] = 1.0 - np.minimum(1.0, 2.0 * p)
         out_warm[:used] = cal_warm
         lrn = learn[:used]
-        self._calibrate(raw[:used][lrn], run_len, ts[:used][lrn])
+        self._calibrate(np.stack((raw[:used][lrn], traw[:used][lrn]), axis=1), run_len, ts[:used][lrn])
         n_new = int(lrn.sum())
         self.seg_y = seg_y[:k0 + n_new]
         absr = np.abs(R[:used][lrn])
         self.seg_r = np.concatenate([self.seg_r, np.minimum(absr, self.clip * scale)])  # bounded influence
-        if used == m:
+        if cut is None:
             self.level = L_after[-1].copy()
-        else:  # adapt: the level restarts at the mean of the run
-            self.level = jump
+        else:  # adapt (at whatever row of the call): a column whose run became a regime restarts at its mean
+            self.level = np.where(np.isnan(jump), L_after[used - 1], jump)
+        if self.trend_rate is not None:
+            self.seg_t = np.concatenate([self.seg_t, np.minimum(T[:used][lrn], self.clip * tscale)])
+            self.base = B_after[used - 1].copy()
+            if cut is not None:  # adapt: the baseline restarts with the slow level, a regime is not a drift
+                self.base = np.where(np.isnan(jump[:d]), self.base, jump[:d])
         self._note_step(X[:used][lrn])
+        self.recent = np.concatenate((self.recent, Xd[:used][lrn]))[-RECENT:]
         if self.season is not None and lrn.any():
             ph = self._phase(ts[:used])[lrn]
             self.pending_bins.extend(ph.tolist())
@@ -220,20 +279,35 @@ class ResidualDetector:
             self._end_segment()
         return used
 
+    def _baseline(self, slow_levels, k0, learn, idx, every, m) -> np.ndarray:
+        """The trend baseline after each row: an EWMA of the slow level, the same prefix-exact cumsum."""
+        g = self.trend_rate
+        j = np.arange(len(slow_levels))[:, None]
+        r = 1 - g
+        base = r ** (j + 1) * self.base_anchor + g * r ** j * np.cumsum(slow_levels * r ** -j, axis=0)
+        if every:
+            return base[k0:]
+        if not len(idx):
+            return np.repeat(self.base[None, :], m, axis=0)
+        filled = np.zeros((m, base.shape[1]))
+        filled[idx] = base[k0:]
+        k = np.maximum.accumulate(np.where(learn, np.arange(m), -1))
+        return np.where((k >= 0)[:, None], filled[np.maximum(k, 0)], self.base)
+
     def _calibrate(self, raw: np.ndarray, dropped: int, now: np.ndarray) -> None:
         """Raw scores reach the calibrator `hold` learned rows late; those of a run that became a regime
-        (`dropped` rows, the most recent) never do, so a change the model adapted to does not blunt it."""
+        (`dropped` rows, the most recent, still held) never do, so a change the model adapted to does not blunt it.
+        As if row by row: what is more than `hold` rows old goes first, then the run is dropped (a run adapts
+        only at a call's last row), so the calibrator gets the same rows at the same rows whatever the calls."""
         if self.season is not None:  # the first two cycles: the profile is not there yet, its errors would mislead
             raw = raw[now - self.t0 >= 2 * self.season]
-        if not self.hold:
-            self.cal.learn(raw)
-            return
         held = np.concatenate((self.held, raw))
+        if len(held) > self.hold:
+            self.cal.learn(held[:len(held) - self.hold, 0])
+            self.tcal.learn(held[:len(held) - self.hold, 1])
+            held = held[len(held) - self.hold:]
         if dropped:
             held = held[:max(0, len(held) - dropped)]
-        if len(held) > self.hold:
-            self.cal.learn(held[:len(held) - self.hold])
-            held = held[len(held) - self.hold:]
         self.held = held
 
     def _adapt_row(self, sign, Y, ts, learn) -> tuple[int | None, np.ndarray | None, int]:
@@ -260,7 +334,7 @@ class ResidualDetector:
             long = (self.run >= self.adapt_rows) if self.adapt_rows else \
                 (self.run > 0) & (ts[i] - self.run_start >= self.adapt_s)
             if long.any():
-                jump = self.level.copy()
+                jump = np.full_like(self.level, np.nan)  # NaN: the column keeps its own level
                 jump[long] = self.run_sum[long] / self.run[long]
                 run_len = int(self.run[long].max())
                 self.run = np.where(long, 0, self.run)
@@ -280,6 +354,12 @@ class ResidualDetector:
             self.scale = (1 - self.beta) ** k * self.scale + 1.2533 * (w @ self.seg_r)
         self.seg_y = self.seg_y[:0]
         self.seg_r = self.seg_r[:0]
+        self.base_anchor = self.base.copy()
+        k = len(self.seg_t)
+        if k:
+            w = self.beta * (1 - self.beta) ** np.arange(k - 1, -1, -1.0)
+            self.tscale = (1 - self.beta) ** k * self.tscale + 1.2533 * (w @ self.seg_t)
+        self.seg_t = self.seg_t[:0]
         if self.season is not None and self.pending_bins:
             bins = np.array(self.pending_bins)
             res = np.array(self.pending_res)
@@ -295,13 +375,13 @@ class ResidualDetector:
 
     # ------------------------------------------------------------------ state (plain data)
     def state(self) -> dict:
-        return plain({k: (v.state() if k == "cal" else v) for k, v in vars(self).items()})
+        return plain({k: (v.state() if k in ("cal", "tcal") else v) for k, v in vars(self).items()})
 
     @classmethod
     def from_state(cls, state: dict) -> "ResidualDetector":
         det = cls.__new__(cls)
         for k, v in state.items():
-            if k == "cal":
+            if k in ("cal", "tcal"):
                 v = TailCalibrator.from_state(v)
             elif k == "fields":
                 v = tuple(v)

@@ -9,21 +9,24 @@ the key's rows in the batch), so the scores and warming flags are the same float
 detector fed the same rows (tests/detectors/test_residual_bank.py).
 
 Each step of the per-row algorithm is one function below, named as in `ResidualDetector`:
-`_warm` (warm-up), `_start_calls`, `_forecast` (deseasonalise, clip to the band), `_learn_level`
-(the closed-form prefix sum, run sequentially), `_raw_score`, `_adapt_row` (runs of rows out of
-band), the calibrated score, `_note_step`, then at a call's end `_calibrate` (hold, drop, feed the
-calibrator: `CalibratorBank` in detectors/calibrate_bank.py) and `_end_segment` (scale, floor, profile).
+`_warm` (warm-up), `_start_calls`, `_forecast` (deseasonalise, clip to the band: the slow columns around
+the anchor, the fast ones around the median of the key's previous three readings), `_learn_level` (the
+closed-form prefix sum, run sequentially), `_raw_score`, `_trend` (the slow level against its baseline,
+the same prefix sum), `_adapt_row` (runs of rows out of band), the calibrated score (two calibrators, the
+residual channel's and the trend channel's), `_note_step` (the three smallest steps), then at a call's
+end `_calibrate` (hold, feed the calibrators: `CalibratorBank` in detectors/calibrate_bank.py, drop a run
+that became a regime) and `_end_segment` (scale, trend scale, floor, profile).
 
-`export(slot)` gives a key's state as `ResidualDetector.state()` data and `load(slot, state)` takes one,
-so checkpoints and spill files stay those of a per-key detector.
+`export(slot)` gives a key's state as `ResidualDetector.state()` data and `load(slot, state)` takes one
+(detectors/residual_bank_state.py), so checkpoints and spill files stay those of a per-key detector.
 """
 from __future__ import annotations
 
 import numpy as np
 
-from .calibrate import plain
 from .calibrate_bank import CalibratorBank
-from .residual import ResidualDetector
+from .residual import RECENT, STEPS, ResidualDetector
+from .residual_bank_state import export_slot, load_slot
 from .slots import SlotArrays, rank_passes
 
 __all__ = ["ResidualBank"]
@@ -42,10 +45,14 @@ class ResidualBank:
         self.R, self.M = p.refresh, p.min_samples
         self.season, self.bins, self.season_rate = p.season, p.season_bins, p.season_rate
         self.adapt_rows, self.adapt_s, self.H = p.adapt_rows, p.adapt_s, p.hold
+        self.trend_rate = p.trend_rate
         # the powers of the level's closed form, computed as ResidualDetector._segment computes them
         j = np.arange(self.R + 1)[:, None]
         r = 1 - self.alpha
         self.A, self.B, self.C = r ** (j + 1), self.alpha * r ** j, r ** -j
+        if self.trend_rate is not None:  # and those of the trend baseline's (ResidualDetector._baseline)
+            g = self.trend_rate
+            self.gA, self.gB, self.gC = (1 - g) ** (j + 1), g * (1 - g) ** j, (1 - g) ** -j
         self.w = [None] + [self.beta * (1 - self.beta) ** np.arange(k - 1, -1, -1.0) for k in range(1, self.R + 1)]
         self.keep = np.array([1.0] + [(1 - self.beta) ** k for k in range(1, self.R + 1)])
         R, H, B = self.R, self.H, self.bins
@@ -53,32 +60,39 @@ class ResidualBank:
         specs = {
             "n": ((), i8, 0), "since": ((), i8, 0), "t0": ((), f8, 0.0),
             "level": ((c,), f8, 0.0), "anchor": ((c,), f8, 0.0), "scale": ((c,), f8, 0.0), "floor": ((c,), f8, 0.0),
-            "step": ((d,), f8, np.inf), "last": ((d,), f8, np.nan), "warm": ((self.M, d), f8, 0.0),
+            "steps": ((STEPS, d), f8, np.inf), "last": ((d,), f8, np.nan), "warm": ((self.M, d), f8, 0.0),
+            "recent": ((RECENT, d), f8, 0.0),
             "seg_len": ((), i8, 0), "seg_sum": ((c,), f8, 0.0), "seg_y": ((R, c), f8, 0.0), "seg_r": ((R, c), f8, 0.0),
             "run": ((c,), i8, 0), "run_sign": ((c,), f8, 0.0), "run_start": ((c,), f8, 0.0), "run_sum": ((c,), f8, 0.0),
-            "held": ((H + R,), f8, 0.0), "held_len": ((), i8, 0),
-            # within a batch only: the open call of each key
-            "call_left": ((), i8, 0), "call_level": ((c,), f8, 0.0),
+            "held": ((H + R, 2), f8, 0.0), "held_len": ((), i8, 0),
+            # within a batch only: the rows left in the open call of each key
+            "call_left": ((), i8, 0),
         }
+        if self.trend_rate is not None:  # without it the trend state stays as the warm-up left it
+            specs.update({"base": ((d,), f8, 0.0), "base_anchor": ((d,), f8, 0.0), "tscale": ((d,), f8, 0.0),
+                          "base_sum": ((d,), f8, 0.0), "seg_t": ((R, d), f8, 0.0)})
+        else:
+            specs.update({"base": ((d,), f8, 0.0), "tscale": ((d,), f8, 0.0)})
         if self.season is not None:
             specs.update({"profile": ((B, d), f8, 0.0), "visits": ((B,), f8, 0.0),
                           "pbins": ((R,), i8, 0), "pres": ((R, d), f8, 0.0)})
         self.a = SlotArrays(specs, capacity)
         self.cal = CalibratorBank(p.cal, capacity)
+        self.tcal = CalibratorBank(p.tcal, capacity)  # the trend channel's (it learns zeros when that is off)
 
     def grow(self, need: int) -> None:
         """Room for slots 0 .. need - 1."""
-        self.a.grow(need)
-        self.cal.a.grow(need)
+        for arrays in (self.a, self.cal.a, self.tcal.a):
+            arrays.grow(need)
 
     def reset(self, slots: np.ndarray) -> None:
         """Slots `slots` back to a fresh key's state."""
-        self.a.reset(slots)
-        self.cal.a.reset(slots)
+        for arrays in (self.a, self.cal.a, self.tcal.a):
+            arrays.reset(slots)
 
     @property
     def bytes_per_key(self) -> int:
-        return (self.a.nbytes + self.cal.a.nbytes) // max(self.a.capacity, 1)
+        return (self.a.nbytes + self.cal.a.nbytes + self.tcal.a.nbytes) // max(self.a.capacity, 1)
 
     # ------------------------------------------------------------------ a batch
     def score_learn(self, slots: np.ndarray, X: np.ndarray, ts: np.ndarray, learn: np.ndarray):
@@ -106,21 +120,28 @@ class ResidualBank:
         """One row of each slot `s` (distinct) past its warm-up: the body of `ResidualDetector._segment`."""
         a, d = self.a, self.d
         self._start_calls(s, left)
-        Y, Yc, scale, band, phase = self._forecast(s, X, ts)
+        Y, Yc, Xd, scale, band, phase = self._forecast(s, X, ts)
         L_before = a.level[s]
         li = np.flatnonzero(learn)
-        self._learn_level(s[li], Yc[li])
+        sl = s[li]
+        self._learn_level(sl, Yc[li])
         Rz = Y - L_before
         absR = np.abs(Rz)
         raw = self._raw_score(absR, scale)
+        traw = np.zeros(len(s))
+        if self.trend_rate is not None:
+            traw = self._trend(s, li, L_before, scale, band)
         cut, run_len, jump = self._adapt_row(s, Rz, absR, band, Y, ts, learn)
         ready = self.cal.a.ready[s]
         out = np.zeros(len(s))
         if ready.any():
             k = np.flatnonzero(ready)
-            out[k] = self.cal.score(s[k], raw[k])
-        self._hold(s, raw, ts, learn)
-        sl = s[li]
+            if self.trend_rate is None:
+                out[k] = 1.0 - self.cal.tail_probability(s[k], raw[k])
+            else:  # two channels, each calibrated on its own: the smaller tail probability, doubled (Bonferroni)
+                p = np.minimum(self.cal.tail_probability(s[k], raw[k]), self.tcal.tail_probability(s[k], traw[k]))
+                out[k] = 1.0 - np.minimum(1.0, 2.0 * p)
+        self._hold(s, raw, traw, ts, learn)
         j = a.seg_len[sl]
         a.seg_r[sl, j] = np.minimum(absR[li], band[li])  # bounded influence
         if self.season is not None:
@@ -128,6 +149,7 @@ class ResidualBank:
             a.pres[sl, j] = X[li] - L_before[li, :d]
         a.seg_len[sl] += 1
         self._note_step(sl, X[li])
+        a.recent[sl] = np.concatenate((a.recent[sl, 1:], Xd[li, None, :]), axis=1)
         a.n[sl] += 1
         a.since[s] += 1
         a.call_left[s] -= 1
@@ -135,10 +157,11 @@ class ResidualBank:
         if len(ends):
             e = s[ends]
             c = np.flatnonzero(cut)
-            if len(c):  # adapt: the level restarts at the mean of the run
-                # as in `_segment` (`if used == m`): not when the run's last row is the call's last row
-                early = a.call_left[s[c]] > 0
-                a.level[s[c[early]]] = jump[early]
+            if len(c):  # adapt (the call's last row): a column whose run became a regime restarts at its mean
+                sc = s[c]
+                a.level[sc] = np.where(np.isnan(jump), a.level[sc], jump)
+                if self.trend_rate is not None:  # the baseline restarts with the slow level: a regime is no drift
+                    a.base[sc] = np.where(np.isnan(jump[:, :d]), a.base[sc], jump[:, :d])
             a.call_left[e] = 0
             self._calibrate(e, run_len[ends])
             seg = e[(a.since[e] >= self.R) | cut[ends]]
@@ -165,9 +188,16 @@ class ResidualBank:
             a.level[slot] = level
             a.anchor[slot] = level
             dev = np.abs(np.diff(W, axis=0)).mean(axis=0) * 1.2533 / np.sqrt(2)  # noise from successive changes
-            floor = self._floor(a.step[slot], level)
+            floor = self._floor(a.steps[slot, -1], level)
             a.floor[slot] = floor
-            a.scale[slot] = np.maximum(np.concatenate([dev, np.sqrt(2) * dev]), floor)
+            spread = np.abs(W - np.median(W, axis=0)).mean(axis=0) * 1.2533  # the slow forecast's residuals
+            a.scale[slot] = np.maximum(np.concatenate([spread, np.sqrt(2) * dev]), floor)
+            a.base[slot] = level[:self.d]
+            alpha = self.alpha[0]
+            a.tscale[slot] = dev * np.sqrt(alpha / (2 - alpha))  # the spread of an EWMA of white noise
+            a.recent[slot] = W[-RECENT:]
+            if self.trend_rate is not None:
+                a.base_anchor[slot] = level[:self.d]
 
     def _start_calls(self, s, left) -> None:
         """Keys without an open call open one: as many rows as `score_learn_many` gives one `_segment` call."""
@@ -176,13 +206,13 @@ class ResidualBank:
         if len(i):
             o = s[i]
             a.call_left[o] = np.minimum(np.minimum(left[i], self.R - a.since[o]), self.cal.frozen_rows(o))
-            a.call_level[o] = a.level[o]
 
     def _phase(self, ts):
         return (np.floor(np.mod(ts, self.season) / self.season * self.bins)).astype(np.int64) % self.bins
 
     def _forecast(self, s, X, ts):
-        """Deseasonalised readings (once per forecast), the frozen scale, the band, the clipped readings."""
+        """Deseasonalised readings (once per forecast), the frozen scale, the band, the clipped readings: the
+        slow columns' around the segment's anchor, the fast ones' around the median of the previous RECENT."""
         a = self.a
         phase = None
         Xd = X
@@ -192,9 +222,10 @@ class ResidualBank:
         Y = np.concatenate((Xd, Xd), axis=1)
         scale = np.maximum(a.scale[s], a.floor[s])
         band = self.clip * scale
-        anchor = a.anchor[s]
-        Yc = np.minimum(np.maximum(Y, anchor - band), anchor + band)  # bounded influence on the level
-        return Y, Yc, scale, band, phase
+        centre = a.anchor[s]
+        centre[:, self.d:] = np.median(a.recent[s], axis=1)
+        Yc = np.minimum(np.maximum(Y, centre - band), centre + band)  # bounded influence on the level
+        return Y, Yc, Xd, scale, band, phase
 
     def _learn_level(self, s, Yc) -> None:
         """L_j = r^(j+1) anchor + alpha r^j sum_k r^-k y_k, the sum run row by row (np.cumsum's order)."""
@@ -205,6 +236,24 @@ class ResidualBank:
         a.seg_sum[s] = S
         a.seg_y[s, j] = Yc
         a.level[s] = self.A[j] * a.anchor[s] + self.B[j] * S
+
+    def _trend(self, s, li, L_before, scale, band):
+        """The trend channel's raw score (the slow level against its baseline before the row), then the
+        baseline learns the learned rows' slow levels: B_j = r^(j+1) B_anchor + g r^j sum_k r^-k L_k."""
+        a, d = self.a, self.d
+        T = np.abs(L_before[:, :d] - a.base[s])
+        floor = a.floor[s, :d]
+        tscale = np.maximum(a.tscale[s], floor)
+        reach = 2 * self.alpha[:d] * band[:, :d]  # how far two readings can move the slow level: not a drift
+        traw = (np.maximum(T - reach, 0.0) / tscale).max(axis=1)
+        sl = s[li]
+        j = a.seg_len[sl]
+        a.seg_t[sl, j] = np.minimum(T[li], self.clip * tscale[li])
+        term = a.level[sl, :d] * self.gC[j]
+        S = np.where((j == 0)[:, None], term, a.base_sum[sl] + term)
+        a.base_sum[sl] = S
+        a.base[sl] = self.gA[j] * a.base_anchor[sl] + self.gB[j] * S
+        return traw
 
     def _raw_score(self, absR, scale):
         d = self.d
@@ -235,7 +284,7 @@ class ResidualBank:
         k = np.flatnonzero(long.any(axis=1))
         if len(k):
             lk = long[k]
-            jump = np.where(lk, total[k] / np.maximum(run[k], 1), a.call_level[sh[k]])
+            jump = np.where(lk, total[k] / np.maximum(run[k], 1), np.nan)  # NaN: the column keeps its own level
             run_len[h[k]] = np.where(lk, run[k], 0).max(axis=1)
             cut[h[k]] = True
             run[k] = np.where(lk, 0, run[k])
@@ -243,41 +292,44 @@ class ResidualBank:
         a.run[sh], a.run_sign[sh], a.run_start[sh], a.run_sum[sh] = run, sg, start, total
         return cut, run_len, jump
 
-    def _hold(self, s, raw, ts, learn) -> None:
+    def _hold(self, s, raw, traw, ts, learn) -> None:
         """Queue the learned rows' raw scores (the calibrator gets them at the call's end, `hold` rows late)."""
         a = self.a
         keep = learn
         if self.season is not None:  # the first two cycles: the profile is not there yet
             keep = learn & (ts - a.t0[s] >= 2 * self.season)
         k = s[keep]
-        a.held[k, a.held_len[k]] = raw[keep]
+        a.held[k, a.held_len[k], 0] = raw[keep]
+        a.held[k, a.held_len[k], 1] = traw[keep]
         a.held_len[k] += 1
 
     def _note_step(self, s, X) -> None:
-        """Resolution: the smallest positive change between learned readings."""
+        """Resolution: the STEPS smallest positive changes between learned readings."""
         a = self.a
         diff = np.abs(X - a.last[s])
         diff[~(diff > 0)] = np.inf
-        a.step[s] = np.minimum(a.step[s], diff)
+        a.steps[s] = np.sort(np.concatenate((a.steps[s], diff[:, None, :]), axis=1), axis=1)[:, :STEPS]
         a.last[s] = X
 
     def _calibrate(self, e, dropped) -> None:
-        """`ResidualDetector._calibrate` at the end of a call: drop a run that became a regime, pass on
-        what is more than `hold` rows old."""
+        """`ResidualDetector._calibrate` at the end of a call: pass on what is more than `hold` rows old,
+        then drop a run that became a regime."""
         a, H = self.a, self.H
-        hl = np.maximum(a.held_len[e] - dropped, 0)
+        hl = a.held_len[e]
         push = np.maximum(hl - H, 0)
         p = np.flatnonzero(push)
         if len(p):
             ep, pu = e[p], push[p]
             rows = np.repeat(ep, pu)
             col = np.arange(len(rows)) - np.repeat(np.cumsum(pu) - pu, pu)
-            self.cal.add(ep, pu, a.held[rows, col])
+            self.cal.add(ep, pu, a.held[rows, col, 0])
+            self.tcal.add(ep, pu, a.held[rows, col, 1])
             if H:
                 idx = np.minimum(pu[:, None] + np.arange(H), H + self.R - 1)
-                a.held[ep, :H] = np.take_along_axis(a.held[ep], idx, axis=1)
+                a.held[ep, :H] = np.take_along_axis(a.held[ep], idx[:, :, None], axis=1)
+            hl = hl.copy()
             hl[p] -= pu
-        a.held_len[e] = hl
+        a.held_len[e] = np.maximum(hl - dropped, 0)
 
     @staticmethod
     def _floor(step, level):
@@ -289,7 +341,8 @@ class ResidualBank:
         a = self.a
         a.since[g] = 0
         a.anchor[g] = a.level[g]
-        step = np.where(np.isfinite(a.step[g]), a.step[g], 0.0)
+        step = a.steps[g, -1]  # the resolution: a step seen STEPS times (a spike on a constant is only two)
+        step = np.where(np.isfinite(step), step, 0.0)
         a.floor[g] = np.maximum(0.5 * np.concatenate((step, step), axis=1), 1e-9 * np.maximum(1.0, np.abs(a.level[g])))
         k = a.seg_len[g]
         has = np.flatnonzero(k)
@@ -297,6 +350,11 @@ class ResidualBank:
             gh, kh = g[has], k[has]
             dots = np.array([self.w[kk] @ a.seg_r[slot, :kk] for slot, kk in zip(gh.tolist(), kh.tolist())])
             a.scale[gh] = self.keep[kh][:, None] * a.scale[gh] + 1.2533 * dots
+            if self.trend_rate is not None:
+                dots = np.array([self.w[kk] @ a.seg_t[slot, :kk] for slot, kk in zip(gh.tolist(), kh.tolist())])
+                a.tscale[gh] = self.keep[kh][:, None] * a.tscale[gh] + 1.2533 * dots
+        if self.trend_rate is not None:
+            a.base_anchor[g] = a.base[g]
         if self.season is not None:
             for slot, kk in zip(g.tolist(), k.tolist()):
                 if kk:
@@ -318,38 +376,8 @@ class ResidualBank:
     # ------------------------------------------------------------------ one key's state as detector data
     def export(self, slot: int) -> dict:
         """Slot `slot` as `ResidualDetector.state()` data."""
-        a = self.a
-        st = plain(self.template)
-        k, n = int(a.seg_len[slot]), int(a.n[slot])
-        st.update(n=n, since=int(a.since[slot]), t0=float(a.t0[slot]), held=a.held[slot, :a.held_len[slot]].copy())
-        for name in ("level", "anchor", "scale", "floor", "step", "last", "run", "run_sign", "run_start", "run_sum"):
-            st[name] = getattr(a, name)[slot].copy()
-        st["seg_y"], st["seg_r"] = a.seg_y[slot, :k].copy(), a.seg_r[slot, :k].copy()
-        st["warm_rows"] = a.warm[slot, :n].tolist() if n < self.M else []
-        if self.season is not None:
-            st["profile"], st["visits"] = a.profile[slot].copy(), a.visits[slot].copy()
-            st["pending_bins"], st["pending_res"] = a.pbins[slot, :k].tolist(), a.pres[slot, :k].tolist()
-        self.cal.export(slot, st["cal"])
-        return st
+        return export_slot(self, slot)
 
     def load(self, slot: int, st: dict) -> None:
         """Put `ResidualDetector.state()` data (this bank's parameters) into slot `slot`."""
-        a = self.a
-        a.reset(np.array([slot]))
-        for name in ("level", "anchor", "scale", "floor", "step", "last", "run", "run_sign", "run_start", "run_sum"):
-            getattr(a, name)[slot] = st[name]
-        a.n[slot], a.since[slot], a.t0[slot] = st["n"], st["since"], st["t0"]
-        held = np.asarray(st["held"], dtype=np.float64)
-        a.held[slot, :len(held)], a.held_len[slot] = held, len(held)
-        seg_y = np.asarray(st["seg_y"], dtype=np.float64).reshape(-1, self.c)
-        k = len(seg_y)
-        a.seg_y[slot, :k], a.seg_r[slot, :k], a.seg_len[slot] = seg_y, st["seg_r"], k
-        if k:
-            a.seg_sum[slot] = np.cumsum(seg_y * self.C[:k], axis=0)[-1]
-        warm = np.asarray(st["warm_rows"], dtype=np.float64).reshape(-1, self.d)
-        a.warm[slot, :len(warm)] = warm
-        if self.season is not None:
-            a.profile[slot], a.visits[slot] = st["profile"], st["visits"]
-            if k:
-                a.pbins[slot, :k], a.pres[slot, :k] = st["pending_bins"], st["pending_res"]
-        self.cal.load(slot, st["cal"])
+        load_slot(self, slot, st)

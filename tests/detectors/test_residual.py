@@ -85,6 +85,41 @@ def test_a_daily_cycle_does_not_alarm_with_a_season():
     assert 1 - flat_spiked[1000] > 5 * (1 - spiked[1000])  # without the season it is lost in the swing
 
 
+def test_a_spike_on_a_constant_series_is_flagged_every_time():
+    x = np.full(3000, 11.7)
+    spikes = {1000: 1.4, 2000: -2.7}  # the first spike's two steps are not the resolution
+    for i, v in spikes.items():
+        x[i] += v
+    s, warm = run(ResidualDetector(["v"]), x, np.arange(3000) * 300.0)
+    thr = 1 - 1e-4
+    assert all(s[i] >= thr for i in spikes), [round(float(s[i]), 6) for i in spikes]
+    assert not (s[1100:1990] >= thr).any() and not (s[2100:] >= thr).any()
+
+
+def test_a_spike_on_a_random_walk_is_flagged():
+    rng = np.random.default_rng(11)
+    x = 50 + np.cumsum(rng.normal(0, 1.0, 3000))
+    x[[1500, 2500]] += [10.0, -10.0]  # 10 steps' worth
+    s, _ = run(ResidualDetector(["v"]), x, np.arange(3000) * 300.0)
+    assert s[1500] >= 1 - 1e-4 and s[2500] >= 1 - 1e-3  # the first one is in the calibration of the second
+
+
+def test_a_slow_ramp_is_flagged_before_it_ends_by_the_trend_channel():
+    rng = np.random.default_rng(12)
+    n = 3000
+    x = 20 + rng.normal(0, 1.0, n)
+    x[1800:2000] += np.linspace(0, 12, 200)  # 12 sigma over 200 readings, then it stays there
+    x[2000:] += 12
+    ts = np.arange(n) * 300.0
+    thr = 1 - 1e-4
+    with_trend, _ = run(ResidualDetector(["v"]), x, ts)
+    without, _ = run(ResidualDetector(["v"], trend_rate=None), x, ts)
+    flagged = np.flatnonzero(with_trend >= thr)
+    assert len(flagged) and 1800 <= flagged[flagged >= 1000].min() < 1950, flagged[flagged >= 1000][:5]
+    assert not (with_trend[600:1800] >= thr).any()
+    assert not (without[1800:2000] >= thr).any()  # an EWMA alone follows the ramp
+
+
 def test_any_batching_and_a_restore_from_plain_state_give_identical_scores():
     rng = np.random.default_rng(5)
     n = 2500
@@ -126,5 +161,7 @@ def assert_plain(v, where="state"):
 def test_bad_parameters_are_errors_that_name_them():
     with pytest.raises(ValueError, match="alpha"):
         ResidualDetector(["v"], alpha=1.5)
+    with pytest.raises(ValueError, match="trend_rate"):
+        ResidualDetector(["v"], trend_rate=1.5)
     with pytest.raises(ValueError, match="event times"):
         ResidualDetector(["v"], season=DAY).score_learn_many(np.zeros((3, 1)))

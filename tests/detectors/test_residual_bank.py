@@ -17,6 +17,9 @@ OPTIONS = [
     {"adapt": None},
     {"season": 100.0, "season_bins": 10},
     {"season": 100.0, "season_bins": 10, "adapt": 15.0, "alpha": 0.2, "refresh": 16},
+    {"trend_rate": None},
+    {"trend_rate": None, "adapt": 20.0, "season": 100.0, "season_bins": 10},
+    {"trend_rate": 0.1, "adapt": None},
 ]
 
 
@@ -97,6 +100,7 @@ STAGE_OPTIONS = [
     {"bad_values": "impute_last", "alert_after": 2, "clear_after": 3, "alert_rate": 1e-2},
     {"bad_values": "skip", "season": "1m", "adapt": "20s", "alert_rate": 1e-2},
     {"bad_values": "dead_letter", "clear_after": 2, "threshold": 0.95, "adapt": 25},
+    {"bad_values": "skip", "adapt": 25, "alert_rate": 1e-2, "params": {"calibration_samples": 64, "trend_rate": None}},
 ]
 
 
@@ -119,10 +123,6 @@ def test_stage_gives_the_records_of_its_per_key_path_for_any_batching(options, s
     assert run(stage, recs, sizes) == want
 
 
-@pytest.mark.xfail(strict=True, reason="ResidualDetector itself: when a run adapts at the last row of a "
-                   "score_learn_many call the level does not jump (`if used == m` in _segment), and the held raw "
-                   "scores reach the calibrator at call ends, so the scores depend on the batching once `adapt` "
-                   "fires; the bank reproduces this exactly (test above)")
 def test_residual_scores_do_not_depend_on_the_batching_when_a_run_adapts():
     config = {"fields": ["t", "p"], "params": {"calibration_samples": 64}, "adapt": 25, "alert_rate": 1e-2}
     recs = readings(600, [f"d{i}" for i in range(7)], seed=3)
@@ -170,3 +170,20 @@ def test_idle_keys_spill_from_the_bank_come_back_and_checkpoints_write_only_chan
     restarted, _ = build_stage(Anomaly, config, clock=clock, state_dir=tmp_path / "other")
     restarted.restore(snap)
     assert run(restarted, recs[600:], [40]) == want[len(out):]
+
+
+@pytest.mark.parametrize("options", OPTIONS[:3] + OPTIONS[5:])
+def test_residual_detector_gives_the_same_scores_and_state_for_any_batching(options):
+    params = {"calibration_samples": 64, **options}
+    keys, X, ts, learn, batches = stream(1, 3000, seed=7)
+    whole = ResidualDetector(["a", "b"], **params)
+    want = whole.score_learn_many(X, None, learn, ts=ts)
+    for sizes in ([1], [3, 40, 7], [29]):
+        det, got, pos, k = ResidualDetector(["a", "b"], **params), ([], []), 0, 0
+        while pos < len(X):
+            b = min(len(X), pos + sizes[k % len(sizes)])
+            s, w = det.score_learn_many(X[pos:b], None, learn[pos:b], ts=ts[pos:b])
+            got[0].append(s), got[1].append(w)
+            pos, k = b, k + 1
+        assert np.array_equal(np.concatenate(got[0]), want[0]) and np.array_equal(np.concatenate(got[1]), want[1])
+        assert same_state(det.state(), whole.state())
