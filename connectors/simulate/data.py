@@ -50,14 +50,16 @@ def _rng(seed: int, device: int, stream: int) -> np.random.Generator:
 class Injector:
     """Injects anomaly episodes into blocks of readings: spikes (one reading, 15-25 sigma), level shifts
     (20-120 readings, 8-12 sigma) and drifts (60-200 readings ramping to 12 sigma). ``rate`` is the chance
-    that an episode starts at a given reading."""
+    that an episode starts at a given reading; none starts before reading ``after`` (a quiet start, so that a
+    detector that is warming up does not learn the first episodes as normal)."""
 
     KINDS = ("spike", "shift", "drift")
 
-    def __init__(self, rate: float, stds: dict[str, float], rng: np.random.Generator):
-        self.rate, self.stds, self.rng = rate, stds, rng
+    def __init__(self, rate: float, stds: dict[str, float], rng: np.random.Generator, after: int = 0):
+        self.rate, self.stds, self.rng, self.after = rate, stds, rng, after
         self.episode: dict | None = None
         self.injected = 0
+        self.seen = 0             # readings passed through apply() so far
 
     def _start(self) -> dict:
         kind = self.KINDS[int(self.rng.integers(len(self.KINDS)))]
@@ -77,6 +79,9 @@ class Injector:
             return
         n = len(labels)
         starts = np.flatnonzero(self.rng.random(n) < self.rate)
+        if self.after > self.seen:
+            starts = starts[starts >= self.after - self.seen]
+        self.seen += n
         pos, k = 0, 0
         while pos < n:
             if self.episode is None:
@@ -105,7 +110,7 @@ class Injector:
 class GeneratedReadings:
     """Smooth, noisy readings around a profile's means (sums of slow sines plus noise), with injected anomalies."""
 
-    def __init__(self, profile: str, seed: int, device: int, inject: float = 0.0):
+    def __init__(self, profile: str, seed: int, device: int, inject: float = 0.0, inject_after: int = 0):
         if profile not in PROFILES:
             raise ValueError(f"unknown readings profile {profile!r}: use one of {', '.join(PROFILES)}")
         self.spec = PROFILES[profile]
@@ -116,7 +121,8 @@ class GeneratedReadings:
         self.periods = {k: rng.uniform(120, 900, size=2) for k in self.spec}
         self.phases = {k: rng.uniform(0, 2 * np.pi, size=2) for k in self.spec}
         self.i = 0
-        self.injector = Injector(inject, {k: sd for k, (_, sd, _) in self.spec.items()}, _rng(seed, device, 2))
+        self.injector = Injector(inject, {k: sd for k, (_, sd, _) in self.spec.items()}, _rng(seed, device, 2),
+                                 inject_after)
 
     @property
     def fields(self) -> list[str]:
@@ -160,7 +166,7 @@ class SkabReadings:
     """Replays SKAB's real pump readings: device ``d`` starts with file ``d`` of :func:`skab_files` and goes on with
     the next ones, round and round. Labels are SKAB's ``anomaly`` column, plus injected anomalies if asked."""
 
-    def __init__(self, data_dir: Path, seed: int, device: int, inject: float = 0.0):
+    def __init__(self, data_dir: Path, seed: int, device: int, inject: float = 0.0, inject_after: int = 0):
         self.files = skab_files(data_dir)
         if not self.files:
             raise FileNotFoundError(f"no SKAB CSV files under {data_dir} (expected anomaly-free/, valve1/, valve2/, other/)")
@@ -168,7 +174,7 @@ class SkabReadings:
         self.row = 0
         first, _ = _load_skab(self.files[self.file_i])
         stds = {k: float(np.std(v[:400])) or 1e-3 for k, v in first.items()}
-        self.injector = Injector(inject, stds, _rng(seed, device, 2))
+        self.injector = Injector(inject, stds, _rng(seed, device, 2), inject_after)
 
     @property
     def fields(self) -> list[str]:

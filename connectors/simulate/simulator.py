@@ -49,6 +49,7 @@ class DeviceGroup:
     prefix: str | None = None               # device names: prefix + 2-digit number
     kind: str | None = None                 # the {kind} topic level; default: the profile
     inject: float = 0.002                   # chance an injected anomaly episode starts at a reading
+    inject_after: int = 0                   # no injected episode before this many readings per device
     frame_size: tuple[int, int] = (192, 144)
     gray: bool = True
     skab_dir: Path | None = None
@@ -143,9 +144,9 @@ class Simulator:
 
     def _stream(self, g: DeviceGroup, index: int):
         if g.source == "skab":
-            return SkabReadings(g.skab_dir, self.seed, index, g.inject)
+            return SkabReadings(g.skab_dir, self.seed, index, g.inject, g.inject_after)
         if g.source == "generator":
-            return GeneratedReadings(g.profile, self.seed, index, g.inject)
+            return GeneratedReadings(g.profile, self.seed, index, g.inject, g.inject_after)
         if g.source == "video":
             return VideoFrames(g.video, index, g.frame_size, g.gray)
         return ShapeFrames(self.seed, index, g.frame_size, g.gray)

@@ -122,6 +122,17 @@ def test_injected_anomalies_are_labelled_and_visible():
     assert np.median(dev[lab1 == 1]) > 1.0
 
 
+def test_injection_can_start_late_and_leaves_the_rest_alone():
+    blocks = [37, 100, 200, 163]
+    def labels(after):
+        g = GeneratedReadings("pump", seed=3, device=1, inject=0.02, inject_after=after)
+        return np.concatenate([g.next_block(n)[1] for n in blocks])
+    plain, late = labels(0), labels(250)
+    assert plain[:250].any() and not late[:250].any() and late[250:].any()
+    g = GeneratedReadings("pump", seed=3, device=1, inject=0.02)       # the default: as before
+    assert np.array_equal(np.concatenate([g.next_block(n)[1] for n in blocks]), plain)
+
+
 def test_shapes_move_and_rest():
     s = ShapeFrames(seed=0, device=0, size=(96, 72))
     frames, counts = zip(*(s.next_frame() for _ in range(600)))
