@@ -14,14 +14,14 @@ is scored at once and any batching of the stream gives the same scores.  State i
 >>> import numpy as np
 >>> cal = TailCalibrator(refresh=32, min_samples=256)
 >>> cal.learn(np.abs(np.random.default_rng(0).normal(size=4096)))
->>> [round(float(p), 4) for p in cal.tail_probability(np.array([0.0, 1.0, 2.0, 4.0]))]
-[1.0, 0.3198, 0.0492, 0.0002]
+>>> [round(float(p), 4) for p in cal.tail_probability(np.array([0.0, 1.5, 2.0, 4.0]))]
+[1.0, 0.1381, 0.0492, 0.0002]
 """
 from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["TailCalibrator", "plain"]
+__all__ = ["TailCalibrator", "plain", "CAP", "NORMAL"]
 
 
 def plain(v):
@@ -38,6 +38,8 @@ def plain(v):
 
 LO, HI, BINS = 1e-3, 1e6, 90  # log-spaced bin edges of the raw score; bin 0 holds everything below LO
 EDGES = np.concatenate([[0.0], np.geomspace(LO, HI, BINS)])
+CAP = 10.0  # a raw score is learned clipped to CAP times the frozen model's tail threshold (bounded influence)
+NORMAL = 1.0  # a raw score of at most this (one scale) is never in the tail, whatever the key's history
 
 
 class TailCalibrator:
@@ -75,6 +77,8 @@ class TailCalibrator:
 
     def _refresh(self, raw: np.ndarray) -> None:
         decay = 0.5 ** (len(raw) / self.half_life)
+        if self.table is not None:  # bounded influence: a spike must not teach the key that spikes are normal
+            raw = np.minimum(raw, CAP * self.table["t"])
         b = np.clip(np.searchsorted(EDGES, raw, side="right") - 1, 0, BINS)
         for acc, w in ((self.count, 1.0), (self.sum1, raw), (self.sum2, raw * raw)):
             acc *= decay
@@ -116,7 +120,8 @@ class TailCalibrator:
         excess = np.maximum(raw - tb["t"], 0.0) / tb["sigma"]
         g = tb["gamma"]
         gpd = tb["q_t"] * (np.exp(-excess) if g < 1e-6 else (1 + g * excess) ** (-1 / g))
-        return np.clip(np.where(raw > tb["t"], gpd, body), 0.0, 1.0)
+        p = np.clip(np.where(raw > tb["t"], gpd, body), 0.0, 1.0)
+        return np.where(raw <= NORMAL, 1.0, p)
 
     def score(self, raw: np.ndarray) -> np.ndarray:
         """The calibrated anomaly score, 1 - tail probability, in [0, 1]."""

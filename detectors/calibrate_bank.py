@@ -10,7 +10,7 @@ from types import SimpleNamespace
 
 import numpy as np
 
-from .calibrate import BINS, EDGES, TailCalibrator
+from .calibrate import BINS, CAP, EDGES, NORMAL, TailCalibrator
 from .slots import SlotArrays
 
 __all__ = ["CalibratorBank"]
@@ -50,7 +50,7 @@ class CalibratorBank:
 
     def _refresh(self, f: np.ndarray) -> None:
         a = self.a
-        raw = a.pending[f]
+        raw = np.minimum(a.pending[f], np.where(a.ready[f], CAP * a.t[f], np.inf)[:, None])  # as TailCalibrator
         b = np.clip(np.searchsorted(EDGES, raw, side="right") - 1, 0, BINS)
         idx = (np.arange(len(f))[:, None] * NB + b).ravel()
         for acc, w in ((a.count, np.ones(raw.size)), (a.sum1, raw.ravel()), (a.sum2, (raw * raw).ravel())):
@@ -102,7 +102,8 @@ class CalibratorBank:
         gs = np.where(expo, 1.0, g)
         with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
             gpd = a.q_t[s] * np.where(expo, np.exp(-excess), (1 + gs * excess) ** (-1 / gs))
-        return np.clip(np.where(raw > a.t[s], gpd, body), 0.0, 1.0)
+        p = np.clip(np.where(raw > a.t[s], gpd, body), 0.0, 1.0)
+        return np.where(raw <= NORMAL, 1.0, p)
 
     def export(self, slot: int, st: dict) -> None:
         """Write slot `slot` into `st`, a `TailCalibrator.state()` dict."""
