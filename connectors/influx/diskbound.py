@@ -154,7 +154,7 @@ class DiskBound:
             if before is not None and before[0] == fj:      # already in the delivered point: a replay
                 self._bump("duplicates", 1)
                 continue
-            key = (m, t, cur[0])
+            key = (m, t, cur[0], cur[1])
             base = made[key] if key in made else (_data(cur[2]), bool(cur[3]))
             new = json.loads(fj)
             fields, approx = merge_fields([base[0], new], self.ddof)
@@ -163,9 +163,7 @@ class DiskBound:
             self._db.execute("INSERT OR REPLACE INTO merged (measurement, tags, ts, fp, gen) VALUES (?, ?, ?, ?, ?)",
                              (m, t, ts, fj, gen))
             self._bump("coarsened_in", 1)
-        for (m, t, w), (fields, approx) in made.items():
-            res_w = self._db.execute("SELECT res FROM delivered_coarse WHERE measurement = ? AND tags = ? AND ts = ?",
-                                     (m, t, w)).fetchone()[0]
+        for (m, t, w, res_w), (fields, approx) in made.items():
             fj = _dumps(self._mark(dict(fields), res_w, approx))
             out.append((m, t, w, fj, float(res_w), int(approx), fj))
             self._coarse_res = max(self._coarse_res, float(res_w))   # later points join it while it is pending

@@ -37,7 +37,6 @@ def decode_senml(dec, payload: bytes, b, topic_tags: dict[str, str], arrival: fl
     rows: dict[tuple[str, float], dict[str, Any]] = {}
     no_time = True
     refused: list[tuple[int, Any, DecodeError]] = []
-    texts = 0
     for i, rec in enumerate(pack):
         if type(rec) is not dict:
             refused.append((i, rec, DecodeError("wrong_type", f"SenML record [{i}] is a {type(rec).__name__}, "
@@ -50,7 +49,6 @@ def decode_senml(dec, payload: bytes, b, topic_tags: dict[str, str], arrival: fl
             n, when, v = _record(rec, i, bn, bt, bv, arrival)
         except DecodeError as e:               # this record only: the pack's other records are kept
             refused.append((i, rec, e))
-            texts += type(e) is _TextValue
             continue
         if "t" in rec or "bt" in rec:
             no_time = False
@@ -60,9 +58,10 @@ def decode_senml(dec, payload: bytes, b, topic_tags: dict[str, str], arrival: fl
     if refused:
         from connectors.mqtt.readings import ReadingError
 
-        dec._rules.dropped += texts           # string/data values: dropped and counted, like json text fields
         for i, rec, e in refused:
-            if type(e) is not _TextValue:
+            if type(e) is _TextValue:         # string/data values: dropped and counted, like json text fields
+                dec._rules.dropped += 1
+            else:
                 dec._partial.append(ReadingError.of(e, rec, i, len(pack) - len(refused), "record"))
     for (dev, when), fields in rows.items():
         b.begin_row(when, topic_tags, arrival_ts=no_time)

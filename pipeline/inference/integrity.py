@@ -131,9 +131,13 @@ def _verify_signature(folder: Path, raw: bytes, public_key: Path) -> None:
                              f"{public_key}: the manifest was changed or signed with another key") from None
 
 
-def expected_digests(file: Path, folder: Path | None, version: str | None, policy: TrustPolicy) -> list[tuple[str, str]]:
-    """Every ``(sha256, where it comes from)`` the model's bytes must match; raises when one is required and missing."""
+def expected_digests(file: Path, folder: Path | None, version: str | None,
+                     policy: TrustPolicy) -> tuple[list[tuple[str, str]], int | None]:
+    """Every ``(sha256, where it comes from)`` the model's bytes must match, and the serial of the manifest that
+    vouched for them (None: no manifest; `remember_serial` it once the model loaded); raises when one is required
+    and missing."""
     checks: list[tuple[str, str]] = []
+    serial = None
     if policy.pin:
         checks.append((policy.pin.lower(), "the pinned sha256"))
     if folder is not None:
@@ -144,6 +148,7 @@ def expected_digests(file: Path, folder: Path | None, version: str | None, polic
                 raise IntegrityError(f"version {version!r} is not listed in {folder / MANIFEST}: add it with "
                                      f"`edgesieve model manifest {folder}` (and sign it when a public_key is set)")
             _check_fresh(folder, version, doc, policy)
+            serial = doc["serial"]
             checks.append((manifest[version], f"{folder / MANIFEST}" + (" (signed)" if policy.public_key else "")))
     elif policy.public_key is not None:
         raise IntegrityError(f"{file} is a single file, but the pipeline names a public_key: signed models live in a "
@@ -155,7 +160,7 @@ def expected_digests(file: Path, folder: Path | None, version: str | None, polic
     if not checks and policy.require_digest:
         raise IntegrityError(f"model {file} has no sha256 to check against (the pipeline pins one): give the digest "
                              "with the swap request")
-    return checks
+    return checks, serial
 
 
 def _check_fresh(folder: Path, version: str, doc: dict, policy: TrustPolicy) -> None:
@@ -172,39 +177,36 @@ def _check_fresh(folder: Path, version: str, doc: dict, policy: TrustPolicy) -> 
                              "write and sign a new manifest, or delete that file to accept it")
 
 
+def _serials(serial_file: Path) -> dict:
+    """{model folder: highest manifest serial loaded} from ``serial_file`` ({} when there is none yet)."""
+    try:
+        seen = json.loads(Path(serial_file).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return {}
+    except (OSError, ValueError) as exc:
+        raise IntegrityError(f"cannot read {serial_file} (the manifest serials loaded before): {exc}; delete it to "
+                             "start remembering afresh") from None
+    return seen if isinstance(seen, dict) else {}
+
+
 def loaded_serial(serial_file: Path | None, folder: Path) -> int:
     """The highest manifest serial loaded from ``folder`` so far (0: none remembered)."""
     if serial_file is None:
         return 0
-    try:
-        seen = json.loads(Path(serial_file).read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        return 0
-    except (OSError, ValueError) as exc:
-        raise IntegrityError(f"cannot read {serial_file} (the manifest serials loaded before): {exc}; delete it to "
-                             "start remembering afresh") from None
-    value = seen.get(str(Path(folder).resolve()), 0) if isinstance(seen, dict) else 0
+    value = _serials(serial_file).get(str(Path(folder).resolve()), 0)
     return value if type(value) is int else 0
 
 
-def remember_serial(serial_file: Path | None, folder: Path, public_key: Path | None) -> None:
-    """After a model from ``folder`` loaded: keep its manifest's serial when it is the highest so far."""
-    if serial_file is None:
+def remember_serial(serial_file: Path | None, folder: Path, serial: int | None) -> None:
+    """After a model from ``folder`` loaded: keep the serial of the manifest that vouched for it, when highest."""
+    if serial_file is None or serial is None or serial <= loaded_serial(serial_file, folder):
         return
-    doc = read_manifest_doc(folder, public_key)
-    if doc is None or doc["serial"] <= loaded_serial(serial_file, folder):
-        return
-    path = Path(serial_file)
-    try:
-        seen = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        seen = {}
-    seen = seen if isinstance(seen, dict) else {}
-    seen[str(Path(folder).resolve())] = doc["serial"]
+    seen = _serials(serial_file)
+    seen[str(Path(folder).resolve())] = serial
     from pipeline.statefiles import private_dir, write_private
 
-    private_dir(path.parent)
-    write_private(path, (json.dumps(seen, indent=1, sort_keys=True) + "\n").encode())
+    private_dir(Path(serial_file).parent)
+    write_private(serial_file, (json.dumps(seen, indent=1, sort_keys=True) + "\n").encode())
 
 
 def write_manifest(folder: Path, versions: dict[str, str], current: str | None = None,

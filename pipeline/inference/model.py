@@ -157,7 +157,7 @@ def load_model(path: Path, *, policy: TrustPolicy = TrustPolicy(),
         raise ModelError(f"cannot read model {file}: {exc.strerror or exc}") from exc
     digest = hashlib.sha256(data).hexdigest()
     try:
-        checks = expected_digests(file, Path(path) if version is not None else None, version, policy)
+        checks, serial = expected_digests(file, Path(path) if version is not None else None, version, policy)
     except IntegrityError as exc:
         raise ModelRefused(str(exc)) from None
     for expected, source in checks:
@@ -174,9 +174,9 @@ def load_model(path: Path, *, policy: TrustPolicy = TrustPolicy(),
         sess = ort.InferenceSession(data, sess_options=opts, providers=chosen)
     except Exception as exc:  # onnxruntime raises several types for a bad model
         raise ModelError(f"onnxruntime cannot load {file}: {str(exc).splitlines()[0][:300]}") from exc
-    if version is not None:
+    if serial is not None:
         try:
-            remember_serial(policy.serial_file, Path(path), policy.public_key)
+            remember_serial(policy.serial_file, Path(path), serial)
         except (IntegrityError, OSError) as exc:
             raise ModelRefused(f"model {file} verified, but its manifest serial could not be remembered: {exc}") from None
     inputs = {a.name: _info(a) for a in sess.get_inputs()}

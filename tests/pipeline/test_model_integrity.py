@@ -40,6 +40,14 @@ def scraped(stage) -> dict:
     return {s.labels["event"]: s.value for s in family.samples if s.labels["item"] == "under_test"}
 
 
+def assert_swap_refused(stage, match):
+    """A swap request is refused with ``match`` in the reason, and counted."""
+    before = refused(stage)
+    with pytest.raises(Exception, match=match):
+        stage.request_swap().result(timeout=10)
+    assert refused(stage) == before + 1
+
+
 def keys(tmp_path, name="release"):
     assert model_cli(["keygen", str(tmp_path / name)]) == 0
     assert (tmp_path / name).stat().st_mode & 0o077 == 0          # the private key is its owner's only
@@ -138,10 +146,8 @@ def test_a_signed_manifest_verifies_and_every_forgery_is_refused(tmp_path):
     assert y(stage) == 2.0
 
     def swap_refused(match):
-        before = refused(stage)
-        with pytest.raises(Exception, match=match):
-            stage.request_swap().result(timeout=10)
-        assert refused(stage) == before + 1 and y(stage) == 2.0   # the old model keeps serving
+        assert_swap_refused(stage, match)
+        assert y(stage) == 2.0                                    # the old model keeps serving
 
     (root / "current").write_text("v2\n")
     fut = stage.request_swap()                                            # a signed version: accepted
@@ -236,14 +242,8 @@ def test_a_signed_current_and_the_serial_stop_rollbacks(tmp_path):
     stage = stage_for(root, public_key=str(public))
     assert y(stage) == 2.0
 
-    def swap_refused(match):
-        before = refused(stage)
-        with pytest.raises(Exception, match=match):
-            stage.request_swap().result(timeout=10)
-        assert refused(stage) == before + 1
-
     (root / "current").write_text("v2\n")                                 # the pointer alone cannot move
-    swap_refused("names 'v1' as current")
+    assert_swap_refused(stage, "names 'v1' as current")
     assert model_cli(["manifest", str(root), "--current", "v2", "--sign", str(private)]) == 0   # the owner can
     assert json.loads((root / MANIFEST).read_text())["serial"] == 2
     fut = stage.request_swap()
@@ -251,7 +251,7 @@ def test_a_signed_current_and_the_serial_stop_rollbacks(tmp_path):
     for name in (MANIFEST, SIGNATURE):                                    # the old signed release put back
         (root / name).write_bytes((old / name).read_bytes())
     (root / "current").write_text("v1\n")
-    swap_refused("serial 1, older than serial 2")
+    assert_swap_refused(stage, "serial 1, older than serial 2")
     assert y(stage) == 3.0                                                # v2 keeps serving
     with pytest.raises(ConfigError, match="older than serial 2"):          # remembered across a restart
         build_stage(Onnx, {"model": str(root), "feeds": FEEDS, "outputs": {"y": {"decode": "regression"}},
