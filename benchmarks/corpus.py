@@ -165,16 +165,21 @@ FREE = ["free_daily_cycle", "free_weekly_daily", "free_counter", "free_constant"
 
 
 def corpus(half: str) -> list[Series]:
-    """The `tune` (even seeds) or `report` (odd seeds) half of the corpus."""
-    parity = {"tune": 0, "report": 1}[half]
+    """The `tune` (even seeds) or `report` (odd seeds) half of the corpus, or `dev`: as many series again
+    from seeds that are in neither half (for development diagnostics; never reported, never tunes a threshold)."""
+    if half == "dev":
+        fam_seeds, free_seeds = range(SEEDS_PER_FAMILY, 2 * SEEDS_PER_FAMILY), range(SEEDS_FREE, 2 * SEEDS_FREE)
+    else:
+        parity = {"tune": 0, "report": 1}[half]
+        fam_seeds, free_seeds = range(parity, SEEDS_PER_FAMILY, 2), range(parity, SEEDS_FREE, 2)
     out = []
     for fi, fam in enumerate(FAMILIES):
-        for seed in range(parity, SEEDS_PER_FAMILY, 2):
+        for seed in fam_seeds:
             rng = np.random.default_rng([fi, seed])
             x, ev = _noise_family(fam, N_ANOMALOUS, rng)
             out.append(Series(fam, seed, _t(N_ANOMALOUS), x, ev))
     for fi, fam in enumerate(FREE):
-        for seed in range(parity, SEEDS_FREE, 2):
+        for seed in free_seeds:
             rng = np.random.default_rng([100 + fi, seed])
             out.append(Series(fam, seed, _t(N_FREE), _free(fam, N_FREE, rng)))
     return out

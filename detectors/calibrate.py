@@ -97,8 +97,15 @@ class TailCalibrator:
         if n_t <= 0:  # nothing above t ever: an exponential tail one bin wide
             return {"total": total, "above": above, "t": t, "q_t": 1.0 / (total + 1), "gamma": 0.0,
                     "sigma": max(t, LO)}
-        m1 = float(self.sum1[k:].sum()) / n_t - t  # mean excess over t
-        var = max(float(self.sum2[k:].sum()) / n_t - (m1 + t) ** 2, 1e-12)
+        # the excess moments of the scores clipped at CAP t (bounded influence, as `_refresh` learns them once a
+        # table exists): a score learned before the first table, when a key's scale still knew nothing (a run of
+        # zeros, then a burst), must not blow the fitted tail up for the rest of the key's life
+        c = CAP * t
+        over = EDGES >= c
+        s1 = np.where(over, self.count * c, self.sum1)[k:].sum()
+        s2 = np.where(over, self.count * c * c, self.sum2)[k:].sum()
+        m1 = float(s1) / n_t - t  # mean excess over t
+        var = max(float(s2) / n_t - (m1 + t) ** 2, 1e-12)
         ratio = m1 * m1 / var
         gamma = float(np.clip(0.5 * (1 - ratio), 0.0, 0.9))  # never lighter than exponential
         sigma = max(0.5 * m1 * (1 + ratio), 0.05 * t, LO)

@@ -46,6 +46,7 @@ from .calibrate import TailCalibrator, plain
 
 __all__ = ["ResidualDetector"]
 
+WAIT = 7  # a warm-up whose rows are all one value waits for a change, at most WAIT * min_samples rows more
 STEPS = 3  # the resolution is the STEPS-th smallest positive step seen between a field's readings
 RECENT = 3  # the fast forecast's readings are clipped around the median of the previous RECENT learned ones
 
@@ -103,6 +104,7 @@ class ResidualDetector:
         self.pending_bins: list[int] = []  # seasonal bins and residuals of the segment, learned at its end
         self.pending_res: list[list[float]] = []
         self.warm_rows: list[list[float]] = []
+        self.warm_waited = 0  # rows the warm-up waited past min_samples for the readings to change
         self.t0 = 0.0  # the first min_samples rows, to start level and scale
         self.base = np.zeros(d)  # the trend baseline: an EWMA (rate trend_rate) of the slow level
         self.base_anchor = np.zeros(d)  # the baseline at the segment start
@@ -160,6 +162,14 @@ class ResidualDetector:
         self.n += 1
         if self.n == self.min_samples:
             W = np.array(self.warm_rows)
+            if (W == W[0]).all() and self.warm_waited < WAIT * self.min_samples:
+                # nothing has changed yet (a pump still off, a bursty series between bursts): a spread of zero
+                # would make the first change look a billion scales away for hundreds of rows and teach the
+                # calibrator that; wait for a change, keeping the last min_samples - 1 rows (n counts the kept)
+                self.warm_rows = self.warm_rows[1:]
+                self.n -= 1
+                self.warm_waited += 1
+                return
             self.level = np.tile(np.median(W, axis=0), 2)
             self.anchor = self.level.copy()
             dev = np.abs(np.diff(W, axis=0)).mean(axis=0) * 1.2533 / np.sqrt(2)  # noise from successive changes
@@ -380,6 +390,7 @@ class ResidualDetector:
     @classmethod
     def from_state(cls, state: dict) -> "ResidualDetector":
         det = cls.__new__(cls)
+        det.warm_waited = 0  # state from before the warm-up waited for a change
         for k, v in state.items():
             if k in ("cal", "tcal"):
                 v = TailCalibrator.from_state(v)

@@ -25,7 +25,7 @@ from __future__ import annotations
 import numpy as np
 
 from .calibrate_bank import CalibratorBank
-from .residual import RECENT, STEPS, ResidualDetector
+from .residual import RECENT, STEPS, WAIT, ResidualDetector
 from .residual_bank_state import export_slot, load_slot
 from .slots import SlotArrays, rank_passes
 
@@ -58,7 +58,7 @@ class ResidualBank:
         R, H, B = self.R, self.H, self.bins
         f8, i8 = np.float64, np.int64
         specs = {
-            "n": ((), i8, 0), "since": ((), i8, 0), "t0": ((), f8, 0.0),
+            "n": ((), i8, 0), "since": ((), i8, 0), "t0": ((), f8, 0.0), "warm_waited": ((), i8, 0),
             "level": ((c,), f8, 0.0), "anchor": ((c,), f8, 0.0), "scale": ((c,), f8, 0.0), "floor": ((c,), f8, 0.0),
             "steps": ((STEPS, d), f8, np.inf), "last": ((d,), f8, np.nan), "warm": ((self.M, d), f8, 0.0),
             "recent": ((RECENT, d), f8, 0.0),
@@ -184,6 +184,11 @@ class ResidualBank:
         a.n[s] += 1
         for slot in s[a.n[s] == self.M].tolist():
             W = a.warm[slot]
+            if (W == W[0]).all() and a.warm_waited[slot] < WAIT * self.M:  # nothing changed yet: wait for a change
+                a.warm[slot, :-1] = W[1:].copy()
+                a.n[slot] -= 1
+                a.warm_waited[slot] += 1
+                continue
             level = np.tile(np.median(W, axis=0), 2)
             a.level[slot] = level
             a.anchor[slot] = level

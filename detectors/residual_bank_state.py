@@ -19,7 +19,8 @@ def export_slot(bank, slot: int) -> dict:
     a = bank.a
     st = plain(bank.template)
     k, n = int(a.seg_len[slot]), int(a.n[slot])
-    st.update(n=n, since=int(a.since[slot]), t0=float(a.t0[slot]), held=a.held[slot, :a.held_len[slot]].copy())
+    st.update(n=n, since=int(a.since[slot]), t0=float(a.t0[slot]), held=a.held[slot, :a.held_len[slot]].copy(),
+              warm_waited=int(a.warm_waited[slot]))
     for name in SAME:
         st[name] = getattr(a, name)[slot].copy()
     st["seg_y"], st["seg_r"] = a.seg_y[slot, :k].copy(), a.seg_r[slot, :k].copy()
@@ -42,6 +43,7 @@ def load_slot(bank, slot: int, st: dict) -> None:
     for name in SAME:
         getattr(a, name)[slot] = st[name]
     a.n[slot], a.since[slot], a.t0[slot] = st["n"], st["since"], st["t0"]
+    a.warm_waited[slot] = st.get("warm_waited", 0)  # state from before the warm-up waited for a change
     held = np.asarray(st["held"], dtype=np.float64).reshape(-1, 2)
     a.held[slot, :len(held)], a.held_len[slot] = held, len(held)
     seg_y = np.asarray(st["seg_y"], dtype=np.float64).reshape(-1, bank.c)

@@ -4,6 +4,7 @@ import copy
 import numpy as np
 import pytest
 
+from detectors.calibrate import TailCalibrator
 from detectors.residual import ResidualDetector
 
 DAY = 86_400.0
@@ -165,3 +166,33 @@ def test_bad_parameters_are_errors_that_name_them():
         ResidualDetector(["v"], trend_rate=1.5)
     with pytest.raises(ValueError, match="event times"):
         ResidualDetector(["v"], season=DAY).score_learn_many(np.zeros((3, 1)))
+
+
+def test_a_warm_up_of_one_value_waits_for_a_change_so_the_first_bursts_do_not_look_endless():
+    """A bursty series that starts between bursts (all zeros): without the wait its spread starts at nothing,
+    the first bursts score billions of scales and the calibrator learns that, so a real fault later scores
+    like an ordinary burst."""
+    rng = np.random.default_rng(3)
+    x = np.zeros(3000)
+    i = 80  # the first 80 readings are zeros
+    while i < len(x):
+        n = int(rng.exponential(4)) + 1
+        x[i:i + n] = rng.exponential(1, len(x[i:i + n])) * 5
+        i += n + int(rng.exponential(20)) + 1
+    x[2500:2506] = 150.0  # a burst five times larger than any before
+    det = ResidualDetector(["f"])
+    s, warm = det.score_learn_many(x[:, None])
+    assert warm[:81].all()  # waited for the first change
+    assert det.cal.table["sigma"] < 1e3 and det.cal.table["t"] < 100  # the calibrator's tail stayed sane
+    assert s[2500] > 0.9999 and (s[1000:2500] > 0.9999).mean() < 0.005
+
+
+def test_the_calibrator_is_not_blown_up_by_scores_learned_before_its_first_table():
+    rng = np.random.default_rng(0)
+    normal = np.abs(rng.normal(size=20_000))
+    clean, dirty = TailCalibrator(), TailCalibrator()
+    clean.learn(normal)
+    dirty.learn(np.concatenate([np.full(8, 1e9), normal]))  # a key's first scores, from a scale of nothing
+    p_clean, p_dirty = clean.tail_probability(np.array([4.0, 5.0])), dirty.tail_probability(np.array([4.0, 5.0]))
+    # before: a tail millions of scales wide, so every score above the 98% quantile had p = 0.03 (never alerts)
+    assert p_dirty[1] < 1e-3 and p_dirty[1] < 0.7 * p_dirty[0] and (p_dirty < 50 * p_clean).all()
