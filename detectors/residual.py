@@ -6,7 +6,10 @@ the level (bounded influence: a spike moves it by at most ``alpha * clip`` scale
 is an optional per-key seasonal profile over `season` seconds of event time, in `season_bins` bins.
 There are two levels per field, a slow one (`alpha`) and a fast one (`alpha_fast`, its readings
 clipped around the median of its previous three readings rather than the segment's anchor, so it
-follows a random walk); each field is judged by the one whose recent residuals were smaller.
+follows a random walk), and a third forecast, Brown's linear (double exponential) smoothing of the
+slow level: with S2 an EWMA (rate `alpha`) of the slow level S1, ``S1 + (S1 - S2) / (1 - alpha)``
+follows a slope (a daily cycle's flank) without the slow level's lag or the fast one's noise.  Each
+field is judged by the forecast whose recent residuals were smallest.
 The raw score of a row is the largest ``|reading - forecast| / scale`` over the fields, where
 `scale` is a clipped EWMA (rate `beta`) of the absolute residuals, floored at half the field's
 resolution (the third smallest step between readings seen: a spike on a constant series makes only
@@ -49,6 +52,40 @@ __all__ = ["ResidualDetector"]
 WAIT = 7  # a warm-up whose rows are all one value waits for a change, at most WAIT * min_samples rows more
 STEPS = 3  # the resolution is the STEPS-th smallest positive step seen between a field's readings
 RECENT = 3  # the fast forecast's readings are clipped around the median of the previous RECENT learned ones
+
+
+def upgrade_state(state: dict) -> dict:
+    """`state` with what later versions added, for a state saved by an earlier one: the warm-up's wait
+    (none), and the linear forecast (its second smoothing starts at the slow level's segment start and
+    follows the segment's learned rows, with the fast forecast's scale)."""
+    state = dict(state)
+    state.setdefault("warm_waited", 0)
+    if "smooth2" not in state:
+        d = len(state["fields"])
+        level, anchor, scale = (np.asarray(state[k], dtype=np.float64) for k in ("level", "anchor", "scale"))
+        seg_y = np.asarray(state["seg_y"], dtype=np.float64).reshape(-1, 2 * d)
+        g = np.asarray(state["alpha"], dtype=np.float64)[:d]
+        s2 = anchor[:d].copy()
+        if len(seg_y):
+            s2 = ResidualDetector._smooth(_levels(seg_y, anchor, np.asarray(state["alpha"]))[:, :d], 0,
+                                          None, None, True, len(seg_y), g, anchor[:d], anchor[:d])[-1]
+        state.update(smooth2=s2, smooth2_anchor=anchor[:d].copy(), lin_scale=scale[d:].copy(),
+                     seg_lin=np.minimum(np.abs(np.asarray(state["seg_r"]).reshape(-1, 2 * d)[:, d:]), np.inf))
+    return state
+
+
+def _levels(seg_y, anchor, alpha) -> np.ndarray:
+    """The level after each of a segment's learned rows (`ResidualDetector._segment`'s closed form)."""
+    j = np.arange(len(seg_y))[:, None]
+    r = 1 - alpha
+    return r ** (j + 1) * anchor + alpha * r ** j * np.cumsum(seg_y * r ** -j, axis=0)
+
+
+def pick_raw(z_slow, z_fast, z_lin, s_slow, s_fast, s_lin) -> np.ndarray:
+    """Per field, the residual of the forecast whose scale is smallest (ties: slow, then fast); the largest field."""
+    slow = (s_slow <= s_fast) & (s_slow <= s_lin)
+    fast = ~slow & (s_fast <= s_lin)
+    return np.where(slow, z_slow, np.where(fast, z_fast, z_lin)).max(axis=1)
 
 
 class ResidualDetector:
@@ -114,6 +151,10 @@ class ResidualDetector:
         self.run_sign = np.zeros(c)
         self.run_start = np.zeros(c)  # event time of the run's first row
         self.run_sum = np.zeros(c)  # sum of the run's deseasonalised readings
+        self.smooth2 = np.zeros(d)  # Brown's second smoothing: an EWMA (rate alpha) of the slow level
+        self.smooth2_anchor = np.zeros(d)  # at the segment start
+        self.lin_scale = np.zeros(d)  # frozen for the segment: the linear forecast's residual scale
+        self.seg_lin = np.zeros((0, d))  # the segment's clipped absolute residuals of the linear forecast
 
     @property
     def warming_up(self) -> bool:
@@ -181,6 +222,9 @@ class ResidualDetector:
             a = self.alpha[0]
             self.tscale = dev * np.sqrt(a / (2 - a))  # the spread of an EWMA of white noise
             self.recent = W[-RECENT:].copy()
+            self.smooth2 = self.base.copy()
+            self.smooth2_anchor = self.base.copy()
+            self.lin_scale = self.scale[len(dev):].copy()  # the fast forecast's: noise from successive changes
             self.warm_rows = []
 
     def _note_step(self, X: np.ndarray) -> None:
@@ -223,9 +267,7 @@ class ResidualDetector:
         # learned rows, a cumsum, so any split of the segment gives the same floats; unlearned rows carry it on
         k0 = len(self.seg_y)
         seg_y = np.concatenate((self.seg_y, Yc if every else Yc[idx]))
-        j = np.arange(len(seg_y))[:, None]
-        r = 1 - self.alpha
-        levels = r ** (j + 1) * self.anchor + self.alpha * r ** j * np.cumsum(seg_y * r ** -j, axis=0)
+        levels = _levels(seg_y, self.anchor, self.alpha)
         L_after = np.empty((m, 2 * d))
         if every:
             L_after = levels[k0:]
@@ -239,8 +281,14 @@ class ResidualDetector:
         L_before = np.concatenate((self.level[None, :], L_after[:-1]))
         R = Y - L_before
         z = np.abs(R) / scale
-        slow = scale[:d] <= scale[d:]  # per field, the forecast whose residuals have been smaller
-        raw = np.where(slow, z[:, :d], z[:, d:]).max(axis=1)
+        # Brown's linear forecast from the slow level (S1) and its own EWMA (S2), both before the row
+        g = self.alpha[:d]
+        S2_after = self._smooth(levels[:, :d], k0, learn, idx, every, m, g, self.smooth2_anchor, self.smooth2)
+        S2_before = np.concatenate((self.smooth2[None, :], S2_after[:-1]))
+        R_lin = Xd - (L_before[:, :d] + (L_before[:, :d] - S2_before) / (1 - g))
+        lin_scale = np.maximum(self.lin_scale, self.floor[:d])
+        z_lin = np.abs(R_lin) / lin_scale
+        raw = pick_raw(z[:, :d], z[:, d:], z_lin, scale[:d], scale[d:], lin_scale)
         traw = np.zeros(m)
         if self.trend_rate is not None:  # a slow drift: the slow level against its own, much slower, baseline
             B_after = self._baseline(levels[:, :d], k0, learn, idx, every, m)
@@ -272,6 +320,10 @@ class ResidualDetector:
             self.level = L_after[-1].copy()
         else:  # adapt (at whatever row of the call): a column whose run became a regime restarts at its mean
             self.level = np.where(np.isnan(jump), L_after[used - 1], jump)
+        self.seg_lin = np.concatenate([self.seg_lin, np.minimum(np.abs(R_lin[:used][lrn]), self.clip * lin_scale)])
+        self.smooth2 = S2_after[used - 1].copy()
+        if cut is not None:  # adapt: the second smoothing restarts with the slow level (no slope from a jump)
+            self.smooth2 = np.where(np.isnan(jump[:d]), self.smooth2, jump[:d])
         if self.trend_rate is not None:
             self.seg_t = np.concatenate([self.seg_t, np.minimum(T[:used][lrn], self.clip * tscale)])
             self.base = B_after[used - 1].copy()
@@ -290,19 +342,24 @@ class ResidualDetector:
         return used
 
     def _baseline(self, slow_levels, k0, learn, idx, every, m) -> np.ndarray:
-        """The trend baseline after each row: an EWMA of the slow level, the same prefix-exact cumsum."""
-        g = self.trend_rate
+        """The trend baseline after each row: an EWMA (rate trend_rate) of the slow level."""
+        return self._smooth(slow_levels, k0, learn, idx, every, m, self.trend_rate, self.base_anchor, self.base)
+
+    @staticmethod
+    def _smooth(slow_levels, k0, learn, idx, every, m, g, anchor, now) -> np.ndarray:
+        """An EWMA (rate g) of the slow level after each row of the call, from `anchor` at the segment start
+        (`now`: its value before the call), the same prefix-exact cumsum as the level's."""
         j = np.arange(len(slow_levels))[:, None]
         r = 1 - g
-        base = r ** (j + 1) * self.base_anchor + g * r ** j * np.cumsum(slow_levels * r ** -j, axis=0)
+        out = r ** (j + 1) * anchor + g * r ** j * np.cumsum(slow_levels * r ** -j, axis=0)
         if every:
-            return base[k0:]
+            return out[k0:]
         if not len(idx):
-            return np.repeat(self.base[None, :], m, axis=0)
-        filled = np.zeros((m, base.shape[1]))
-        filled[idx] = base[k0:]
+            return np.repeat(now[None, :], m, axis=0)
+        filled = np.zeros((m, out.shape[1]))
+        filled[idx] = out[k0:]
         k = np.maximum.accumulate(np.where(learn, np.arange(m), -1))
-        return np.where((k >= 0)[:, None], filled[np.maximum(k, 0)], self.base)
+        return np.where((k >= 0)[:, None], filled[np.maximum(k, 0)], now)
 
     def _calibrate(self, raw: np.ndarray, dropped: int, now: np.ndarray) -> None:
         """Raw scores reach the calibrator `hold` learned rows late; those of a run that became a regime
@@ -364,6 +421,12 @@ class ResidualDetector:
             self.scale = (1 - self.beta) ** k * self.scale + 1.2533 * (w @ self.seg_r)
         self.seg_y = self.seg_y[:0]
         self.seg_r = self.seg_r[:0]
+        self.smooth2_anchor = self.smooth2.copy()
+        k = len(self.seg_lin)
+        if k:
+            w = self.beta * (1 - self.beta) ** np.arange(k - 1, -1, -1.0)
+            self.lin_scale = (1 - self.beta) ** k * self.lin_scale + 1.2533 * (w @ self.seg_lin)
+        self.seg_lin = self.seg_lin[:0]
         self.base_anchor = self.base.copy()
         k = len(self.seg_t)
         if k:
@@ -390,7 +453,7 @@ class ResidualDetector:
     @classmethod
     def from_state(cls, state: dict) -> "ResidualDetector":
         det = cls.__new__(cls)
-        det.warm_waited = 0  # state from before the warm-up waited for a change
+        state = upgrade_state(state)
         for k, v in state.items():
             if k in ("cal", "tcal"):
                 v = TailCalibrator.from_state(v)

@@ -25,7 +25,7 @@ from __future__ import annotations
 import numpy as np
 
 from .calibrate_bank import CalibratorBank
-from .residual import RECENT, STEPS, WAIT, ResidualDetector
+from .residual import RECENT, STEPS, WAIT, ResidualDetector, pick_raw
 from .residual_bank_state import export_slot, load_slot
 from .slots import SlotArrays, rank_passes
 
@@ -65,6 +65,9 @@ class ResidualBank:
             "seg_len": ((), i8, 0), "seg_sum": ((c,), f8, 0.0), "seg_y": ((R, c), f8, 0.0), "seg_r": ((R, c), f8, 0.0),
             "run": ((c,), i8, 0), "run_sign": ((c,), f8, 0.0), "run_start": ((c,), f8, 0.0), "run_sum": ((c,), f8, 0.0),
             "held": ((H + R, 2), f8, 0.0), "held_len": ((), i8, 0),
+            # the linear forecast: Brown's second smoothing of the slow level, its running sum, its scale
+            "smooth2": ((d,), f8, 0.0), "smooth2_anchor": ((d,), f8, 0.0), "s2_sum": ((d,), f8, 0.0),
+            "lin_scale": ((d,), f8, 0.0), "seg_lin": ((R, d), f8, 0.0),
             # within a batch only: the rows left in the open call of each key
             "call_left": ((), i8, 0),
         }
@@ -127,7 +130,7 @@ class ResidualBank:
         self._learn_level(sl, Yc[li])
         Rz = Y - L_before
         absR = np.abs(Rz)
-        raw = self._raw_score(absR, scale)
+        raw = self._linear(s, li, Xd, L_before, absR, scale)
         traw = np.zeros(len(s))
         if self.trend_rate is not None:
             traw = self._trend(s, li, L_before, scale, band)
@@ -160,6 +163,7 @@ class ResidualBank:
             if len(c):  # adapt (the call's last row): a column whose run became a regime restarts at its mean
                 sc = s[c]
                 a.level[sc] = np.where(np.isnan(jump), a.level[sc], jump)
+                a.smooth2[sc] = np.where(np.isnan(jump[:, :d]), a.smooth2[sc], jump[:, :d])  # no slope from a jump
                 if self.trend_rate is not None:  # the baseline restarts with the slow level: a regime is no drift
                     a.base[sc] = np.where(np.isnan(jump[:, :d]), a.base[sc], jump[:, :d])
             a.call_left[e] = 0
@@ -201,6 +205,9 @@ class ResidualBank:
             alpha = self.alpha[0]
             a.tscale[slot] = dev * np.sqrt(alpha / (2 - alpha))  # the spread of an EWMA of white noise
             a.recent[slot] = W[-RECENT:]
+            a.smooth2[slot] = level[:self.d]
+            a.smooth2_anchor[slot] = level[:self.d]
+            a.lin_scale[slot] = a.scale[slot, self.d:]
             if self.trend_rate is not None:
                 a.base_anchor[slot] = level[:self.d]
 
@@ -260,11 +267,24 @@ class ResidualBank:
         a.base[sl] = self.gA[j] * a.base_anchor[sl] + self.gB[j] * S
         return traw
 
-    def _raw_score(self, absR, scale):
-        d = self.d
+    def _linear(self, s, li, Xd, L_before, absR, scale):
+        """The raw score with the linear forecast (Brown's: the slow level and its EWMA S2, before the row),
+        then S2 learns the learned rows' slow levels: S2_j = r^(j+1) S2_anchor + a r^j sum_k r^-k L_k."""
+        a, d = self.a, self.d
+        g = self.alpha[:d]
+        S1 = L_before[:, :d]
+        R_lin = Xd - (S1 + (S1 - a.smooth2[s]) / (1 - g))
+        lin_scale = np.maximum(a.lin_scale[s], a.floor[s, :d])
         z = absR / scale
-        slow = scale[:, :d] <= scale[:, d:]  # per field, the forecast whose residuals have been smaller
-        return np.where(slow, z[:, :d], z[:, d:]).max(axis=1)
+        raw = pick_raw(z[:, :d], z[:, d:], np.abs(R_lin) / lin_scale, scale[:, :d], scale[:, d:], lin_scale)
+        sl = s[li]
+        j = a.seg_len[sl]
+        a.seg_lin[sl, j] = np.minimum(np.abs(R_lin[li]), self.clip * lin_scale[li])
+        term = a.level[sl, :d] * self.C[j, :d]
+        S = np.where((j == 0)[:, None], term, a.s2_sum[sl] + term)
+        a.s2_sum[sl] = S
+        a.smooth2[sl] = self.A[j, :d] * a.smooth2_anchor[sl] + self.B[j, :d] * S
+        return raw
 
     def _adapt_row(self, s, Rz, absR, band, Y, ts, learn):
         """`ResidualDetector._adapt_row` for one row per key: returns (cut, run_len, jump of the cut keys)."""
@@ -355,9 +375,12 @@ class ResidualBank:
             gh, kh = g[has], k[has]
             dots = np.array([self.w[kk] @ a.seg_r[slot, :kk] for slot, kk in zip(gh.tolist(), kh.tolist())])
             a.scale[gh] = self.keep[kh][:, None] * a.scale[gh] + 1.2533 * dots
+            dots = np.array([self.w[kk] @ a.seg_lin[slot, :kk] for slot, kk in zip(gh.tolist(), kh.tolist())])
+            a.lin_scale[gh] = self.keep[kh][:, None] * a.lin_scale[gh] + 1.2533 * dots
             if self.trend_rate is not None:
                 dots = np.array([self.w[kk] @ a.seg_t[slot, :kk] for slot, kk in zip(gh.tolist(), kh.tolist())])
                 a.tscale[gh] = self.keep[kh][:, None] * a.tscale[gh] + 1.2533 * dots
+        a.smooth2_anchor[g] = a.smooth2[g]
         if self.trend_rate is not None:
             a.base_anchor[g] = a.base[g]
         if self.season is not None:

@@ -7,11 +7,12 @@ from __future__ import annotations
 import numpy as np
 
 from .calibrate import plain
+from .residual import _levels, upgrade_state
 
 __all__ = ["export_slot", "load_slot"]
 
 SAME = ("level", "anchor", "scale", "floor", "steps", "last", "recent", "base", "tscale",
-        "run", "run_sign", "run_start", "run_sum")  # arrays stored as they are in `ResidualDetector`
+        "run", "run_sign", "run_start", "run_sum", "smooth2", "smooth2_anchor", "lin_scale")  # arrays stored as they are in `ResidualDetector`
 
 
 def export_slot(bank, slot: int) -> dict:
@@ -24,6 +25,7 @@ def export_slot(bank, slot: int) -> dict:
     for name in SAME:
         st[name] = getattr(a, name)[slot].copy()
     st["seg_y"], st["seg_r"] = a.seg_y[slot, :k].copy(), a.seg_r[slot, :k].copy()
+    st["seg_lin"] = a.seg_lin[slot, :k].copy()
     st["warm_rows"] = a.warm[slot, :n].tolist() if n < bank.M else []
     if bank.trend_rate is not None:
         st["base_anchor"], st["seg_t"] = a.base_anchor[slot].copy(), a.seg_t[slot, :k].copy()
@@ -40,6 +42,7 @@ def load_slot(bank, slot: int, st: dict) -> None:
     """Put `ResidualDetector.state()` data (bank `bank`'s parameters) into slot `slot`."""
     a = bank.a
     a.reset(np.array([slot]))
+    st = upgrade_state(st)
     for name in SAME:
         getattr(a, name)[slot] = st[name]
     a.n[slot], a.since[slot], a.t0[slot] = st["n"], st["since"], st["t0"]
@@ -49,15 +52,15 @@ def load_slot(bank, slot: int, st: dict) -> None:
     seg_y = np.asarray(st["seg_y"], dtype=np.float64).reshape(-1, bank.c)
     k = len(seg_y)
     a.seg_y[slot, :k], a.seg_r[slot, :k], a.seg_len[slot] = seg_y, st["seg_r"], k
-    if k:  # the running sums, as `_learn_level` and `_trend` left them
+    levels = _levels(seg_y, a.anchor[slot], bank.alpha)
+    if k:  # the running sums, as `_learn_level`, `_linear` and `_trend` left them
         a.seg_sum[slot] = np.cumsum(seg_y * bank.C[:k], axis=0)[-1]
+        a.seg_lin[slot, :k] = st["seg_lin"]
+        a.s2_sum[slot] = np.cumsum(levels[:, :bank.d] * bank.C[:k, :bank.d], axis=0)[-1]
     if bank.trend_rate is not None:
         a.base_anchor[slot] = st["base_anchor"]
         if k:
             a.seg_t[slot, :k] = st["seg_t"]
-            j = np.arange(k)[:, None]
-            r = 1 - bank.alpha
-            levels = r ** (j + 1) * a.anchor[slot] + bank.alpha * r ** j * np.cumsum(seg_y * r ** -j, axis=0)
             a.base_sum[slot] = np.cumsum(levels[:, :bank.d] * bank.gC[:k], axis=0)[-1]
     warm = np.asarray(st["warm_rows"], dtype=np.float64).reshape(-1, bank.d)
     a.warm[slot, :len(warm)] = warm

@@ -6,6 +6,7 @@ import pytest
 
 from detectors.calibrate import TailCalibrator
 from detectors.residual import ResidualDetector
+from detectors.residual_bank import ResidualBank
 
 DAY = 86_400.0
 
@@ -196,3 +197,35 @@ def test_the_calibrator_is_not_blown_up_by_scores_learned_before_its_first_table
     p_clean, p_dirty = clean.tail_probability(np.array([4.0, 5.0])), dirty.tail_probability(np.array([4.0, 5.0]))
     # before: a tail millions of scales wide, so every score above the 98% quantile had p = 0.03 (never alerts)
     assert p_dirty[1] < 1e-3 and p_dirty[1] < 0.7 * p_dirty[0] and (p_dirty < 50 * p_clean).all()
+
+
+def test_the_linear_forecast_follows_a_slope_without_lag_so_a_spike_on_it_stands_out():
+    """On a steady slope the slow level lags (by 9 slopes) and the fast one is noisy; Brown's linear forecast
+    has neither, so its residuals are the noise alone and a spike on the slope scores higher than before."""
+    rng = np.random.default_rng(2)
+    n = 3000
+    x = 10 + 0.5 * np.arange(n) + rng.normal(0, 1, n)  # noise sigma 1
+    x[2000] += 6.0
+    det = ResidualDetector(["f"])
+    s, _ = det.score_learn_many(x[:, None])
+    assert det.lin_scale[0] < 1.1 and det.scale.min() > 1.4  # slow: lag; fast: noise of its own
+    assert s[2000] > 0.9997  # 0.9995 with the slow and fast forecasts only
+    assert (np.delete(s[1000:], [1000, 1001]) > 0.9999).mean() == 0.0
+
+
+def test_a_state_saved_before_the_warm_up_wait_and_the_linear_forecast_restores_in_both_paths():
+    rng = np.random.default_rng(5)
+    x = 20 + np.round(rng.normal(0, 1, (900, 2)), 2)
+    ref = ResidualDetector(["a", "b"], calibration_samples=64)
+    ref.score_learn_many(x[:613])  # mid-segment
+    old = ref.state()
+    for k in ("warm_waited", "smooth2", "smooth2_anchor", "lin_scale", "seg_lin"):
+        del old[k]
+    per_key = ResidualDetector.from_state(copy.deepcopy(old))
+    bank = ResidualBank(ResidualDetector(["a", "b"], calibration_samples=64))
+    bank.grow(1)
+    bank.load(0, copy.deepcopy(old))
+    want, _ = per_key.score_learn_many(x[613:])
+    got, _ = bank.score_learn(np.zeros(287, dtype=np.int64), x[613:], np.zeros(287), np.ones(287, dtype=bool))
+    assert np.array_equal(got, want)
+    assert np.isfinite(want).all() and (want < 0.9999).mean() > 0.99
