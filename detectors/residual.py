@@ -46,6 +46,10 @@ from typing import Sequence
 
 import numpy as np
 from .calibrate import TailCalibrator, plain
+from .stuck import FIELDS as STUCK_FIELDS
+from .stuck import freeze as stuck_freeze
+from .stuck import fresh as stuck_fresh
+from .stuck import step as stuck_step
 
 __all__ = ["ResidualDetector"]
 
@@ -60,6 +64,9 @@ def upgrade_state(state: dict) -> dict:
     follows the segment's learned rows, with the fast forecast's scale)."""
     state = dict(state)
     state.setdefault("warm_waited", 0)
+    if "stuck" not in state:  # from before the stuck channel: on, fresh
+        state["stuck"] = True
+        state.update(stuck_fresh(len(state["fields"])))
     if "smooth2" not in state:
         d = len(state["fields"])
         level, anchor, scale = (np.asarray(state[k], dtype=np.float64) for k in ("level", "anchor", "scale"))
@@ -99,7 +106,7 @@ class ResidualDetector:
                  season: float | None = None, season_bins: int = 288, season_rate: float = 0.1,
                  adapt: float | int | None = 60, refresh: int = 32, min_samples: int = 32,
                  half_life: int = 20_000, tail: float = 0.02, calibration_samples: int = 256,
-                 trend_rate: float | None = 0.02):
+                 trend_rate: float | None = 0.02, stuck: bool = True):
         if not (0 < alpha <= 0.95 and 0 < alpha_fast <= 0.95 and 0 < beta <= 1 and 0 < season_rate <= 1):
             raise ValueError(f"residual: alpha and alpha_fast must be in (0, 0.95], beta and season_rate in (0, 1]; "
                              f"got {alpha}, {alpha_fast}, {beta}, {season_rate}")
@@ -155,6 +162,9 @@ class ResidualDetector:
         self.smooth2_anchor = np.zeros(d)  # at the segment start
         self.lin_scale = np.zeros(d)  # frozen for the segment: the linear forecast's residual scale
         self.seg_lin = np.zeros((0, d))  # the segment's clipped absolute residuals of the linear forecast
+        self.stuck = bool(stuck)
+        for k, v in stuck_fresh(d).items():  # the stuck channel (`detectors.stuck`): srun, srep, ..., per field
+            setattr(self, k, v)
 
     @property
     def warming_up(self) -> bool:
@@ -301,14 +311,17 @@ class ResidualDetector:
         sign = np.where(np.abs(R) > band, np.sign(R), 0.0) * learn[:, None]
         cut, jump, run_len = self._adapt_row(sign, Y, ts, learn)
         used = m if cut is None else cut + 1
+        p_stuck = self._stuck_rows(X[:used], ts[:used], learn[:used])
         cal_warm = not self.cal.ready
         if cal_warm:
             out_scores[:used] = 0.0
-        elif self.trend_rate is None:
-            out_scores[:used] = self.cal.score(raw[:used])
-        else:  # two channels, each calibrated on its own: the smaller tail probability, doubled (Bonferroni)
-            p = np.minimum(self.cal.tail_probability(raw[:used]), self.tcal.tail_probability(traw[:used]))
-            out_scores[:used] = 1.0 - np.minimum(1.0, 2.0 * p)
+        else:  # the channels, each on its own: the smallest tail probability times their number (Bonferroni)
+            p, k = self.cal.tail_probability(raw[:used]), 1
+            if self.trend_rate is not None:
+                p, k = np.minimum(p, self.tcal.tail_probability(traw[:used])), k + 1
+            if self.stuck:  # counted where a watched field repeats
+                p, k = np.minimum(p, p_stuck[0]), k + p_stuck[1]
+            out_scores[:used] = 1.0 - np.minimum(1.0, k * p)
         out_warm[:used] = cal_warm
         lrn = learn[:used]
         self._calibrate(np.stack((raw[:used][lrn], traw[:used][lrn]), axis=1), run_len, ts[:used][lrn])
@@ -340,6 +353,24 @@ class ResidualDetector:
         if self.since >= self.refresh or cut is not None:
             self._end_segment()
         return used
+
+    def _stuck_rows(self, X, ts, learn) -> tuple[np.ndarray, np.ndarray] | None:
+        """The stuck channel row by row (`detectors.stuck.step`): each row's tail probability and whether
+        the key has a watched field; learns the learned rows' repeats."""
+        if not self.stuck:
+            return None
+        m = len(X)
+        out, watched = np.ones(m), np.zeros(m, dtype=bool)
+        view = {k: getattr(self, k)[None, :] for k in STUCK_FIELDS}  # views: `step` updates the state in place
+        last = self.last[None, :]
+        decay = 0.5 ** (1.0 / self.cal.half_life)
+        for i in range(m):
+            p, w = stuck_step(X[i:i + 1], last, view, ts[i:i + 1], learn[i:i + 1], self.adapt_rows, self.adapt_s,
+                              decay)
+            out[i], watched[i] = p[0], w[0]
+            if learn[i]:
+                last = X[i:i + 1]
+        return out, watched
 
     def _baseline(self, slow_levels, k0, learn, idx, every, m) -> np.ndarray:
         """The trend baseline after each row: an EWMA (rate trend_rate) of the slow level."""
@@ -413,6 +444,8 @@ class ResidualDetector:
 
     def _end_segment(self) -> None:
         self.since = 0
+        if self.stuck:
+            self.sq1, self.sq = stuck_freeze({k: getattr(self, k) for k in STUCK_FIELDS})
         self.anchor = self.level.copy()
         self.floor = self._floor()  # frozen with the rest for the next segment
         k = len(self.seg_r)

@@ -27,6 +27,9 @@ import numpy as np
 from .calibrate_bank import CalibratorBank
 from .residual import RECENT, STEPS, WAIT, ResidualDetector, pick_raw
 from .residual_bank_state import export_slot, load_slot
+from .stuck import FIELDS as STUCK_FIELDS
+from .stuck import freeze as stuck_freeze
+from .stuck import step as stuck_step
 from .slots import SlotArrays, rank_passes
 
 __all__ = ["ResidualBank"]
@@ -46,6 +49,7 @@ class ResidualBank:
         self.season, self.bins, self.season_rate = p.season, p.season_bins, p.season_rate
         self.adapt_rows, self.adapt_s, self.H = p.adapt_rows, p.adapt_s, p.hold
         self.trend_rate = p.trend_rate
+        self.stuck = p.stuck
         # the powers of the level's closed form, computed as ResidualDetector._segment computes them
         j = np.arange(self.R + 1)[:, None]
         r = 1 - self.alpha
@@ -68,6 +72,9 @@ class ResidualBank:
             # the linear forecast: Brown's second smoothing of the slow level, its running sum, its scale
             "smooth2": ((d,), f8, 0.0), "smooth2_anchor": ((d,), f8, 0.0), "s2_sum": ((d,), f8, 0.0),
             "lin_scale": ((d,), f8, 0.0), "seg_lin": ((R, d), f8, 0.0),
+            # the stuck channel (detectors.stuck)
+            "srun": ((d,), i8, 0), "srep": ((d,), f8, 0.0), "srows": ((d,), f8, 0.0), "scont": ((d,), f8, 0.0),
+            "sstop": ((d,), f8, 0.0), "sq1": ((d,), f8, 0.5), "sq": ((d,), f8, 0.5), "sstart": ((d,), f8, 0.0),
             # within a batch only: the rows left in the open call of each key
             "call_left": ((), i8, 0),
         }
@@ -135,15 +142,17 @@ class ResidualBank:
         if self.trend_rate is not None:
             traw = self._trend(s, li, L_before, scale, band)
         cut, run_len, jump = self._adapt_row(s, Rz, absR, band, Y, ts, learn)
+        stuck = self._stuck(s, X, ts, learn) if self.stuck else None
         ready = self.cal.a.ready[s]
         out = np.zeros(len(s))
-        if ready.any():
+        if ready.any():  # the channels: the smallest tail probability times their number (Bonferroni)
             k = np.flatnonzero(ready)
-            if self.trend_rate is None:
-                out[k] = 1.0 - self.cal.tail_probability(s[k], raw[k])
-            else:  # two channels, each calibrated on its own: the smaller tail probability, doubled (Bonferroni)
-                p = np.minimum(self.cal.tail_probability(s[k], raw[k]), self.tcal.tail_probability(s[k], traw[k]))
-                out[k] = 1.0 - np.minimum(1.0, 2.0 * p)
+            p, n = self.cal.tail_probability(s[k], raw[k]), 1
+            if self.trend_rate is not None:
+                p, n = np.minimum(p, self.tcal.tail_probability(s[k], traw[k])), n + 1
+            if stuck is not None:  # counted where a watched field repeats
+                p, n = np.minimum(p, stuck[0][k]), n + stuck[1][k]
+            out[k] = 1.0 - np.minimum(1.0, n * p)
         self._hold(s, raw, traw, ts, learn)
         j = a.seg_len[sl]
         a.seg_r[sl, j] = np.minimum(absR[li], band[li])  # bounded influence
@@ -286,6 +295,15 @@ class ResidualBank:
         a.smooth2[sl] = self.A[j, :d] * a.smooth2_anchor[sl] + self.B[j, :d] * S
         return raw
 
+    def _stuck(self, s, X, ts, learn):
+        """The stuck channel for one row of each key (`detectors.stuck.step`, before `_note_step` moves `last`)."""
+        a = self.a
+        st = {k: getattr(a, k)[s] for k in STUCK_FIELDS}  # copies (fancy indexing), written back below
+        out = stuck_step(X, a.last[s], st, ts, learn, self.adapt_rows, self.adapt_s, 0.5 ** (1.0 / self.cal.half_life))
+        for k, v in st.items():
+            getattr(a, k)[s] = v
+        return out
+
     def _adapt_row(self, s, Rz, absR, band, Y, ts, learn):
         """`ResidualDetector._adapt_row` for one row per key: returns (cut, run_len, jump of the cut keys)."""
         cut, run_len = np.zeros(len(s), dtype=bool), np.zeros(len(s), dtype=np.int64)
@@ -365,6 +383,8 @@ class ResidualBank:
         """`ResidualDetector._end_segment`: a new anchor and floor; the scale learns the segment's residuals."""
         a = self.a
         a.since[g] = 0
+        if self.stuck:
+            a.sq1[g], a.sq[g] = stuck_freeze({k: getattr(a, k)[g] for k in STUCK_FIELDS})
         a.anchor[g] = a.level[g]
         step = a.steps[g, -1]  # the resolution: a step seen STEPS times (a spike on a constant is only two)
         step = np.where(np.isfinite(step), step, 0.0)

@@ -229,3 +229,34 @@ def test_a_state_saved_before_the_warm_up_wait_and_the_linear_forecast_restores_
     got, _ = bank.score_learn(np.zeros(287, dtype=np.int64), x[613:], np.zeros(287), np.ones(287, dtype=bool))
     assert np.array_equal(got, want)
     assert np.isfinite(want).all() and (want < 0.9999).mean() > 0.99
+
+
+def test_a_float_sensor_stuck_at_its_last_reading_is_flagged_within_a_few_readings():
+    rng = np.random.default_rng(4)
+    x = np.round(20 + rng.normal(0, 0.5, 4000), 2)
+    x[3000:3100] = x[2999]  # the sensor freezes for 100 readings, then recovers
+    det = ResidualDetector(["f"])  # adapt: 60 rows
+    s, _ = det.score_learn_many(x[:, None])
+    first = int(np.flatnonzero(s[3000:] > 0.9999)[0])
+    assert first <= 3
+    assert (s[3000 + 60:3100] > 0.9999).sum() == 0  # a run that lasted `adapt` rows is a regime
+    assert (np.delete(s[1000:], np.arange(2000, 2101)) > 0.9999).mean() < 1e-3
+    off, _ = ResidualDetector(["f"], stuck=False).score_learn_many(x[:, None])
+    assert not (off[3000:3004] > 0.9999).any()  # without the channel it is not seen there
+
+
+@pytest.mark.parametrize("kind", ["counter", "quantised", "bursty"])
+def test_the_stuck_channel_stays_silent_where_repeats_are_normal(kind):
+    """Counters, coarse quantised readings and bursty series repeat all the time, in runs no geometric model
+    follows: the channel does not watch them, so the scores are those without it."""
+    rng = np.random.default_rng(8)
+    n = 6000
+    if kind == "counter":
+        x = rng.poisson(3, n).astype(float)
+    elif kind == "quantised":
+        x = np.round(20 + np.cumsum(rng.normal(0, 0.05, n)), 0)
+    else:
+        x = np.where(rng.random(n) < 0.2, rng.exponential(5, n), 0.0)
+    on, _ = ResidualDetector(["f"]).score_learn_many(x[:, None])
+    off, _ = ResidualDetector(["f"], stuck=False).score_learn_many(x[:, None])
+    assert np.array_equal(on, off)

@@ -26,7 +26,8 @@ OPTIONS = [
 def stream(n_keys, n_rows, seed):
     """Interleaved readings of `n_keys` keys at their own levels and noise, quantised, with a level shift
     (the run adapts) and a short fault on every key, and about 5% rows not learned.  Every third key starts
-    with a run of one value (the warm-up waits for a change), key 0 with one longer than that wait."""
+    with a run of one value (the warm-up waits for a change), key 0 with one longer than that wait; every
+    fourth key gets stuck for 25 readings."""
     rng = np.random.default_rng(seed)
     keys = rng.integers(n_keys, size=n_keys * n_rows)
     X = 20 + rng.normal(0, 1, size=(len(keys), 2)) * rng.uniform(0.1, 3, size=(n_keys, 1))[keys]
@@ -38,6 +39,8 @@ def stream(n_keys, n_rows, seed):
         X[idx[len(idx) // 3: len(idx) // 3 + 5], 1] += 30
         if k % 3 == 0:
             X[idx[:(300 if k == 0 else 40 + 10 * k)]] = 20.0
+        if k % 4 == 1:  # stuck at its last reading for a while (the stuck channel alerts, then adapts)
+            X[idx[2 * len(idx) // 3: 2 * len(idx) // 3 + 25]] = X[idx[2 * len(idx) // 3 - 1]]
     learn = rng.random(len(keys)) > 0.05
     cuts = np.sort(rng.choice(np.arange(1, len(keys)), size=len(keys) // 37, replace=False))
     return keys, X, ts, learn, list(zip(np.r_[0, cuts], np.r_[cuts, len(keys)]))
