@@ -49,6 +49,7 @@ from .calibrate import TailCalibrator, plain
 from .stuck import FIELDS as STUCK_FIELDS
 from .stuck import freeze as stuck_freeze
 from .stuck import fresh as stuck_fresh
+from .stuck import quiet as stuck_quiet
 from .stuck import step as stuck_step
 
 __all__ = ["ResidualDetector"]
@@ -362,14 +363,27 @@ class ResidualDetector:
         m = len(X)
         out, watched = np.ones(m), np.zeros(m, dtype=bool)
         view = {k: getattr(self, k)[None, :] for k in STUCK_FIELDS}  # views: `step` updates the state in place
+        flat = {k: getattr(self, k) for k in STUCK_FIELDS}
         last = self.last[None, :]
         decay = 0.5 ** (1.0 / self.cal.half_life)
-        for i in range(m):
+        busy = np.ones(m, dtype=bool)  # rows `step` must see; the others are quiet (`stuck_quiet`)
+        if learn.all():  # a repeat, the row after one (its run ends) and the first row while a run is open
+            rep = (X == np.concatenate((last, X[:-1]))).any(axis=1)
+            busy = rep | np.concatenate(([bool(self.srun.any())], rep[:-1]))
+        i = 0
+        while i < m:
+            if not busy[i]:
+                j = i + 1 + int(np.argmax(np.append(busy[i + 1:], True)))  # the stretch of quiet rows
+                stuck_quiet(flat, j - i, decay, float(ts[j - 1]))
+                last = X[j - 1:j]
+                i = j
+                continue
             p, w = stuck_step(X[i:i + 1], last, view, ts[i:i + 1], learn[i:i + 1], self.adapt_rows, self.adapt_s,
                               decay)
             out[i], watched[i] = p[0], w[0]
             if learn[i]:
                 last = X[i:i + 1]
+            i += 1
         return out, watched
 
     def _baseline(self, slow_levels, k0, learn, idx, every, m) -> np.ndarray:

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["FIELDS", "fresh", "step", "freeze"]
+__all__ = ["FIELDS", "fresh", "step", "quiet", "freeze"]
 
 CLIP = 4.0
 Q1_MAX = 0.05  # the channel watches a field only while fewer than this share of its readings repeat
@@ -75,6 +75,18 @@ def step(x, last, st, ts, learn, adapt_rows, adapt_s, row_decay):
         st["srun"][li] = r[li]
         st["sstart"][li] = start[li]
     return p, (on & alive).any(axis=1)
+
+
+def quiet(st, n: int, row_decay: float, t_last: float) -> None:
+    """What `step` does to one key's state (arrays (d,)) over n learned rows in a row where no field repeats
+    and no run is open: only the row counts decay and grow.  Python floats, the same IEEE operations in the
+    same order as `step`'s numpy ones (a repeat adds 0.0, which changes nothing), so the floats are equal."""
+    rows, reps = st["srows"].tolist(), st["srep"].tolist()
+    for _ in range(n):
+        rows = [r * row_decay + 1.0 for r in rows]
+        reps = [r * row_decay for r in reps]
+    st["srows"][:], st["srep"][:] = rows, reps
+    st["sstart"][:] = t_last  # each row is a run's would-be start
 
 
 def freeze(st) -> tuple[np.ndarray, np.ndarray]:
