@@ -125,21 +125,44 @@ def prepare_list(frames, downscale: int = 8, mode: str = "sparse") -> np.ndarray
         return prepare(np.stack(frames), f, mode)
     use = 1 if c == 1 else 3                        # gray, or the BGR luma of 3-4 channels
     buf = np.empty((use, 2, len(frames), rows, cols), np.uint8)
-    for i, x in enumerate(frames):                  # one strided copy per frame, sample and channel, in C
-        line = x[r]
-        if x.ndim == 2:
-            buf[0, 0, i], buf[0, 1, i] = line[:, c0], line[:, c1]
-        else:
-            for k in range(use):
-                buf[k, 0, i], buf[k, 1, i] = line[:, c0, k], line[:, c1, k]
-    s = buf[:, 0].astype(np.uint16)
-    s += buf[:, 1]
+    if f % 2 == 0:                                  # the two samples of a cell are f/2 apart: one strided view holds both
+        _gather_pairs(frames, buf, r, slice(c0.start, cols * f, f // 2), rows, cols, use)
+    else:
+        for i, x in enumerate(frames):              # one strided copy per frame, sample and channel, in C
+            line = x[r]
+            if x.ndim == 2:
+                buf[0, 0, i], buf[0, 1, i] = line[:, c0], line[:, c1]
+            else:
+                for k in range(use):
+                    buf[k, 0, i], buf[k, 1, i] = line[:, c0, k], line[:, c1, k]
+    s = np.add(buf[:, 0], buf[:, 1], dtype=np.uint16)
     if use == 1:
-        return s[0] * np.float32(0.5)
-    out = s[0] * np.float32(_LUMA[0] * 0.5)
-    out += s[1] * np.float32(_LUMA[1] * 0.5)
-    out += s[2] * np.float32(_LUMA[2] * 0.5)
+        return np.multiply(s[0], np.float32(0.5), dtype=np.float32)
+    out = np.multiply(s[0], np.float32(_LUMA[0] * 0.5), dtype=np.float32)   # the same float32 steps as `prepare`
+    t = np.multiply(s[1], np.float32(_LUMA[1] * 0.5), dtype=np.float32)
+    out += t
+    np.multiply(s[2], np.float32(_LUMA[2] * 0.5), out=t, dtype=np.float32)
+    out += t
     return out
+
+
+def _gather_pairs(frames, buf, r: slice, pairs: slice, rows: int, cols: int, use: int) -> None:
+    """Copy ``sparse``'s samples of each frame into ``buf`` ``(use, 2, n, rows, cols)`` with one strided copy per
+    frame (``pairs`` alternates the two sampled columns of each cell). Each C-contiguous frame's sampled rows are
+    first touched column by column, one byte per 64-byte line: the loads of all rows are then in flight together
+    instead of one row after another, which is what a frame that is not in the cache costs (about a third less)."""
+    touch = None
+    for i, x in enumerate(frames):
+        if x.flags.c_contiguous:
+            flat = x.reshape(x.shape[0], -1)
+            if touch is None or touch.shape[1] != rows:
+                touch = np.empty((len(range(0, flat.shape[1], 64)), rows), np.uint8)
+            np.copyto(touch, flat[r, ::64].T)
+        v = x[r, pairs]                              # (rows, 2 cols[, c])
+        if x.ndim == 2:
+            buf[0, :, i] = v.reshape(rows, cols, 2).transpose(2, 0, 1)
+        else:
+            buf[:, :, i] = v.reshape(rows, cols, 2, x.shape[2])[..., :use].transpose(3, 2, 0, 1)
 
 
 def _changed(small: np.ndarray, ref: np.ndarray, pixel_threshold: float) -> np.ndarray:
