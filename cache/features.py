@@ -171,10 +171,12 @@ def _changed(small: np.ndarray, ref: np.ndarray, pixel_threshold: float) -> np.n
 
 def pixel_fraction(small: np.ndarray, ref: np.ndarray, pixel_threshold: float) -> np.ndarray:
     """Fraction of pixels whose gray level moved by more than ``pixel_threshold``."""
-    d = np.subtract(small, ref[None])
+    n, size = len(small), ref.size
+    d = np.subtract(small.reshape(n, size), ref.reshape(1, size))
     np.abs(d, out=d)
-    n = len(d)
-    return (d.reshape(n, -1) > pixel_threshold).sum(axis=1) / (d.size // n if n else 1)
+    changed = np.greater(d, pixel_threshold)
+    # a row sum of the bytes (0/1) of the bool mask: several times faster than summing the bools themselves
+    return np.add.reduce(changed.view(np.uint8), axis=1, dtype=np.int64) / size
 
 
 def block_fraction(small: np.ndarray, ref: np.ndarray, pixel_threshold: float,
