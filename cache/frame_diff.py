@@ -162,11 +162,8 @@ class FrameDiff(Stage):
             why = reason[process]
             self.ctx.count("audited", int(np.count_nonzero(why == "audit")))
             self.ctx.count("forced", int(np.count_nonzero(why == "forced")))
-        reused = np.empty(m, dtype=object)
-        reused[:] = True
-        reused[process] = False
-        by = np.empty(m, dtype=object)
-        by[:] = self.ctx.item_id
+        reused = np.logical_not(process).astype(object)     # Python bools, one object per row
+        by = np.full(m, self.ctx.item_id, dtype=object)
         return Batch(out.ts, out.tags, {**out.fields, "staleness_frames": d.frames_since[keep].astype(np.float64),
                                         "staleness_s": d.age_s[keep], "frame_diff": d.distance[keep]},
                      out.frames, {**out.extra, "reused": reused, "reuse_reason": reason, "diff_by": by})
