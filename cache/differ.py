@@ -125,10 +125,12 @@ class FrameDiffer:
     def decide(self, keys, ts, data) -> Decision:
         """Decide for a batch of rows (keys, event timestamps in s, frames or vectors)."""
         n = len(data)
-        if n == 1 and self.feature != "vector_norm":  # a camera's batch of one: scalars, few numpy calls
-            got = self._decide_single(keys[0], ts[0], data[0])
+        if n == 1:                                  # a camera's batch of one: scalars, few numpy calls
+            got = self.decide_single(keys[0], ts[0], data[0])
             if got is not None:
-                return got
+                hit, why, d, s, a, t = got
+                return Decision(np.array([hit]), np.array([why], dtype=object), np.array([d], np.float64),
+                                np.array([s], np.int64), np.array([a], np.float64), np.array([t], np.float64), {})
         ts = np.asarray(ts, dtype=np.float64)
         groups, bad = self._prepare(data)
         process = np.zeros(n, bool)
@@ -247,19 +249,18 @@ class FrameDiffer:
         none = last < 0                                         # reference from an earlier batch
         since[rows] = np.where(none, base_since + q + 1, q - last)
         age[rows] = np.where(none, tr - base_ts, tr - tr[np.maximum(last, 0)])
-    def _decide_single(self, k, ts_i, x) -> Decision | None:
-        """:meth:`decide` for one frame of a known key with the key's frame size: the same decision, built from
-        scalars (with frames not in the cache, each numpy call costs microseconds). None: take the general path."""
+    def decide_single(self, k, ts_i, x) -> tuple | None:
+        """:meth:`decide` for one frame of a known key with the key's frame size, in scalars (with frames not in
+        the cache, each numpy call costs microseconds): (processed, reason, distance, frames since, seconds
+        since, threshold), the same decision as the general path. None: take the general path."""
         st = self.keys.get(k)
-        if (st is None or type(x) is not np.ndarray or x.ndim not in (2, 3) or x.dtype.kind not in "biuf"
-                or x.size == 0 or min(x.shape[:2]) < self.downscale):
+        if (st is None or self.feature == "vector_norm" or type(x) is not np.ndarray or x.ndim not in (2, 3)
+                or x.dtype.kind not in "biuf" or x.size == 0 or min(x.shape[:2]) < self.downscale):
             return None
         small = F.prepare_list((x,), self.downscale, self.sampling)
         if small.shape[1:] != st["shape"]:
             return None
-        hit, why, d, s, a, t = self._decide_one(k, st, float(ts_i), small)
-        return Decision(np.array([hit]), np.array([why], dtype=object), np.array([d], np.float64),
-                        np.array([s], np.int64), np.array([a], np.float64), np.array([t], np.float64), {})
+        return self._decide_one(k, st, float(ts_i), small)
 
     def _decide_one(self, k, st, ts_i, small):
         """:meth:`_decide_key` for one frame of a known key (a camera's batch of one), in scalars: same decisions.

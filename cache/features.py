@@ -179,11 +179,13 @@ def _changed(small: np.ndarray, ref: np.ndarray, pixel_threshold: float) -> np.n
 def pixel_fraction(small: np.ndarray, ref: np.ndarray, pixel_threshold: float) -> np.ndarray:
     """Fraction of pixels whose gray level moved by more than ``pixel_threshold``."""
     n, size = len(small), ref.size
-    d = np.subtract(small.reshape(n, size), ref.reshape(1, size))
+    d = np.subtract(small, ref)
     np.abs(d, out=d)
     changed = np.greater(d, pixel_threshold)
+    if n == 1:
+        return np.array([np.count_nonzero(changed) / size])
     # a row sum of the bytes (0/1) of the bool mask: several times faster than summing the bools themselves
-    return np.add.reduce(changed.view(np.uint8), axis=1, dtype=np.int64) / size
+    return np.add.reduce(changed.reshape(n, size).view(np.uint8), axis=1, dtype=np.int64) / size
 
 
 def block_fraction(small: np.ndarray, ref: np.ndarray, pixel_threshold: float,
