@@ -184,3 +184,23 @@ def test_checkpoints_hold_only_the_keys_that_saw_readings_and_restore_from_them(
     restarted.restore_entries(saved)
     out += restarted.process(Batch.from_records(recs[2500:])).to_records()
     assert out == expected
+
+
+def test_frame_diff_one_record_batches_give_the_records_of_larger_batches():
+    cfg = {"threshold": 0.02, "downscale": 4, "audit_rate": 0.2, "refresh_frames": 6}
+    recs = camera_records(60)
+    ones, sevens = run_stage(FrameDiff, cfg, recs, batch_size=1), run_stage(FrameDiff, cfg, recs, batch_size=7)
+    assert len(ones) == len(sevens) == 60
+    for a, b in zip(ones, sevens):
+        assert a["fields"] == b["fields"] and a["tags"] == b["tags"] and a["frame"] is b["frame"]
+        assert (a["reused"], a["reuse_reason"], a["diff_by"]) == (b["reused"], b["reuse_reason"], b["diff_by"])
+        assert type(a["reused"]) is bool
+    assert {r["reuse_reason"] for r in ones} >= {"first", "reuse", "changed", "forced", "audit"}
+    stage1, _ = build_stage(FrameDiff, cfg)
+    stage7, _ = build_stage(FrameDiff, cfg)
+    for i in range(60):
+        stage1.process(Batch.from_records(recs[i:i + 1]))
+    for i in range(0, 60, 7):
+        stage7.process(Batch.from_records(recs[i:i + 7]))
+    assert stage1.stats() == stage7.stats()
+    assert stage1.ctx.metrics.by_item() == stage7.ctx.metrics.by_item()
