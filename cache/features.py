@@ -111,13 +111,13 @@ def prepare_list(frames, downscale: int = 8, mode: str = "sparse") -> np.ndarray
     if mode == "stride" and c in (1, 3, 4):
         r, cc, rows, cols = _stride_grid(a0.shape[0], a0.shape[1], f)
         out = np.empty((len(frames), rows, cols), np.float32)
-        if a0.ndim == 2:
-            for i, x in enumerate(frames):          # one strided copy (and cast) per frame, in C
-                out[i] = x[r, cc]
-        else:
-            ch = 0 if c == 1 else 1
-            for i, x in enumerate(frames):
-                out[i] = x[r, cc, ch]
+        line = a0.shape[1] * c
+        touch = np.empty(((line + 63) // 64, rows), np.uint8) if a0.dtype.itemsize == 1 else None
+        ch = None if a0.ndim == 2 else (0 if c == 1 else 1)
+        for i, x in enumerate(frames):              # one strided copy (and cast) per frame, in C
+            if touch is not None and x.flags.c_contiguous:   # the sampled rows' misses overlapped (see _gather_pairs)
+                np.copyto(touch, np.ndarray(touch.shape, np.uint8, x, r.start * line, (64, r.step * line)))
+            out[i] = x[r, cc] if ch is None else x[r, cc, ch]
         return out
     if mode != "sparse" or f < 2 or a0.dtype != np.uint8 or c not in (1, 3, 4):
         return prepare(np.stack(frames), f, mode)
