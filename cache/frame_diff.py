@@ -184,11 +184,12 @@ class FrameDiff(Stage):
             self.ctx.count("reused", 1)
         elif why != "changed":
             self.ctx.count("audited" if why == "audit" else "forced", 1)
-        return Batch(batch.ts, batch.tags, {**batch.fields, "staleness_frames": np.array([float(s)]),
-                                            "staleness_s": np.array([a], np.float64), "frame_diff": np.array([d], np.float64)},
-                     batch.frames, {**batch.extra, "reused": np.array([not hit], dtype=object),
-                                    "reuse_reason": np.array([why], dtype=object),
-                                    "diff_by": np.array([self.ctx.item_id], dtype=object)})
+        num = np.array([[float(s)], [float(a)], [float(d)]])           # one array per kind, a row per column
+        obj = np.empty((3, 1), dtype=object)
+        obj[:, 0] = not hit, why, self.ctx.item_id
+        return Batch(batch.ts, batch.tags, {**batch.fields, "staleness_frames": num[0], "staleness_s": num[1],
+                                            "frame_diff": num[2]},
+                     batch.frames, {**batch.extra, "reused": obj[0], "reuse_reason": obj[1], "diff_by": obj[2]})
 
     def observe_confidence(self, key: str, confidence: float) -> None:
         """Confidence (0..1) of the key's latest result, from downstream (see ``confidence_power``)."""
