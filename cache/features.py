@@ -102,9 +102,10 @@ def prepare_list(frames, downscale: int = 8, mode: str = "sparse") -> np.ndarray
     """:func:`prepare` for a list (or object array) of same-shaped frames, without first copying them into one big stack.
 
     With ``stride`` the sampled values are gathered straight into the float32 result, one strided copy
-    per frame (a few microseconds for a 768x576 frame); with ``sparse``, one strided copy per frame,
-    sample and channel into a small uint8 buffer, then grayscale and the mean of the two samples in one
-    vectorised pass over the whole batch. Same values as :func:`prepare`."""
+    per frame (a few microseconds for a 768x576 frame); with ``sparse``, one strided copy per frame of both
+    samples and all channels (even ``downscale``; per sample and channel otherwise) into a small uint8 buffer,
+    then grayscale and the mean of the two samples in one vectorised pass over the whole batch. Same values as
+    :func:`prepare`, bit for bit."""
     f = max(1, int(downscale))
     a0 = np.asarray(frames[0])
     c = 1 if a0.ndim == 2 else (a0.shape[2] if a0.ndim == 3 else 0)
