@@ -169,7 +169,7 @@ class FrameDiff(Stage):
         by[:] = self.ctx.item_id
         return Batch(out.ts, out.tags, {**out.fields, "staleness_frames": d.frames_since[keep].astype(np.float64),
                                         "staleness_s": d.age_s[keep], "frame_diff": d.distance[keep]},
-                     out.frames, {**out.extra, "reused": reused, "reuse_reason": reason, "diff_by": by})
+                     out.frames, {**out.extra, "reused": reused, "reuse_reason": reason, "diff_by": by}, out.arrival)
 
     def observe_confidence(self, key: str, confidence: float) -> None:
         """Confidence (0..1) of the key's latest result, from downstream (see ``confidence_power``)."""
