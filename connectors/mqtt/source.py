@@ -3,11 +3,11 @@
 The network thread only queues each message with its arrival time: the pipeline clock when it was received,
 journaled with the message, so a replay after a crash carries the original time; every row of the message gets
 it as ``Batch.arrival``. Every ``emit_interval`` the source thread decodes what was queued with each
-subscription's codec (json, json-batch, senml, frame; see
-``connectors/mqtt/codecs.py``; runs of alike json messages are decoded together, ``connectors/mqtt/bulk.py``)
-and hands the rows to the pipeline as one batch whose position is the number of messages taken so far. QoS 1/2
-messages are acknowledged (paho manual acks) only when the runtime reports that position as processed
-(``committed``), so a crash or restart before that makes the broker deliver them again (at-least-once).
+subscription's codec (json, json-batch, senml, frame; see ``connectors/mqtt/codecs.py``; runs of alike json
+messages are decoded together, ``connectors/mqtt/bulk.py``) and hands the rows to the pipeline as one batch
+whose position is the number of messages taken so far. QoS 1/2 messages are acknowledged (paho manual acks)
+only when the runtime reports that position as processed (``committed``), so a crash or restart before that
+makes the broker deliver them again (at-least-once).
 
 A message that cannot be used (undecodable, wrong types, missing fields, NaN/inf, too large, too deep, a topic
 that does not fit ``topic_template``) is published to ``edgesieve/{node}/deadletter`` (reason, topic, payload

@@ -17,18 +17,18 @@ A window of a key closes (is emitted) when the first of these happens:
   when longer): all of its open windows are emitted;
 * more than ``max_open_windows`` windows are open: the oldest are emitted early (counted as ``windows_forced``).
 
-An emitted window never reopens: after an idle or forced close, readings for it count as late.
-A reading stamped more than ``max_future`` ahead of its arrival is dead-lettered with the reason
-``future_timestamp`` and never enters its key's clock, so it cannot make later readings late, now or after a
-restart. Its arrival is the time it reached the gateway (``Batch.arrival``: the ``mqtt`` source stamps each
-message when it receives it and journals the stamp; other sources' rows are stamped when the runtime takes
-them; the pipeline clock when a row has none), not when this stage happens to see it: a message replayed from
-the journal after a crash is judged exactly as it was the first time, so the same messages give the same
+An emitted window never reopens: after an idle or forced close, readings for it count as late. A reading
+stamped more than ``max_future`` ahead of its arrival is dead-lettered with the reason ``future_timestamp``
+and never enters its key's clock, so it cannot make later readings late, now or after a restart. Its arrival
+is the time it reached the gateway (``Batch.arrival``: the ``mqtt`` source stamps each message when it
+receives it and journals the stamp; the runtime stamps other sources' rows when they are handed on; a row
+without one is judged against the pipeline clock), not when this stage happens to see it: a message replayed
+from the journal after a crash is judged exactly as it was the first time, so the same messages give the same
 windows and dead letters whether or not the process was restarted in between. Everything else that decides
 what a window holds (late readings, ``allowed_lateness``, the key clocks) is event time, compared only with
-other readings; only ``idle_close`` counts processing time (from the restart after a restart). Late and future readings are counted (``late``,
-``future_timestamp``) and logged once per key and episode. Windows emitted by a watermark come out in the
-order of the reading that closed them, then by start and key.
+other readings; only ``idle_close`` is processing time (counted from the restart after one). Late and future
+readings are counted (``late``, ``future_timestamp``) and logged once per key and episode. Windows emitted by
+a watermark come out in the order of the reading that closed them, then by start and key.
 
 >>> from pipeline.testing import run_stage
 >>> out = run_stage(Window, {"size": "10s", "key": ["device"], "aggregates": {"t": ["mean", "max"]}}, [
