@@ -106,3 +106,18 @@ def test_arrival_follows_its_rows_and_is_not_part_of_the_record():
     assert b.with_ts(b.ts + 1).with_extra(e=np.full(5, None, dtype=object)).arrival.tolist() == b.arrival.tolist()
     assert all("arrival" not in r for r in b.to_records())
     assert Batch.concat([Batch.from_records([{"ts": 0.0}]), Batch.from_records([{"ts": 1.0}])]).arrival is None
+
+
+def test_a_micro_batch_saved_before_arrival_existed_loads_without_one():
+    # the onnx stage checkpoints pending batches; one saved by an older version has no `arrival` attribute
+    from pipeline.statecodec import dumps, loads
+
+    old = object.__new__(Batch)
+    old.__dict__.update({"ts": np.array([NOW + 1000.0]), "tags": {"device": np.array(["a"], dtype=object)},
+                         "fields": {"t": np.array([1.0])}, "frames": None, "extra": {}})
+    back = loads(dumps(old))
+    assert back.arrival is None and back.arrival_or(NOW).tolist() == [NOW]
+    stage, dead = build_stage(Window, OPTS, clock=FakeClock(NOW))
+    stage.process(Batch.concat([back, arrived([{"ts": NOW, "tags": {"device": "a"}, "fields": {"t": 2.0}}], NOW)]))
+    assert len(dead) == 1 and dead[0][1][0]["fields"] == {"t": 1.0}
+    assert loads(dumps(arrived([{"ts": 1.0}], NOW))).arrival.tolist() == [NOW]
