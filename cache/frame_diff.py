@@ -170,7 +170,7 @@ class FrameDiff(Stage):
         by = np.full(m, self.ctx.item_id, dtype=object)
         return Batch(out.ts, out.tags, {**out.fields, "staleness_frames": d.frames_since[keep].astype(np.float64),
                                         "staleness_s": d.age_s[keep], "frame_diff": d.distance[keep]},
-                     out.frames, {**out.extra, "reused": reused, "reuse_reason": reason, "diff_by": by})
+                     out.frames, {**out.extra, "reused": reused, "reuse_reason": reason, "diff_by": by}, out.arrival)
 
     def _process_one(self, batch: Batch) -> Batch | None:
         """:meth:`process` for a batch of one record (a camera delivering frame by frame), from scalars: the same

@@ -246,7 +246,7 @@ class ReuseTracker:
                     table[i] = v
                 out[name] = table[codes]
         return Batch(batch.ts, {**batch.tags, **cols["tags"]}, {**batch.fields, **cols["fields"]}, batch.frames,
-                     {**batch.extra, **cols["extra"]})
+                     {**batch.extra, **cols["extra"]}, batch.arrival)
 
     def _report(self, batch, mask, codes, keys, prev, fcols, fields) -> None:
         """Audit scores and result confidences back to the frame_diff stage that marked the rows."""
