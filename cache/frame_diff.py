@@ -189,7 +189,8 @@ class FrameDiff(Stage):
         obj[:, 0] = not hit, why, self.ctx.item_id
         return Batch(batch.ts, batch.tags, {**batch.fields, "staleness_frames": num[0], "staleness_s": num[1],
                                             "frame_diff": num[2]},
-                     batch.frames, {**batch.extra, "reused": obj[0], "reuse_reason": obj[1], "diff_by": obj[2]})
+                     batch.frames, {**batch.extra, "reused": obj[0], "reuse_reason": obj[1], "diff_by": obj[2]},
+                     batch.arrival)
 
     def observe_confidence(self, key: str, confidence: float) -> None:
         """Confidence (0..1) of the key's latest result, from downstream (see ``confidence_power``)."""

@@ -204,3 +204,15 @@ def test_frame_diff_one_record_batches_give_the_records_of_larger_batches():
         stage7.process(Batch.from_records(recs[i:i + 7]))
     assert stage1.stats() == stage7.stats()
     assert stage1.ctx.metrics.by_item() == stage7.ctx.metrics.by_item()
+
+
+def test_frame_diff_keeps_the_arrival_column_in_one_record_and_larger_batches():
+    stage, _ = build_stage(FrameDiff, {"threshold": 0.02, "downscale": 4, "audit_rate": 0})
+    recs = camera_records(6, cams=("cam1",))
+    for i in range(0, 6, 3):                              # a batch of three, then batches of one (the scalar path)
+        b = Batch.from_records(recs[i:i + 3]) if i == 0 else None
+        batches = [b] if b is not None else [Batch.from_records(recs[j:j + 1]) for j in range(i, i + 3)]
+        for b in batches:
+            arrival = 5000.0 + b.ts
+            out = stage.process(b.with_arrival(arrival))
+            assert np.array_equal(out.arrival, arrival)
