@@ -125,6 +125,12 @@ class FrameDiffer:
     def decide(self, keys, ts, data) -> Decision:
         """Decide for a batch of rows (keys, event timestamps in s, frames or vectors)."""
         n = len(data)
+        if n == 1:                                  # a camera's batch of one: scalars, few numpy calls
+            got = self.decide_single(keys[0], ts[0], data[0])
+            if got is not None:
+                hit, why, d, s, a, t = got
+                return Decision(np.array([hit]), np.array([why], dtype=object), np.array([d], np.float64),
+                                np.array([s], np.int64), np.array([a], np.float64), np.array([t], np.float64), {})
         ts = np.asarray(ts, dtype=np.float64)
         groups, bad = self._prepare(data)
         process = np.zeros(n, bool)
@@ -179,7 +185,9 @@ class FrameDiffer:
                                  "audits": 0, "forced": 0}
             self._count(st, "first", 1)
         if m == 1 and not first:
-            return self._decide_one(k, st, rows[0], float(tr[0]), small, process, reason, dist, since, age, thr)
+            i = rows[0]
+            process[i], reason[i], dist[i], since[i], age[i], thr[i] = self._decide_one(k, st, float(tr[0]), small)
+            return
         pos = start = int(first)
         base_since, base_ts = st["since"], st["ref_ts"]
         u = uniform(self.seed, k, st["count"] + np.arange(m)) if self.audit_rate > 0 else None
@@ -241,8 +249,22 @@ class FrameDiffer:
         none = last < 0                                         # reference from an earlier batch
         since[rows] = np.where(none, base_since + q + 1, q - last)
         age[rows] = np.where(none, tr - base_ts, tr - tr[np.maximum(last, 0)])
-    def _decide_one(self, k, st, i, ts_i, small, process, reason, dist, since, age, thr):
-        """:meth:`_decide_key` for one frame of a known key (a camera's batch of one), in scalars: same decisions."""
+    def decide_single(self, k, ts_i, x) -> tuple | None:
+        """:meth:`decide` for one frame of a known key with the key's frame size, in scalars (with frames not in
+        the cache, each numpy call costs microseconds): (processed, reason, distance, frames since, seconds
+        since, threshold), the same decision as the general path. None: take the general path."""
+        st = self.keys.get(k)
+        if (st is None or self.feature == "vector_norm" or type(x) is not np.ndarray or x.ndim not in (2, 3)
+                or x.dtype.kind not in "biuf" or x.size == 0 or min(x.shape[:2]) < self.downscale):
+            return None
+        small = F.prepare_list((x,), self.downscale, self.sampling)
+        if small.shape[1:] != st["shape"]:
+            return None
+        return self._decide_one(k, st, float(ts_i), small)
+
+    def _decide_one(self, k, st, ts_i, small):
+        """:meth:`_decide_key` for one frame of a known key (a camera's batch of one), in scalars: same decisions.
+        Returns (processed, reason, distance, frames since, seconds since, threshold)."""
         t = self.guard.threshold(k)
         if self.confidence_power and st.get("confidence") is not None:
             t *= max(st["confidence"], 1e-3) ** self.confidence_power
@@ -253,18 +275,16 @@ class FrameDiffer:
         changed = d > t
         forced = bool((self.refresh_frames and s >= self.refresh_frames)
                       or (self.refresh_seconds and a >= self.refresh_seconds))
-        dist[i], thr[i] = d, t
         if not (changed or forced or audit):
-            since[i], age[i] = s, a
             st["since"] = st["run"] = s
             self._count(st, "reuse", 1)
-            return
+            return False, "reuse", d, s, a, t
         why = "changed" if changed else ("forced" if forced else "audit")
-        process[i], reason[i] = True, why
         self._count(st, why, 1)
         st["run"] = s
         st["ref"], st["ref_ts"], st["since"] = small[0], ts_i, 0
         st["confidence"] = None
+        return True, why, d, 0, 0.0, t
 
     def _audit_rate(self, k) -> float:
         """The base audit rate, raised by the guard while a key has little evidence (at most 1 in 2 frames)."""

@@ -178,11 +178,20 @@ class ReuseTracker:
                 c = cols[name] = np.full(n, np.nan) if kind == "f" else np.full(n, None, dtype=object)
                 if got is not None:
                     c[mask] = got
-        codes, keys = key_codes(batch, self.key)
-        keys = [k[0] if len(k) == 1 else k for k in keys]
-        src, prev = _last_computed(codes, mask)
-        take = ~mask & (src >= 0)                # reused rows after a computed row of their key in this batch
-        stale = ~mask & (src < 0)                # reused rows that need the key's result from before
+        col = key_column(batch, self.key) if len(self.key) == 1 else None
+        if col is not None and (n == 1 or bool((col == col[0]).all())):
+            codes, keys = np.zeros(n, np.int64), [col[0]]       # one key (the usual micro-batch): nothing to sort
+        else:
+            codes, keys = key_codes(batch, self.key)
+            keys = [k[0] if len(k) == 1 else k for k in keys]
+        if every:                                # every row computed: each row's previous computed row is the one before
+            src, prev = None, np.arange(-1, n - 1) if len(keys) == 1 else _last_computed(codes, mask)[1]
+        else:
+            src, prev = _last_computed(codes, mask)
+        take = stale = np.zeros(0, bool)
+        if not every:
+            take = ~mask & (src >= 0)            # reused rows after a computed row of their key in this batch
+            stale = ~mask & (src < 0)            # reused rows that need the key's result from before
         if take.any():
             rows, got = np.flatnonzero(take), src[take]
             for cols in (fcols, tcols, ecols):
@@ -237,7 +246,7 @@ class ReuseTracker:
                     table[i] = v
                 out[name] = table[codes]
         return Batch(batch.ts, {**batch.tags, **cols["tags"]}, {**batch.fields, **cols["fields"]}, batch.frames,
-                     {**batch.extra, **cols["extra"]})
+                     {**batch.extra, **cols["extra"]}, batch.arrival)
 
     def _report(self, batch, mask, codes, keys, prev, fcols, fields) -> None:
         """Audit scores and result confidences back to the frame_diff stage that marked the rows."""
@@ -247,6 +256,15 @@ class ReuseTracker:
             return
         values = fcols[afield]
         reason = batch.extra.get("reuse_reason")
+        if len(mask) == 1:                          # a batch of one computed record: scalars
+            k, b, v = keys[codes[0]], by[0], float(values[0])
+            if b is None:
+                return
+            if reason is not None and reason[0] == "audit" and k in self.last:
+                report(self.pipeline, b, "observe", k, self.agreement(self.last[k]["fields"].get(afield, np.nan), values[0]))
+            if self.confidence == "rounding" and np.isfinite(v):
+                report(self.pipeline, b, "observe_confidence", k, 1.0 - 2.0 * abs(v - round(v)))
+            return
         if reason is not None:
             for i in np.flatnonzero(mask & (reason == "audit")).tolist():
                 k = keys[codes[i]]

@@ -7,6 +7,12 @@ A record (the logical shape) is a dict::
 with an optional ``"frame"`` (a numpy array) and any other annotation keys a stage adds.
 A :class:`Batch` holds many records as numpy columns so that stages work per micro-batch.
 
+``arrival`` (float64 epoch seconds, NaN = unknown; or None for the whole batch) is when each row reached the
+gateway: the ``mqtt`` source stamps each message as it receives it and its journal keeps the stamp, so a replay
+after a crash carries the original time; the runtime stamps the rows of other sources when it takes them. It is
+not part of the record (sinks never see it); stages that judge a reading against "now" (``window``'s
+``max_future``) judge it against its arrival instead, so the result does not depend on when it was processed.
+
 >>> b = Batch.from_records([
 ...     {"ts": 1.0, "tags": {"device": "a"}, "fields": {"t": 20.0}},
 ...     {"ts": 2.0, "tags": {"device": "b"}, "fields": {"t": 21.0, "p": 1.5}},
@@ -57,6 +63,7 @@ class Batch:
     fields: dict[str, np.ndarray] = field(default_factory=dict)
     frames: np.ndarray | None = None
     extra: dict[str, np.ndarray] = field(default_factory=dict)
+    arrival: np.ndarray | None = None
 
     def __len__(self) -> int:
         return int(self.ts.shape[0])
@@ -134,6 +141,9 @@ class Batch:
                 out[name] = np.concatenate(parts)
             return out
 
+        arrival = None
+        if any(b.arrival is not None for b in batches):
+            arrival = np.concatenate([b.arrival if b.arrival is not None else np.full(len(b), np.nan) for b in batches])
         frames = None
         if any(b.frames is not None for b in batches):
             frames = np.concatenate(
@@ -145,6 +155,7 @@ class Batch:
             fields=merge("fields", "field"),
             frames=frames,
             extra=merge("extra", "tag"),
+            arrival=arrival,
         )
 
     # ------------------------------------------------------------------ selection / derivation
@@ -158,22 +169,33 @@ class Batch:
             fields={k: v[index] for k, v in self.fields.items()},
             frames=None if self.frames is None else self.frames[index],
             extra={k: v[index] for k, v in self.extra.items()},
+            arrival=None if self.arrival is None else self.arrival[index],
         )
 
     def with_fields(self, **cols: np.ndarray) -> "Batch":
-        return Batch(self.ts, self.tags, {**self.fields, **cols}, self.frames, self.extra)
+        return Batch(self.ts, self.tags, {**self.fields, **cols}, self.frames, self.extra, self.arrival)
 
     def with_tags(self, **cols: np.ndarray) -> "Batch":
-        return Batch(self.ts, {**self.tags, **cols}, self.fields, self.frames, self.extra)
+        return Batch(self.ts, {**self.tags, **cols}, self.fields, self.frames, self.extra, self.arrival)
 
     def with_extra(self, **cols: np.ndarray) -> "Batch":
-        return Batch(self.ts, self.tags, self.fields, self.frames, {**self.extra, **cols})
+        return Batch(self.ts, self.tags, self.fields, self.frames, {**self.extra, **cols}, self.arrival)
 
     def without_fields(self, *names: str) -> "Batch":
-        return Batch(self.ts, self.tags, {k: v for k, v in self.fields.items() if k not in names}, self.frames, self.extra)
+        return Batch(self.ts, self.tags, {k: v for k, v in self.fields.items() if k not in names}, self.frames,
+                     self.extra, self.arrival)
 
     def with_ts(self, ts: np.ndarray) -> "Batch":
-        return Batch(np.asarray(ts, dtype=np.float64), self.tags, self.fields, self.frames, self.extra)
+        return Batch(np.asarray(ts, dtype=np.float64), self.tags, self.fields, self.frames, self.extra, self.arrival)
+
+    def with_arrival(self, arrival: np.ndarray) -> "Batch":
+        return Batch(self.ts, self.tags, self.fields, self.frames, self.extra, np.asarray(arrival, dtype=np.float64))
+
+    def arrival_or(self, now: float) -> np.ndarray:
+        """Per row, its arrival time; ``now`` where it is unknown (no arrival column, or NaN)."""
+        if self.arrival is None:
+            return np.full(len(self), float(now))
+        return np.where(np.isnan(self.arrival), float(now), self.arrival)
 
     def column(self, name: str) -> np.ndarray | None:
         """A field, else a tag, else an annotation column by name (None if absent)."""

@@ -4,6 +4,10 @@ Micro-batches from a source wait in a bounded queue (``overload: block`` back-pr
 drops and counts). The pipeline thread merges what is queued into micro-batches (``runtime.batching``), runs
 them through the graph, ticks time-driven stage work, and writes atomic checkpoints. On stop (end of sources,
 ``--for``, SIGINT/SIGTERM) it stops ingest, drains, checkpoints, flushes open windows and sinks, and returns a summary.
+
+Rows carry their arrival time (``Batch.arrival``): the ``mqtt`` source stamps each message when it receives it
+and keeps the stamp in its journal; the rows of a source that does not are stamped with the pipeline clock when
+the source hands them on. Sources and stages share the pipeline clock (``Pipeline(spec, clock=...)``).
 """
 
 from __future__ import annotations
@@ -14,6 +18,8 @@ import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any, Iterable
+
+import numpy as np
 
 from . import registry
 from .bandwidth import Bandwidth
@@ -116,7 +122,7 @@ class Pipeline:
         try:
             lock.acquire()        # one owner per state folder (checkpoint, journals, outboxes, client ids)
             for c in spec.sources:
-                sources[c.id] = registry.load("sources", c.type)(c, self.graph.context(c.id))
+                sources[c.id] = registry.load("sources", c.type)(c, self.graph.context(c.id, self.clock))
             for c in spec.sinks:
                 ctx = self.graph.context(c.id)
                 ctx.on_fatal = self.fail
@@ -172,6 +178,8 @@ class Pipeline:
             """Queue ``batch``; False when it was not (shed, or the pipeline stopped): a source stops handing on."""
             if not len(batch) and position is None:
                 return True
+            if batch.arrival is None and len(batch):   # a source that does not stamp arrival: it arrives now
+                batch = batch.with_arrival(np.full(len(batch), self.clock()))
             if shed:
                 try:
                     q.put_nowait((batch, position))

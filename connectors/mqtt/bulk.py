@@ -196,7 +196,9 @@ def _columns(dec, msgs, run, rows, counts) -> Batch | None:
             elif np.isinf(col).any():
                 return None
     json_batch = not json_codec
-    arrivals = None
+    arrived = np.array([msgs.arrivals[i] for i in run], dtype=np.float64)
+    arrived = np.repeat(arrived, counts) if json_batch else arrived      # per reading, its message's arrival
+    ts_arrival = ts is None
     if ts is not None:
         if not dec._numeric_ts or not (np.isfinite(ts).all() and (ts >= 0).all()):
             return None
@@ -205,8 +207,7 @@ def _columns(dec, msgs, run, rows, counts) -> Batch | None:
         elif ts.max() > 1e11:
             ts = epoch_seconds(ts)
     else:
-        arrivals = np.array([msgs.arrivals[i] for i in run], dtype=np.float64)
-        ts = np.repeat(arrivals, counts) if json_batch else arrivals
+        ts = arrived.copy()
     tags = {}
     run_tags = [msgs.tags[i] for i in run]
     for name in run_tags[0]:
@@ -214,8 +215,8 @@ def _columns(dec, msgs, run, rows, counts) -> Batch | None:
         col[:] = [t[name] for t in run_tags]
         tags[name] = np.repeat(col, counts) if json_batch else col
     extra = {}
-    if arrivals is not None:
+    if ts_arrival:
         src = np.empty(n, dtype=object)
         src.fill("arrival")
         extra["ts_source"] = src
-    return Batch(ts, tags, fields, None, extra)
+    return Batch(ts, tags, fields, None, extra, arrived)

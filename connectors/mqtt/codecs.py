@@ -191,6 +191,7 @@ class Decoder:
             raise DecodeError("payload_too_large",
                               f"payload is {len(payload)} bytes, more than max_payload_bytes={self.o.max_payload_bytes}")
         mark = builder.mark()
+        builder.arrival = arrival          # every row of this message carries its arrival time
         self._partial = []
         try:
             return self._decode(payload, builder, topic_tags, arrival, user_properties or {})
@@ -333,7 +334,7 @@ class Decoder:
             ts = np.full(n, arrival)
             extra["ts_source"] = _const(n, "arrival")
         tags = {k: _const(n, v) for k, v in topic_tags.items()}
-        return Batch(ts, tags, fields, None, extra)
+        return Batch(ts, tags, fields, None, extra, np.full(n, arrival))
 
     @staticmethod
     def _tag_value(k, v, i) -> str:

@@ -2,16 +2,22 @@
 
 Codecs append values to Python lists (cheap per value); ``build()`` turns the lists into numpy columns
 once per micro-batch. A column that appears in some rows only is padded (NaN for fields, None for tags).
+Each row also carries the arrival time of its message (``Batch.arrival``): whoever decodes a message sets
+``arrival`` first (``Decoder.decode`` does), and every row begun or added until the next one gets it.
 
 >>> b = RowBuilder()
+>>> b.arrival = 100.0
 >>> b.begin_row(1.0, {"site": "a"}); b.field("x", 1); b.end_row()
 >>> m = b.mark()
 >>> b.begin_row(2.0, {}); b.field("y", 2.5)          # a message that fails half-way ...
 >>> b.rollback(m)                                      # ... leaves no trace
+>>> b.arrival = 103.0
 >>> b.begin_row(3.0, {}, arrival_ts=True); b.field("x", True); b.end_row()
 >>> rows = b.build()
 >>> rows.ts.tolist(), rows.fields["x"].tolist(), rows.tags["site"].tolist(), rows.extra["ts_source"].tolist()
 ([1.0, 3.0], [1.0, 1.0], ['a', None], [None, 'arrival'])
+>>> rows.arrival.tolist()
+[100.0, 103.0]
 >>> len(b.build())                                     # build() empties the builder
 0
 """
@@ -29,6 +35,7 @@ class RowBuilder:
     """Append-only column lists; see the module docstring."""
 
     def __init__(self) -> None:
+        self.arrival = _NAN               # arrival time of the message being decoded (NaN: unknown)
         self._clear()
 
     def _clear(self) -> None:
@@ -45,12 +52,14 @@ class RowBuilder:
         self._tag_order: list[str] = []
         self._frames: list | None = None
         self._arrival: list[int] = []     # rows whose ts is the arrival time
+        self._arrived: list[float] = []   # per row, the arrival time of its message
         self._nf = 0                      # values set in the current row
         self._nt = 0
 
     # -- writing ---------------------------------------------------------------------------------
     def begin_row(self, ts: float, tags: dict[str, str], arrival_ts: bool = False) -> None:
         self._ts.append(ts)
+        self._arrived.append(self.arrival)
         if arrival_ts:
             self._arrival.append(self.n)
         self._nf = self._nt = 0
@@ -102,6 +111,8 @@ class RowBuilder:
         if self.n:
             self._chunk_rows += self.n
             self._chunks.append(self._build_segment())
+        if rows.arrival is None:
+            rows = rows.with_arrival(np.full(len(rows), self.arrival))
         self._chunks.append(rows)
         self._chunk_rows += len(rows)
 
@@ -118,7 +129,7 @@ class RowBuilder:
         del self._field_order[nf:], self._tag_order[nt:]
         for col in (*self._fields.values(), *self._tags.values()):
             del col[n:]
-        del self._ts[n:]
+        del self._ts[n:], self._arrived[n:]
         while self._arrival and self._arrival[-1] >= n:
             self._arrival.pop()
         self._frames = None if no_frames else (self._frames[:n] if self._frames is not None else None)
@@ -158,6 +169,7 @@ class RowBuilder:
             src = np.full(n, None, dtype=object)
             src[self._arrival] = "arrival"
             extra["ts_source"] = src
-        rows = Batch(np.array(self._ts, dtype=np.float64), tags, fields, frames, extra)
+        rows = Batch(np.array(self._ts, dtype=np.float64), tags, fields, frames, extra,
+                     np.array(self._arrived, dtype=np.float64))
         self._clear_segment()
         return rows

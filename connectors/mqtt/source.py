@@ -1,11 +1,13 @@
 """The ``mqtt`` source: readings from an MQTT broker (paho-mqtt 2, MQTT 5 or 3.1.1).
 
-The network thread only queues each message with its arrival time. Every ``emit_interval`` the source thread
-decodes what was queued with each subscription's codec (json, json-batch, senml, frame; see
-``connectors/mqtt/codecs.py``; runs of alike json messages are decoded together, ``connectors/mqtt/bulk.py``)
-and hands the rows to the pipeline as one batch whose position is the number of messages taken so far. QoS 1/2
-messages are acknowledged (paho manual acks) only when the runtime reports that position as processed
-(``committed``), so a crash or restart before that makes the broker deliver them again (at-least-once).
+The network thread only queues each message with its arrival time: the pipeline clock when it was received,
+journaled with the message, so a replay after a crash carries the original time; every row of the message gets
+it as ``Batch.arrival``. Every ``emit_interval`` the source thread decodes what was queued with each
+subscription's codec (json, json-batch, senml, frame; see ``connectors/mqtt/codecs.py``; runs of alike json
+messages are decoded together, ``connectors/mqtt/bulk.py``) and hands the rows to the pipeline as one batch
+whose position is the number of messages taken so far. QoS 1/2 messages are acknowledged (paho manual acks)
+only when the runtime reports that position as processed (``committed``), so a crash or restart before that
+makes the broker deliver them again (at-least-once).
 
 A message that cannot be used (undecodable, wrong types, missing fields, NaN/inf, too large, too deep, a topic
 that does not fit ``topic_template``) is published to ``edgesieve/{node}/deadletter`` (reason, topic, payload
@@ -31,7 +33,6 @@ import base64
 import json
 import logging
 import threading
-import time
 from pathlib import Path
 from typing import Literal
 
@@ -144,6 +145,7 @@ class MqttSource(Source):
         self._topics: dict[str, tuple] = {}           # topic -> (route, tags) or (None, reason, detail)
         self._per_message = 100.0                    # readings per message lately (until measured: small chunks)
         self._builder = RowBuilder()                 # source thread only
+        self._clock = ctx.clock                      # arrival stamps: the pipeline clock (the window stage's "now")
         self._dead: list[tuple[float, str, str, str, str]] = []   # (arrival, topic, reason, detail, payload_b64)
         self._restored = 0                           # journal position the checkpoint covers
         self._halted = False                         # stopping, and the pipeline no longer takes batches
@@ -179,7 +181,7 @@ class MqttSource(Source):
                      self.where, ", ".join(stale))
 
     def _on_message(self, client, userdata, msg: mqtt.MQTTMessage) -> None:
-        self.inbox.put(time.time(), msg.topic, msg.payload, msg.mid, msg.qos, msg.properties)
+        self.inbox.put(self._clock(), msg.topic, msg.payload, msg.mid, msg.qos, msg.properties)
 
     # -- source thread ----------------------------------------------------------------------------
     def _topic(self, topic: str) -> tuple:
@@ -274,7 +276,7 @@ class MqttSource(Source):
         for arrival, topic, reason, detail, b64 in dead:
             self.ctx.count(f"dead_lettered.{reason}", 1)
             self.ctx.dead_letter(Batch(np.array([arrival]), tags={"topic": np.array([topic], dtype=object)},
-                                       extra={"payload_b64": np.array([b64], dtype=object)}),
+                                       extra={"payload_b64": np.array([b64], dtype=object)}, arrival=np.array([arrival])),
                                  f"{self.where} topic {topic!r}: {reason}: {detail}")
         if emit(rows if rows is not None else Batch.empty(), position=chunk.position) is False and stop.is_set():
             # Stopping with a full queue: this chunk was not taken. Nothing after it may be (a later position

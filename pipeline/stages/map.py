@@ -113,4 +113,4 @@ class Map(Stage):
                 fields[new] = fields.pop(old)
         for name in self.config.drop:
             fields.pop(name, None)
-        return Batch(good.ts, good.tags, fields, good.frames, good.extra)
+        return Batch(good.ts, good.tags, fields, good.frames, good.extra, good.arrival)

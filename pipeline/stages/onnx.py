@@ -225,10 +225,12 @@ class Onnx(Stage):
         return self._reuse.merge(batch, mask, self._decode(batch.take(mask) if not mask.all() else batch, outputs))
 
     # ------------------------------------------------------------------ stage API
-    def _accept(self, batch: Batch) -> tuple[Batch, dict[str, np.ndarray]] | None:
+    def _accept(self, batch: Batch, need: np.ndarray | None = None) -> tuple[Batch, dict[str, np.ndarray]] | None:
         bad = np.zeros(len(batch), bool)
         reasons: dict[int, str] = {}
-        need = self._reuse.compute_mask(batch)      # frames marked `reused` are neither checked nor preprocessed
+        if need is None:                            # frames marked `reused` are neither checked nor preprocessed
+            need = self._reuse.compute_mask(batch)
+        given = batch
         rows = None if need.all() else np.flatnonzero(need)
         for b in self._builders.values():
             if b.stateful or rows is None:
@@ -261,7 +263,8 @@ class Onnx(Stage):
         batch = batch.take(ready) if not ready.all() else batch
         if not len(batch):
             return None
-        need = self._reuse.compute_mask(batch)
+        if batch is not given:                      # rows were dropped: the mask of those left
+            need = self._reuse.compute_mask(batch)
         for name, b in self._builders.items():
             if not b.stateful:
                 if need.all():
@@ -276,10 +279,12 @@ class Onnx(Stage):
 
     def process(self, batch: Batch) -> Batch:
         self._apply_swap()
+        need = None
         if not self._pending and not self._stateful and "reused" in batch.extra and len(batch):
-            if not self._reuse.compute_mask(batch).any():   # every row reused: no checks, no preprocessing, no model
+            need = self._reuse.compute_mask(batch)
+            if not need.any():                      # every row reused: no checks, no preprocessing, no model
                 return self._reuse.merge_reused(batch)
-        got = self._accept(batch)
+        got = self._accept(batch, need)
         if got is not None:
             if not self._pending:
                 self._since = self.ctx.clock()

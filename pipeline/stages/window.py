@@ -17,12 +17,18 @@ A window of a key closes (is emitted) when the first of these happens:
   when longer): all of its open windows are emitted;
 * more than ``max_open_windows`` windows are open: the oldest are emitted early (counted as ``windows_forced``).
 
-An emitted window never reopens: after an idle or forced close, readings for it count as late.
-A reading stamped more than ``max_future`` ahead of its arrival (the pipeline clock when the stage sees it)
-is dead-lettered with the reason ``future_timestamp`` and never enters its key's clock, so it cannot make
-later readings late, now or after a restart. Late and future readings are counted (``late``,
-``future_timestamp``) and logged once per key and episode. Windows emitted by a watermark come out in the
-order of the reading that closed them, then by start and key.
+An emitted window never reopens: after an idle or forced close, readings for it count as late. A reading
+stamped more than ``max_future`` ahead of its arrival is dead-lettered with the reason ``future_timestamp``
+and never enters its key's clock, so it cannot make later readings late, now or after a restart. Its arrival
+is the time it reached the gateway (``Batch.arrival``: the ``mqtt`` source stamps each message when it
+receives it and journals the stamp; the runtime stamps other sources' rows when they are handed on; a row
+without one is judged against the pipeline clock), not when this stage happens to see it: a message replayed
+from the journal after a crash is judged exactly as it was the first time, so the same messages give the same
+windows and dead letters whether or not the process was restarted in between. Everything else that decides
+what a window holds (late readings, ``allowed_lateness``, the key clocks) is event time, compared only with
+other readings; only ``idle_close`` is processing time (counted from the restart after one). Late and future
+readings are counted (``late``, ``future_timestamp``) and logged once per key and episode. Windows emitted by
+a watermark come out in the order of the reading that closed them, then by start and key.
 
 >>> from pipeline.testing import run_stage
 >>> out = run_stage(Window, {"size": "10s", "key": ["device"], "aggregates": {"t": ["mean", "max"]}}, [
@@ -71,8 +77,10 @@ class WindowConfig(StageConfig):
         0.0, description="How far behind its key's newest event time (`global`: any key's) a reading may be and still count.")
     late: Literal["drop", "dead_letter"] = Field("drop", description="What happens to late records (always counted as `late`).")
     max_future: Duration | None = Field(
-        300.0, gt=0, description="A reading stamped further ahead of its arrival time (the pipeline clock) is dead-lettered "
-                                 "(`future_timestamp`) and never moves its key's clock; null = no limit.")
+        300.0, gt=0, description="A reading stamped further ahead of its arrival time (when it reached the gateway: the "
+                                 "`mqtt` source's receipt time, kept in its journal, so a replay after a crash is judged "
+                                 "the same; otherwise when the runtime took it) is dead-lettered (`future_timestamp`) and "
+                                 "never moves its key's clock; null = no limit.")
     idle_close: Duration | None = Field(
         None, gt=0, description="Emit a key's open windows after this much processing time without readings from that key "
                                 "(default: 5 min, or size + allowed_lateness when longer); keep it above the longest link "
@@ -150,7 +158,7 @@ class Window(Stage):
         now = self.ctx.clock()
         key_ids = self._key_ids(good)
         if self.config.max_future is not None:
-            good, key_ids = self._reject_future(good, key_ids, now)
+            good, key_ids = self._reject_future(good, key_ids, good.arrival_or(now), now)
             if not len(good):
                 return Batch.empty()
         n, ts = len(good), good.ts
@@ -185,8 +193,8 @@ class Window(Stage):
         forced = self._enforce_bound(now)
         return Batch.concat([closed, forced]) if len(forced) else closed
 
-    def _reject_future(self, good: Batch, key_ids: np.ndarray, now: float):
-        ahead = good.ts - now
+    def _reject_future(self, good: Batch, key_ids: np.ndarray, arrival: np.ndarray, now: float):
+        ahead = good.ts - arrival          # judged at arrival, never at processing: a replay judges the same
         future = ahead > self.config.max_future
         pos = np.arange(len(good))
         if future.any() or self._future_log.open.any():

@@ -373,3 +373,71 @@ def test_stride_sampling_reads_the_centre_pixel_of_each_cell():
     assert fd.decide(["cam"] * 3, [0.0, 0.1, 0.2], [still, still, moved]).reason.tolist() == ["first", "reuse", "changed"]
     with pytest.raises(ValueError, match="mode must be one of"):
         F.prepare(color, 4, "nearest")
+
+
+def _sparse_reference(frames, f):
+    """``sparse`` as first written: six strided copies per frame, then the luma in separate float32 steps."""
+    a = np.stack(frames)
+    r, c0, c1, rows, cols = F._sparse_grid(a.shape[1], a.shape[2], f)
+    x, y = a[:, r, c0].astype(np.uint16), a[:, r, c1]
+    s = x + y
+    if s.ndim == 3:
+        return s * np.float32(0.5)
+    out = s[..., 0] * np.float32(F._LUMA[0] * 0.5)
+    out += s[..., 1] * np.float32(F._LUMA[1] * 0.5)
+    out += s[..., 2] * np.float32(F._LUMA[2] * 0.5)
+    return out
+
+
+@pytest.mark.parametrize("f", [2, 3, 4, 6, 8, 16])
+@pytest.mark.parametrize("layout", ["gray", "bgr", "bgra", "view", "odd size"])
+def test_sparse_gather_is_bit_identical_to_the_reference(f, layout):
+    rng = np.random.default_rng(f)
+    big = rng.integers(0, 256, (3, 101, 133, 4), dtype=np.uint8)
+    frames = {"gray": [np.ascontiguousarray(x[:96, :128, 0]) for x in big],
+              "bgr": [np.ascontiguousarray(x[:96, :128, :3]) for x in big],
+              "bgra": [np.ascontiguousarray(x[:96, :128]) for x in big],
+              "view": [x[2:98, 3:131, :3] for x in big],                      # not C-contiguous: the slicing path
+              "odd size": [np.ascontiguousarray(x[:, :, :3]) for x in big]}[layout]
+    want = _sparse_reference(frames, f)
+    got = F.prepare_list(frames, f, "sparse")
+    assert got.dtype == np.float32 and got.shape == want.shape
+    assert np.array_equal(got.view(np.uint32), want.view(np.uint32))      # bit for bit
+    assert np.array_equal(F.prepare_list(frames[1:2], f, "sparse"), want[1:2])
+
+
+@pytest.mark.parametrize("feature,thr", [("pixel", 0.02), ("block", 0.05), ("histogram", 0.05)])
+def test_decide_single_equals_the_general_path(feature, thr):
+    frames = scene(60, noise=6.0)
+    kw = dict(downscale=4, audit_rate=0.2, seed=5, refresh_frames=9, confidence_power=1.0)
+    a, b = FrameDiffer(feature, thr, **kw), FrameDiffer(feature, thr, **kw)
+    for i, f in enumerate(frames):
+        if i % 7 == 3:
+            for d in (a, b):
+                d.observe_confidence("cam", 0.4)
+        da = a.decide(["cam"], [i * 0.1], [f])                 # n == 1: the scalar path once the key is known
+        stack = np.stack([f, f])[:1]                            # an (1, h, w) array: not a list of frames
+        db = b.decide(np.array(["cam"], dtype=object), np.array([i * 0.1]), list(stack))
+        for x, y in zip((da.process, da.reason, da.distance, da.frames_since, da.age_s, da.threshold),
+                        (db.process, db.reason, db.distance, db.frames_since, db.age_s, db.threshold)):
+            assert x.dtype == y.dtype and np.array_equal(x, y, equal_nan=x.dtype.kind == "f")
+    assert a.stats() == b.stats() and np.array_equal(a.keys["cam"]["ref"], b.keys["cam"]["ref"])
+    whole = FrameDiffer(feature, thr, **{**kw, "confidence_power": 0.0})
+    one = FrameDiffer(feature, thr, **{**kw, "confidence_power": 0.0})
+    d = whole.decide(["cam"] * 60, np.arange(60) * 0.1, frames)
+    singles = [one.decide(["cam"], [i * 0.1], [f]) for i, f in enumerate(frames)]
+    assert d.reason.tolist() == [s.reason[0] for s in singles]
+    assert np.array_equal(d.distance, np.concatenate([s.distance for s in singles]), equal_nan=True)
+    assert np.array_equal(d.age_s, np.concatenate([s.age_s for s in singles]))
+
+
+def test_decide_single_leaves_new_keys_and_other_sizes_to_the_general_path():
+    fd = FrameDiffer("pixel", 0.02, downscale=4, audit_rate=0.0)
+    f = np.zeros((48, 64), np.uint8)
+    assert fd.decide_single("cam", 0.0, f) is None                      # unknown key
+    fd.decide(["cam"], [0.0], [f])
+    assert fd.decide_single("cam", 0.1, f)[:2] == (False, "reuse")
+    assert fd.decide_single("cam", 0.2, np.zeros((40, 64), np.uint8)) is None   # another size
+    assert fd.decide_single("cam", 0.2, "not a frame") is None
+    d = fd.decide(["cam"], [0.3], [np.zeros((40, 64), np.uint8)])
+    assert d.reason.tolist() == ["bad"] and "differs" in d.bad[0]

@@ -184,3 +184,35 @@ def test_checkpoints_hold_only_the_keys_that_saw_readings_and_restore_from_them(
     restarted.restore_entries(saved)
     out += restarted.process(Batch.from_records(recs[2500:])).to_records()
     assert out == expected
+
+
+def test_frame_diff_one_record_batches_give_the_records_of_larger_batches():
+    cfg = {"threshold": 0.02, "downscale": 4, "audit_rate": 0.2, "refresh_frames": 6}
+    recs = camera_records(60)
+    ones, sevens = run_stage(FrameDiff, cfg, recs, batch_size=1), run_stage(FrameDiff, cfg, recs, batch_size=7)
+    assert len(ones) == len(sevens) == 60
+    for a, b in zip(ones, sevens):
+        assert a["fields"] == b["fields"] and a["tags"] == b["tags"] and a["frame"] is b["frame"]
+        assert (a["reused"], a["reuse_reason"], a["diff_by"]) == (b["reused"], b["reuse_reason"], b["diff_by"])
+        assert type(a["reused"]) is bool
+    assert {r["reuse_reason"] for r in ones} >= {"first", "reuse", "changed", "forced", "audit"}
+    stage1, _ = build_stage(FrameDiff, cfg)
+    stage7, _ = build_stage(FrameDiff, cfg)
+    for i in range(60):
+        stage1.process(Batch.from_records(recs[i:i + 1]))
+    for i in range(0, 60, 7):
+        stage7.process(Batch.from_records(recs[i:i + 7]))
+    assert stage1.stats() == stage7.stats()
+    assert stage1.ctx.metrics.by_item() == stage7.ctx.metrics.by_item()
+
+
+def test_frame_diff_keeps_the_arrival_column_in_one_record_and_larger_batches():
+    stage, _ = build_stage(FrameDiff, {"threshold": 0.02, "downscale": 4, "audit_rate": 0})
+    recs = camera_records(6, cams=("cam1",))
+    for i in range(0, 6, 3):                              # a batch of three, then batches of one (the scalar path)
+        b = Batch.from_records(recs[i:i + 3]) if i == 0 else None
+        batches = [b] if b is not None else [Batch.from_records(recs[j:j + 1]) for j in range(i, i + 3)]
+        for b in batches:
+            arrival = 5000.0 + b.ts
+            out = stage.process(b.with_arrival(arrival))
+            assert np.array_equal(out.arrival, arrival)

@@ -80,14 +80,18 @@ def _traffic(codec, seed, n=600):
 
 
 def _one_by_one(dec, msgs):
-    b, errors = RowBuilder(), []
+    b, errors, arrived = RowBuilder(), [], []
     for i, (payload, tags, arrival, props) in enumerate(msgs):
+        before = len(b)
         try:
             dec.decode(payload, b, tags, arrival, props)
         except Exception as e:
             errors.append((i, getattr(e, "reason", type(e).__name__)))
         errors.extend((i, "field:" + e.reason) for e in dec.take_field_errors())
-    return b.build(), errors
+        arrived += [arrival] * (len(b) - before)          # every row of a message arrived with it
+    rows = b.build()
+    assert rows.arrival.tolist() == arrived
+    return rows, errors
 
 
 def _all_at_once(dec, msgs, chunk):
@@ -102,6 +106,7 @@ def _all_at_once(dec, msgs, chunk):
 
 def _assert_same(a, b):
     np.testing.assert_array_equal(a.ts, b.ts)
+    np.testing.assert_array_equal(a.arrival, b.arrival)
     assert list(a.fields) == list(b.fields) and list(a.tags) == list(b.tags) and list(a.extra) == list(b.extra)
     for k in a.fields:
         assert a.fields[k].dtype == b.fields[k].dtype, k

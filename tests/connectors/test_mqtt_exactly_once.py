@@ -12,17 +12,17 @@ import math
 import os
 import signal
 import time
-import urllib.request
 import uuid
 from collections import defaultdict
 
 import pytest
 import yaml
 
-from tests.support.cli import edgesieve, start_edgesieve
+from tests.support.cli import edgesieve, metric, start_edgesieve
 from tests.support.clients import read_ndjson
 from tests.support.mosquitto import free_port
 from tests.support.tcp_proxy import TcpProxy
+from tests.support.waiting import settle, wait_until
 
 T0 = 1_700_000_000.0
 DEVICES = 7
@@ -86,26 +86,6 @@ def pipeline_doc(tmp_path, url: str, prefix: str, node: str, *, interval: str = 
     }
 
 
-def wait_until(cond, timeout: float = 20.0, what: str = "") -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if cond():
-            return
-        time.sleep(0.02)
-    raise AssertionError(f"timed out waiting for {what or cond}")
-
-
-def settle(counter, quiet: float = 0.5, timeout: float = 10.0) -> None:
-    """Wait until ``counter()`` stops changing (redeliveries are counted too)."""
-    last, deadline = -1, time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        now = counter()
-        if now == last:
-            return
-        last = now
-        time.sleep(quiet)
-
-
 @pytest.mark.slow
 def test_lost_acks_and_broker_restarts_count_every_reading_once(make_broker, topic_prefix, tmp_path, run_pipeline, clients):
     b = make_broker()
@@ -137,17 +117,6 @@ def test_lost_acks_and_broker_restarts_count_every_reading_once(make_broker, top
     assert p.counter("in", "duplicates") >= 300
     assert p.counter("in", "out") == 2500
     compare(got_windows(tmp_path / "out.ndjson"), expected_windows(range(2500)))
-
-
-def metric(port: int, item: str, event: str) -> int:
-    try:
-        text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2).read().decode()
-    except OSError:
-        return -1
-    for line in text.splitlines():
-        if line.startswith("edgesieve_records_total{") and f'item="{item}"' in line and f'event="{event}"' in line:
-            return int(float(line.rsplit(" ", 1)[1]))
-    return 0
 
 
 @pytest.mark.slow

@@ -102,3 +102,18 @@ def test_acks_of_an_older_connection_are_not_sent(tmp_path):
     conn.generation = 2                              # reconnected before the take: the broker sends it again
     inbox.take()
     assert conn.acked == []
+
+
+def test_a_replay_hands_on_each_message_with_the_arrival_time_it_was_journaled_with(tmp_path):
+    # the window stage judges max_future against it: a replay a day later must not move it to the replay's clock
+    inbox, _ = make(tmp_path, FakeConn())
+    inbox.open(0)
+    for mid in range(1, 5):
+        inbox.put(1_700_000_000.0 + mid / 8, "t/a", b"m%d" % mid, mid, 1, None)
+    inbox.take()
+    inbox.close()
+    again, _ = make(tmp_path, FakeConn())
+    again.open(1)
+    chunk = again.next_chunk(10)
+    assert chunk.payloads == [b"m2", b"m3", b"m4"]
+    assert chunk.arrivals == [1_700_000_000.0 + mid / 8 for mid in (2, 3, 4)]

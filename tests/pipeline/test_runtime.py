@@ -165,3 +165,28 @@ runtime: {{dead_letter: null}}
 """)
     summary = p.run()
     assert summary.stopped_by == "error" and "missing-" in summary.error and "does not exist" in summary.error
+
+
+def test_rows_of_a_source_are_stamped_with_their_arrival_when_the_source_hands_them_on(monkeypatch, tmp_path):
+    """A source that does not stamp arrival (all but mqtt) gets the pipeline clock when it emits, not when a stage
+    sees the rows: here the pipeline thread's clock is a day ahead of the source thread's."""
+    import threading
+
+    from pipeline.loader import parse_pipeline
+    from pipeline.runtime import Pipeline
+
+    monkeypatch.setitem(registry.SOURCES, "list", "pipeline.testing:ListSource")
+    now = 1_767_225_600.0
+    recs = [{"ts": now - 5, "tags": {"device": "a"}, "fields": {"x": 1.0}},
+            {"ts": now + 1000, "tags": {"device": "a"}, "fields": {"x": 2.0}}]
+    spec = parse_pipeline(json.dumps({
+        "sources": [{"id": "s", "type": "list", "records": recs}],
+        "stages": [{"id": "win", "type": "window", "inputs": ["s"], "size": "10s", "max_future": "300s",
+                    "aggregates": {"x": ["sum"]}}],
+        "sinks": [{"id": "out", "type": "file", "inputs": ["win"], "path": str(tmp_path / "out.ndjson")}],
+        "runtime": {"dead_letter": None}}))
+    clock = lambda: now if threading.current_thread().name.startswith("source:") else now + 86_400.0  # noqa: E731
+    summary = Pipeline(spec, clock=clock).run()
+    assert summary.counters["win"].get("future_timestamp") == 1
+    assert [json.loads(line)["fields"] for line in (tmp_path / "out.ndjson").read_text().splitlines()] == [
+        {"count": 1, "x_sum": 1.0}]

@@ -3,6 +3,7 @@
 import os
 import subprocess
 import sys
+import urllib.request
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -25,3 +26,16 @@ def edgesieve(*args: str, **kwargs) -> subprocess.CompletedProcess:
 def start_edgesieve(*args: str, **kwargs) -> subprocess.Popen:
     kwargs.setdefault("env", cli_env())
     return subprocess.Popen([sys.executable, "-m", "pipeline", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, **kwargs)
+
+
+def metric(port: int, item: str, event: str | None, name: str = "edgesieve_records_total", label: str = "event") -> int:
+    """A counter of a running ``edgesieve run --metrics-port PORT``, e.g. ``metric(port, "in", "out")``; ``event``
+    None for a metric without that label. -1 while it does not answer yet."""
+    try:
+        text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2).read().decode()
+    except OSError:
+        return -1
+    for line in text.splitlines():
+        if line.startswith(name + "{") and f'item="{item}"' in line and (event is None or f'{label}="{event}"' in line):
+            return int(float(line.rsplit(" ", 1)[1]))
+    return 0
