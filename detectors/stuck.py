@@ -15,7 +15,8 @@ a watched field repeats: elsewhere it cannot alert.
 Bounded influence: a run teaches ``q`` at most ``CLIP * (q / (1 - q) + 1)`` continuations (CLIP times
 the run the key expects), so one stuck episode does not teach the key that stuck is normal (its repeats
 still count in ``q1``: a constant series with rare blips must learn that it repeats).  A run
-that lasted `adapt` (rows or seconds, as the level's) is a regime: it no longer alerts.  ``q1`` and ``q``
+that lasted `adapt` (rows or seconds, as the level's) is a regime: it no longer alerts.  A row that is
+not learned is the anomaly stage's `impute_last` (the key's last good value): the channel does not judge it.  ``q1`` and ``q``
 are frozen for a segment, like the scale.
 
 `step` handles one row of each of k keys, so the per-key detector (k = 1, row by row) and the cross-key
@@ -52,7 +53,7 @@ def step(x, last, st, ts, learn, adapt_rows, adapt_s, row_decay):
     srun, q1, q = st["srun"], st["sq1"], st["sq"]
     r = np.where(eq, srun + 1, 0)
     start = np.where(eq & (srun > 0), st["sstart"], ts[:, None])  # event time of the run's first repeat
-    alive = r >= 1
+    alive = (r >= 1) & learn[:, None]  # a row not learned is imputed (the last good value): not a repeat
     if adapt_rows:
         alive &= r < adapt_rows
     elif adapt_s:

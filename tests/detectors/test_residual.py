@@ -260,3 +260,15 @@ def test_the_stuck_channel_stays_silent_where_repeats_are_normal(kind):
     on, _ = ResidualDetector(["f"]).score_learn_many(x[:, None])
     off, _ = ResidualDetector(["f"], stuck=False).score_learn_many(x[:, None])
     assert np.array_equal(on, off)
+
+
+def test_readings_imputed_with_the_last_good_value_are_not_a_stuck_sensor():
+    """`bad_values: impute_last` repeats the last good reading and does not learn it: on a float sensor
+    that never repeats (q1 near its floor) a gap of imputed rows must not look like a freeze."""
+    rng = np.random.default_rng(6)
+    x = 20 + rng.normal(0, 1, 60_000)
+    learn = np.ones(len(x), dtype=bool)
+    learn[59_000:59_050] = False
+    x[59_000:59_050] = x[58_999]  # what impute_last hands the detector
+    s, _ = ResidualDetector(["f"]).score_learn_many(x[:, None], learn=learn)
+    assert (s[59_000:59_050] < 0.999).all()  # not even at alert_rate 1e-3 (q1 alone is about 3e-5 here)
