@@ -65,9 +65,9 @@ def upgrade_state(state: dict) -> dict:
     follows the segment's learned rows, with the fast forecast's scale)."""
     state = dict(state)
     state.setdefault("warm_waited", 0)
-    if "stuck" not in state:  # from before the stuck channel: on, fresh
-        state["stuck"] = True
-        state.update(stuck_fresh(len(state["fields"])))
+    state.setdefault("stuck", True)  # from before the stuck channel (or a part of it): on, the missing parts fresh
+    for k, v in stuck_fresh(len(state["fields"])).items():
+        state.setdefault(k, v)
     if "smooth2" not in state:
         d = len(state["fields"])
         level, anchor, scale = (np.asarray(state[k], dtype=np.float64) for k in ("level", "anchor", "scale"))

@@ -75,6 +75,7 @@ class ResidualBank:
             # the stuck channel (detectors.stuck)
             "srun": ((d,), i8, 0), "srep": ((d,), f8, 0.0), "srows": ((d,), f8, 0.0), "scont": ((d,), f8, 0.0),
             "sstop": ((d,), f8, 0.0), "sq1": ((d,), f8, 0.5), "sq": ((d,), f8, 0.5), "sstart": ((d,), f8, 0.0),
+            "srmax": ((d,), f8, 0.0),
             # within a batch only: the rows left in the open call of each key
             "call_left": ((), i8, 0),
         }

@@ -13,7 +13,7 @@ __all__ = ["export_slot", "load_slot"]
 
 SAME = ("level", "anchor", "scale", "floor", "steps", "last", "recent", "base", "tscale",
         "run", "run_sign", "run_start", "run_sum", "smooth2", "smooth2_anchor", "lin_scale",
-        "srun", "srep", "srows", "scont", "sstop", "sq1", "sq", "sstart")  # arrays stored as they are in `ResidualDetector`
+        "srun", "srep", "srows", "scont", "sstop", "sq1", "sq", "sstart", "srmax")  # arrays stored as they are in `ResidualDetector`
 
 
 def export_slot(bank, slot: int) -> dict:

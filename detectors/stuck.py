@@ -12,9 +12,17 @@ lengths no geometric model follows (on SKAB's quantised pressure a run model ale
 readings), so there it stays silent.  It counts in the detector's Bonferroni factor only on rows where
 a watched field repeats: elsewhere it cannot alert.
 
-Bounded influence: a run teaches ``q`` at most ``CLIP * (q / (1 - q) + 1)`` continuations (CLIP times
-the run the key expects), so one stuck episode does not teach the key that stuck is normal (its repeats
-still count in ``q1``: a constant series with rare blips must learn that it repeats).  A run
+Only a run longer than the longest the key has ended alerts (``srmax``; a run teaches it at most
+``2 srmax + 2``, and a run that went below ``ODD`` (1e-3) in the channel's tail only ``srmax + 1`` and
+one continuation to ``q``, so a sensor that keeps freezing is still flagged, a few readings later each
+time, up to about eight): a quantised reading that holds its value for ten readings at each peak of a
+cycle, and for one or two on its flanks, fits no single geometric run length, and without this rule
+alerted at every peak (14 times per 10,000 readings on a noise-free sine rounded to integers).
+
+Bounded influence: a run teaches ``q`` at most ``CLIP * (q1 / (1 - q1) + 1)`` continuations (CLIP times
+the run that the key's repeat rate makes likely; capping by ``q`` itself let ``q`` feed on each episode,
+and a float sensor that froze for 40 readings every 2,000 was deaf to it from the fourth time on); its
+repeats still count in ``q1`` (a constant series with rare blips must learn that it repeats).  A run
 that lasted `adapt` (rows or seconds, as the level's) is a regime: it no longer alerts.  A row that is
 not learned is the anomaly stage's `impute_last` (the key's last good value): the channel does not judge it.  ``q1`` and ``q``
 are frozen for a segment, like the scale.
@@ -29,9 +37,10 @@ import numpy as np
 __all__ = ["FIELDS", "fresh", "step", "quiet", "freeze"]
 
 CLIP = 4.0
+ODD = 1e-3  # a run whose tail probability fell below this teaches q one continuation and srmax one reading
 Q1_MAX = 0.05  # the channel watches a field only while fewer than this share of its readings repeat
 RUN_DECAY = 0.95  # of the continuation and stop counts, per ended run
-FIELDS = ("srun", "srep", "srows", "scont", "sstop", "sq1", "sq", "sstart")  # per field; srun is an int
+FIELDS = ("srun", "srep", "srows", "scont", "sstop", "sq1", "sq", "sstart", "srmax")  # per field; srun an int
 
 
 def fresh(shape) -> dict:
@@ -54,6 +63,7 @@ def step(x, last, st, ts, learn, adapt_rows, adapt_s, row_decay):
     r = np.where(eq, srun + 1, 0)
     start = np.where(eq & (srun > 0), st["sstart"], ts[:, None])  # event time of the run's first repeat
     alive = (r >= 1) & learn[:, None]  # a row not learned is imputed (the last good value): not a repeat
+    alive &= r > st["srmax"]  # only a run longer than the longest the key has ended (as learned) alerts
     if adapt_rows:
         alive &= r < adapt_rows
     elif adapt_s:
@@ -64,15 +74,20 @@ def step(x, last, st, ts, learn, adapt_rows, adapt_s, row_decay):
     p = np.minimum(1.0, np.maximum(n_on, 1) * pf.min(axis=1))
     if learn.any():
         li = np.flatnonzero(learn)
-        cap = CLIP * (q[li] / (1 - q[li]) + 1)  # the most one run teaches
+        q1l = q1[li]
+        cap = CLIP * (q1l / (1 - q1l) + 1)  # the most one run teaches q: from q1, which runs do not grow much
         e, n = eq[li], srun[li]
         st["srows"][li] = st["srows"][li] * row_decay + 1
         st["srep"][li] = st["srep"][li] * row_decay + e
         done = ~e & (n > 0)  # a run ended at this row
         if done.any():
-            cont, stops = st["scont"][li], st["sstop"][li]
-            st["scont"][li] = np.where(done, RUN_DECAY * cont + np.minimum(n - 1, cap), cont)
+            cont, stops, rmax = st["scont"][li], st["sstop"][li], st["srmax"][li]
+            odd = (n > rmax) & (q1l * q[li] ** np.maximum(n - 1, 0) < ODD)  # the run was in the channel's tail
+            c = np.where(odd, np.minimum(n - 1, 1), np.minimum(n - 1, cap))
+            st["scont"][li] = np.where(done, RUN_DECAY * cont + c, cont)
             st["sstop"][li] = np.where(done, RUN_DECAY * stops + 1, stops)
+            grown = np.maximum(rmax, np.minimum(n, np.where(odd, rmax + 1, 2 * rmax + 2)))
+            st["srmax"][li] = np.where(done, grown, rmax)
         st["srun"][li] = r[li]
         st["sstart"][li] = start[li]
     return p, (on & alive).any(axis=1)

@@ -7,6 +7,7 @@ import pytest
 from detectors.calibrate import TailCalibrator
 from detectors.residual import ResidualDetector
 from detectors.residual_bank import ResidualBank
+from detectors.stuck import FIELDS as STUCK_FIELDS
 
 DAY = 86_400.0
 
@@ -213,13 +214,13 @@ def test_the_linear_forecast_follows_a_slope_without_lag_so_a_spike_on_it_stands
     assert (np.delete(s[1000:], [1000, 1001]) > 0.9999).mean() == 0.0
 
 
-def test_a_state_saved_before_the_warm_up_wait_and_the_linear_forecast_restores_in_both_paths():
+def test_a_state_saved_before_the_warm_up_wait_the_linear_forecast_and_the_stuck_channel_restores_in_both_paths():
     rng = np.random.default_rng(5)
     x = 20 + np.round(rng.normal(0, 1, (900, 2)), 2)
     ref = ResidualDetector(["a", "b"], calibration_samples=64)
     ref.score_learn_many(x[:613])  # mid-segment
     old = ref.state()
-    for k in ("warm_waited", "smooth2", "smooth2_anchor", "lin_scale", "seg_lin"):
+    for k in ("warm_waited", "smooth2", "smooth2_anchor", "lin_scale", "seg_lin", "stuck", *STUCK_FIELDS):
         del old[k]
     per_key = ResidualDetector.from_state(copy.deepcopy(old))
     bank = ResidualBank(ResidualDetector(["a", "b"], calibration_samples=64))
@@ -272,3 +273,25 @@ def test_readings_imputed_with_the_last_good_value_are_not_a_stuck_sensor():
     x[59_000:59_050] = x[58_999]  # what impute_last hands the detector
     s, _ = ResidualDetector(["f"]).score_learn_many(x[:, None], learn=learn)
     assert (s[59_000:59_050] < 0.999).all()  # not even at alert_rate 1e-3 (q1 alone is about 3e-5 here)
+
+
+def test_a_sensor_that_keeps_freezing_is_flagged_every_time():
+    """Each freeze (shorter than `adapt`) must not teach the key that freezes are normal."""
+    rng = np.random.default_rng(12)
+    x = 20 + rng.normal(0, 1, 20_000)
+    starts = list(range(4000, 20_000, 2000))
+    for a in starts:
+        x[a:a + 40] = x[a - 1]
+    s, _ = ResidualDetector(["f"]).score_learn_many(x[:, None])
+    assert all((s[a:a + 12] > 0.9999).any() for a in starts)  # each freeze teaches one more reading
+
+
+def test_a_quantised_reading_that_holds_at_the_peaks_of_a_cycle_is_not_stuck():
+    """A slow cycle rounded to integers holds its value for about ten readings at each peak and trough
+    and for one or two on its flanks: no single geometric run length fits, and the peaks are normal."""
+    t = np.arange(40_000)
+    x = np.round(2000 * np.sin(2 * np.pi * t / 1440))
+    s, _ = ResidualDetector(["f"]).score_learn_many(x[:, None])
+    flagged = s[10_000:] > 0.9999
+    episodes = int((flagged & ~np.concatenate(([False], flagged[:-1]))).sum())
+    assert episodes <= 3  # at most 1 per 10,000 readings
