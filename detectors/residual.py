@@ -364,25 +364,25 @@ class ResidualDetector:
         out, watched = np.ones(m), np.zeros(m, dtype=bool)
         view = {k: getattr(self, k)[None, :] for k in STUCK_FIELDS}  # views: `step` updates the state in place
         flat = {k: getattr(self, k) for k in STUCK_FIELDS}
-        last = self.last[None, :]
         decay = 0.5 ** (1.0 / self.cal.half_life)
-        busy = np.ones(m, dtype=bool)  # rows `step` must see; the others are quiet (`stuck_quiet`)
-        if learn.all():  # a repeat, the row after one (its run ends) and the first row while a run is open
-            rep = (X == np.concatenate((last, X[:-1]))).any(axis=1)
-            busy = rep | np.concatenate(([bool(self.srun.any())], rep[:-1]))
+        idx = np.flatnonzero(learn)  # a row not learned (imputed) is not judged and teaches nothing: p = 1
+        if not len(idx):
+            return out, watched
+        Xl = X[idx]
+        prev = np.concatenate((self.last[None, :], Xl[:-1]))  # each learned row's previous learned reading
+        rep = (Xl == prev).any(axis=1)
+        busy = rep | np.concatenate(([bool(self.srun.any())], rep[:-1]))  # a repeat, or a run's end, or open
         i = 0
-        while i < m:
-            if not busy[i]:
-                j = i + 1 + int(np.argmax(np.append(busy[i + 1:], True)))  # the stretch of quiet rows
-                stuck_quiet(flat, j - i, decay, float(ts[j - 1]))
-                last = X[j - 1:j]
+        while i < len(idx):
+            if not busy[i]:  # a stretch of quiet rows (no repeat, no run open): `stuck_quiet`, the same floats
+                j = i + 1 + int(np.argmax(np.append(busy[i + 1:], True)))
+                stuck_quiet(flat, j - i, decay, float(ts[idx[j - 1]]))
                 i = j
                 continue
-            p, w = stuck_step(X[i:i + 1], last, view, ts[i:i + 1], learn[i:i + 1], self.adapt_rows, self.adapt_s,
-                              decay)
-            out[i], watched[i] = p[0], w[0]
-            if learn[i]:
-                last = X[i:i + 1]
+            row = idx[i]
+            p, w = stuck_step(X[row:row + 1], prev[i:i + 1], view, ts[row:row + 1], learn[row:row + 1],
+                              self.adapt_rows, self.adapt_s, decay)
+            out[row], watched[row] = p[0], w[0]
             i += 1
         return out, watched
 
