@@ -21,7 +21,7 @@ import pytest
 import yaml
 
 from tests.support.cli import cli_env, metric
-from tests.support.clients import read_ndjson
+from tests.support.clients import read_ndjson, windows_written
 from tests.support.mosquitto import free_port
 from tests.support.waiting import settle, wait_until
 
@@ -54,14 +54,6 @@ def expected_windows(base: float) -> dict:
             w[1] += r["v"]
     return {k: tuple(v) for k, v in out.items()}
 
-
-def got_windows(path) -> dict:
-    out: dict = {}
-    for r in read_ndjson(path):
-        key = (r["tags"]["device"], r["ts"])
-        assert key not in out, f"window {key} written twice"
-        out[key] = (r["fields"]["count"], r["fields"]["v_sum"])
-    return out
 
 
 def dead_letters(path) -> Counter:
@@ -176,8 +168,8 @@ def test_a_replay_a_day_later_gives_the_windows_and_dead_letters_of_an_uninterru
     assert "replaying" in err and "journaled message(s)" in err, err[-3000:]
 
     want = expected_windows(base)
-    assert got_windows(tmp_path / "calm" / "out.ndjson") == want
-    assert got_windows(tmp_path / "crash" / "out.ndjson") == want
+    assert windows_written(tmp_path / "calm" / "out.ndjson") == want
+    assert windows_written(tmp_path / "crash" / "out.ndjson") == want
     future = {("future_timestamp", *reading(base, i)[:1], reading(base, i)[1]["ts"], i) for i in range(N) if is_future(i)}
     calm_dead, crash_dead = dead_letters(tmp_path / "calm" / "dead.ndjson"), dead_letters(tmp_path / "crash" / "dead.ndjson")
     assert set(calm_dead) == future and max(calm_dead.values()) == 1

@@ -19,7 +19,7 @@ import pytest
 import yaml
 
 from tests.support.cli import edgesieve, metric, start_edgesieve
-from tests.support.clients import read_ndjson
+from tests.support.clients import read_ndjson, windows_written
 from tests.support.mosquitto import free_port
 from tests.support.tcp_proxy import TcpProxy
 from tests.support.waiting import settle, wait_until
@@ -42,14 +42,6 @@ def expected_windows(seqs) -> dict:
         w[1] += r["v"]
     return {k: tuple(v) for k, v in out.items()}
 
-
-def got_windows(path) -> dict:
-    out: dict = {}
-    for r in read_ndjson(path):
-        key = (r["tags"]["device"], r["ts"])
-        assert key not in out, f"window {key} written twice"
-        out[key] = (r["fields"]["count"], r["fields"]["v_sum"])
-    return out
 
 
 def compare(got: dict, want: dict) -> None:
@@ -116,7 +108,7 @@ def test_lost_acks_and_broker_restarts_count_every_reading_once(make_broker, top
         p.stop()
     assert p.counter("in", "duplicates") >= 300
     assert p.counter("in", "out") == 2500
-    compare(got_windows(tmp_path / "out.ndjson"), expected_windows(range(2500)))
+    compare(windows_written(tmp_path / "out.ndjson"), expected_windows(range(2500)))
 
 
 @pytest.mark.slow
@@ -159,7 +151,7 @@ def test_kill_9_mid_stream_then_restart_counts_every_reading_once(make_broker, t
         proc.send_signal(signal.SIGTERM)
         out, err = proc.communicate(timeout=30)
         assert proc.returncode == 0, err.decode()[-3000:]
-    compare(got_windows(tmp_path / "out.ndjson"), expected_windows(range(3000)))
+    compare(windows_written(tmp_path / "out.ndjson"), expected_windows(range(3000)))
 
 
 def test_a_second_pipeline_on_the_same_state_dir_fails_fast(broker, topic_prefix, tmp_path, clients):
@@ -241,4 +233,4 @@ def test_flow_does_not_stall_at_receive_maximum_with_a_long_checkpoint_interval(
     wait_until(lambda: p.counter("in", "out") >= 2000, timeout=30, what="2,000 messages through 100 in-flight slots")
     assert p.counter("runtime", "checkpoints") == 0          # no checkpoint was needed to keep them flowing
     p.stop()
-    compare(got_windows(tmp_path / "out.ndjson"), expected_windows(range(2000)))
+    compare(windows_written(tmp_path / "out.ndjson"), expected_windows(range(2000)))

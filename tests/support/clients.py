@@ -106,3 +106,13 @@ class RunningPipeline:
 def read_ndjson(path: Path) -> list[dict]:
     path = Path(path)
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
+
+
+def windows_written(path) -> dict:
+    """(device, window start) -> (count, v_sum) of the windows a file sink wrote; a window written twice fails."""
+    out: dict = {}
+    for r in read_ndjson(path):
+        key = (r["tags"]["device"], r["ts"])
+        assert key not in out, f"window {key} written twice"
+        out[key] = (r["fields"]["count"], r["fields"]["v_sum"])
+    return out
