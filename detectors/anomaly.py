@@ -55,8 +55,9 @@ class AnomalyConfig(StageConfig):
     fields: list[str] = Field(min_length=1, description="Numeric fields the detector watches (one model sees them all).")
     key: list[str] = Field(["device"], description="Tags that select a model: one model per distinct key (per device by default).")
     detector: Literal[tuple(DETECTORS)] = Field(  # type: ignore[valid-type]
-        "residual", description="Detector: " + ", ".join(DETECTORS) + ". `residual` (robust residuals of an EWMA "
-        "forecast, calibrated per key to a tail probability) scored best on held-out data (docs/detectors.md).")
+        "residual", description="Detector: " + ", ".join(DETECTORS) + ". `residual` (robust residuals of EWMA and "
+        "linear forecasts, with trend and stuck channels, calibrated per key to a tail probability) scored best on "
+        "held-out data (docs/detectors.md).")
     params: dict[str, Any] = Field(default_factory=dict, description="Detector parameters, e.g. `{window: 256}` for mad or `{n_trees: 10, height: 8}` for hst.")
     threshold: float | None = Field(None, gt=0, le=1, description="Score at or above which a row is anomalous (with `adaptive`: the lowest threshold). Default: `1 - alert_rate` for `residual`, 0.8 for the others.")
     alert_rate: float | None = Field(None, gt=0, lt=0.5, description="`residual` only: the share of normal readings that may be flagged, e.g. 1e-4 (one in 10,000; the default); sets `threshold` to `1 - alert_rate`, since its score is 1 - the reading's tail probability on its own key.")
