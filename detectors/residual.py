@@ -46,6 +46,7 @@ from typing import Sequence
 
 import numpy as np
 from .calibrate import TailCalibrator, plain
+from . import residual_forms as forms
 from .stuck import FIELDS as STUCK_FIELDS
 from .stuck import freeze as stuck_freeze
 from .stuck import fresh as stuck_fresh
@@ -57,43 +58,6 @@ __all__ = ["ResidualDetector"]
 WAIT = 7  # a warm-up whose rows are all one value waits for a change, at most WAIT * min_samples rows more
 STEPS = 3  # the resolution is the STEPS-th smallest positive step seen between a field's readings
 RECENT = 3  # the fast forecast's readings are clipped around the median of the previous RECENT learned ones
-
-
-def upgrade_state(state: dict) -> dict:
-    """`state` with what later versions added, for a state saved by an earlier one: the warm-up's wait
-    (none), and the linear forecast (its second smoothing starts at the slow level's segment start and
-    follows the segment's learned rows, with the fast forecast's scale)."""
-    state = dict(state)
-    state.setdefault("warm_waited", 0)
-    state.setdefault("stuck", True)  # from before the stuck channel (or a part of it): on, the missing parts fresh
-    for k, v in stuck_fresh(len(state["fields"])).items():
-        state.setdefault(k, v)
-    if "smooth2" not in state:
-        d = len(state["fields"])
-        level, anchor, scale = (np.asarray(state[k], dtype=np.float64) for k in ("level", "anchor", "scale"))
-        seg_y = np.asarray(state["seg_y"], dtype=np.float64).reshape(-1, 2 * d)
-        g = np.asarray(state["alpha"], dtype=np.float64)[:d]
-        s2 = anchor[:d].copy()
-        if len(seg_y):
-            s2 = ResidualDetector._smooth(_levels(seg_y, anchor, np.asarray(state["alpha"]))[:, :d], 0,
-                                          None, None, True, len(seg_y), g, anchor[:d], anchor[:d])[-1]
-        state.update(smooth2=s2, smooth2_anchor=anchor[:d].copy(), lin_scale=scale[d:].copy(),
-                     seg_lin=np.minimum(np.abs(np.asarray(state["seg_r"]).reshape(-1, 2 * d)[:, d:]), np.inf))
-    return state
-
-
-def _levels(seg_y, anchor, alpha) -> np.ndarray:
-    """The level after each of a segment's learned rows (`ResidualDetector._segment`'s closed form)."""
-    j = np.arange(len(seg_y))[:, None]
-    r = 1 - alpha
-    return r ** (j + 1) * anchor + alpha * r ** j * np.cumsum(seg_y * r ** -j, axis=0)
-
-
-def pick_raw(z_slow, z_fast, z_lin, s_slow, s_fast, s_lin) -> np.ndarray:
-    """Per field, the residual of the forecast whose scale is smallest (ties: slow, then fast); the largest field."""
-    slow = (s_slow <= s_fast) & (s_slow <= s_lin)
-    fast = ~slow & (s_fast <= s_lin)
-    return np.where(slow, z_slow, np.where(fast, z_fast, z_lin)).max(axis=1)
 
 
 class ResidualDetector:
@@ -278,7 +242,7 @@ class ResidualDetector:
         # learned rows, a cumsum, so any split of the segment gives the same floats; unlearned rows carry it on
         k0 = len(self.seg_y)
         seg_y = np.concatenate((self.seg_y, Yc if every else Yc[idx]))
-        levels = _levels(seg_y, self.anchor, self.alpha)
+        levels = forms.levels(seg_y, self.anchor, self.alpha)
         L_after = np.empty((m, 2 * d))
         if every:
             L_after = levels[k0:]
@@ -294,12 +258,12 @@ class ResidualDetector:
         z = np.abs(R) / scale
         # Brown's linear forecast from the slow level (S1) and its own EWMA (S2), both before the row
         g = self.alpha[:d]
-        S2_after = self._smooth(levels[:, :d], k0, learn, idx, every, m, g, self.smooth2_anchor, self.smooth2)
+        S2_after = forms.smooth(levels[:, :d], k0, learn, idx, every, m, g, self.smooth2_anchor, self.smooth2)
         S2_before = np.concatenate((self.smooth2[None, :], S2_after[:-1]))
         R_lin = Xd - (L_before[:, :d] + (L_before[:, :d] - S2_before) / (1 - g))
         lin_scale = np.maximum(self.lin_scale, self.floor[:d])
         z_lin = np.abs(R_lin) / lin_scale
-        raw = pick_raw(z[:, :d], z[:, d:], z_lin, scale[:d], scale[d:], lin_scale)
+        raw = forms.pick_raw(z[:, :d], z[:, d:], z_lin, scale[:d], scale[d:], lin_scale)
         traw = np.zeros(m)
         if self.trend_rate is not None:  # a slow drift: the slow level against its own, much slower, baseline
             B_after = self._baseline(levels[:, :d], k0, learn, idx, every, m)
@@ -388,23 +352,7 @@ class ResidualDetector:
 
     def _baseline(self, slow_levels, k0, learn, idx, every, m) -> np.ndarray:
         """The trend baseline after each row: an EWMA (rate trend_rate) of the slow level."""
-        return self._smooth(slow_levels, k0, learn, idx, every, m, self.trend_rate, self.base_anchor, self.base)
-
-    @staticmethod
-    def _smooth(slow_levels, k0, learn, idx, every, m, g, anchor, now) -> np.ndarray:
-        """An EWMA (rate g) of the slow level after each row of the call, from `anchor` at the segment start
-        (`now`: its value before the call), the same prefix-exact cumsum as the level's."""
-        j = np.arange(len(slow_levels))[:, None]
-        r = 1 - g
-        out = r ** (j + 1) * anchor + g * r ** j * np.cumsum(slow_levels * r ** -j, axis=0)
-        if every:
-            return out[k0:]
-        if not len(idx):
-            return np.repeat(now[None, :], m, axis=0)
-        filled = np.zeros((m, out.shape[1]))
-        filled[idx] = out[k0:]
-        k = np.maximum.accumulate(np.where(learn, np.arange(m), -1))
-        return np.where((k >= 0)[:, None], filled[np.maximum(k, 0)], now)
+        return forms.smooth(slow_levels, k0, learn, idx, every, m, self.trend_rate, self.base_anchor, self.base)
 
     def _calibrate(self, raw: np.ndarray, dropped: int, now: np.ndarray) -> None:
         """Raw scores reach the calibrator `hold` learned rows late; those of a run that became a regime
@@ -500,7 +448,7 @@ class ResidualDetector:
     @classmethod
     def from_state(cls, state: dict) -> "ResidualDetector":
         det = cls.__new__(cls)
-        state = upgrade_state(state)
+        state = forms.upgrade_state(state)
         for k, v in state.items():
             if k in ("cal", "tcal"):
                 v = TailCalibrator.from_state(v)

@@ -25,7 +25,8 @@ from __future__ import annotations
 import numpy as np
 
 from .calibrate_bank import CalibratorBank
-from .residual import RECENT, STEPS, WAIT, ResidualDetector, pick_raw
+from .residual import RECENT, STEPS, WAIT, ResidualDetector
+from .residual_forms import pick_raw
 from .residual_bank_state import export_slot, load_slot
 from .stuck import FIELDS as STUCK_FIELDS
 from .stuck import freeze as stuck_freeze

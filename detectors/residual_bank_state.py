@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 
 from .calibrate import plain
-from .residual import _levels, upgrade_state
+from . import residual_forms as forms
 
 __all__ = ["export_slot", "load_slot"]
 
@@ -43,7 +43,7 @@ def load_slot(bank, slot: int, st: dict) -> None:
     """Put `ResidualDetector.state()` data (bank `bank`'s parameters) into slot `slot`."""
     a = bank.a
     a.reset(np.array([slot]))
-    st = upgrade_state(st)
+    st = forms.upgrade_state(st)
     for name in SAME:
         getattr(a, name)[slot] = st[name]
     a.n[slot], a.since[slot], a.t0[slot] = st["n"], st["since"], st["t0"]
@@ -53,7 +53,7 @@ def load_slot(bank, slot: int, st: dict) -> None:
     seg_y = np.asarray(st["seg_y"], dtype=np.float64).reshape(-1, bank.c)
     k = len(seg_y)
     a.seg_y[slot, :k], a.seg_r[slot, :k], a.seg_len[slot] = seg_y, st["seg_r"], k
-    levels = _levels(seg_y, a.anchor[slot], bank.alpha)
+    levels = forms.levels(seg_y, a.anchor[slot], bank.alpha)
     if k:  # the running sums, as `_learn_level`, `_linear` and `_trend` left them
         a.seg_sum[slot] = np.cumsum(seg_y * bank.C[:k], axis=0)[-1]
         a.seg_lin[slot, :k] = st["seg_lin"]
