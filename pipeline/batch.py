@@ -189,7 +189,10 @@ class Batch:
         return Batch(np.asarray(ts, dtype=np.float64), self.tags, self.fields, self.frames, self.extra, self.arrival)
 
     def with_arrival(self, arrival: np.ndarray) -> "Batch":
-        return Batch(self.ts, self.tags, self.fields, self.frames, self.extra, np.asarray(arrival, dtype=np.float64))
+        arrival = np.asarray(arrival, dtype=np.float64)
+        if arrival.shape != (len(self.ts),):  # one per row: a broadcast would misjudge max_future silently
+            raise ValueError(f"Batch.with_arrival: {arrival.shape} arrival times for {len(self.ts)} rows")
+        return Batch(self.ts, self.tags, self.fields, self.frames, self.extra, arrival)
 
     def arrival_or(self, now: float) -> np.ndarray:
         """Per row, its arrival time; ``now`` where it is unknown (no arrival column, or NaN)."""

@@ -6,7 +6,8 @@ linearly like ``numpy.percentile``.
 
 Event time is kept **per key** (``watermark: per_key``, the default): each key (e.g. each device) has its own
 watermark, the largest event time that key has shown minus ``allowed_lateness``, advanced reading by reading,
-so the output does not depend on how readings were batched. A reading is *late* when a window it belongs to
+so the output does not depend on how readings were batched (unless ``max_open_windows`` forces windows
+closed: that bound is enforced once per micro-batch, see ``windows_forced``). A reading is *late* when a window it belongs to
 has already closed for its key; one device far behind or far ahead changes nothing for the others.
 ``watermark: global`` keeps one clock for all keys (the newest event time of any key).
 
@@ -26,7 +27,11 @@ without one is judged against the pipeline clock), not when this stage happens t
 from the journal after a crash is judged exactly as it was the first time, so the same messages give the same
 windows and dead letters whether or not the process was restarted in between. Everything else that decides
 what a window holds (late readings, ``allowed_lateness``, the key clocks) is event time, compared only with
-other readings; only ``idle_close`` is processing time (counted from the restart after one). Late and future
+other readings; only ``idle_close`` is processing time (counted from the restart after one), and the
+``max_open_windows`` bound depends on where micro-batches were cut, which a replay may cut differently. A
+checkpoint keeps its key clocks as they were judged at arrival, also when the restart's clock is behind them (a
+gateway whose clock came back wrong before NTP): pulling them back would reopen emitted windows; only clocks
+from checkpoints of versions that did not judge ``max_future`` are reset to now + ``max_future``. Late and future
 readings are counted (``late``, ``future_timestamp``) and logged once per key and episode. Windows emitted by
 a watermark come out in the order of the reading that closed them, then by start and key.
 
@@ -323,10 +328,12 @@ class Window(Stage):
     def snapshot(self):
         """The whole state as one value (reload, tests); checkpoints write `snapshot_changes`."""
         return {"format": 2, "watermark": self.config.watermark, "keys": [list(k) for k in self._key_values],
-                "pending": self.open.snapshot(), "seq": self._seq, "clocks": self.clocks.snapshot()}
+                "pending": self.open.snapshot(), "seq": self._seq, "clocks": self.clocks.snapshot(),
+                "future_limit": self.config.max_future}
 
     def snapshot_changes(self) -> StateChanges:
-        meta = {"watermark": self.config.watermark, "seq": self._seq, "clocks": self.clocks.snapshot()}
+        meta = {"watermark": self.config.watermark, "seq": self._seq, "clocks": self.clocks.snapshot(),
+                "future_limit": self.config.max_future}
         return self._entries.changes(self.open.all(), self._key_values, meta)
 
     def state_saved(self) -> None:
@@ -337,7 +344,7 @@ class Window(Stage):
             super().restore_entries(entries)
             return
         keys, meta, rows = self._entries.restored(entries, f"stage {self.ctx.item_id!r}")
-        self._restore_state(keys, meta["seq"], meta["clocks"], meta["watermark"], rows)
+        self._restore_state(keys, meta["seq"], meta["clocks"], meta["watermark"], rows, meta.get("future_limit"))
 
     def restore(self, state) -> None:
         pending = state["pending"]
@@ -346,10 +353,11 @@ class Window(Stage):
             pending["gen"] = np.zeros(len(pending["key"]), dtype=np.int64)
         self._restore_state([tuple(k) for k in state["keys"]], state["seq"],
                             state.get("clocks") or {"max_ts": [state["max_ts"]], "floor": [state.get("closed_wm", -np.inf)]},
-                            state.get("watermark", "global"), pending)
+                            state.get("watermark", "global"), pending, state.get("future_limit"))
         self._entries.restored_whole()
 
-    def _restore_state(self, keys: list[tuple], seq: int, clocks: dict, saved_mode: str, pending) -> None:
+    def _restore_state(self, keys: list[tuple], seq: int, clocks: dict, saved_mode: str, pending,
+                       future_limit: float | None = None) -> None:
         now = self.ctx.clock()
         self._key_values = keys
         self._keys = {k: i for i, k in enumerate(self._key_values)}
@@ -360,7 +368,11 @@ class Window(Stage):
             pending["clock"] = pending["key"] if self.per_key else np.zeros(len(pending["key"]), dtype=np.int64)
         self.open.restore(pending, self.clocks.n)
         self._counted = (0, 0)
-        if self.config.max_future is not None:  # a clock poisoned before max_future existed is reset to sane time
+        # a clock poisoned before max_future judged it (a checkpoint without `future_limit`, or saved with no
+        # limit) is reset to sane time. A checkpoint saved with a limit is not capped: its clocks were judged at
+        # each reading's arrival, which may be later than this restart's clock (a gateway whose clock came back
+        # behind, before NTP), and pulling them back would reopen windows already emitted (double counting).
+        if self.config.max_future is not None and future_limit is None:
             reset = self.clocks.cap(now + self.config.max_future)
             if reset:
                 log.warning("stage %r: %d key clock(s) in the checkpoint were more than max_future ahead of now; reset "

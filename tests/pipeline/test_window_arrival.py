@@ -121,3 +121,39 @@ def test_a_micro_batch_saved_before_arrival_existed_loads_without_one():
     stage.process(Batch.concat([back, arrived([{"ts": NOW, "tags": {"device": "a"}, "fields": {"t": 2.0}}], NOW)]))
     assert len(dead) == 1 and dead[0][1][0]["fields"] == {"t": 1.0}
     assert loads(dumps(arrived([{"ts": 1.0}], NOW))).arrival.tolist() == [NOW]
+
+
+def test_a_restart_with_the_clock_behind_the_journaled_arrivals_does_not_emit_a_window_twice():
+    """A gateway whose clock comes back behind (no battery-backed clock, before NTP): the checkpoint's key
+    clocks were judged at arrival and are ahead of the restart's clock. Pulling them back would let a reading
+    that was late in the uninterrupted run reopen a window already emitted (found by review)."""
+    opts = {"size": "10s", "key": ["device"], "aggregates": {"t": ["count"]}, "max_future": "300s"}
+
+    def rec(ts):
+        return {"ts": NOW + ts, "tags": {"device": "a"}, "fields": {"t": 1.0}}
+
+    part1 = [arrived([rec(0), rec(5), rec(25)], NOW + 25)]   # window [0, 10) closes (the watermark passes 10)
+    part2 = [arrived([rec(3)], NOW + 26), arrived([rec(40)], NOW + 40)]  # after the checkpoint: a late reading
+
+    def windows(restart_clock, incremental):
+        stage, _ = build_stage(Window, opts, clock=FakeClock(NOW + 30))
+        out = [stage.process(b) for b in part1]
+        if restart_clock is not None:
+            saved = dict(stage.snapshot_changes().entries) if incremental else stage.snapshot()
+            stage, _ = build_stage(Window, opts, clock=FakeClock(restart_clock))
+            (stage.restore_entries if incremental else stage.restore)(saved)
+        out += [stage.process(b) for b in part2] + [stage.flush()]
+        return [(r["ts"] - NOW, r["fields"]["count"]) for r in Batch.concat([o for o in out if o is not None]).to_records()]
+
+    want = windows(None, False)
+    assert want == [(0.0, 2), (20.0, 1), (40.0, 1)]  # the late reading at 3 is dropped
+    for clock in (NOW - 86_400.0, NOW + 86_400.0):
+        for incremental in (False, True):
+            assert windows(clock, incremental) == want
+
+
+def test_arrival_times_must_be_one_per_row():
+    b = Batch.from_records(records(2)[:5])
+    with np.testing.assert_raises(ValueError):
+        b.with_arrival(np.array([NOW]))  # a single value would broadcast over the rows silently
+    assert len(b.with_arrival(np.full(5, NOW)).arrival) == 5
