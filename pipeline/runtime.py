@@ -262,7 +262,7 @@ class Pipeline:
                     self.graph = graph
             now = time.monotonic()
             if now - last_tick >= rt.tick:
-                self.graph.tick(self.clock())
+                self.graph.tick(time.time())
                 last_tick = now
                 if on_tick:
                     on_tick(self)
