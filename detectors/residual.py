@@ -404,30 +404,28 @@ class ResidualDetector:
             self.run[:], self.run_sign[:] = 0, 0.0
         return None, None, 0
 
+    def _learn_scale(self, scale: np.ndarray, seg: np.ndarray) -> np.ndarray:
+        """A scale learns a segment's clipped absolute residuals: an EWMA (rate beta), times 1.2533 (mean
+        absolute deviation to sigma)."""
+        k = len(seg)
+        if not k:
+            return scale
+        w = self.beta * (1 - self.beta) ** np.arange(k - 1, -1, -1.0)
+        return (1 - self.beta) ** k * scale + 1.2533 * (w @ seg)
+
     def _end_segment(self) -> None:
         self.since = 0
         if self.stuck:
             self.sq1, self.sq = stuck_freeze({k: getattr(self, k) for k in STUCK_FIELDS})
         self.anchor = self.level.copy()
         self.floor = self._floor()  # frozen with the rest for the next segment
-        k = len(self.seg_r)
-        if k:  # the scale: an EWMA (rate beta) of the segment's absolute residuals, clipped at 2 scales
-            w = self.beta * (1 - self.beta) ** np.arange(k - 1, -1, -1.0)
-            self.scale = (1 - self.beta) ** k * self.scale + 1.2533 * (w @ self.seg_r)
-        self.seg_y = self.seg_y[:0]
-        self.seg_r = self.seg_r[:0]
+        self.scale = self._learn_scale(self.scale, self.seg_r)
+        self.lin_scale = self._learn_scale(self.lin_scale, self.seg_lin)
+        self.tscale = self._learn_scale(self.tscale, self.seg_t)
+        self.seg_y, self.seg_r, self.seg_lin, self.seg_t = (a[:0] for a in (self.seg_y, self.seg_r, self.seg_lin,
+                                                                            self.seg_t))
         self.smooth2_anchor = self.smooth2.copy()
-        k = len(self.seg_lin)
-        if k:
-            w = self.beta * (1 - self.beta) ** np.arange(k - 1, -1, -1.0)
-            self.lin_scale = (1 - self.beta) ** k * self.lin_scale + 1.2533 * (w @ self.seg_lin)
-        self.seg_lin = self.seg_lin[:0]
         self.base_anchor = self.base.copy()
-        k = len(self.seg_t)
-        if k:
-            w = self.beta * (1 - self.beta) ** np.arange(k - 1, -1, -1.0)
-            self.tscale = (1 - self.beta) ** k * self.tscale + 1.2533 * (w @ self.seg_t)
-        self.seg_t = self.seg_t[:0]
         if self.season is not None and self.pending_bins:
             bins = np.array(self.pending_bins)
             res = np.array(self.pending_res)

@@ -395,13 +395,10 @@ class ResidualBank:
         has = np.flatnonzero(k)
         if len(has):
             gh, kh = g[has], k[has]
-            dots = np.array([self.w[kk] @ a.seg_r[slot, :kk] for slot, kk in zip(gh.tolist(), kh.tolist())])
-            a.scale[gh] = self.keep[kh][:, None] * a.scale[gh] + 1.2533 * dots
-            dots = np.array([self.w[kk] @ a.seg_lin[slot, :kk] for slot, kk in zip(gh.tolist(), kh.tolist())])
-            a.lin_scale[gh] = self.keep[kh][:, None] * a.lin_scale[gh] + 1.2533 * dots
+            self._learn_scale(a.scale, a.seg_r, gh, kh)
+            self._learn_scale(a.lin_scale, a.seg_lin, gh, kh)
             if self.trend_rate is not None:
-                dots = np.array([self.w[kk] @ a.seg_t[slot, :kk] for slot, kk in zip(gh.tolist(), kh.tolist())])
-                a.tscale[gh] = self.keep[kh][:, None] * a.tscale[gh] + 1.2533 * dots
+                self._learn_scale(a.tscale, a.seg_t, gh, kh)
         a.smooth2_anchor[g] = a.smooth2[g]
         if self.trend_rate is not None:
             a.base_anchor[g] = a.base[g]
@@ -410,6 +407,11 @@ class ResidualBank:
                 if kk:
                     self._learn_profile(slot, a.pbins[slot, :kk], a.pres[slot, :kk])
         a.seg_len[g] = 0
+
+    def _learn_scale(self, scale, seg, gh, kh) -> None:
+        """`ResidualDetector._learn_scale` for slots `gh` with `kh` (> 0) residuals each in the segment."""
+        dots = np.array([self.w[kk] @ seg[slot, :kk] for slot, kk in zip(gh.tolist(), kh.tolist())])
+        scale[gh] = self.keep[kh][:, None] * scale[gh] + 1.2533 * dots
 
     def _learn_profile(self, slot: int, bins: np.ndarray, res: np.ndarray) -> None:
         a = self.a

@@ -24,7 +24,7 @@ def upgrade_state(state: dict) -> dict:
         state.setdefault(k, v)
     if "smooth2" not in state:
         d = len(state["fields"])
-        level, anchor, scale = (np.asarray(state[k], dtype=np.float64) for k in ("level", "anchor", "scale"))
+        anchor, scale = (np.asarray(state[k], dtype=np.float64) for k in ("anchor", "scale"))
         seg_y = np.asarray(state["seg_y"], dtype=np.float64).reshape(-1, 2 * d)
         g = np.asarray(state["alpha"], dtype=np.float64)[:d]
         s2 = anchor[:d].copy()
