@@ -11,11 +11,14 @@ detector fed the same rows (tests/detectors/test_residual_bank.py).
 Each step of the per-row algorithm is one function below, named as in `ResidualDetector`:
 `_warm` (warm-up), `_start_calls`, `_forecast` (deseasonalise, clip to the band: the slow columns around
 the anchor, the fast ones around the median of the key's previous three readings), `_learn_level` (the
-closed-form prefix sum, run sequentially), `_raw_score`, `_trend` (the slow level against its baseline,
-the same prefix sum), `_adapt_row` (runs of rows out of band), the calibrated score (two calibrators, the
-residual channel's and the trend channel's), `_note_step` (the three smallest steps), then at a call's
-end `_calibrate` (hold, feed the calibrators: `CalibratorBank` in detectors/calibrate_bank.py, drop a run
-that became a regime) and `_end_segment` (scale, trend scale, floor, profile).
+closed-form prefix sum, run sequentially), `_linear` (Brown's forecast, its second smoothing's prefix sum,
+and the raw score of the forecast with the smallest scale), `_trend` (the slow level against its baseline,
+the same prefix sum), `_adapt_row` (runs of rows out of band), `_stuck` (detectors/stuck.py, one row of
+every key), the calibrated score (two calibrators, the residual channel's and the trend channel's, and the
+stuck channel's tail probability), `_note_step` (the three smallest steps), then at a call's end
+`_calibrate` (hold, feed the calibrators: `CalibratorBank` in detectors/calibrate_bank.py, drop a run that
+became a regime) and `_end_segment` (`_learn_scale` for each scale, floor, the stuck channel's frozen
+chances, profile).
 
 `export(slot)` gives a key's state as `ResidualDetector.state()` data and `load(slot, state)` takes one
 (detectors/residual_bank_state.py), so checkpoints and spill files stay those of a per-key detector.
