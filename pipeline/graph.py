@@ -8,22 +8,20 @@ from __future__ import annotations
 
 import fnmatch
 import logging
-import threading
 import time
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable
 
 import numpy as np
 
 from . import registry
-from .redact import redact
 from .batch import Batch
+from .deadletters import DeadLetters
 from .config import TagMatch
 from .errors import PipelineStopped
 from .loader import DEAD_LETTER_ID, PipelineSpec
 from .metrics import Metrics
 from .names import NameWatch
-from .sinks.encode import _dumps
 from .stage import Context, Stage
 
 log = logging.getLogger("edgesieve")
@@ -46,50 +44,6 @@ def match_mask(batch: Batch, match: TagMatch) -> np.ndarray:
             hit = np.isin(col, np.asarray(values, dtype=object))
         keep &= hit
     return keep
-
-
-class DeadLetters:
-    """Where rejected records go: an NDJSON file (or memory), plus sinks that read the `deadletter` input."""
-
-    def __init__(self, metrics: Metrics, path: str | None, keep_in_memory: bool = False):
-        self.metrics = metrics
-        self.path = Path(path) if path else None
-        self.records: list[dict] = [] if keep_in_memory else None
-        self.listeners: list[Callable[[Batch], None]] = []
-        self._lock = threading.Lock()
-        self._fh = None
-
-    def __call__(self, item_id: str, batch: Batch, reasons: Sequence[str] | str) -> None:
-        reasons = [reasons] * len(batch) if isinstance(reasons, str) else list(reasons)
-        shown = {r: redact(r) for r in set(reasons)}          # no secret in the dead-letter file or log
-        reasons = [shown[r] for r in reasons]
-        records = batch.to_records()
-        rows = [{"item": item_id, "reason": reason, "record": rec} for rec, reason in zip(records, reasons)]
-        with self._lock:
-            if self.records is not None:
-                self.records.extend(rows)
-            elif self.path is not None:
-                if self._fh is None:
-                    self.path.parent.mkdir(parents=True, exist_ok=True)
-                    self._fh = open(self.path, "ab")
-                for row in rows:
-                    if "frame" in row["record"]:
-                        row["record"]["frame"] = {"shape": list(np.shape(row["record"]["frame"]))}
-                    self._fh.write(_dumps(row) + b"\n")
-                self._fh.flush()
-        if len(rows) and log.isEnabledFor(logging.WARNING):
-            log.warning("%s rejected %d record(s): %s", item_id, len(rows), reasons[0])
-        if self.listeners:
-            annotated = batch.with_extra(item=np.full(len(batch), item_id, dtype=object),
-                                         reason=np.array(reasons, dtype=object))
-            for listener in self.listeners:
-                listener(annotated)
-
-    def close(self) -> None:
-        with self._lock:
-            if self._fh is not None:
-                self._fh.close()
-                self._fh = None
 
 
 class Graph:

@@ -121,8 +121,12 @@ class Pipeline:
         lock = StateLock(rt.state_dir, self.name)
         try:
             lock.acquire()        # one owner per state folder (checkpoint, journals, outboxes, client ids)
+            held: dict[str, list] = {}
             for c in spec.sources:
-                sources[c.id] = registry.load("sources", c.type)(c, self.graph.context(c.id, self.clock))
+                ctx = self.graph.context(c.id, self.clock)
+                # a source's dead letters go with the batch they were found in (see _source_loop)
+                ctx._dead_letter = lambda item, batch, reasons, h=held.setdefault(c.id, []): h.append((item, batch, reasons))
+                sources[c.id] = registry.load("sources", c.type)(c, ctx)
             for c in spec.sinks:
                 ctx = self.graph.context(c.id)
                 ctx.on_fatal = self.fail
@@ -142,7 +146,8 @@ class Pipeline:
             queues = {sid: queue.Queue(maxsize=c.max_queue) for sid, c in ((c.id, c) for c in spec.sources)}
             wake = threading.Event()
             for sid, src in sources.items():
-                t = threading.Thread(target=self._source_loop, args=(sid, src, queues[sid], wake), name=f"source:{sid}", daemon=True)
+                t = threading.Thread(target=self._source_loop, args=(sid, src, queues[sid], wake, held[sid]),
+                                     name=f"source:{sid}", daemon=True)
                 threads.append(t)
                 t.start()
             self._loop(sources, sinks, queues, threads, wake, positions, duration, started, on_tick)
@@ -160,6 +165,8 @@ class Pipeline:
             for w in sinks.values():
                 w.stop()
                 w.sink.close()
+                if w.dead_file is not None:
+                    w.dead_file.close()
             for s in sources.values():
                 s.close()
             self.graph.close()
@@ -171,34 +178,40 @@ class Pipeline:
         return RunSummary(self.name, time.monotonic() - started, counters, self.stopped_by, error,
                           extra={"bandwidth": Bandwidth.of_pipeline(spec, counters)})
 
-    def _source_loop(self, sid: str, src: Source, q: queue.Queue, wake: threading.Event) -> None:
+    def _source_loop(self, sid: str, src: Source, q: queue.Queue, wake: threading.Event, held: list) -> None:
+        """Run a source; what it emits is queued for the pipeline thread with the dead letters the source found
+        since its last batch (``held``, filled through its context): the pipeline thread writes them when it takes
+        that batch, so the dead-letter file and the source positions in a checkpoint always agree, and a replay
+        after a crash writes each one once (``pipeline/deadletters.py``)."""
         shed = self.spec.sources[[c.id for c in self.spec.sources].index(sid)].overload == "shed"
 
         def emit(batch: Batch, position: Any = None) -> bool:
             """Queue ``batch``; False when it was not (shed, or the pipeline stopped): a source stops handing on."""
-            if not len(batch) and position is None:
+            if not len(batch) and position is None and not held:
                 return True
+            dead = held[:]
             if batch.arrival is None and len(batch):   # a source that does not stamp arrival: it arrives now
                 batch = batch.with_arrival(np.full(len(batch), self.clock()))
             if shed:
                 try:
-                    q.put_nowait((batch, position))
+                    q.put_nowait((batch, position, dead))
                 except queue.Full:
                     self.metrics.count(sid, "shed", len(batch))
-                    return False
+                    return False          # its dead letters stay held: they go with the next batch taken
             else:
                 try:
-                    q.put_nowait((batch, position))
+                    q.put_nowait((batch, position, dead))
                 except queue.Full:
                     self.metrics.count(sid, "blocked", 1)  # back-pressure: the source waits for the pipeline
                     while not self._stop.is_set():
                         try:
-                            q.put((batch, position), timeout=0.1)
+                            q.put((batch, position, dead), timeout=0.1)
                             break
                         except queue.Full:
                             pass
                     else:
                         return False
+            del held[:len(dead)]
             wake.set()
             return True
 
@@ -209,7 +222,10 @@ class Pipeline:
             self.metrics.count(sid, "errors", 1)
             self._source_error = f"source {sid!r} failed: {type(exc).__name__}: {exc}"
         finally:
-            q.put((None, _DONE))
+            if held:      # found after its last batch (a source that ended): written when the pipeline takes them
+                q.put((Batch.empty(), None, held[:]))
+                held.clear()
+            q.put((None, _DONE, []))
             wake.set()
 
     def _loop(self, sources, sinks, queues, threads, wake, positions, duration, started, on_tick) -> None:
@@ -233,13 +249,13 @@ class Pipeline:
             for sid, q in queues.items():
                 while True:
                     try:
-                        batch, position = q.get_nowait()
+                        batch, position, dead = q.get_nowait()
                     except queue.Empty:
                         break
                     if position is _DONE:
                         live.discard(sid)
                         break
-                    pending[sid].append((batch, position))
+                    pending[sid].append((batch, position, dead))
                     pending_n[sid] += len(batch)
                     first_at.setdefault(sid, time.monotonic())
                     if pending_n[sid] >= max_records:
@@ -276,11 +292,11 @@ class Pipeline:
             items = pending[sid]
             while True:
                 try:
-                    batch, position = q.get_nowait()
+                    batch, position, dead = q.get_nowait()
                 except queue.Empty:
                     break
                 if position is not _DONE:
-                    items.append((batch, position))
+                    items.append((batch, position, dead))
             if items:
                 self._process(sid, items, positions, sources)
         # a finished replay checkpoints after the last flush (a restart has nothing left to send); a stopped one
@@ -296,8 +312,11 @@ class Pipeline:
             raise RuntimeError(self._source_error)
 
     def _process(self, sid: str, items: list, positions: dict, sources: dict) -> None:
-        batch = Batch.concat([b for b, _ in items]) if len(items) > 1 else items[0][0]
-        position = next((p for _, p in reversed(items) if p is not None), None)
+        for _, _, dead in items:         # the source's dead letters, on this thread, before the batch's position counts
+            for args in dead:
+                self.dead_letters(*args)
+        batch = Batch.concat([b for b, _, _ in items]) if len(items) > 1 else items[0][0]
+        position = next((p for _, p, _ in reversed(items) if p is not None), None)
         self.metrics.count(sid, "out", len(batch))
         if len(batch):
             self.graph.push(sid, batch)
@@ -327,7 +346,9 @@ class Pipeline:
                       "checkpoint stays, and a restart produces that data again", self.name, ", ".join(held))
             return
         items = {**{f"stage:{sid}": st for sid, st in self.graph.stages.items()},
-                 **{f"sink:{sid}": w.sink for sid, w in sinks.items()}}
+                 **{f"sink:{sid}": w.sink for sid, w in sinks.items()},
+                 **{f"sink_dead:{sid}": w.dead_file for sid, w in sinks.items() if w.dead_file is not None},
+                 DeadLetters.ITEM: self.dead_letters}
         try:
             changes = {name: item.snapshot_changes() for name, item in items.items()}
             for sid in self.rebuilt:   # a fresh instance's changes are its whole state: drop the old instance's entries
@@ -361,6 +382,10 @@ class Pipeline:
         for sid, position in state.sources.items():
             if sid in sources:
                 sources[sid].restore(position)
+        self.dead_letters.restore_entries(state.items.get(DeadLetters.ITEM, {}))   # cut what came after it
+        for sid, w in sinks.items():
+            if w.dead_file is not None:
+                w.dead_file.restore_entries(state.items.get(f"sink_dead:{sid}", {}), f"sink {sid!r} dead_letter_path")
         try:
             self.graph.restore_entries({n[len("stage:"):]: e for n, e in state.items.items() if n.startswith("stage:")})
             for name, entries in state.items.items():

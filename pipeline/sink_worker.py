@@ -17,15 +17,14 @@ records it never wrote as ``undelivered``; the runtime then writes no checkpoint
 from __future__ import annotations
 
 import logging
-import os
 import queue
 import threading
 import time
-from pathlib import Path
 from typing import Callable
 
 from .backoff import Backoff
 from .batch import Batch
+from .deadletters import LineFile
 from .redact import redact
 from .metrics import Metrics
 from .sinks.encode import _dumps
@@ -42,6 +41,9 @@ class SinkWorker:
         self.sink, self.metrics, self.id = sink, metrics, cfg.id
         self.on_error = getattr(cfg, "on_error", "retry")
         self.dead_letter_path = getattr(cfg, "dead_letter_path", None)
+        # its length is checkpointed (``sink_dead:<id>``) and cut back on restart: exactly once, like the output
+        self.dead_file = (LineFile(self.dead_letter_path, fsync_each=True)
+                          if self.on_error == "dead_letter" and self.dead_letter_path else None)
         self.backoff = Backoff(getattr(cfg, "retry_initial", 0.5), getattr(cfg, "retry_max", 30.0))
         self.interrupted, self.stop_pipeline = interrupted, stop_pipeline
         self.queue: queue.Queue = queue.Queue(maxsize=maxsize)
@@ -165,19 +167,18 @@ class SinkWorker:
         return False
 
     def _dead_letter(self, batch: Batch, what: str) -> bool:
-        if not self.dead_letter_path:
+        if self.dead_file is None:
             return False
-        path = Path(self.dead_letter_path)
+        path = self.dead_file.path
         reason = f"sink {self.id!r} could not write it: {what}"
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            with open(path, "ab") as fh:
-                for rec in batch.to_records():
-                    rec.pop("frame", None)
-                    fh.write(_dumps({"item": self.id, "reason": reason, "record": rec}) + b"\n")
-                fh.flush()
-                os.fsync(fh.fileno())
+            lines = []
+            for rec in batch.to_records():
+                rec.pop("frame", None)
+                lines.append(_dumps({"item": self.id, "reason": reason, "record": rec}))
+            self.dead_file.append(lines)
         except OSError as e:
+            self.dead_file.close()   # reopened (and appended to) at the next try
             log.error("sink %r: cannot dead-letter %d record(s) to %s either (%s); holding them",
                       self.id, len(batch), path, e)
             return False
