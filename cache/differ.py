@@ -68,6 +68,7 @@ class FrameDiffer:
         self.relative_target = bool(relative_target)   # the target is on all frames, processed ones included
         self.guard = AccuracyGuard(threshold, target, adaptive, **(guard or {}))
         self.keys: dict = {}   # key -> {"ref", "ref_ts", "since", "count", "shape", "run", counters}
+        self._scratch: dict = {}   # buffers of the usual one-shape batch, reused between calls (refs are copies)
 
     # -- preparation -----------------------------------------------------------------------------
     def _prepare(self, data) -> tuple[list, dict]:
@@ -78,7 +79,8 @@ class FrameDiffer:
         x0 = data[0] if len(data) else None
         if type(x0) is np.ndarray and all(type(x) is np.ndarray and x.shape == x0.shape and x.dtype == x0.dtype
                                           for x in data):
-            g = self._group(np.arange(len(data)), data, x0.shape, x0.dtype.kind, bad)   # the usual batch: one shape
+            g = self._group(np.arange(len(data)), data, x0.shape, x0.dtype.kind, bad,   # the usual batch: one shape
+                            self._scratch)
             return ([g] if g is not None else []), bad
         by_sig: dict = {}
         for i, x in enumerate(data):                # one signature per row; the work is per shape
@@ -107,7 +109,7 @@ class FrameDiffer:
                 groups.append(g)
         return groups, bad
 
-    def _group(self, idx, items, shape, kind, bad):
+    def _group(self, idx, items, shape, kind, bad, scratch=None):
         size = math.prod(shape)
         if size == 0 or kind not in "biuf":
             for i in idx:
@@ -119,7 +121,7 @@ class FrameDiffer:
             for i in idx:
                 bad[i] = f"frame shape {shape} is not (h, w) or (h, w, c) with h, w >= downscale={self.downscale}"
             return None
-        return np.asarray(idx), F.prepare_list(items, self.downscale, self.sampling)
+        return np.asarray(idx), F.prepare_list(items, self.downscale, self.sampling, scratch)
 
     # -- decisions -------------------------------------------------------------------------------
     def decide(self, keys, ts, data) -> Decision:
@@ -180,7 +182,7 @@ class FrameDiffer:
         tr = ts[rows]
         first = st is None
         if first:
-            st = self.keys[k] = {"ref": small[0], "ref_ts": float(tr[0]), "since": 0, "count": 0,
+            st = self.keys[k] = {"ref": small[0].copy(), "ref_ts": float(tr[0]), "since": 0, "count": 0,
                                  "shape": small[0].shape, "run": 8, "frames": 0, "processed": 0,
                                  "audits": 0, "forced": 0}
             self._count(st, "first", 1)
@@ -231,7 +233,7 @@ class FrameDiffer:
             self._count(st, "reuse", j)
             self._count(st, why, 1)
             st["run"] = st["since"] + j + 1
-            st["ref"], st["ref_ts"], st["since"] = small[i], float(tr[i]), 0
+            st["ref"], st["ref_ts"], st["since"] = small[i].copy(), float(tr[i]), 0
             st["confidence"] = None                         # until the new result's confidence is reported
             t = t0
             pos = i + 1
@@ -257,7 +259,7 @@ class FrameDiffer:
         if (st is None or self.feature == "vector_norm" or type(x) is not np.ndarray or x.ndim not in (2, 3)
                 or x.dtype.kind not in "biuf" or x.size == 0 or min(x.shape[:2]) < self.downscale):
             return None
-        small = F.prepare_list((x,), self.downscale, self.sampling)
+        small = F.prepare_list((x,), self.downscale, self.sampling, self._scratch)
         if small.shape[1:] != st["shape"]:
             return None
         return self._decide_one(k, st, float(ts_i), small)
@@ -282,7 +284,7 @@ class FrameDiffer:
         why = "changed" if changed else ("forced" if forced else "audit")
         self._count(st, why, 1)
         st["run"] = s
-        st["ref"], st["ref_ts"], st["since"] = small[0], ts_i, 0
+        st["ref"], st["ref_ts"], st["since"] = small[0].copy(), ts_i, 0
         st["confidence"] = None
         return True, why, d, 0, 0.0, t
 

@@ -20,6 +20,8 @@ copy by one of the features in :data:`FEATURES`. Every function takes a stack of
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 FEATURES = ("pixel", "block", "histogram", "vector_norm")
@@ -98,14 +100,31 @@ def prepare(frames: np.ndarray, downscale: int = 8, mode: str = "sparse") -> np.
     return g.reshape(n, hh // f, f, ww // f, f).mean(axis=(2, 4), dtype=np.float32)
 
 
-def prepare_list(frames, downscale: int = 8, mode: str = "sparse") -> np.ndarray:
+def _buffer(scratch: dict | None, name: str, shape: tuple, dtype) -> np.ndarray:
+    """A ``shape`` array of ``dtype``: fresh without ``scratch``, else carved out of ``scratch[name]`` (grown when too
+    small, kept between calls: a fresh buffer of a few hundred kB is new pages, and their first touch costs page
+    faults every call)."""
+    if scratch is None:
+        return np.empty(shape, dtype)
+    size = math.prod(shape)
+    a = scratch.get(name)
+    if a is None or a.size < size or a.dtype != dtype:
+        a = scratch[name] = np.empty(size, dtype)
+    return a[:size].reshape(shape)
+
+
+def prepare_list(frames, downscale: int = 8, mode: str = "sparse", scratch: dict | None = None) -> np.ndarray:
     """:func:`prepare` for a list (or object array) of same-shaped frames, without first copying them into one big stack.
 
     With ``stride`` the sampled values are gathered straight into the float32 result, one strided copy
     per frame (a few microseconds for a 768x576 frame); with ``sparse``, one strided copy per frame of both
     samples and all channels (even ``downscale``; per sample and channel otherwise) into a small uint8 buffer,
     then grayscale and the mean of the two samples in one vectorised pass over the whole batch. Same values as
-    :func:`prepare`, bit for bit."""
+    :func:`prepare`, bit for bit.
+
+    ``scratch`` (a dict the caller keeps): the intermediate buffers and, for ``sparse``, the result itself are
+    reused from call to call (no new pages to fault in): the result is then only valid until the next call with
+    the same ``scratch``; copy what must outlive it."""
     f = max(1, int(downscale))
     a0 = np.asarray(frames[0])
     c = 1 if a0.ndim == 2 else (a0.shape[2] if a0.ndim == 3 else 0)
@@ -126,9 +145,10 @@ def prepare_list(frames, downscale: int = 8, mode: str = "sparse") -> np.ndarray
     if rows == 0 or cols == 0:
         return prepare(np.stack(frames), f, mode)
     use = 1 if c == 1 else 3                        # gray, or the BGR luma of 3-4 channels
-    buf = np.empty((use, 2, len(frames), rows, cols), np.uint8)
+    n = len(frames)
+    buf = _buffer(scratch, "samples", (use, 2, n, rows, cols), np.uint8)
     if f % 2 == 0:                                  # the two samples of a cell are f/2 apart: one strided view holds both
-        _gather_pairs(frames, buf, r, slice(c0.start, cols * f, f // 2), rows, cols, use)
+        _gather_pairs(frames, buf, r, slice(c0.start, cols * f, f // 2), rows, cols, use, scratch)
     else:
         for i, x in enumerate(frames):              # one strided copy per frame, sample and channel, in C
             line = x[r]
@@ -137,16 +157,22 @@ def prepare_list(frames, downscale: int = 8, mode: str = "sparse") -> np.ndarray
             else:
                 for k in range(use):
                     buf[k, 0, i], buf[k, 1, i] = line[:, c0, k], line[:, c1, k]
-    s = np.add(buf[:, 0], buf[:, 1], dtype=np.uint16)
+    s = np.add(buf[:, 0], buf[:, 1], out=_buffer(scratch, "sums", (use, n, rows, cols), np.uint16), dtype=np.uint16)
+    out = _buffer(scratch, "luma", (n, rows, cols), np.float32)
     if use == 1:
-        return np.multiply(s[0], np.float32(0.5), dtype=np.float32)
-    p = np.multiply(s, _HALF_LUMA, dtype=np.float32)    # the same float32 steps as `prepare`: (b + g) + r
-    out = np.add(p[0], p[1])
-    out += p[2]
+        return np.multiply(s[0], np.float32(0.5), out=out, dtype=np.float32)
+    # the same float32 steps as `prepare`: (b + g) + r, each channel's product rounded to float32 first
+    np.multiply(s[0], _HALF_LUMA[0, 0, 0, 0], out=out, dtype=np.float32)
+    t = _buffer(scratch, "term", (n, rows, cols), np.float32)
+    np.multiply(s[1], _HALF_LUMA[1, 0, 0, 0], out=t, dtype=np.float32)
+    out += t
+    np.multiply(s[2], _HALF_LUMA[2, 0, 0, 0], out=t, dtype=np.float32)
+    out += t
     return out
 
 
-def _gather_pairs(frames, buf, r: slice, pairs: slice, rows: int, cols: int, use: int) -> None:
+def _gather_pairs(frames, buf, r: slice, pairs: slice, rows: int, cols: int, use: int,
+                  scratch: dict | None = None) -> None:
     """Copy ``sparse``'s samples of each frame into ``buf`` ``(use, 2, n, rows, cols)`` with one strided copy per
     frame (``pairs`` alternates the two sampled columns of each cell). Each C-contiguous frame's sampled rows are
     first touched column by column, one byte per 64-byte line: the loads of all rows are then in flight together
@@ -157,7 +183,7 @@ def _gather_pairs(frames, buf, r: slice, pairs: slice, rows: int, cols: int, use
     h, w = x0.shape[:2]
     c = 1 if x0.ndim == 2 else x0.shape[2]
     line = w * c
-    touch = np.empty(((line + 63) // 64, rows), np.uint8)
+    touch = _buffer(scratch, "touch", ((line + 63) // 64, rows), np.uint8)
     t_shape, t_strides, t_off = touch.shape, (64, r.step * line), r.start * line
     v_shape, v_strides = (use, 2, rows, cols), (1, pairs.step * c, r.step * line, r.step * c)
     v_off = r.start * line + pairs.start * c

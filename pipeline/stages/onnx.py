@@ -224,6 +224,20 @@ class Onnx(Stage):
         self._sample = {k: v[: self.config.warmup_records] for k, v in inputs.items()}  # views: swap warm-up data
         return self._reuse.merge(batch, mask, self._decode(batch.take(mask) if not mask.all() else batch, outputs))
 
+    def _run_computed(self, batch: Batch, need: np.ndarray) -> Batch | None:
+        """A micro-batch that runs at once (no ``max_wait``, at most ``max_batch`` rows, no window input), some of
+        its rows marked ``reused``: only the rows to compute are checked, preprocessed and run, straight into tensors
+        of their own (the general path builds every row's tensor and picks the computed rows out again). The same
+        records as :meth:`_accept` + :meth:`_drain`. None: a computed row has a problem, take the general path."""
+        part = batch.take(np.flatnonzero(need))
+        for b in self._builders.values():
+            if b.problems(part)[0].any():
+                return None
+        inputs = {name: b.build(part)[0] for name, b in self._builders.items()}
+        outputs = self.infer(inputs)
+        self._sample = {k: v[: self.config.warmup_records] for k, v in inputs.items()}  # views: swap warm-up data
+        return self._reuse.merge(batch, need, self._decode(part, outputs))
+
     # ------------------------------------------------------------------ stage API
     def _accept(self, batch: Batch, need: np.ndarray | None = None) -> tuple[Batch, dict[str, np.ndarray]] | None:
         bad = np.zeros(len(batch), bool)
@@ -284,6 +298,10 @@ class Onnx(Stage):
             need = self._reuse.compute_mask(batch)
             if not need.any():                      # every row reused: no checks, no preprocessing, no model
                 return self._reuse.merge_reused(batch)
+            if self.config.max_wait <= 0 and len(batch) <= self.config.max_batch and not need.all():
+                out = self._run_computed(batch, need)
+                if out is not None:
+                    return out
         got = self._accept(batch, need)
         if got is not None:
             if not self._pending:
