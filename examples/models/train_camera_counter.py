@@ -83,7 +83,8 @@ def count_errors(pred: np.ndarray, truth: np.ndarray, train_mean: float) -> dict
             "mean_true_count": round(float(truth.mean()), 2)}
 
 
-# Training recipes compared on the validation split (README table); the last one is the default.
+# Training recipes compared on the validation split (README table). Default "v4": the committed model;
+# "context" scored best on validation (400 steps) but has not been trained in full or measured held out.
 RECIPES = {
     "v4": dict(context=False, norm=False, sprite_px=75, dens_l1=0.0, empties=0.0),
     "norm": dict(context=False, norm=True, sprite_px=75, dens_l1=0.0, empties=0.0),
@@ -148,7 +149,7 @@ def main(argv=None) -> int:
     ap.add_argument("--out", type=Path, default=HERE / "camera_counter.onnx")
     ap.add_argument("--steps", type=int, default=1000, help="training steps of 32 samples")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--recipe", choices=list(RECIPES), default=list(RECIPES)[-1])
+    ap.add_argument("--recipe", choices=list(RECIPES), default="v4")
     ap.add_argument("--validate", action="store_true",
                     help="for choosing settings: train on the left half of the training part only, report on the "
                          "rest of it (another view, never the held-out sets), export nothing")
