@@ -100,10 +100,13 @@ def textures(rng, n: int, family: str) -> list[np.ndarray]:
 class Scenes:
     """Crops and composites from one labelled video, split at column ``cut`` (see module docstring)."""
 
-    def __init__(self, frames, blobs, masks, tight, background, cut: int, rng):
+    def __init__(self, frames, blobs, masks, tight, background, cut: int, rng, sprite_px: int = 75,
+                 props: float = 0.0):
         import cv2
 
         self.frames, self.blobs, self.masks, self.bg, self.cut, self.rng = frames, blobs, masks, background, cut, rng
+        self.sprite_px = sprite_px           # tallest training sprite, in model-input pixels (<= 96)
+        self.props = props                   # share of training composites with person-sized props (not people)
         self.sprites = {"train": [], "held": []}
         for i in range(0, len(frames), 3):                  # single-person-sized blobs, clear of the cut
             for x, y, w, h, _, _ in blobs[i].astype(int):
@@ -188,12 +191,18 @@ class Scenes:
             g[ty:ty + patch.shape[0], tx:tx + patch.shape[1]] = patch
         return g
 
-    def composite(self, held: bool = False, max_people: int = 12):
+    def composite(self, held: bool = False, max_people: int = 12, scene: bool = False):
         """0..``max_people`` person sprites (30% of the frames empty, 22% held out) pasted onto a background at 2x the
-    model input (exact count)."""
+        model input (exact count). ``scene`` (with ``held``): the held-out part's own empty scene as the
+        background and its sprites up to the largest training size (another camera, exact counts)."""
         r = self.rng
         pick = r.random()
-        if held:
+        if held and scene:
+            fw = self.bg.shape[1]
+            cw = int(min(fw - self.cut, self.bg.shape[0] * 4 / 3) * r.uniform(0.5, 1.0))
+            x0, y0 = int(r.integers(self.cut, fw - cw + 1)), int(r.integers(0, self.bg.shape[0] - int(cw * 0.75) + 1))
+            canvas = self.bg[y0:y0 + int(cw * 0.75), x0:x0 + cw].astype(np.float32)
+        elif held:
             canvas = textures(r, 1, "tiles")[0].astype(np.float32)
         elif pick < 0.25:
             cw = int(self.cut * r.uniform(0.4, 1.0))
@@ -205,6 +214,8 @@ class Scenes:
             family = "smooth" if pick < 0.6 else "blocks" if pick < 0.75 else "clutter"
             canvas = textures(r, 1, family)[0].astype(np.float32)
         canvas = _fit(canvas, 2 * H, 2 * W)
+        if not held and r.random() < self.props:
+            _props(canvas, r, int(r.integers(1, 6)))
         cover = np.zeros(canvas.shape, bool)
         pool = self.sprites["held" if held else "train"]
         # many empty and quiet frames, a few crowded; the held-out set keeps the v3 model's draw
@@ -212,7 +223,7 @@ class Scenes:
         centres = []
         for _ in range(k):
             patch, alpha = pool[int(r.integers(len(pool)))]
-            height = int(r.uniform(16, 100 if held else 150))   # 8..50 (held out) or 8..75 px in the model input
+            height = int(r.uniform(16, 100 if held and not scene else 2 * self.sprite_px))  # 8..50 px (held) or 8..sprite_px
             width = max(2, int(round(patch.shape[1] * height / patch.shape[0])))
             p, a = _fit(patch.astype(np.float32), height, width), _fit(alpha, height, width)
             if r.random() < 0.5:
@@ -268,6 +279,41 @@ def _clutter(rng) -> np.ndarray:
             axes = (int(rng.integers(3, 50)), int(rng.integers(3, 50)))
             cv2.ellipse(g, (x, y), axes, float(rng.uniform(0, 180)), 0, 360, shade(), -1)
     return cv2.GaussianBlur(g, (0, 0), rng.uniform(0.4, 1.5)) + rng.normal(0, rng.uniform(1, 5), g.shape)
+
+
+def _props(g: np.ndarray, rng, n: int) -> None:
+    """Draw ``n`` person-sized things that are not people onto ``g`` (in place): tripods with a head,
+    cones, poles with a sign at head height, bins and bollards, standing boxes."""
+    import cv2
+
+    gh, gw = g.shape
+    for _ in range(n):
+        kind, h = rng.random(), int(rng.uniform(20, 0.95 * gh))
+        x, y = int(rng.integers(0, gw)), int(rng.integers(-h // 4, gh - h // 2))
+        dark = float(rng.uniform(5, 90)) if rng.random() < 0.7 else float(rng.uniform(150, 250))
+        if kind < 0.35:                                              # tripod with a camera/light on top
+            legs = int(rng.integers(2, 4))
+            for dx in rng.uniform(-0.35, 0.35, legs) * h:
+                cv2.line(g, (x, y), (x + int(dx), y + h), dark, int(rng.integers(1, 4)))
+            hw, hh = int(rng.integers(2, 8)), int(rng.integers(3, 12))
+            cv2.rectangle(g, (x - hw, y - hh), (x + hw, y), dark, -1)
+        elif kind < 0.55:                                            # cone, maybe a bright band
+            w = max(3, int(h * rng.uniform(0.2, 0.5) / 2))
+            hh = max(6, h // 3)
+            cv2.fillPoly(g, [np.int32([[x, y], [x - w, y + hh], [x + w, y + hh]])], dark)
+            if rng.random() < 0.5:
+                cv2.line(g, (x - w // 2, y + hh // 2), (x + w // 2, y + hh // 2), 255 - dark, max(1, hh // 6))
+        elif kind < 0.75:                                            # pole with a sign at head height
+            cv2.line(g, (x, y), (x, y + h), dark, int(rng.integers(1, 5)))
+            sw, sh = int(rng.integers(4, 20)), int(rng.integers(4, 24))
+            sy = y + int(rng.uniform(0, 0.4) * h)
+            cv2.rectangle(g, (x - sw, sy), (x + sw, sy + sh), float(rng.uniform(5, 250)), -1)
+        else:                                                        # bin, bollard, box, sack
+            w, hh = int(h * rng.uniform(0.2, 0.6)), max(6, int(h * rng.uniform(0.2, 0.6)))
+            if rng.random() < 0.5:
+                cv2.rectangle(g, (x, y), (x + w, y + hh), dark, -1)
+            else:
+                cv2.ellipse(g, (x, y), (max(2, w // 2), max(3, hh // 2)), 0, 0, 360, dark, -1)
 
 
 def _fit(img: np.ndarray, h: int, w: int) -> np.ndarray:

@@ -83,9 +83,33 @@ def count_errors(pred: np.ndarray, truth: np.ndarray, train_mean: float) -> dict
             "mean_true_count": round(float(truth.mean()), 2)}
 
 
-def build_student():
+# Training recipes compared on the validation split (README table). Default "v4": the committed model;
+# "context" scored best on validation (400 steps) but has not been trained in full or measured held out.
+RECIPES = {
+    "v4": dict(context=False, norm=False, sprite_px=75, dens_l1=0.0, empties=0.0),
+    "norm": dict(context=False, norm=True, sprite_px=75, dens_l1=0.0, empties=0.0),
+    "context": dict(context=True, norm=False, sprite_px=90, dens_l1=0.0, empties=0.0),
+    "sparse": dict(context=True, norm=False, sprite_px=90, dens_l1=0.5, empties=0.0),
+    "empties": dict(context=True, norm=False, sprite_px=90, dens_l1=0.5, empties=0.1),
+    "props": dict(context=True, norm=False, sprite_px=90, dens_l1=0.5, empties=0.1, props=0.5),
+}
+
+
+def build_student(context: bool = True, norm: bool = True):
+    """The student. ``norm``: each frame standardised (its own mean and spread) before the first
+    convolution; ``context``: two residual depthwise-separable 3x3 layers (dilation 2 and 4) on the
+    12x16 features, receptive field from ~22 to ~118 input pixels for a few hundred extra MACs per cell."""
     import torch
     from torch import nn
+
+    class Context(nn.Module):
+        def __init__(self, ch, dilation):
+            super().__init__()
+            self.body = nn.Sequential(nn.Conv2d(ch, ch, 3, padding=dilation, dilation=dilation, groups=ch),
+                                      nn.Conv2d(ch, ch, 1), nn.BatchNorm2d(ch), nn.ReLU())
+
+        def forward(self, f):
+            return f + self.body(f)
 
     class Student(nn.Module):
         def __init__(self):
@@ -95,7 +119,10 @@ def build_student():
                 return nn.Sequential(nn.Conv2d(cin, cout, 3, padding=1), nn.BatchNorm2d(cout),
                                      nn.ReLU(), nn.MaxPool2d(2))
 
-            self.features = nn.Sequential(block(1, 8), block(8, 16), block(16, 32))  # -> 32x12x16
+            layers = [block(1, 8), block(8, 16), block(16, 32)]              # -> 32x12x16
+            if context:
+                layers += [Context(32, 2), Context(32, 4)]
+            self.features = nn.Sequential(*layers)
             self.grid = nn.Sequential(nn.AvgPool2d(2), nn.Conv2d(32, 1, 1))  # -> 1x6x8
             self.count = nn.Sequential(nn.Conv2d(32, 16, 1), nn.ReLU(), nn.Conv2d(16, 1, 1))
 
@@ -104,6 +131,10 @@ def build_student():
             return count, occupancy
 
         def heads(self, frame):
+            if norm:
+                mean = frame.mean(dim=(2, 3), keepdim=True)
+                spread = (frame - mean).abs().mean(dim=(2, 3), keepdim=True)
+                frame = (frame - mean) / (spread + 0.02) * 0.15
             f = self.features(frame)
             occupancy = torch.sigmoid(self.grid(f))[:, 0]
             density = torch.relu(self.count(f))[:, 0]       # people per 8x8-pixel cell of the input
@@ -118,6 +149,7 @@ def main(argv=None) -> int:
     ap.add_argument("--out", type=Path, default=HERE / "camera_counter.onnx")
     ap.add_argument("--steps", type=int, default=1000, help="training steps of 32 samples")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--recipe", choices=list(RECIPES), default="v4")
     ap.add_argument("--validate", action="store_true",
                     help="for choosing settings: train on the left half of the training part only, report on the "
                          "rest of it (another view, never the held-out sets), export nothing")
@@ -137,30 +169,38 @@ def main(argv=None) -> int:
         frames, background, masks = frames[:, :, :cut], background[:, :cut], masks[:, :, :cut // MASK_STEP]
         tight, blobs = [t[:, :cut // 2] for t in tight], [b[b[:, 4] < cut] for b in blobs]
         cut = int(cut * 0.5)
-    scenes = Scenes(frames, blobs, masks, tight, background, cut, rng)
+    recipe = RECIPES[args.recipe]
+    scenes = Scenes(frames, blobs, masks, tight, background, cut, rng, sprite_px=recipe["sprite_px"],
+                    props=recipe.get("props", 0.0))
     print(f"{len(frames)} frames, {len(scenes.sprites['train'])} training sprites, "
           f"{len(scenes.sprites['held'])} held-out sprites, {time.time() - t0:.1f}s")
 
     def train_sample():
-        img, tg = scenes.random_crop() if rng.random() < 0.5 else scenes.composite()
+        pick = rng.random()
+        img, tg = (scenes.empty_crop() if pick < recipe["empties"] else
+                   scenes.random_crop() if pick < 0.5 else scenes.composite())
         return jitter(img, rng), tg
 
     if args.validate:
         held = {"validation view (cols 230-460)": sample_set(lambda: scenes.random_crop(held=True, width=(0.8, 1.0)), 400),
                 "validation view, empty scene": sample_set(lambda: scenes.empty_crop(held=True, width=(0.8, 1.0)), 100),
+                "validation view, close crops": sample_set(lambda: scenes.random_crop(held=True, width=(0.4, 0.8)), 300),
+                "validation sprites on validation scene": sample_set(lambda: scenes.composite(held=True, scene=True), 300),
                 "training distribution (fresh draws)": sample_set(train_sample, 300)}
     else:
         held = {"right 40% of the video (unseen view)": sample_set(lambda: scenes.random_crop(held=True, width=(0.5, 1.0)), 400),
                 "right 40% of the video, empty scene": sample_set(lambda: scenes.empty_crop(held=True, width=(0.5, 1.0)), 100),
                 "unseen background family + unseen sprites": sample_set(lambda: scenes.composite(held=True), 300),
                 "training distribution (fresh draws)": sample_set(train_sample, 300)}
+        held["right-view sprites on the right view's empty scene"] = sample_set(
+            lambda: scenes.composite(held=True, scene=True), 300)
         full = [scenes.crop(scenes.view(i), 0, 0, frames.shape[2], frames.shape[1]) for i in range(len(frames))]
         held["full frames (60% of each seen in training)"] = (
             model_input([f for f, _ in full]), np.array([t[0] for _, t in full], np.float32),
             np.stack([t[1] for _, t in full]), np.stack([t[2] for _, t in full]))
     print(f"held-out sets ready, {time.time() - t0:.1f}s")
 
-    model = build_student()
+    model = build_student(recipe["context"], recipe["norm"])
     opt = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=1e-4)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=4e-3, total_steps=args.steps)
     # blur the centroid map (sum-preserving) so a blob one cell off is only a small error
@@ -177,6 +217,8 @@ def main(argv=None) -> int:
             xb, gb, db = xb.flip(-1), gb.flip(-1), db.flip(-1)
         pc, pg, pd = model.heads(xb)
         loss = tf.smooth_l1_loss(pc[:, 0], cb) + 10 * tf.mse_loss(pg, gb) + 100 * tf.mse_loss(pd, db)
+        if recipe["dens_l1"]:                      # exact zeros where nobody is: small noise adds up over 192 cells
+            loss = loss + recipe["dens_l1"] * (pd - db).abs().sum(dim=(1, 2)).mean()
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -189,11 +231,14 @@ def main(argv=None) -> int:
     train_mean = float(np.mean(counts_seen))
     import onnxruntime as ort
 
-    previous = None
+    previous, previous_mean = None, None
     if args.out.exists() and not args.validate:
         previous = ort.InferenceSession(str(args.out), providers=["CPUExecutionProvider"])
+        old_report = args.out.with_name(args.out.stem + ".report.json")
+        if old_report.exists():
+            previous_mean = json.loads(old_report.read_text()).get("train_mean_count")
     model.eval()
-    report = {"video": args.video.name, "frames": int(len(frames)), "cut_column": cut,
+    report = {"video": args.video.name, "frames": int(len(frames)), "cut_column": cut, "recipe": args.recipe,
               "training_samples": args.steps * 32, "train_mean_count": round(train_mean, 3),
               "teacher": "median background, |diff|>30, open 5x5, dilate 9x15, blobs area>=600 & height>=30",
               "parameters": int(sum(p.numel() for p in model.parameters())), "heldout": {}}
@@ -201,11 +246,15 @@ def main(argv=None) -> int:
         with torch.no_grad():
             pc, pg = model(torch.from_numpy(x))
         row = count_errors(pc[:, 0].numpy(), c, train_mean)
+        row["mean_prediction"] = round(float(pc.mean()), 2)
         row["grid_mae"] = round(float(np.abs(pg.numpy() - g).mean()), 4)
         row["samples"] = int(len(c))
         if previous is not None:
             old = np.concatenate([previous.run(["count"], {"frame": x[i:i + 64]})[0][:, 0] for i in range(0, len(x), 64)])
             row["previous_model_count_mae"] = round(float(np.abs(old - c).mean()), 3)
+            row["previous_model_mean_prediction"] = round(float(old.mean()), 2)
+        if previous_mean is not None:
+            row["baseline_mae_predict_previous_train_mean"] = round(float(np.abs(previous_mean - c).mean()), 3)
         report["heldout"][name] = row
     report["train_seconds"] = round(time.time() - t0, 1)
     if args.validate:
