@@ -30,7 +30,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from corpus import FAMILIES, Series, corpus  # noqa: E402
+from corpus import FAMILIES, FREE, Series, corpus  # noqa: E402
 from nab import PROBATION, PROFILES, SeriesScorer, candidate_thresholds, corpus_score  # noqa: E402
 
 from detectors.base import make_detector  # noqa: E402
@@ -124,6 +124,18 @@ def false_alerts(scores, series, thr) -> float:
     return 1e4 * flagged / max(1, total)
 
 
+def false_alerts_by_type(scores, series, thr) -> dict[str, tuple[int, int, float]]:
+    """Per anomaly-free type: (flagged rows, scored rows, the most flagged per 10,000 on one of its series)."""
+    out = {}
+    for s, x in zip(scores, series):
+        if not x.events:
+            start = int(PROBATION * len(s))
+            k, n = int((s[start:] >= thr).sum()), len(s) - start
+            f, t, worst = out.get(x.family, (0, 0, 0.0))
+            out[x.family] = (f + k, t + n, max(worst, 1e4 * k / max(1, n)))
+    return out
+
+
 def evaluate(label, tune_series, report_series, groups) -> dict:
     kind, params, default_thr = DETECTORS[label]
     t0 = time.process_time()
@@ -141,6 +153,8 @@ def evaluate(label, tune_series, report_series, groups) -> dict:
         out["default_std"] = float(corpus_score(scorers, np.array([default_thr]), "Standard")[0])
     out["fa"] = false_alerts(rep_scores, report_series, thr["Standard"])
     out["fa_default"] = false_alerts(rep_scores, report_series, default_thr) if default_thr is not None else None
+    if default_thr is not None:
+        out["fa_types"] = false_alerts_by_type(rep_scores, report_series, default_thr)
     return out
 
 
@@ -169,6 +183,15 @@ def corpus_tables(labels, half: str = "report") -> None:
     print("|---|" + "---|" * len(FAMILIES))
     for r in results:
         print(f"| {r['label']} | " + " | ".join(fmt(r["groups"][f], ".0f") for f in FAMILIES) + " |")
+    print(f"\n### False alerts per anomaly-free type at the stage default threshold ({'tuning' if half == 'tune' else 'held-out'} "
+          "half): flagged rows / scored rows (the most on one series, per 10,000)\n")
+    print("| detector | " + " | ".join(t.removeprefix("free_") for t in FREE) + " | worst series / 10k |")
+    print("|---|" + "---|" * (len(FREE) + 1))
+    for r in results:
+        if "fa_types" in r:
+            cells = [r["fa_types"].get(t, (0, 0, 0.0)) for t in FREE]
+            print(f"| {r['label']} | " + " | ".join(f"{f} / {n:,}" for f, n, _ in cells)
+                  + f" | {max(w for _, _, w in cells):.2f} |")
     print(flush=True)
 
 
