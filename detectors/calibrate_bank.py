@@ -64,6 +64,7 @@ class CalibratorBank:
     def _fit(self, slot: int) -> dict:
         a = self.a
         view = SimpleNamespace(count=a.count[slot], sum1=a.sum1[slot], sum2=a.sum2[slot], tail=self.tail)
+        view._fit_moments = lambda: TailCalibrator._fit_moments(view)
         return TailCalibrator._fit(view)
 
     def _set_table(self, slot: int, tb: dict | None) -> None:

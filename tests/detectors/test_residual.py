@@ -200,6 +200,43 @@ def test_the_calibrator_is_not_blown_up_by_scores_learned_before_its_first_table
     assert p_dirty[1] < 1e-3 and p_dirty[1] < 0.7 * p_dirty[0] and (p_dirty < 50 * p_clean).all()
 
 
+def bursty(n, rng):
+    """Mostly zero, with bursts of exponential length and size (traffic, flow): as benchmarks/corpus.py."""
+    x, i = np.zeros(n), 0
+    while i < n:
+        i += int(rng.exponential(20)) + 1
+        length = int(rng.exponential(4)) + 1
+        x[i:i + length] = rng.exponential(1, len(x[i:i + length])) * 5
+        i += length
+    return x
+
+
+def test_bursty_keys_flag_about_the_rate_asked_for_also_while_young():
+    # 12 bursty keys of 4,000 readings: at 1 - 1e-4 about 4.8 normal readings may be flagged in all.  Before the
+    # shape prior the young keys' method-of-moments tails were too light and 8 were (5 on one key).
+    flags = []
+    for seed in range(12):
+        rng = np.random.default_rng([7, seed])
+        x, ts = bursty(4000, rng), np.arange(4000) * 300.0
+        s, _ = run(ResidualDetector(["v"]), x, ts)
+        flags.append(int((s >= 1 - 1e-4).sum()))
+    assert sum(flags) <= 6 and max(flags) <= 2, flags
+
+
+def test_the_shape_prior_weighs_only_while_the_tail_is_short():
+    rng = np.random.default_rng(3)
+    normal = np.abs(rng.normal(size=60_000))  # a light (half-normal) tail: the moments fit shape 0
+    young, old = TailCalibrator(), TailCalibrator()
+    young.learn(normal[:512])   # about 10 tail scores: pulled most of the way towards 0.2
+    old.learn(normal)           # about 600 (decayed): the fit's own shape, nearly
+    assert young.table["gamma"] > 0.1
+    assert old.table["gamma"] < 0.02
+    # and a heavy tail keeps its own shape (the prior never makes a tail lighter)
+    pareto = TailCalibrator()
+    pareto.learn(rng.pareto(3.0, 60_000) + 1.0)
+    assert pareto.table["gamma"] > 0.2
+
+
 def test_the_linear_forecast_follows_a_slope_without_lag_so_a_spike_on_it_stands_out():
     """On a steady slope the slow level lags (by 9 slopes) and the fast one is noisy; Brown's linear forecast
     has neither, so its residuals are the noise alone and a spike on the slope scores higher than before."""
