@@ -6,8 +6,7 @@ linearly like ``numpy.percentile``.
 
 Event time is kept **per key** (``watermark: per_key``, the default): each key (e.g. each device) has its own
 watermark, the largest event time that key has shown minus ``allowed_lateness``, advanced reading by reading,
-so the output does not depend on how readings were batched (unless ``max_open_windows`` forces windows
-closed: that bound is enforced once per micro-batch, see ``windows_forced``). A reading is *late* when a window it belongs to
+so the output does not depend on how readings were batched. A reading is *late* when a window it belongs to
 has already closed for its key; one device far behind or far ahead changes nothing for the others.
 ``watermark: global`` keeps one clock for all keys (the newest event time of any key).
 
@@ -16,7 +15,11 @@ A window of a key closes (is emitted) when the first of these happens:
 * the key's watermark reaches the window's end (``end + allowed_lateness <= newest event time of the key``);
 * the key has sent nothing for ``idle_close`` of processing time (default 5 min, or ``size + allowed_lateness``
   when longer): all of its open windows are emitted;
-* more than ``max_open_windows`` windows are open: the oldest are emitted early (counted as ``windows_forced``).
+* more than ``max_open_windows`` windows are open (all keys) after a reading: the oldest by end (ties by key) are
+  emitted early until ``max_open_windows`` are open (``global``: with every window ending by then, as the one
+  clock's floor passed them), counted as ``windows_forced``. The bound is applied after every reading, as if
+  readings came one at a time (``pipeline/stages/window_bound.py``), so which windows are forced, and with which
+  readings, does not depend on where micro-batches were cut either.
 
 An emitted window never reopens: after an idle or forced close, readings for it count as late. A reading
 stamped more than ``max_future`` ahead of its arrival is dead-lettered with the reason ``future_timestamp``
@@ -27,13 +30,13 @@ without one is judged against the pipeline clock), not when this stage happens t
 from the journal after a crash is judged exactly as it was the first time, so the same messages give the same
 windows and dead letters whether or not the process was restarted in between. Everything else that decides
 what a window holds (late readings, ``allowed_lateness``, the key clocks) is event time, compared only with
-other readings; only ``idle_close`` is processing time (counted from the restart after one), and the
-``max_open_windows`` bound depends on where micro-batches were cut, which a replay may cut differently. A
-checkpoint keeps its key clocks as they were judged at arrival, also when the restart's clock is behind them (a
-gateway whose clock came back wrong before NTP): pulling them back would reopen emitted windows; only clocks
-from checkpoints of versions that did not judge ``max_future`` are reset to now + ``max_future``. Late and future
-readings are counted (``late``, ``future_timestamp``) and logged once per key and episode. Windows emitted by
-a watermark come out in the order of the reading that closed them, then by start and key.
+other readings, or the open-window count after each reading; only ``idle_close`` is processing time (counted
+from the restart after one). A checkpoint keeps its key clocks as they were judged at arrival, also when the
+restart's clock is behind them (a gateway whose clock came back wrong before NTP): pulling them back would
+reopen emitted windows; only clocks from checkpoints of versions that did not judge ``max_future`` are reset to now + ``max_future``. Late and future
+readings are counted (``late``, ``future_timestamp``) and logged once per key and episode. Windows come out in the
+order of the reading that closed them (those its watermark closed, then those forced out after it), then by start
+and key.
 
 >>> from pipeline.testing import run_stage
 >>> out = run_stage(Window, {"size": "10s", "key": ["device"], "aggregates": {"t": ["mean", "max"]}}, [
@@ -58,7 +61,7 @@ from ..keys import key_codes
 from ..numeric import split_numeric
 from ..stage import Context, Stage, StateChanges
 from .window_aggregate import AGGREGATES
-from .window_bound import NEVER, OpenWindowBound, Plan
+from .window_bound import NEVER, NO_FORCE, OpenWindowBound, Plan
 from .window_buffer import OpenWindows
 from .window_clock import EpisodeLog, EventClocks
 from .window_state import META, RowEntries
@@ -93,8 +96,8 @@ class WindowConfig(StageConfig):
                                 "outage whose buffered readings should still count.",
     )
     max_open_windows: int = Field(
-        100_000, ge=1, description="Most windows open at once (all keys); beyond it the oldest are emitted early and "
-                                   "counted as `windows_forced`.")
+        100_000, ge=1, description="Most windows open at once (all keys), checked after every reading; beyond it the "
+                                   "oldest are emitted early and counted as `windows_forced`.")
 
     @model_validator(mode="after")
     def _hop_within_size(self):
@@ -186,7 +189,9 @@ class Window(Stage):
         start = np.concatenate(starts) if copies > 1 else starts[0]
         late = start + self.size <= wm_before[row]
         on = np.flatnonzero(~late)
-        plan = self.bound.plan(self.open, key_ids[row[on]], clock[row[on]], start[on], row[on], run, self.clocks, n)
+        plan = NO_FORCE
+        if self.bound.near(len(on), self.open.rows):
+            plan = self.bound.plan(self.open, key_ids[row[on]], clock[row[on]], start[on], row[on], run, self.clocks, n)
         if plan.forced:       # a reading added after its window's clock floor was raised by a force is late
             late[on[plan.first_raise(clock[row[on]], start[on] + self.size) < row[on]]] = True
         late_rows = np.unique(row[late]) if late.any() else np.empty(0, dtype=np.int64)

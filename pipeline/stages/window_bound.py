@@ -20,6 +20,16 @@ One micro-batch is planned in one pass, window by window rather than reading by 
   marks late every reading added after its window's floor was raised, adds the rest, and removes every closed
   window's rows in its usual single pass; each closed window's output rank says whether a watermark or a force
   closed it, and at which reading.
+
+With room for two windows, device c's first reading opens a third: the oldest (a's, ties by key) is forced out,
+and a's next reading is late. Any cut of the four readings gives the same:
+
+>>> from pipeline.stages.window import Window
+>>> from pipeline.testing import run_stage
+>>> recs = [{"ts": t, "tags": {"device": d}, "fields": {"t": 1.0}} for t, d in [(0, "a"), (1, "b"), (2, "c"), (3, "a")]]
+>>> opts = {"size": "10s", "key": ["device"], "aggregates": {"t": ["count"]}, "max_open_windows": 2}
+>>> [[(r["tags"]["device"], r["fields"]["count"]) for r in run_stage(Window, opts, recs, batch_size=b)] for b in (1, 3, 4)]
+[[('a', 1), ('b', 1), ('c', 1)], [('a', 1), ('b', 1), ('c', 1)], [('a', 1), ('b', 1), ('c', 1)]]
 """
 
 from __future__ import annotations
@@ -82,15 +92,20 @@ class OpenWindowBound:
     def reset(self, buffered_rows: int) -> None:
         self.table, self.upper = None, buffered_rows
 
+    def near(self, rows: int, buffered: int) -> bool:
+        """Whether ``rows`` more on-time window rows could take the count over the limit; if not, they are counted
+        (as an upper bound: each row may open a window) and the batch needs no plan."""
+        if self.upper + rows <= self.limit or buffered + rows <= self.limit:
+            self.table = None
+            self.upper += rows
+            return False
+        return True
+
     def plan(self, windows, key: np.ndarray, clock: np.ndarray, start: np.ndarray, time: np.ndarray,
              run: RunningMax, clocks, n: int) -> Plan:
-        """Plan one batch of ``n`` readings whose on-time window rows are (key, clock, start, time = the reading's
+        """Plan one batch (after ``near`` said so) of ``n`` readings whose on-time window rows are (key, clock, start, time = the reading's
         position in the batch). ``windows`` is the stage's OpenWindows before these rows are added, ``run`` the
         batch's running watermark and ``clocks`` the EventClocks after the batch, before any force."""
-        if self.upper + len(start) <= self.limit or windows.rows + len(start) <= self.limit:
-            self.table = None
-            self.upper += len(start)
-            return NO_FORCE
         if self.table is None:
             self.table = windows.windows()
         old = self.table
