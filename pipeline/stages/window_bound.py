@@ -94,8 +94,10 @@ class OpenWindowBound:
 
     def near(self, rows: int, buffered: int) -> bool:
         """Whether ``rows`` more on-time window rows could take the count over the limit; if not, they are counted
-        (as an upper bound: each row may open a window) and the batch needs no plan."""
-        if self.upper + rows <= self.limit or buffered + rows <= self.limit:
+        (as an upper bound: each row may open a window) and the batch needs no plan. A table already kept is kept
+        up to date until the count is back under half the limit: rebuilding it costs a sort of every buffered row."""
+        margin = self.limit if self.table is None else self.limit // 2
+        if self.upper + rows <= margin or buffered + rows <= margin:
             self.table = None
             self.upper += rows
             return False

@@ -150,3 +150,20 @@ def test_a_checkpoint_mid_stream_replayed_with_other_cuts_gives_the_same(referen
         assert counters == want_counters, at
         assert out == want_out, at
         assert dead_letters(dead1 + dead2) == want_dead, at
+
+
+def test_a_limit_lowered_across_a_restart_forces_at_the_first_reading_whatever_the_cut(references):
+    records, _ = references
+    first, _ = build_stage(Window, options("hopping-per_key-25"), clock=FakeClock(NOW))
+    feed(first, records[:400], [])
+    state = plain_copy(first.snapshot())
+    assert len(first.open.windows()["start"]) > 8
+    lowered = {**options("hopping-per_key-25"), "max_open_windows": 4}
+    results = []
+    for cuts in (list(range(1, len(records) - 400)), [], [1, 2, 60, 61, 200]):
+        stage, dead = build_stage(Window, lowered, clock=FakeClock(NOW))
+        stage.restore(state)
+        out = feed(stage, records[400:], cuts) + (stage.flush() or Batch.empty()).to_records()
+        results.append(outcome(stage, dead, out))
+    assert results[0][1]["windows_forced"] > 4
+    assert results[1] == results[0] and results[2] == results[0]
