@@ -120,6 +120,8 @@ def main() -> None:
                                fields={"t": values[i:i + args.batch]}) for i in range(0, len(ts), args.batch)]
                for label, impl in impls.items()}
     results = {(label, case): [] for label in impls for case in cases}
+    for label, impl in impls.items():             # warm-up (first calls into numpy and pandas), not timed
+        run_case(impl, batches[label][:20], 100_000)
     for _ in range(args.repeat):                  # interleaved: machine noise hits every case alike
         for label, impl in impls.items():
             for case, limit in cases.items():
