@@ -105,9 +105,10 @@ class OpenWindowBound:
 
     def plan(self, windows, key: np.ndarray, clock: np.ndarray, start: np.ndarray, time: np.ndarray,
              run: RunningMax, clocks, n: int) -> Plan:
-        """Plan one batch (after ``near`` said so) of ``n`` readings whose on-time window rows are (key, clock, start, time = the reading's
-        position in the batch). ``windows`` is the stage's OpenWindows before these rows are added, ``run`` the
-        batch's running watermark and ``clocks`` the EventClocks after the batch, before any force."""
+        """Plan one batch (after ``near`` said so) of ``n`` readings whose on-time window rows are (key, clock,
+        start, time = the reading's position in the batch). ``windows`` is the stage's OpenWindows before these rows
+        are added, ``run`` the batch's running watermark and ``clocks`` the EventClocks after the batch, before any
+        force."""
         if self.table is None:
             self.table = windows.windows()
         old = self.table
@@ -128,7 +129,8 @@ class OpenWindowBound:
         w_end = w_start + self.size
         pos = run.first_reaching(w_clock, w_end)
         w_close = np.where(pos >= 0, run.order[np.maximum(pos, 0)], NEVER)
-        w_close[(pos < 0) & (w_end <= clocks.watermark(w_clock))] = -1      # closed before the batch (a watermark mode change)
+        # closed before the batch: only after a restore that changed ``watermark:``
+        w_close[(pos < 0) & (w_end <= clocks.watermark(w_clock))] = -1
         over = self._first_over(w_open, w_close, len(old["start"]), n)
         if over < 0:
             left = w_close == NEVER
