@@ -6,8 +6,7 @@ linearly like ``numpy.percentile``.
 
 Event time is kept **per key** (``watermark: per_key``, the default): each key (e.g. each device) has its own
 watermark, the largest event time that key has shown minus ``allowed_lateness``, advanced reading by reading,
-so the output does not depend on how readings were batched (unless ``max_open_windows`` forces windows
-closed: that bound is enforced once per micro-batch, see ``windows_forced``). A reading is *late* when a window it belongs to
+so the output does not depend on how readings were batched. A reading is *late* when a window it belongs to
 has already closed for its key; one device far behind or far ahead changes nothing for the others.
 ``watermark: global`` keeps one clock for all keys (the newest event time of any key).
 
@@ -16,7 +15,11 @@ A window of a key closes (is emitted) when the first of these happens:
 * the key's watermark reaches the window's end (``end + allowed_lateness <= newest event time of the key``);
 * the key has sent nothing for ``idle_close`` of processing time (default 5 min, or ``size + allowed_lateness``
   when longer): all of its open windows are emitted;
-* more than ``max_open_windows`` windows are open: the oldest are emitted early (counted as ``windows_forced``).
+* more than ``max_open_windows`` windows are open (all keys) after a reading: the oldest by end (ties by key) are
+  emitted early until ``max_open_windows`` are open (``global``: with every window ending by then, as the one
+  clock's floor passed them), counted as ``windows_forced``. The bound is applied after every reading, as if
+  readings came one at a time (``pipeline/stages/window_bound.py``), so which windows are forced, and with which
+  readings, does not depend on where micro-batches were cut either.
 
 An emitted window never reopens: after an idle or forced close, readings for it count as late. A reading
 stamped more than ``max_future`` ahead of its arrival is dead-lettered with the reason ``future_timestamp``
@@ -27,13 +30,13 @@ without one is judged against the pipeline clock), not when this stage happens t
 from the journal after a crash is judged exactly as it was the first time, so the same messages give the same
 windows and dead letters whether or not the process was restarted in between. Everything else that decides
 what a window holds (late readings, ``allowed_lateness``, the key clocks) is event time, compared only with
-other readings; only ``idle_close`` is processing time (counted from the restart after one), and the
-``max_open_windows`` bound depends on where micro-batches were cut, which a replay may cut differently. A
-checkpoint keeps its key clocks as they were judged at arrival, also when the restart's clock is behind them (a
-gateway whose clock came back wrong before NTP): pulling them back would reopen emitted windows; only clocks
-from checkpoints of versions that did not judge ``max_future`` are reset to now + ``max_future``. Late and future
-readings are counted (``late``, ``future_timestamp``) and logged once per key and episode. Windows emitted by
-a watermark come out in the order of the reading that closed them, then by start and key.
+other readings, or the open-window count after each reading; only ``idle_close`` is processing time (counted
+from the restart after one). A checkpoint keeps its key clocks as they were judged at arrival, also when the
+restart's clock is behind them (a gateway whose clock came back wrong before NTP): pulling them back would
+reopen emitted windows; only clocks from checkpoints of versions that did not judge ``max_future`` are reset to now + ``max_future``. Late and future
+readings are counted (``late``, ``future_timestamp``) and logged once per key and episode. Windows come out in the
+order of the reading that closed them (those its watermark closed, then those forced out after it), then by start
+and key.
 
 >>> from pipeline.testing import run_stage
 >>> out = run_stage(Window, {"size": "10s", "key": ["device"], "aggregates": {"t": ["mean", "max"]}}, [
@@ -58,6 +61,7 @@ from ..keys import key_codes
 from ..numeric import split_numeric
 from ..stage import Context, Stage, StateChanges
 from .window_aggregate import AGGREGATES
+from .window_bound import NEVER, NO_FORCE, OpenWindowBound, Plan
 from .window_buffer import OpenWindows
 from .window_clock import EpisodeLog, EventClocks
 from .window_state import META, RowEntries
@@ -92,8 +96,8 @@ class WindowConfig(StageConfig):
                                 "outage whose buffered readings should still count.",
     )
     max_open_windows: int = Field(
-        100_000, ge=1, description="Most windows open at once (all keys); beyond it the oldest are emitted early and "
-                                   "counted as `windows_forced`.")
+        100_000, ge=1, description="Most windows open at once (all keys), checked after every reading; beyond it the "
+                                   "oldest are emitted early and counted as `windows_forced`.")
 
     @model_validator(mode="after")
     def _hop_within_size(self):
@@ -121,7 +125,7 @@ class Window(Stage):
         self.open = OpenWindows(self.size, config.aggregates, config.key)
         self._entries = RowEntries()      # what the next checkpoint writes (pipeline/stages/window_state.py)
         self.open.on_remove = self._entries.removed
-        self._counted = (0, 0)            # (exact open windows, open.added) at the last count
+        self.bound = OpenWindowBound(self.size, config.max_open_windows, self.per_key)
         self._forced_logged_at = -np.inf
         self._late_log = EpisodeLog(self._describe_late)
         self._future_log = EpisodeLog(self._describe_future)
@@ -184,6 +188,12 @@ class Window(Stage):
         row = np.concatenate(rows) if copies > 1 else rows[0]
         start = np.concatenate(starts) if copies > 1 else starts[0]
         late = start + self.size <= wm_before[row]
+        on = np.flatnonzero(~late)
+        plan = NO_FORCE
+        if self.bound.near(len(on), self.open.rows):
+            plan = self.bound.plan(self.open, key_ids[row[on]], clock[row[on]], start[on], row[on], run, self.clocks, n)
+        if plan.forced:       # a reading added after its window's clock floor was raised by a force is late
+            late[on[plan.first_raise(clock[row[on]], start[on] + self.size) < row[on]]] = True
         late_rows = np.unique(row[late]) if late.any() else np.empty(0, dtype=np.int64)
         if len(late_rows) or self._late_log.open.any():
             self._report_late(good, key_ids, late_rows, row[~late], run.before + self.config.allowed_lateness, now)
@@ -194,9 +204,9 @@ class Window(Stage):
         for f in self.fields:
             chunk["v:" + f] = good.fields[f][row] if f in good.fields else np.full(len(row), np.nan)
         self.open.add(chunk)
-        closed = self._close_by_watermark(run, seq)
-        forced = self._enforce_bound(now)
-        return Batch.concat([closed, forced]) if len(forced) else closed
+        if plan.forced:
+            self._count_forced(plan, now)
+        return self._close(run, seq, plan)
 
     def _reject_future(self, good: Batch, key_ids: np.ndarray, arrival: np.ndarray, now: float):
         ahead = good.ts - arrival          # judged at arrival, never at processing: a replay judges the same
@@ -245,7 +255,11 @@ class Window(Stage):
                 f"`future_timestamp`; more from this key are only counted until its clock is sane again")
 
     # ------------------------------------------------------------------ close
-    def _close_by_watermark(self, run, seq: np.ndarray) -> Batch:
+    def _close(self, run, seq: np.ndarray, plan: Plan) -> Batch:
+        """Emit every window closed by the batch: by a reading's watermark or forced out by the bound after one.
+
+        Windows come out in the order of the reading that closed them (those its watermark closed, then those
+        forced after it), then by start and key, as they would one reading at a time."""
         nclocks = self.clocks.n
         wm = self.clocks.watermark()
         if not (self.open.min_end[:nclocks] <= wm).any():
@@ -253,10 +267,14 @@ class Window(Stage):
         rows = self.open.all()
         end = rows["start"] + self.size
         closing = end <= wm[rows["clock"]]
+        clock, end = rows["clock"][closing], end[closing]
         # the reading that closed each window: the first of its clock whose watermark reached the window's end
-        # (an open window's end is above its clock's floor, so the floor never closes one here)
-        pos = run.first_reaching(rows["clock"][closing], end[closing])
-        rank = np.where(pos >= 0, seq[run.order][np.maximum(pos, 0)], -1)
+        # (an open window's end is above its clock's floor before the batch, so that floor never closes one here)
+        pos = run.first_reaching(clock, end)
+        by_watermark = np.where(pos >= 0, run.order[np.maximum(pos, 0)], NEVER)
+        forced_after = plan.first_raise(clock, end)
+        at = np.minimum(by_watermark, forced_after)
+        rank = np.where(at < NEVER, 2 * seq[np.minimum(at, len(seq) - 1)] + (forced_after < by_watermark), -1)
         return self.open.emit(self.open.take(closing), rank, self._key_values)
 
     def _close_through(self, floor: np.ndarray) -> Batch:
@@ -265,30 +283,17 @@ class Window(Stage):
         rows = self.open.all()
         closing = rows["start"] + self.size <= self.clocks.floor[rows["clock"]]
         closed = self.open.take(closing)
+        self.bound.forget()
         return self.open.emit(closed, np.zeros(len(closed["start"])), self._key_values)
 
-    def _enforce_bound(self, now: float) -> Batch:
-        limit = self.config.max_open_windows
-        known, added_then = self._counted
-        if self.open.rows <= limit or known + self.open.added - added_then <= limit:
-            return Batch.empty()
-        win = self.open.windows()
-        self._counted = (len(win["start"]), self.open.added)
-        excess = len(win["start"]) - limit
-        if excess <= 0:
-            return Batch.empty()
-        end = win["start"] + self.size
-        oldest = np.lexsort((win["key"], end))[:excess]
-        floor = np.full(self.clocks.n, -np.inf)
-        np.maximum.at(floor, win["clock"][oldest], end[oldest])
-        out = self._close_through(floor)
-        self._counted = (len(win["start"]) - len(out), self.open.added)
-        self.ctx.count("windows_forced", len(out))
+    def _count_forced(self, plan: Plan, now: float) -> None:
+        np.maximum.at(self.clocks.floor, *plan.final_floors())    # forced windows never reopen
+        self.ctx.count("windows_forced", plan.forced)
         if now - self._forced_logged_at >= 60:
             self._forced_logged_at = now
             log.warning("stage %r: more than max_open_windows=%d windows open; emitted the %d oldest early (counted as "
-                        "`windows_forced`; later readings for them are late)", self.ctx.item_id, limit, len(out))
-        return out
+                        "`windows_forced`; later readings for them are late)", self.ctx.item_id,
+                        self.config.max_open_windows, plan.forced)
 
     def tick(self, now: float) -> Batch | None:
         if not self.open.rows:
@@ -367,7 +372,7 @@ class Window(Stage):
         if pending is not None:
             pending["clock"] = pending["key"] if self.per_key else np.zeros(len(pending["key"]), dtype=np.int64)
         self.open.restore(pending, self.clocks.n)
-        self._counted = (0, 0)
+        self.bound.reset(self.open.rows)
         # a clock poisoned before max_future judged it (a checkpoint without `future_limit`, or saved with no
         # limit) is reset to sane time. A checkpoint saved with a limit is not capped: its clocks were judged at
         # each reading's arrival, which may be later than this restart's clock (a gateway whose clock came back

@@ -19,7 +19,6 @@ class OpenWindows:
         self.size, self.aggregates, self.key_names = size, aggregates, key_names
         self._chunks: list[dict[str, np.ndarray]] = []
         self.rows = 0
-        self.added = 0                 # rows ever added (an upper bound on windows opened since a count)
         self.min_end = np.empty(0)     # per clock; inf = no open window
         self.on_remove = None          # called with the rows that closed (the checkpoint entries follow them)
 
@@ -31,7 +30,6 @@ class OpenWindows:
         if len(chunk["start"]):
             self._chunks.append(chunk)
             self.rows += len(chunk["start"])
-            self.added += len(chunk["start"])
             np.minimum.at(self.min_end, chunk["clock"], chunk["start"] + self.size)
 
     def all(self) -> dict[str, np.ndarray] | None:
