@@ -9,10 +9,6 @@ was never interrupted and with an independent computation from what was publishe
 from __future__ import annotations
 
 import math
-import os
-import signal
-import subprocess
-import sys
 import time
 import uuid
 from collections import Counter, defaultdict
@@ -20,9 +16,8 @@ from collections import Counter, defaultdict
 import pytest
 import yaml
 
-from tests.support.cli import cli_env, metric
 from tests.support.clients import read_ndjson, windows_written
-from tests.support.mosquitto import free_port
+from tests.support.edgesieve_run import Run, publish_all
 from tests.support.waiting import settle, wait_until
 
 DEVICES = 5
@@ -78,50 +73,8 @@ def doc(tmp_path, url: str, prefix: str) -> dict:
     }
 
 
-class Run:
-    """``edgesieve run`` in a subprocess whose pipeline clock is ``offset`` seconds ahead, with live metrics."""
-
-    def __init__(self, path, offset: float):
-        self.port = free_port()
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "tests.support.offset_clock", str(offset), "run", str(path), "--metrics-port",
-             str(self.port)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=cli_env())
-        wait_until(lambda: self.count("in", "out") >= 0 or self.proc.poll() is not None, what="edgesieve to start")
-        assert self.proc.poll() is None, self.proc.communicate()[1].decode()[-3000:]
-
-    def count(self, item: str, event: str | None, name: str = "edgesieve_records_total") -> int:
-        return metric(self.port, item, event, name)
-
-    def kill(self) -> str:
-        os.kill(self.proc.pid, signal.SIGKILL)
-        return self.proc.communicate(timeout=10)[1].decode()
-
-    def stop(self) -> str:
-        self.proc.send_signal(signal.SIGTERM)
-        _, err = self.proc.communicate(timeout=30)
-        assert self.proc.returncode == 0, err.decode()[-3000:]
-        return err.decode()
-
-
 def publish(pub, prefix: str, base: float, seqs) -> None:
-    infos = []
-    for i in seqs:
-        device, r = reading(base, i)
-        infos.append(pub.publish(f"{prefix}/{device}", r, wait=False))
-    for info in infos:
-        info.wait_for_publish(20)
-        assert info.is_published()
-
-
-def connected(run: Run) -> bool:
-    import urllib.request
-
-    try:
-        text = urllib.request.urlopen(f"http://127.0.0.1:{run.port}/metrics", timeout=2).read().decode()
-    except OSError:
-        return False
-    return any(line.startswith("edgesieve_connected{") and 'item="in"' in line and float(line.rsplit(" ", 1)[1]) == 1
-               for line in text.splitlines())
+    publish_all(pub, ((f"{prefix}/{device}", r) for device, r in (reading(base, i) for i in seqs)))
 
 
 @pytest.mark.slow
@@ -134,7 +87,7 @@ def test_a_replay_a_day_later_gives_the_windows_and_dead_letters_of_an_uninterru
     calm_prefix = f"t/arrival-calm-{uuid.uuid4().hex[:6]}"
     (tmp_path / "calm" / "p.yaml").write_text(yaml.safe_dump(doc(tmp_path / "calm", broker.url, calm_prefix)))
     calm = Run(tmp_path / "calm" / "p.yaml", 0.0)
-    wait_until(lambda: connected(calm), what="the calm run to connect")
+    wait_until(lambda: calm.connected(), what="the calm run to connect")
     time.sleep(0.3)
     publish(pub, calm_prefix, base, range(N))
     wait_until(lambda: calm.count("in", "out") >= N, what="the calm run to take every reading")
@@ -146,7 +99,7 @@ def test_a_replay_a_day_later_gives_the_windows_and_dead_letters_of_an_uninterru
     path = tmp_path / "crash" / "p.yaml"
     path.write_text(yaml.safe_dump(doc(tmp_path / "crash", broker.url, prefix)))
     first = Run(path, 0.0)
-    wait_until(lambda: connected(first), what="the first run to connect")
+    wait_until(lambda: first.connected(), what="the first run to connect")
     time.sleep(0.3)
     publish(pub, prefix, base, range(N1))
     wait_until(lambda: first.count("in", "out") >= N1, what="phase 1")
@@ -159,7 +112,7 @@ def test_a_replay_a_day_later_gives_the_windows_and_dead_letters_of_an_uninterru
     first.kill()
     publish(pub, prefix, base, range(N2, N3))             # queued by the broker while edgesieve is down
     second = Run(path, LATER)
-    wait_until(lambda: connected(second), what="the second run to connect")
+    wait_until(lambda: second.connected(), what="the second run to connect")
     publish(pub, prefix, base, range(N3, N))
     settle(lambda: second.count("in", "out"), quiet=1.0)
     replayed_future = second.count("win", "future_timestamp")
