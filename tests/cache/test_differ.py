@@ -480,3 +480,56 @@ def test_lines_sampling_in_the_differ_and_frames_too_short_for_it():
     assert d.reason.tolist() == ["bad"] and "lines" in d.bad[0]
     with pytest.raises(ValueError, match="lines"):
         F.prepare(np.zeros((1, 6, 64), np.uint8), 4, "lines")
+
+
+def test_merge_of_a_one_record_computed_batch_equals_the_general_merge():
+    """``merge``'s scalar path for a batch of one computed record gives the general path's records, last results and
+    reports (audit scores, confidences), with tags, array annotations and fields that come and go."""
+    from cache.reuse import ReuseTracker, count_agreement, register_guard
+    from pipeline.batch import Batch
+
+    class Sink:
+        def __init__(self):
+            self.calls = []
+
+        def observe(self, key, score):
+            self.calls.append(("observe", key, score))
+
+        def observe_confidence(self, key, c):
+            self.calls.append(("confidence", key, c))
+
+    sinks = {name: Sink() for name in ("scalar", "general")}
+    trackers = {}
+    for name, sink in sinks.items():
+        register_guard(f"merge-one-{name}", "fd", sink)
+        trackers[name] = ReuseTracker(["device"], pipeline=f"merge-one-{name}", agreement=count_agreement,
+                                      confidence="rounding")
+    trackers["general"]._merge_one = lambda batch, computed: None          # force the general path
+    rng = np.random.default_rng(3)
+    for step in range(120):
+        k = str(rng.choice(["a", "b"]))
+        reused = bool(rng.random() < 0.4)
+        why = "reuse" if reused else str(rng.choice(["changed", "audit", "forced"]))
+        by = None if rng.random() < 0.1 else "fd"
+        b = Batch.from_records([{"ts": float(step), "tags": {"device": k}, "fields": {"x": 1.0}, "reused": reused,
+                                 "reuse_reason": why, "diff_by": by}])
+        extra = {} if step % 5 == 0 else {"heat": np.array([rng.random(2)] + [None], dtype=object)[:1]}
+        fields = {"y": np.array([rng.integers(0, 5) + rng.random() * (step % 3 != 0)])}
+        if step % 7 == 0:
+            fields["z"] = np.array([float(step)])
+        outs = {}
+        for name, t in trackers.items():
+            m = t.compute_mask(b)
+            computed = b.take(m).with_fields(**{f: v[m[:len(v)]] for f, v in fields.items()})
+            if not reused and step % 4:
+                computed = computed.with_tags(label=np.array([f"l{step % 3}"], dtype=object))
+            computed = computed.with_extra(**{e: v[m[:len(v)]] for e, v in extra.items()})
+            outs[name] = t.merge(b, m, computed).to_records()
+        (s,), (g,) = outs["scalar"], outs["general"]
+        assert s.keys() == g.keys() and s["tags"] == g["tags"] and s["fields"].keys() == g["fields"].keys()
+        assert all(s["fields"][f] == g["fields"][f] or (np.isnan(s["fields"][f]) and np.isnan(g["fields"][f]))
+                   for f in s["fields"])
+        assert np.array_equal(s.get("heat"), g.get("heat"))
+    a, b = trackers["scalar"].snapshot(), trackers["general"].snapshot()
+    assert a["names"] == b["names"] and a["last"].keys() == b["last"].keys()
+    assert sinks["scalar"].calls == sinks["general"].calls and len(sinks["scalar"].calls) > 40
