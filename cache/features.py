@@ -148,10 +148,11 @@ def prepare_list(frames, downscale: int = 8, mode: str = "sparse", scratch: dict
     With ``stride`` the sampled values are gathered straight into the float32 result, one strided copy
     per frame (a few microseconds for a 768x576 frame); with ``sparse``, one strided copy per frame of both
     samples and all channels (even ``downscale``; per sample and channel otherwise) into a small uint8 buffer,
-    then grayscale and the mean of the two samples in one vectorised pass over the whole batch. Same values as
+    then grayscale and the mean of the two samples in one vectorised pass over the whole batch; with ``lines``, one
+    strided copy per frame of every sample and channel, then the luma of the batch in three calls. Same values as
     :func:`prepare`, bit for bit.
 
-    ``scratch`` (a dict the caller keeps): the intermediate buffers and, for ``sparse``, the result itself are
+    ``scratch`` (a dict the caller keeps): the intermediate buffers and, for ``sparse`` and ``lines``, the result itself are
     reused from call to call (no new pages to fault in): the result is then only valid until the next call with
     the same ``scratch``; copy what must outlive it."""
     f = max(1, int(downscale))
