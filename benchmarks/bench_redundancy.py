@@ -179,7 +179,7 @@ def sampling_curves(frames, ref) -> dict:
     CURVE_THRESHOLDS, each metric interpolated at CURVE_SKIPS (None outside the range the settings reach),
     with every-Nth at the same skips. Nothing is chosen on these frames: it is a curve, not a tuning."""
     out = {}
-    for sampling in ("sparse", "stride"):
+    for sampling in ("sparse", "stride", "lines"):
         res = [simulate(frames, ref, dict(threshold=t, audit_rate=0.0, sampling=sampling)) for t in CURVE_THRESHOLDS]
         skip = np.array([r["skip"] for r in res])
         order = np.argsort(skip, kind="stable")
@@ -234,10 +234,10 @@ def main(argv=None) -> int:
     ap.add_argument("--frames", type=int, default=None, help="only the first N frames of the video")
     ap.add_argument("--repeats", type=int, default=3, help="timed runs per variant (fastest counts)")
     ap.add_argument("--scenes", nargs="*", default=None, help="only these scenes (vtest, 'right view', edited)")
-    ap.add_argument("--sampling", choices=["stride", "sparse", "area"], default=None,
+    ap.add_argument("--sampling", choices=["stride", "sparse", "lines", "area"], default=None,
                     help="frame_diff's sampling (default: the stage's default)")
     ap.add_argument("--compare-sampling", action="store_true",
-                    help="also print quality at equal skip on the 2nd half for sampling sparse vs stride")
+                    help="also print quality at equal skip on the 2nd half for sampling sparse, stride and lines")
     ap.add_argument("--json", type=Path, default=None, help="also write all figures here")
     args = ap.parse_args(argv)
     if not args.video.exists():

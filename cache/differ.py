@@ -57,6 +57,7 @@ class FrameDiffer:
             raise ValueError(f"unknown feature {feature!r}; expected one of {F.FEATURES}")
         self.feature = feature
         self.downscale = int(downscale)
+        self._min_height = 2 * self.downscale if sampling == "lines" else self.downscale   # `lines`: a row in 2 downscale
         self.sampling = sampling
         self.kw = dict(pixel_threshold=pixel_threshold, blocks=blocks, block_min=block_min, bins=bins,
                        ord=norm_ord, relative=relative)
@@ -117,9 +118,10 @@ class FrameDiffer:
             return None
         if self.feature == "vector_norm":
             return np.asarray(idx), np.stack([np.asarray(x, np.float64).ravel() for x in items])
-        if len(shape) not in (2, 3) or min(shape[:2]) < self.downscale:
+        if len(shape) not in (2, 3) or min(shape[:2]) < self.downscale or shape[0] < self._min_height:
             for i in idx:
-                bad[i] = f"frame shape {shape} is not (h, w) or (h, w, c) with h, w >= downscale={self.downscale}"
+                bad[i] = (f"frame shape {shape} is not (h, w) or (h, w, c) with h, w >= downscale={self.downscale}"
+                          + (f" and h >= {self._min_height} (sampling: lines)" if self.sampling == "lines" else ""))
             return None
         return np.asarray(idx), F.prepare_list(items, self.downscale, self.sampling, scratch)
 
@@ -257,7 +259,8 @@ class FrameDiffer:
         since, threshold), the same decision as the general path. None: take the general path."""
         st = self.keys.get(k)
         if (st is None or self.feature == "vector_norm" or type(x) is not np.ndarray or x.ndim not in (2, 3)
-                or x.dtype.kind not in "biuf" or x.size == 0 or min(x.shape[:2]) < self.downscale):
+                or x.dtype.kind not in "biuf" or x.size == 0 or min(x.shape[:2]) < self.downscale
+                or x.shape[0] < self._min_height):
             return None
         small = F.prepare_list((x,), self.downscale, self.sampling, self._scratch)
         if small.shape[1:] != st["shape"]:

@@ -25,10 +25,11 @@ import math
 import numpy as np
 
 FEATURES = ("pixel", "block", "histogram", "vector_norm")
-SAMPLINGS = ("stride", "sparse", "area")
+SAMPLINGS = ("stride", "sparse", "lines", "area")
 
 _LUMA = np.array([0.114, 0.587, 0.299], dtype=np.float32)  # BGR order (OpenCV's default)
 _HALF_LUMA = np.array([np.float32(v * 0.5) for v in _LUMA], np.float32)[:, None, None, None]   # `sparse`: the mean of two samples
+_LUMA_4D = _LUMA[:, None, None, None].copy()                                                      # `lines`: one sample
 
 
 def grayscale(frames: np.ndarray) -> np.ndarray:
@@ -60,6 +61,28 @@ def _stride_grid(h: int, w: int, f: int):
     return slice(f // 2, rows * f, f), slice(f // 2, cols * f, f), rows, cols
 
 
+def _lines_grid(h: int, w: int, f: int):
+    """Sample positions of ``lines``: one row in ``2 f`` (the middle of each band of ``2 f`` rows) and on it one pixel in
+    ``f / 2`` (the middle of each run): cells of ``2 f x f / 2`` pixels, as many as ``sparse``'s ``f x f`` cells for an
+    even ``f`` (rows, columns, cells down, cells across)."""
+    step = max(1, f // 2)
+    rows, cols = h // (2 * f), w // step
+    return slice(f, rows * 2 * f, 2 * f), slice(step // 2, cols * step, step), rows, cols
+
+
+def _lines_luma(a: np.ndarray) -> np.ndarray:
+    """``lines``' gray level of sampled pixels ``(n, rows, cols[, c])``, float32: the pixel for 1 channel, the BGR luma
+    for 3-4 channels (each channel's float32 product, then (b + g) + r), the channel mean otherwise."""
+    if a.ndim == 3 or a.shape[-1] == 1:
+        return (a if a.ndim == 3 else a[..., 0]).astype(np.float32)
+    if a.shape[-1] not in (3, 4):
+        return a.astype(np.float32).mean(axis=-1)
+    out = a[..., 0] * _LUMA[0]
+    out += a[..., 1] * _LUMA[1]
+    out += a[..., 2] * _LUMA[2]
+    return out
+
+
 def _one_channel(a: np.ndarray) -> np.ndarray:
     """``stride``'s gray level of sampled pixels ``(..., [c])``: the pixel itself for 1 channel, green (the
     middle channel of BGR and RGB, and of BGRA/RGBA) for 3-4 channels, the channel mean otherwise."""
@@ -74,9 +97,12 @@ def prepare(frames: np.ndarray, downscale: int = 8, mode: str = "sparse") -> np.
     ``mode="sparse"`` (default) averages the BGR luma of two pixels of the cell's middle row (a quarter
     and three quarters across); ``"stride"`` takes one value per ``downscale x downscale`` cell: its centre
     pixel's green channel (the pixel for gray frames), a fixed-stride view gathered in one strided copy per
-    frame, with no arithmetic on the frame; ``"area"`` averages the luma of every pixel of the cell. ``stride`` and ``sparse`` read one row in ``downscale`` of the frame, ``area`` all of it.
-    Edges not divisible by ``downscale`` are cropped; values stay on the input's scale (0..255 for uint8
-    frames), as float32.
+    frame, with no arithmetic on the frame; ``"lines"`` takes the BGR luma of one pixel in ``downscale / 2`` on one row in
+    ``2 x downscale`` (half the rows of ``sparse``, twice the columns: a ``(h // (2 downscale), w // (downscale / 2))``
+    copy with as many cells as the others for an even ``downscale``); ``"area"`` averages the luma of every pixel of
+    the cell. ``stride`` and ``sparse`` read one row in ``downscale`` of the frame, ``lines`` one in ``2 x downscale``,
+    ``area`` all of it. Edges not divisible by ``downscale`` are cropped; values stay on the input's scale (0..255 for
+    uint8 frames), as float32.
     """
     a = np.asarray(frames)
     if a.ndim not in (3, 4):
@@ -86,8 +112,11 @@ def prepare(frames: np.ndarray, downscale: int = 8, mode: str = "sparse") -> np.
     n, h, w = a.shape[:3]
     f = max(1, int(downscale))
     hh, ww = (h // f) * f, (w // f) * f
-    if hh == 0 or ww == 0:
-        raise ValueError(f"frame {h}x{w} is smaller than downscale={f}")
+    if hh == 0 or ww == 0 or (mode == "lines" and h < 2 * f):
+        raise ValueError(f"frame {h}x{w} is smaller than downscale={f}" + (" x 2 (lines)" if mode == "lines" else ""))
+    if mode == "lines":
+        r, c, _, _ = _lines_grid(h, w, f)
+        return _lines_luma(a[:, r, c])
     if mode == "stride":
         r, c, _, _ = _stride_grid(h, w, f)
         return _one_channel(a[:, r, c]).astype(np.float32)
@@ -119,10 +148,11 @@ def prepare_list(frames, downscale: int = 8, mode: str = "sparse", scratch: dict
     With ``stride`` the sampled values are gathered straight into the float32 result, one strided copy
     per frame (a few microseconds for a 768x576 frame); with ``sparse``, one strided copy per frame of both
     samples and all channels (even ``downscale``; per sample and channel otherwise) into a small uint8 buffer,
-    then grayscale and the mean of the two samples in one vectorised pass over the whole batch. Same values as
+    then grayscale and the mean of the two samples in one vectorised pass over the whole batch; with ``lines``, one
+    strided copy per frame of every sample and channel, then the luma of the batch in three calls. Same values as
     :func:`prepare`, bit for bit.
 
-    ``scratch`` (a dict the caller keeps): the intermediate buffers and, for ``sparse``, the result itself are
+    ``scratch`` (a dict the caller keeps): the intermediate buffers and, for ``sparse`` and ``lines``, the result itself are
     reused from call to call (no new pages to fault in): the result is then only valid until the next call with
     the same ``scratch``; copy what must outlive it."""
     f = max(1, int(downscale))
@@ -139,6 +169,8 @@ def prepare_list(frames, downscale: int = 8, mode: str = "sparse", scratch: dict
                 np.copyto(touch, np.ndarray(touch.shape, np.uint8, x, r.start * line, (64, r.step * line)))
             out[i] = x[r, cc] if ch is None else x[r, cc, ch]
         return out
+    if mode == "lines" and a0.dtype == np.uint8 and c in (1, 3, 4) and a0.shape[0] >= 2 * f and a0.shape[1] >= f:
+        return _lines_list(frames, f, c, scratch)
     if mode != "sparse" or f < 2 or a0.dtype != np.uint8 or c not in (1, 3, 4):
         return prepare(np.stack(frames), f, mode)
     r, c0, c1, rows, cols = _sparse_grid(a0.shape[0], a0.shape[1], f)
@@ -168,6 +200,35 @@ def prepare_list(frames, downscale: int = 8, mode: str = "sparse", scratch: dict
     out += t
     np.multiply(s[2], _HALF_LUMA[2, 0, 0, 0], out=t, dtype=np.float32)
     out += t
+    return out
+
+
+def _lines_list(frames, f: int, c: int, scratch: dict | None) -> np.ndarray:
+    """``lines`` for a list of same-shaped uint8 frames: per C-contiguous frame, its sampled rows touched column-first
+    (see :func:`_gather_pairs`) and one strided copy of every sample and channel into a uint8 buffer; then the luma of
+    the batch in three calls (one broadcast multiply, two adds: the float32 steps of :func:`prepare`)."""
+    h, w = frames[0].shape[:2]
+    r, cc, rows, cols = _lines_grid(h, w, f)
+    use, n, line = (1 if c == 1 else 3), len(frames), w * c
+    buf = _buffer(scratch, "lines", (use, n, rows, cols), np.uint8)
+    touch = _buffer(scratch, "touch", ((line + 63) // 64, rows), np.uint8)
+    t_shape, t_strides, t_off = touch.shape, (64, r.step * line), r.start * line
+    v_shape, v_strides, v_off = (use, rows, cols), (1, r.step * line, cc.step * c), r.start * line + cc.start * c
+    for i, x in enumerate(frames):
+        if x.flags.c_contiguous:
+            np.copyto(touch, np.ndarray(t_shape, np.uint8, x, t_off, t_strides))
+            buf[:, i] = np.ndarray(v_shape, np.uint8, x, v_off, v_strides)
+        else:
+            v = x[r, cc]
+            buf[:, i] = v.reshape(rows, cols, -1)[..., :use].transpose(2, 0, 1)
+    out = _buffer(scratch, "luma", (n, rows, cols), np.float32)
+    if use == 1:
+        np.copyto(out, buf[0])
+        return out
+    t = _buffer(scratch, "terms", (3, n, rows, cols), np.float32)
+    np.multiply(buf, _LUMA_4D, out=t)
+    np.add(t[0], t[1], out=out)
+    np.add(out, t[2], out=out)
     return out
 
 

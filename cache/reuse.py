@@ -23,6 +23,7 @@ An expensive stage wraps its work with a :class:`ReuseTracker`:
 
 from __future__ import annotations
 
+import math
 import threading
 import weakref
 from typing import Callable
@@ -159,6 +160,10 @@ class ReuseTracker:
         if "reused" not in batch.extra and "diff_by" not in batch.extra:
             return computed                      # no frame_diff upstream: nothing to reuse or report
         n = len(batch)
+        if n == 1 and mask[0]:                   # a camera's batch of one, computed: scalars
+            out = self._merge_one(batch, computed)
+            if out is not None:
+                return out
         fields = self.result_fields or [f for f in computed.fields if f not in batch.fields]
         tags = [t for t in computed.tags if t not in batch.tags]
         extra = [e for e in computed.extra if e not in batch.extra]
@@ -257,13 +262,7 @@ class ReuseTracker:
         values = fcols[afield]
         reason = batch.extra.get("reuse_reason")
         if len(mask) == 1:                          # a batch of one computed record: scalars
-            k, b, v = keys[codes[0]], by[0], float(values[0])
-            if b is None:
-                return
-            if reason is not None and reason[0] == "audit" and k in self.last:
-                report(self.pipeline, b, "observe", k, self.agreement(self.last[k]["fields"].get(afield, np.nan), values[0]))
-            if self.confidence == "rounding" and np.isfinite(v):
-                report(self.pipeline, b, "observe_confidence", k, 1.0 - 2.0 * abs(v - round(v)))
+            self._report_one(keys[codes[0]], by[0], None if reason is None else reason[0], afield, values[0])
             return
         if reason is not None:
             for i in np.flatnonzero(mask & (reason == "audit")).tolist():
@@ -287,6 +286,49 @@ class ReuseTracker:
             for i in last.values():
                 v = float(values[i])
                 report(self.pipeline, by[i], "observe_confidence", keys[codes[i]], 1.0 - 2.0 * abs(v - round(v)))
+
+    def _report_one(self, k, by, reason, afield, value) -> None:
+        """:meth:`_report` for one computed record of key ``k`` (marked by frame_diff ``by``, with ``reason``)."""
+        if by is None:
+            return
+        if reason == "audit" and k in self.last:
+            report(self.pipeline, by, "observe", k, self.agreement(self.last[k]["fields"].get(afield, np.nan), value))
+        v = float(value)
+        if self.confidence == "rounding" and math.isfinite(v):
+            report(self.pipeline, by, "observe_confidence", k, 1.0 - 2.0 * abs(v - round(v)))
+
+    def _merge_one(self, batch: Batch, computed: Batch) -> Batch | None:
+        """:meth:`merge` for a batch of one record that was computed, keyed by one tag of plain strings (a camera
+        delivering frame by frame): the same record, last result and reports, from scalars (each numpy call costs
+        microseconds, and the general path makes dozens). None: take the general path."""
+        col = batch.tags.get(self.key[0]) if len(self.key) == 1 else None
+        if col is None or col.dtype != object or type(col[0]) is not str:
+            return None
+        k = col[0]
+        new = (self.result_fields or [f for f in computed.fields if f not in batch.fields],
+               [t for t in computed.tags if t not in batch.tags], [e for e in computed.extra if e not in batch.extra])
+        for have, names in zip(self.names, new):
+            have.extend(x for x in names if x not in have)
+        fields, tags, extra = self.result_fields or self.names[0], self.names[1], self.names[2]
+        fcols = {}
+        for name in fields:
+            got = computed.fields.get(name)
+            fcols[name] = np.full(1, np.nan) if got is None else np.asarray(got, np.float64)
+        ocols = ({}, {})
+        for cols, names, part in zip(ocols, (tags, extra), (computed.tags, computed.extra)):
+            for name in names:
+                got = part.get(name)
+                cols[name] = np.full(1, None, dtype=object) if got is None else np.asarray(got, object)
+        tcols, ecols = ocols
+        by = batch.extra.get("diff_by")
+        afield = self.agreement_field or (fields[0] if fields else None)
+        if by is not None and afield in fcols:
+            reason = batch.extra.get("reuse_reason")
+            self._report_one(k, by[0], None if reason is None else reason[0], afield, fcols[afield][0])
+        self.last[k] = {"fields": {f: float(c[0]) for f, c in fcols.items()}, "tags": {t: c[0] for t, c in tcols.items()},
+                        "extra": {e: c[0] for e, c in ecols.items()}}
+        return Batch(computed.ts, {**computed.tags, **tcols}, {**computed.fields, **fcols}, computed.frames,
+                     {**computed.extra, **ecols}, computed.arrival)
 
     def snapshot(self) -> dict:
         return {"last": {k: {p: dict(d) for p, d in v.items()} for k, v in self.last.items()},

@@ -441,3 +441,95 @@ def test_decide_single_leaves_new_keys_and_other_sizes_to_the_general_path():
     assert fd.decide_single("cam", 0.2, "not a frame") is None
     d = fd.decide(["cam"], [0.3], [np.zeros((40, 64), np.uint8)])
     assert d.reason.tolist() == ["bad"] and "differs" in d.bad[0]
+
+
+@pytest.mark.parametrize("f", [2, 3, 4, 8, 16])
+@pytest.mark.parametrize("layout", ["gray", "bgr", "bgra", "view", "odd size"])
+def test_lines_sampling_reads_one_pixel_per_tall_narrow_cell(f, layout):
+    """``lines``: one row in 2f (the band's middle), one pixel in f/2 on it (the run's middle), BGR luma in float32
+    steps; the list path (touch, one strided copy, three-call luma) equals ``prepare`` bit for bit."""
+    rng = np.random.default_rng(f)
+    big = rng.integers(0, 256, (3, 101, 133, 4), dtype=np.uint8)
+    frames = {"gray": [np.ascontiguousarray(x[:96, :128, 0]) for x in big],
+              "bgr": [np.ascontiguousarray(x[:96, :128, :3]) for x in big],
+              "bgra": [np.ascontiguousarray(x[:96, :128]) for x in big],
+              "view": [x[2:98, 3:131, :3] for x in big],                      # not C-contiguous: the slicing path
+              "odd size": [np.ascontiguousarray(x[:, :, :3]) for x in big]}[layout]
+    a = np.stack(frames).astype(np.float32)
+    s = max(1, f // 2)
+    h, w = a.shape[1:3]
+    picked = a[:, f:(h // (2 * f)) * 2 * f:2 * f, s // 2:(w // s) * s:s]
+    want = picked if picked.ndim == 3 else \
+        (picked[..., 0] * np.float32(0.114) + picked[..., 1] * np.float32(0.587)) + picked[..., 2] * np.float32(0.299)
+    assert np.array_equal(F.prepare(np.stack(frames), f, "lines"), want)
+    got = F.prepare_list(frames, f, "lines", {})
+    assert got.dtype == np.float32 and np.array_equal(got.view(np.uint32), want.view(np.uint32))
+    assert np.array_equal(F.prepare_list(frames[1:2], f, "lines"), want[1:2])
+    if f % 2 == 0 and layout != "odd size":                                    # as many cells as sparse
+        assert got[0].size == F.prepare(np.stack(frames[:1]), f, "sparse")[0].size
+
+
+def test_lines_sampling_in_the_differ_and_frames_too_short_for_it():
+    fd = FrameDiffer(threshold=0.05, downscale=4, sampling="lines", audit_rate=0.0)
+    still = np.zeros((48, 64, 3), np.uint8)
+    moved = still.copy()
+    moved[:24] = 200
+    assert fd.decide(["cam"] * 3, [0.0, 0.1, 0.2], [still, still, moved]).reason.tolist() == ["first", "reuse", "changed"]
+    assert fd.decide(["cam"], [0.3], [moved]).reason.tolist() == ["reuse"]               # the one-frame path
+    d = fd.decide(["short"], [0.0], [np.zeros((6, 64, 3), np.uint8)])                   # h < 2 x downscale
+    assert d.reason.tolist() == ["bad"] and "lines" in d.bad[0]
+    with pytest.raises(ValueError, match="lines"):
+        F.prepare(np.zeros((1, 6, 64), np.uint8), 4, "lines")
+
+
+def test_merge_of_a_one_record_computed_batch_equals_the_general_merge():
+    """``merge``'s scalar path for a batch of one computed record gives the general path's records, last results and
+    reports (audit scores, confidences), with tags, array annotations and fields that come and go."""
+    from cache.reuse import ReuseTracker, count_agreement, register_guard
+    from pipeline.batch import Batch
+
+    class Sink:
+        def __init__(self):
+            self.calls = []
+
+        def observe(self, key, score):
+            self.calls.append(("observe", key, score))
+
+        def observe_confidence(self, key, c):
+            self.calls.append(("confidence", key, c))
+
+    sinks = {name: Sink() for name in ("scalar", "general")}
+    trackers = {}
+    for name, sink in sinks.items():
+        register_guard(f"merge-one-{name}", "fd", sink)
+        trackers[name] = ReuseTracker(["device"], pipeline=f"merge-one-{name}", agreement=count_agreement,
+                                      confidence="rounding")
+    trackers["general"]._merge_one = lambda batch, computed: None          # force the general path
+    rng = np.random.default_rng(3)
+    for step in range(120):
+        k = str(rng.choice(["a", "b"]))
+        reused = bool(rng.random() < 0.4)
+        why = "reuse" if reused else str(rng.choice(["changed", "audit", "forced"]))
+        by = None if rng.random() < 0.1 else "fd"
+        b = Batch.from_records([{"ts": float(step), "tags": {"device": k}, "fields": {"x": 1.0}, "reused": reused,
+                                 "reuse_reason": why, "diff_by": by}])
+        extra = {} if step % 5 == 0 else {"heat": np.array([rng.random(2)] + [None], dtype=object)[:1]}
+        fields = {"y": np.array([rng.integers(0, 5) + rng.random() * (step % 3 != 0)])}
+        if step % 7 == 0:
+            fields["z"] = np.array([float(step)])
+        outs = {}
+        for name, t in trackers.items():
+            m = t.compute_mask(b)
+            computed = b.take(m).with_fields(**{f: v[m[:len(v)]] for f, v in fields.items()})
+            if not reused and step % 4:
+                computed = computed.with_tags(label=np.array([f"l{step % 3}"], dtype=object))
+            computed = computed.with_extra(**{e: v[m[:len(v)]] for e, v in extra.items()})
+            outs[name] = t.merge(b, m, computed).to_records()
+        (s,), (g,) = outs["scalar"], outs["general"]
+        assert s.keys() == g.keys() and s["tags"] == g["tags"] and s["fields"].keys() == g["fields"].keys()
+        assert all(s["fields"][f] == g["fields"][f] or (np.isnan(s["fields"][f]) and np.isnan(g["fields"][f]))
+                   for f in s["fields"])
+        assert np.array_equal(s.get("heat"), g.get("heat"))
+    a, b = trackers["scalar"].snapshot(), trackers["general"].snapshot()
+    assert a["names"] == b["names"] and a["last"].keys() == b["last"].keys()
+    assert sinks["scalar"].calls == sinks["general"].calls and len(sinks["scalar"].calls) > 40
