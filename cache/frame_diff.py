@@ -26,7 +26,7 @@ import numpy as np
 from pydantic import Field, model_validator
 
 from cache.differ import FrameDiffer
-from cache.reuse import key_column, register_guard
+from cache.reuse import key_column
 from pipeline.batch import Batch
 from pipeline.config import Duration, StageConfig
 from pipeline.stage import Context, Stage
@@ -100,7 +100,7 @@ class FrameDiff(Stage):
                    "tighten": c.guard_tighten, "loosen": c.guard_loosen, "margin": c.guard_margin,
                    "window": c.guard_window, "boost": c.audit_boost},
             confidence_power=c.confidence_power)
-        register_guard(ctx.pipeline, ctx.item_id, self)
+        ctx.peers.add(ctx.item_id, self)   # reachable by the onnx stage's audits (the graph replaces it when built)
 
     def _data(self, batch: Batch):
         """(items to compare: the frames column or a float matrix of ``vector_fields``, {row: reason})."""

@@ -24,31 +24,20 @@ An expensive stage wraps its work with a :class:`ReuseTracker`:
 from __future__ import annotations
 
 import math
-import threading
-import weakref
 from typing import Callable
 
 import numpy as np
 
 from pipeline.batch import Batch
 from pipeline.keys import key_codes
-
-_GUARDS: "weakref.WeakValueDictionary[tuple[str, str], object]" = weakref.WeakValueDictionary()
-_LOCK = threading.Lock()
+from pipeline.stage import Peers
 
 
-def register_guard(pipeline: str, stage_id: str, stage) -> None:
-    """A ``frame_diff`` stage registers itself so that downstream audits reach it."""
-    with _LOCK:
-        _GUARDS[(pipeline, stage_id)] = stage
-
-
-def report(pipeline: str, stage_id: str, what: str, key: str, value: float) -> bool:
+def report(peers: Peers, stage_id: str, what: str, key: str, value: float) -> bool:
     """Deliver an audit score (``what="observe"``) or a result's confidence (``"observe_confidence"``) to the
-    ``frame_diff`` stage ``stage_id`` of ``pipeline``; False if it is gone."""
-    with _LOCK:
-        stage = _GUARDS.get((pipeline, stage_id))
-    if stage is None:
+    ``frame_diff`` stage ``stage_id`` among ``peers`` (the graph's stages); False if it is not there."""
+    stage = peers.get(stage_id)
+    if stage is None or not hasattr(stage, what):
         return False
     getattr(stage, what)(key, value)
     return True
@@ -132,12 +121,13 @@ def key_column(batch: Batch, key: list[str]) -> np.ndarray:
 class ReuseTracker:
     """Last computed result per key, for rows marked ``reused`` (see module docstring)."""
 
-    def __init__(self, key: list[str], result_fields: list[str] | None = None, pipeline: str = "pipeline",
+    def __init__(self, key: list[str], result_fields: list[str] | None = None, peers: Peers | None = None,
                  agreement: Callable[[float, float], float] | None = None, agreement_field: str | None = None,
                  confidence: str = "none"):
+        """``peers``: the graph's stages (``ctx.peers``), where the ``frame_diff`` named by ``diff_by`` is."""
         self.key = list(key)
         self.result_fields = result_fields
-        self.pipeline = pipeline
+        self.peers = peers if peers is not None else Peers()
         self.agreement = agreement or exact_agreement
         self.agreement_field = agreement_field      # the field audits compare (default: the first result field)
         self.confidence = confidence
@@ -275,7 +265,7 @@ class ReuseTracker:
                     before = self.last[k]["fields"].get(afield, np.nan)
                 else:
                     continue
-                report(self.pipeline, by[i], "observe", k, self.agreement(before, values[i]))
+                report(self.peers, by[i], "observe", k, self.agreement(before, values[i]))
         if self.confidence == "rounding":          # a key's confidence is its latest result's: report that one per key
             rows = np.flatnonzero(mask & np.isfinite(values) & (by != None))   # noqa: E711 (elementwise)
             if not len(rows):
@@ -285,17 +275,17 @@ class ReuseTracker:
                 last[c, b] = i
             for i in last.values():
                 v = float(values[i])
-                report(self.pipeline, by[i], "observe_confidence", keys[codes[i]], 1.0 - 2.0 * abs(v - round(v)))
+                report(self.peers, by[i], "observe_confidence", keys[codes[i]], 1.0 - 2.0 * abs(v - round(v)))
 
     def _report_one(self, k, by, reason, afield, value) -> None:
         """:meth:`_report` for one computed record of key ``k`` (marked by frame_diff ``by``, with ``reason``)."""
         if by is None:
             return
         if reason == "audit" and k in self.last:
-            report(self.pipeline, by, "observe", k, self.agreement(self.last[k]["fields"].get(afield, np.nan), value))
+            report(self.peers, by, "observe", k, self.agreement(self.last[k]["fields"].get(afield, np.nan), value))
         v = float(value)
         if self.confidence == "rounding" and math.isfinite(v):
-            report(self.pipeline, by, "observe_confidence", k, 1.0 - 2.0 * abs(v - round(v)))
+            report(self.peers, by, "observe_confidence", k, 1.0 - 2.0 * abs(v - round(v)))
 
     def _merge_one(self, batch: Batch, computed: Batch) -> Batch | None:
         """:meth:`merge` for a batch of one record that was computed, keyed by one tag of plain strings (a camera

@@ -22,7 +22,7 @@ from .errors import PipelineStopped
 from .loader import DEAD_LETTER_ID, PipelineSpec
 from .metrics import Metrics
 from .names import NameWatch
-from .stage import Context, Stage
+from .stage import Context, Peers, Stage
 
 log = logging.getLogger("edgesieve")
 
@@ -50,8 +50,20 @@ class Graph:
     """Stage instances and the routing between them."""
 
     def __init__(self, spec: PipelineSpec, metrics: Metrics, dead_letters: DeadLetters, clock=time.time,
-                 reuse: dict[str, Stage] | None = None):
-        """``reuse``: stage instances to carry over by id instead of building them (a reload keeps their state)."""
+                 reuse: dict[str, Stage] | None = None, peers: Peers | None = None):
+        """``reuse``: stage instances to carry over by id instead of building them (a reload keeps their state);
+        ``peers``: the running graph's, on a reload (the stages of this graph replace what it holds once all are
+        built; if one cannot be built it is left as it was)."""
+        self.peers = peers if peers is not None else Peers()
+        before = self.peers.snapshot()
+        try:
+            self._build(spec, metrics, dead_letters, clock, reuse)
+        except BaseException:
+            self.peers.replace(before)
+            raise
+        self.peers.replace(self.stages)
+
+    def _build(self, spec, metrics, dead_letters, clock, reuse) -> None:
         self.spec = spec
         self.metrics = metrics
         self.dead_letters = dead_letters
@@ -74,7 +86,7 @@ class Graph:
     def context(self, item_id: str, clock=time.time) -> Context:
         return Context(item_id, self.metrics, dead_letter=self.dead_letters, state_dir=self.state_dir,
                        pipeline=self.spec.name, clock=clock, base_dir=self.spec.base_dir,
-                       checkpoints=self.spec.runtime.checkpoint.path is not None)
+                       checkpoints=self.spec.runtime.checkpoint.path is not None, peers=self.peers)
 
     def push(self, producer: str, batch: Batch) -> None:
         """Hand ``batch`` produced by ``producer`` to every consumer, depth first, in file order."""

@@ -74,7 +74,7 @@ def reload_graph(pipeline, path: str | Path):
         return None
     try:
         fresh = Graph(new, pipeline.metrics, pipeline.dead_letters, pipeline.clock,
-                      reuse={sid: graph.stages[sid] for sid in kept})
+                      reuse={sid: graph.stages[sid] for sid in kept}, peers=graph.peers)
     except Exception as exc:  # a new stage that cannot start (model file ...): keep the old graph
         log.error("reload of %s refused: a stage cannot start: %s: %s; the running pipeline goes on unchanged",
                   path, type(exc).__name__, exc)

@@ -13,9 +13,36 @@ from .config import ItemConfig, SinkConfig, SourceConfig, StageConfig
 from .metrics import Metrics
 
 
+class Peers:
+    """The items of one running graph by id, for an item that reports to another (an ``onnx`` stage's audits to the
+    ``frame_diff`` upstream of it): owned by the graph, never a module-level registry, so two pipelines in one process
+    (even with the same name) never reach each other's stages. A reload hands the same object to the new graph, which
+    replaces what it holds once it is built, so a kept stage reaches a rebuilt one."""
+
+    def __init__(self):
+        self._by_id: dict[str, Any] = {}
+        self._lock = threading.Lock()
+
+    def add(self, item_id: str, item: Any) -> None:
+        with self._lock:
+            self._by_id[item_id] = item
+
+    def get(self, item_id: str) -> Any:
+        with self._lock:
+            return self._by_id.get(item_id)
+
+    def snapshot(self) -> dict[str, Any]:
+        with self._lock:
+            return dict(self._by_id)
+
+    def replace(self, items: dict[str, Any]) -> None:
+        with self._lock:
+            self._by_id = dict(items)
+
+
 class Context:
-    """What the runtime gives a stage, source or sink: its id, counters, dead-letter path, clock, state folder, and
-    whether checkpoints are written."""
+    """What the runtime gives a stage, source or sink: its id, counters, dead-letter path, clock, state folder,
+    whether checkpoints are written, and the other items of its graph (``peers``)."""
 
     def __init__(
         self,
@@ -27,6 +54,7 @@ class Context:
         clock: Callable[[], float] = time.time,
         base_dir: Path | str | None = None,
         checkpoints: bool = False,
+        peers: Peers | None = None,
     ):
         self.base_dir = Path(base_dir) if base_dir is not None else None
         self.item_id = item_id
@@ -36,6 +64,7 @@ class Context:
         self.pipeline = pipeline
         self.clock = clock
         self.checkpoints = checkpoints      # the runtime writes checkpoints (a source may journal its input)
+        self.peers = peers if peers is not None else Peers()
         self.on_fatal: Callable[[str], None] | None = None   # set by the runtime: stops the pipeline
         self.fatal: str | None = None
 

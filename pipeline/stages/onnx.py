@@ -107,7 +107,7 @@ class Onnx(Stage):
                              watch_path=path if config.watch else None, interval=config.watch or 2.0,
                              count=ctx.count)
         r = config.reuse
-        self._reuse = ReuseTracker(r.key, None, ctx.pipeline, agreement_fn(r.agreement), r.agreement_field,
+        self._reuse = ReuseTracker(r.key, None, ctx.peers, agreement_fn(r.agreement), r.agreement_field,
                                    confidence=r.confidence)
         if config.cache is not None:
             self.wrap_infer(cache_wrapper(config.cache, self, name=str(path), now=ctx.clock))

@@ -273,7 +273,8 @@ def test_guard_reacts_within_a_few_audits_of_a_scene_change():
 def test_reuse_merge_is_the_per_row_rule():
     """The vectorised merge equals the rule it implements, row by row: a reused row gets the last computed
     result of its key (this batch or earlier); audits are scored against that result."""
-    from cache.reuse import ReuseTracker, register_guard
+    from cache.reuse import ReuseTracker
+    from pipeline.stage import Peers
     from pipeline.batch import Batch
 
     class Sink:
@@ -288,8 +289,9 @@ def test_reuse_merge_is_the_per_row_rule():
 
     rng = np.random.default_rng(5)
     sink = Sink()
-    register_guard("merge-test", "fd", sink)
-    t = ReuseTracker(["device"], pipeline="merge-test", agreement=lambda a, b: float(a == b))
+    peers = Peers()
+    peers.add("fd", sink)
+    t = ReuseTracker(["device"], peers=peers, agreement=lambda a, b: float(a == b))
     last, expected_audits = {}, []
     for _ in range(40):
         n = int(rng.integers(1, 12))
@@ -485,7 +487,8 @@ def test_lines_sampling_in_the_differ_and_frames_too_short_for_it():
 def test_merge_of_a_one_record_computed_batch_equals_the_general_merge():
     """``merge``'s scalar path for a batch of one computed record gives the general path's records, last results and
     reports (audit scores, confidences), with tags, array annotations and fields that come and go."""
-    from cache.reuse import ReuseTracker, count_agreement, register_guard
+    from cache.reuse import ReuseTracker, count_agreement
+    from pipeline.stage import Peers
     from pipeline.batch import Batch
 
     class Sink:
@@ -501,8 +504,9 @@ def test_merge_of_a_one_record_computed_batch_equals_the_general_merge():
     sinks = {name: Sink() for name in ("scalar", "general")}
     trackers = {}
     for name, sink in sinks.items():
-        register_guard(f"merge-one-{name}", "fd", sink)
-        trackers[name] = ReuseTracker(["device"], pipeline=f"merge-one-{name}", agreement=count_agreement,
+        peers = Peers()
+        peers.add("fd", sink)
+        trackers[name] = ReuseTracker(["device"], peers=peers, agreement=count_agreement,
                                       confidence="rounding")
     trackers["general"]._merge_one = lambda batch, computed: None          # force the general path
     rng = np.random.default_rng(3)

@@ -139,3 +139,32 @@ def test_partly_reused_batches_run_only_their_computed_rows_with_the_same_record
     for a, b in zip(fast, slow):
         assert a["tags"] == b["tags"] and a["reused"] == b["reused"] and a["fields"] == b["fields"]
         assert np.array_equal(a["occupancy"], b["occupancy"])
+
+
+def test_two_pipelines_of_the_same_name_in_one_process_audit_their_own_frame_diff():
+    # audits go to the frame_diff of the same graph (its `peers`); they once went through a module-level registry
+    # keyed by pipeline name and stage id, so the pipeline built last received every other one's audits
+    first, second = load_pipeline(spec(audit=0.5)), load_pipeline(spec(audit=0.5))
+    out = first.run_records(scene(), batch_size=5)["out"]
+    assert sum(r["reuse_reason"] == "audit" for r in out) >= 3
+    audits = lambda p: sum(s["audits"] for s in p.graph.stages["diff"].stats().values())  # noqa: E731
+    assert audits(first) >= 3
+    assert audits(second) == 0
+
+
+def test_after_a_reload_that_rebuilds_frame_diff_the_kept_onnx_stage_audits_the_new_one(tmp_path):
+    from pipeline.reload import reload_graph
+
+    path = tmp_path / "p.yaml"
+    path.write_text(spec(audit=0.5))
+    p = load_pipeline(path)
+    p.run_records(scene(20), batch_size=5)
+    kept, old_diff = p.graph.stages["count"], p.graph.stages["diff"]
+    path.write_text(spec(audit=0.5).replace('"threshold": 0.02', '"threshold": 0.03'))
+    fresh = reload_graph(p, path)
+    assert fresh is not None and fresh.stages["count"] is kept and fresh.stages["diff"] is not old_diff
+    p.graph = fresh
+    before = sum(s["audits"] for s in old_diff.stats().values())
+    p.run_records(scene(40, seed=1), batch_size=5)
+    assert sum(s["audits"] for s in fresh.stages["diff"].stats().values()) >= 3
+    assert sum(s["audits"] for s in old_diff.stats().values()) == before

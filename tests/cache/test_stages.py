@@ -91,7 +91,7 @@ def test_reuse_tracker_attaches_last_result_and_reports_audits():
     """frame_diff -> a counting 'model' wrapped by ReuseTracker: audits reach frame_diff and tighten it."""
     fd, _ = build_stage(FrameDiff, {"threshold": 0.3, "downscale": 2, "audit_rate": 0.3, "adaptive": True,
                                     "seed": 2}, item_id="fd")
-    tracker = ReuseTracker(["device"], ["count"], pipeline=fd.ctx.pipeline, agreement=count_agreement)
+    tracker = ReuseTracker(["device"], ["count"], peers=fd.ctx.peers, agreement=count_agreement)
     outs = []
     for i in range(0, 120, 10):                   # a bar grows a row per frame: the count drifts slowly
         frames = []
