@@ -214,7 +214,7 @@ class Scenes:
             family = "smooth" if pick < 0.6 else "blocks" if pick < 0.75 else "clutter"
             canvas = textures(r, 1, family)[0].astype(np.float32)
         canvas = _fit(canvas, 2 * H, 2 * W)
-        if not held and r.random() < self.props:
+        if not held and self.props and r.random() < self.props:   # no draw without props: v4's stream
             _props(canvas, r, int(r.integers(1, 6)))
         cover = np.zeros(canvas.shape, bool)
         pool = self.sprites["held" if held else "train"]

@@ -67,3 +67,46 @@ def test_training_crops_never_show_the_held_out_part_and_held_out_crops_show_onl
         assert ((held > 165) | (held < 60)).all()             # right part's background or its person
     for _ in range(30):
         assert scenes.remix().max() < 165 and scenes.empty_crop()[0].max() < 165
+
+
+
+class MiddleRng:
+    """Stands in for a numpy Generator: every draw is the middle of its range (the same path whatever was
+    drawn before) and is counted."""
+
+    def __init__(self):
+        self.draws = 0
+
+    def _full(self, value, size):
+        self.draws += 1
+        return value if size is None else np.full(size, value)
+
+    def random(self, size=None):
+        return self._full(0.5, size)
+
+    def uniform(self, low=0.0, high=1.0, size=None):
+        return self._full((low + high) / 2, size)
+
+    def normal(self, loc=0.0, scale=1.0, size=None):
+        return self._full(loc, size)
+
+    def integers(self, low, high=None, size=None):
+        low, high = (0, low) if high is None else (low, high)
+        return self._full((low + high - 1) // 2, size)
+
+    def geometric(self, p, size=None):
+        return self._full(2, size)
+
+
+def test_composites_without_props_draw_nothing_for_props(scenes, monkeypatch):
+    """At ``props=0`` (recipe v4) a composite takes no random number for props, so recipe v4 draws v4's
+    stream and rebuilds its weights; with props on (drawn as nothing here) each composite takes two more."""
+    monkeypatch.setattr(camera_scenes, "_props", lambda g, rng, n: None)
+    monkeypatch.setattr(scenes, "rng", None)
+    draws = {}
+    for props in (0.0, 1.0):
+        monkeypatch.setattr(scenes, "props", props)
+        scenes.rng = MiddleRng()
+        scenes.composite()
+        draws[props] = scenes.rng.draws
+    assert draws[1.0] == draws[0.0] + 2
