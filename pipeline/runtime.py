@@ -278,7 +278,7 @@ class Pipeline:
                     self.graph = graph
             now = time.monotonic()
             if now - last_tick >= rt.tick:
-                self.graph.tick(time.time())
+                self.graph.tick(self.clock())   # the pipeline clock, as the stages stamp what they see
                 last_tick = now
                 if on_tick:
                     on_tick(self)
