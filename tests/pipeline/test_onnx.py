@@ -251,6 +251,20 @@ def test_area_resize_matches_opencv_inter_area_at_any_factor(src, dst, channels)
     np.testing.assert_allclose(resize_stack(frames / 255.0, *dst, "area"), ref / 255, atol=1e-5)
 
 
+@pytest.mark.parametrize("color", ["gray", "rgb"])
+def test_area_preprocessing_at_non_integer_factors_does_not_depend_on_batching(color):
+    # the area mean is a matrix product per frame: a micro-batch of 16 gives each frame's tensor bit for bit as
+    # one frame at a time (replays cut batches differently; a reused result must not depend on it)
+    rng = np.random.default_rng(4)
+    frames = [rng.integers(0, 256, (100, 150, 3), dtype=np.uint8) for _ in range(16)]   # 15,000 px: stacked path
+    kw = dict(height=96, width=128, color=color, order="bgr", resize="area", scale=1 / 255, mean=None, std=None,
+              layout="NCHW", dtype=np.float32)
+    together = frames_to_tensor(frames, **kw)
+    alone = np.concatenate([frames_to_tensor([f], **kw) for f in frames])
+    assert together.shape == (16, 1 if color == "gray" else 3, 96, 128)
+    assert np.array_equal(together, alone)
+
+
 def test_stage_preprocessing_is_area_at_non_integer_factors():
     cv2 = pytest.importorskip("cv2", reason="opencv-python-headless (test extra) is not installed")
     rng = np.random.default_rng(1)
