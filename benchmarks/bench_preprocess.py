@@ -1,0 +1,107 @@
+"""The onnx stage's frame preprocessing (gray + true area resize to the model input), per frame size, against the
+running-sum integrals it used before (kept here as the baseline), in the same run.
+
+    python benchmarks/bench_preprocess.py [--video ../shared/data/video/vtest.avi] [--repeats 5]
+
+Frames: the first 16 of the video, cropped or resized (OpenCV) to each size; random frames without a video. Each
+size is timed as `frames_to_tensor` of 16 frames to 128x96 gray (the example camera model's input), fastest of
+`--repeats`; both must agree within 2e-4 of 255.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from pipeline.inference import preprocess  # noqa: E402
+
+SIZES = [(231, 308), (480, 640), (480, 854), (576, 768), (720, 1280), (1080, 1920)]   # (h, w); 576x768: 6x, integer
+
+
+def integral_area_resize(stack: np.ndarray, height: int, width: int) -> np.ndarray:
+    """The previous `area_resize`: exact integrals of running sums along each axis (int64 / float64)."""
+    def integral(cum, values, size, axis):
+        length = values.shape[axis]
+        edges = np.arange(size + 1, dtype=np.float64) * (length / size)
+        idx = np.minimum(np.floor(edges).astype(np.intp), length - 1)
+        shape = [1] * values.ndim
+        shape[axis] = size + 1
+        return np.take(cum, idx, axis=axis) + np.take(values, idx, axis=axis) * (edges - idx).reshape(shape)
+
+    n, h, w = stack.shape[:3]
+    x = stack if stack.dtype == np.uint8 else stack.astype(np.float64, copy=False)
+    acc = np.int64 if x.dtype == np.uint8 else np.float64
+    pad = [(0, 0)] * x.ndim
+    pad[2] = (1, 0)
+    cols = np.diff(integral(np.pad(np.cumsum(x, axis=2, dtype=acc), pad), x, width, 2), axis=2)
+    pad[2], pad[1] = (0, 0), (1, 0)
+    rows = np.diff(integral(np.pad(np.cumsum(cols, axis=1), pad), cols, height, 1), axis=1)
+    return (rows * ((height * width) / (h * w))).astype(np.float32)
+
+
+def previous_tensor(frames) -> np.ndarray:
+    """The previous path: resize every channel (integer factors: block sums), then the luma, then / 255."""
+    out = []
+    for f in frames:                                   # frames this large were converted one at a time
+        st = f[None]
+        h, w = st.shape[1:3]
+        if h % 96 == 0 and w % 128 == 0:
+            small = preprocess.resize_stack(st, 96, 128, "area")
+        else:
+            small = integral_area_resize(st, 96, 128)
+        out.append(preprocess.to_color(small, "gray", "bgr")[0, ..., 0] / np.float32(255))
+    return np.stack(out)[:, None]
+
+
+def frames_for(size, video: Path | None, rng) -> list[np.ndarray]:
+    h, w = size
+    if video is not None and video.exists():
+        import cv2
+        cap = cv2.VideoCapture(str(video))
+        src = [cap.read()[1] for _ in range(16)]
+        if h <= src[0].shape[0] and w <= src[0].shape[1]:
+            return [np.ascontiguousarray(f[:h, :w]) for f in src]
+        return [cv2.resize(f, (w, h)) for f in src]
+    return [rng.integers(0, 256, (h, w, 3), dtype=np.uint8) for _ in range(16)]
+
+
+def fastest(fn, repeats: int) -> float:
+    best = np.inf
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - t0)
+    return best
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--video", type=Path, default=Path(__file__).resolve().parents[2] / "shared" / "data" / "video" / "vtest.avi")
+    ap.add_argument("--repeats", type=int, default=5)
+    a = ap.parse_args()
+    rng = np.random.default_rng(0)
+    kw = dict(height=96, width=128, color="gray", order="bgr", resize="area", scale=1 / 255, mean=None, std=None,
+              layout="NCHW", dtype=np.float32)
+    print("| frame (w x h) | factor | before µs/frame | now µs/frame | speed-up | max difference (0..255) |")
+    print("|---|---|---|---|---|---|")
+    for size in SIZES:
+        frames = frames_for(size, a.video, rng)
+        now = preprocess.frames_to_tensor(frames, **kw)
+        before = previous_tensor(frames)
+        diff = float(np.abs(now - before).max()) * 255
+        assert diff < 2e-4, f"{size}: the two disagree by {diff}"
+        t_before = fastest(lambda: previous_tensor(frames), a.repeats)
+        t_now = fastest(lambda: preprocess.frames_to_tensor(frames, **kw), a.repeats)
+        factor = f"{size[0] / 96:g} x {size[1] / 128:g}"
+        print(f"| {size[1]} x {size[0]} | {factor} | {1e6 * t_before / 16:,.0f} | {1e6 * t_now / 16:,.0f} | "
+              f"{t_before / t_now:.1f}x | {diff:.1e} |", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
