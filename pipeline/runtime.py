@@ -135,7 +135,12 @@ class Pipeline:
                 self.dead_letters.listeners.append(lambda b, w=sinks[sid]: w.put(b))
             self.graph.deliver = lambda sink_id, batch: sinks[sink_id].put(batch)
             positions = self._restore(sources, sinks)
-            if rt.checkpoint.path:     # the state now is the restored checkpoint (or nothing yet): age 0
+            if rt.checkpoint.path and not self._resumed:
+                # a first checkpoint before anything is read: no source position yet, the output and dead-letter
+                # files as they are, so a crash before the first periodic checkpoint cuts them back to this when
+                # the journal replays from its start (as after any later checkpoint), and writes nothing twice
+                self._checkpoint(positions, sources, sinks)
+            if rt.checkpoint.path:     # the state now is the restored checkpoint (or the first one): age 0
                 self.metrics.set_gauge("runtime", "last_checkpoint_time", time.time())
             elif live := [c.id for c in spec.sources if c.type == "mqtt"]:
                 log.warning("pipeline %r runs without checkpoints (runtime.checkpoint.path is not set): source(s) %s "
@@ -374,6 +379,7 @@ class Pipeline:
         path = self.spec.runtime.checkpoint.path
         self._store = CheckpointStore(path) if path else None
         state = self._store.load() if self._store else None
+        self._resumed = state is not None
         for w in sinks.values():
             w.sink.started(resumed=state is not None)
         if state is None:

@@ -233,8 +233,9 @@ def test_flow_does_not_stall_at_receive_maximum_with_a_long_checkpoint_interval(
     wait_until(lambda: _subscribed(tmp_path), what="subscriptions")
     time.sleep(0.3)
     started = time.monotonic()
+    at_start = p.counter("runtime", "checkpoints")          # the one written at start, before anything was read
     publish(pub, topic_prefix, range(2000))
     wait_until(lambda: p.counter("in", "out") >= 2000, timeout=30, what="2,000 messages through 100 in-flight slots")
-    assert p.counter("runtime", "checkpoints") == 0          # no checkpoint was needed to keep them flowing
+    assert at_start <= 1 and p.counter("runtime", "checkpoints") == at_start   # none was needed to keep them flowing
     p.stop()
     compare(windows_written(tmp_path / "out.ndjson"), expected_windows(range(2000)))
