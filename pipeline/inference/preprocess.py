@@ -91,7 +91,7 @@ def resize_stack(stack: np.ndarray, height: int, width: int, method: str = "area
     return top * (1 - wy) + bottom * wy
 
 
-@lru_cache(maxsize=64)
+@lru_cache(maxsize=16)
 def _area_weights(n_in: int, n_out: int) -> np.ndarray:
     """(n_out, n_in) float32, read only: the share of input pixel ``j`` in output pixel ``i``, the overlap of
     ``[j, j + 1)`` with the output cell ``[i n_in / n_out, (i + 1) n_in / n_out)`` over the cell's length (each row
@@ -104,28 +104,74 @@ def _area_weights(n_in: int, n_out: int) -> np.ndarray:
     return weights
 
 
+MATMUL_MACS_PER_PIXEL = 250   # above this many multiply-adds per input pixel the running sums are cheaper
+
+
+def _matmul_order(h: int, w: int, height: int, width: int) -> str | None:
+    """``"rows"`` (``(Ry @ x) @ Rx.T``) or ``"cols"`` (``Ry @ (x @ Rx.T)``), whichever does fewer multiply-adds per
+    input pixel, or None when even that is more than ``MATMUL_MACS_PER_PIXEL`` (then the running sums are cheaper)."""
+    rows, cols = height + height * width / h, width + width * height / w
+    if min(rows, cols) > MATMUL_MACS_PER_PIXEL:
+        return None
+    return "rows" if rows <= cols else "cols"
+
+
 def area_resize(stack: np.ndarray, height: int, width: int) -> np.ndarray:
     """True area averaging of (n, h, w[, c]) frames to (n, height, width[, c]) float32, any factors.
 
     Output pixel (i, j) is the mean of the input over the rectangle it covers, ``[i*h/height, (i+1)*h/height)``
-    by ``[j*w/width, (j+1)*w/width)``, with partly covered pixels weighted by their overlap. The mean is separable:
-    ``Ry @ frame @ Rx.T`` with the overlap weights of each axis (``_area_weights``, computed once per size), two
-    float32 matrix products per frame and channel in BLAS (a 308x231 frame in about 0.1 ms, a 1280x720 one in
-    about 0.5 ms, 10-40x faster than the running-sum integrals it replaces, equal to them within 4e-5 on the 0..255
-    scale). Shrinking, this is OpenCV's ``INTER_AREA``; enlarging, each output pixel mixes the (at most two) input
-    pixels it overlaps. Every frame is its own product, so the result does not depend on how frames are batched.
+    by ``[j*w/width, (j+1)*w/width)``, with partly covered pixels weighted by their overlap. Shrinking, this is
+    OpenCV's ``INTER_AREA``; enlarging, each output pixel mixes the (at most two) input pixels it overlaps.
+
+    Two exact ways, chosen by cost: to a small output (a 128x96 model input: about 150 multiply-adds per input
+    pixel) the mean is separable, ``Ry @ frame @ Rx.T`` with each axis' overlap weights (``_area_weights``, kept per
+    size), two float32 matrix products per frame and channel in BLAS (a 308x231 frame about 18x faster than the
+    running sums, benchmarks/bench_preprocess.py); to a large one (640x640: about 1,000 per pixel) the running-sum
+    integrals along each axis (``_integral_area_resize``), whose cost does not grow with the output. They agree
+    within 2e-4 on the 0..255 scale. Either way every frame is computed on its own, so the result does not depend
+    on how frames are batched.
 
     >>> f = np.array([[0, 3, 6]], np.uint8)                  # 3 pixels -> 2: [0, 1.5) and [1.5, 3)
     >>> area_resize(f[None], 1, 2)[0].tolist()
     [[1.0, 5.0]]
     """
     n, h, w = stack.shape[:3]
+    order = _matmul_order(h, w, height, width)
+    if order is None:
+        return _integral_area_resize(stack, height, width)
     ry, rx = _area_weights(h, height), _area_weights(w, width).T
     if stack.ndim == 3:
-        return ry @ np.ascontiguousarray(stack, dtype=np.float32) @ rx
-    planes = np.empty((n, stack.shape[3], h, w), np.float32)   # (n, c, h, w): contiguous float32 planes for BLAS,
-    np.copyto(planes, np.moveaxis(stack, 3, 1), casting="unsafe")   # cast and transposed in one pass
-    return np.ascontiguousarray(np.moveaxis(ry @ planes @ rx, 1, 3))
+        planes = np.ascontiguousarray(stack, dtype=np.float32)
+    else:
+        planes = np.empty((n, stack.shape[3], h, w), np.float32)   # (n, c, h, w): contiguous float32 planes for
+        np.copyto(planes, np.moveaxis(stack, 3, 1), casting="unsafe")   # BLAS, cast and transposed in one pass
+    out = (ry @ planes) @ rx if order == "rows" else ry @ (planes @ rx)
+    return out if stack.ndim == 3 else np.ascontiguousarray(np.moveaxis(out, 1, 3))
+
+
+def _area_integral(cum: np.ndarray, values: np.ndarray, size: int, axis: int) -> np.ndarray:
+    """Integral of the piecewise-constant ``values`` along ``axis`` from 0 to each of the ``size + 1``
+    cell edges ``j * length / size`` (``cum``: the running sums along ``axis``, with a leading 0)."""
+    length = values.shape[axis]
+    edges = np.arange(size + 1, dtype=np.float64) * (length / size)
+    idx = np.minimum(np.floor(edges).astype(np.intp), length - 1)
+    frac = edges - idx                                    # 1.0 at the far end (idx = length - 1)
+    shape = [1] * values.ndim
+    shape[axis] = size + 1
+    return np.take(cum, idx, axis=axis) + np.take(values, idx, axis=axis) * frac.reshape(shape)
+
+
+def _integral_area_resize(stack: np.ndarray, height: int, width: int) -> np.ndarray:
+    """`area_resize` by exact integrals of running sums, one pass per axis for the whole stack (int64 for uint8)."""
+    n, h, w = stack.shape[:3]
+    x = stack if stack.dtype == np.uint8 else stack.astype(np.float64, copy=False)
+    acc = np.int64 if x.dtype == np.uint8 else np.float64
+    pad = [(0, 0)] * x.ndim
+    pad[2] = (1, 0)
+    cols = np.diff(_area_integral(np.pad(np.cumsum(x, axis=2, dtype=acc), pad), x, width, 2), axis=2)
+    pad[2], pad[1] = (0, 0), (1, 0)
+    rows = np.diff(_area_integral(np.pad(np.cumsum(cols, axis=1), pad), cols, height, 1), axis=1)
+    return (rows * ((height * width) / (h * w))).astype(np.float32)
 
 
 def _block_mean_uint8(stack: np.ndarray, fy: int, fx: int) -> np.ndarray:
@@ -180,10 +226,11 @@ def _float_tensor(frames, height, width, color, order, resize, scale, mean, std,
     if stack.ndim == 4 and stack.shape[3] == 1 and color == "gray":
         stack = stack[..., 0]
     # both are linear: resizing first does the least work on an integer factor (uint8 block sums of every channel);
-    # at any other factor the area mean is a matrix product per channel, so a gray model takes the luma first
+    # at any other factor to a small input the area mean is a matrix product per channel (`area_resize`), so a gray
+    # model takes the luma first
     h, w = stack.shape[1:3]
     if (color == "gray" and stack.ndim == 4 and resize == "area" and (h, w) != (height, width)
-            and (h % height or w % width)):
+            and (h % height or w % width) and _matmul_order(h, w, height, width) is not None):
         x = resize_stack(to_color(stack, color, order)[..., 0], height, width, resize)[..., None]
     else:
         x = to_color(resize_stack(stack, height, width, resize), color, order)
