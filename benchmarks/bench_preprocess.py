@@ -1,5 +1,5 @@
 """The onnx stage's frame preprocessing (gray + true area resize to the model input), per frame size, against the
-running-sum integrals it used before (kept here as the baseline), in the same run.
+running-sum integrals it used before for every non-integer factor (still its path to large inputs), in the same run.
 
     python benchmarks/bench_preprocess.py [--video ../shared/data/video/vtest.avi] [--repeats 5]
     python benchmarks/bench_preprocess.py --input 640x640 --color rgb     # a detection model's input: running sums
@@ -24,27 +24,6 @@ from pipeline.inference import preprocess  # noqa: E402
 SIZES = [(231, 308), (480, 640), (480, 854), (576, 768), (720, 1280), (1080, 1920)]   # (h, w); 576x768: 6x, integer
 
 
-def integral_area_resize(stack: np.ndarray, height: int, width: int) -> np.ndarray:
-    """The previous `area_resize`: exact integrals of running sums along each axis (int64 / float64)."""
-    def integral(cum, values, size, axis):
-        length = values.shape[axis]
-        edges = np.arange(size + 1, dtype=np.float64) * (length / size)
-        idx = np.minimum(np.floor(edges).astype(np.intp), length - 1)
-        shape = [1] * values.ndim
-        shape[axis] = size + 1
-        return np.take(cum, idx, axis=axis) + np.take(values, idx, axis=axis) * (edges - idx).reshape(shape)
-
-    n, h, w = stack.shape[:3]
-    x = stack if stack.dtype == np.uint8 else stack.astype(np.float64, copy=False)
-    acc = np.int64 if x.dtype == np.uint8 else np.float64
-    pad = [(0, 0)] * x.ndim
-    pad[2] = (1, 0)
-    cols = np.diff(integral(np.pad(np.cumsum(x, axis=2, dtype=acc), pad), x, width, 2), axis=2)
-    pad[2], pad[1] = (0, 0), (1, 0)
-    rows = np.diff(integral(np.pad(np.cumsum(cols, axis=1), pad), cols, height, 1), axis=1)
-    return (rows * ((height * width) / (h * w))).astype(np.float32)
-
-
 def previous_tensor(frames, height: int, width: int, color: str) -> np.ndarray:
     """The previous path: resize every channel (integer factors: block sums), then the color, then / 255 (NCHW)."""
     out = []
@@ -54,7 +33,7 @@ def previous_tensor(frames, height: int, width: int, color: str) -> np.ndarray:
         if h % height == 0 and w % width == 0:
             small = preprocess.resize_stack(st, height, width, "area")
         else:
-            small = integral_area_resize(st, height, width)
+            small = preprocess._integral_area_resize(st, height, width)   # what every factor took before
         out.append(np.moveaxis(preprocess.to_color(small, color, "bgr")[0], 2, 0) / np.float32(255))
     return np.stack(out)
 

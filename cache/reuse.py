@@ -154,13 +154,7 @@ class ReuseTracker:
             out = self._merge_one(batch, computed)
             if out is not None:
                 return out
-        fields = self.result_fields or [f for f in computed.fields if f not in batch.fields]
-        tags = [t for t in computed.tags if t not in batch.tags]
-        extra = [e for e in computed.extra if e not in batch.extra]
-        for have, new in zip(self.names, (fields, tags, extra)):
-            have.extend(x for x in new if x not in have)
-        fields = self.result_fields or self.names[0]
-        tags, extra = self.names[1], self.names[2]
+        fields, tags, extra = self._result_names(batch, computed)
         every = bool(mask.all())                 # nothing reused (a processed frame alone, say): computed columns as they are
         fcols, tcols, ecols = {}, {}, {}
         for cols, names, part, kind in ((fcols, fields, computed.fields, "f"), (tcols, tags, computed.tags, "o"),
@@ -287,6 +281,15 @@ class ReuseTracker:
         if self.confidence == "rounding" and math.isfinite(v):
             report(self.peers, by, "observe_confidence", k, 1.0 - 2.0 * abs(v - round(v)))
 
+    def _result_names(self, batch: Batch, computed: Batch) -> tuple[list, list, list]:
+        """The result fields, tags and annotations: those ``computed`` added to ``batch``, joined to the ones seen
+        before (``self.names``; a reused row gets each of them, NaN/None where its key has none yet)."""
+        new = (self.result_fields or [f for f in computed.fields if f not in batch.fields],
+               [t for t in computed.tags if t not in batch.tags], [e for e in computed.extra if e not in batch.extra])
+        for have, names in zip(self.names, new):
+            have.extend(x for x in names if x not in have)
+        return self.result_fields or self.names[0], self.names[1], self.names[2]
+
     def _merge_one(self, batch: Batch, computed: Batch) -> Batch | None:
         """:meth:`merge` for a batch of one record that was computed, keyed by one tag of plain strings (a camera
         delivering frame by frame): the same record, last result and reports, from scalars (each numpy call costs
@@ -295,11 +298,7 @@ class ReuseTracker:
         if col is None or col.dtype != object or type(col[0]) is not str:
             return None
         k = col[0]
-        new = (self.result_fields or [f for f in computed.fields if f not in batch.fields],
-               [t for t in computed.tags if t not in batch.tags], [e for e in computed.extra if e not in batch.extra])
-        for have, names in zip(self.names, new):
-            have.extend(x for x in names if x not in have)
-        fields, tags, extra = self.result_fields or self.names[0], self.names[1], self.names[2]
+        fields, tags, extra = self._result_names(batch, computed)
         fcols = {}
         for name in fields:
             got = computed.fields.get(name)

@@ -44,6 +44,13 @@ SHAPE_PRIOR = 0.2  # while a key has few tail scores, its GPD shape is pulled up
 PRIOR_TAIL = 20.0  # ... with the weight of this many tail scores (a light tail fitted on a dozen is not trusted)
 
 
+def with_shape_prior(tb: dict) -> dict:
+    """``tb`` (a fitted table) with its GPD shape pulled up towards ``SHAPE_PRIOR`` while its tail is short."""
+    w = PRIOR_TAIL / (PRIOR_TAIL + tb["q_t"] * tb["total"])
+    tb["gamma"] = (1 - w) * tb["gamma"] + w * max(tb["gamma"], SHAPE_PRIOR)
+    return tb
+
+
 class TailCalibrator:
     """Per-key map from raw score to tail probability (histogram body, GPD tail); see the module docstring."""
 
@@ -97,10 +104,7 @@ class TailCalibrator:
         with n tail scores the shape is ``(1 - w) gamma + w max(gamma, SHAPE_PRIOR)``, ``w = PRIOR_TAIL /
         (PRIOR_TAIL + n)``: never lighter than fitted, and only heavier while the evidence is short.
         """
-        tb = self._fit_moments()
-        w = PRIOR_TAIL / (PRIOR_TAIL + tb["q_t"] * tb["total"])
-        tb["gamma"] = (1 - w) * tb["gamma"] + w * max(tb["gamma"], SHAPE_PRIOR)
-        return tb
+        return with_shape_prior(self._fit_moments())
 
     def _fit_moments(self) -> dict:
         total = float(self.count.sum())

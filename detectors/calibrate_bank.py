@@ -2,7 +2,7 @@
 
 The steps are those of `TailCalibrator`: `add` (raw scores into the pending buffer, as `learn`),
 `_refresh` (the decayed histogram; one `bincount` for all keys that refresh), `_fit` (the table:
-`TailCalibrator._fit` itself, key by key) and `score` (each key's frozen table, all keys at once).
+`TailCalibrator._fit_moments` and `with_shape_prior` themselves, key by key) and `score` (each key's frozen table, all keys at once).
 """
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from types import SimpleNamespace
 
 import numpy as np
 
-from .calibrate import BINS, CAP, EDGES, NORMAL, TailCalibrator
+from .calibrate import BINS, CAP, EDGES, NORMAL, TailCalibrator, with_shape_prior
 from .slots import SlotArrays
 
 __all__ = ["CalibratorBank"]
@@ -64,8 +64,7 @@ class CalibratorBank:
     def _fit(self, slot: int) -> dict:
         a = self.a
         view = SimpleNamespace(count=a.count[slot], sum1=a.sum1[slot], sum2=a.sum2[slot], tail=self.tail)
-        view._fit_moments = lambda: TailCalibrator._fit_moments(view)
-        return TailCalibrator._fit(view)
+        return with_shape_prior(TailCalibrator._fit_moments(view))
 
     def _set_table(self, slot: int, tb: dict | None) -> None:
         a = self.a

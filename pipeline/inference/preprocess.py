@@ -116,6 +116,13 @@ def _matmul_order(h: int, w: int, height: int, width: int) -> str | None:
     return "rows" if rows <= cols else "cols"
 
 
+def _area_by_matmul(h: int, w: int, height: int, width: int) -> bool:
+    """Whether ``resize_stack(..., "area")`` from h x w to height x width takes the matrix products (not the same
+    size, not an integer factor, and cheap enough by ``_matmul_order``)."""
+    return ((h, w) != (height, width) and bool(h % height or w % width)
+            and _matmul_order(h, w, height, width) is not None)
+
+
 def area_resize(stack: np.ndarray, height: int, width: int) -> np.ndarray:
     """True area averaging of (n, h, w[, c]) frames to (n, height, width[, c]) float32, any factors.
 
@@ -228,9 +235,7 @@ def _float_tensor(frames, height, width, color, order, resize, scale, mean, std,
     # both are linear: resizing first does the least work on an integer factor (uint8 block sums of every channel);
     # at any other factor to a small input the area mean is a matrix product per channel (`area_resize`), so a gray
     # model takes the luma first
-    h, w = stack.shape[1:3]
-    if (color == "gray" and stack.ndim == 4 and resize == "area" and (h, w) != (height, width)
-            and (h % height or w % width) and _matmul_order(h, w, height, width) is not None):
+    if color == "gray" and stack.ndim == 4 and resize == "area" and _area_by_matmul(*stack.shape[1:3], height, width):
         x = resize_stack(to_color(stack, color, order)[..., 0], height, width, resize)[..., None]
     else:
         x = to_color(resize_stack(stack, height, width, resize), color, order)

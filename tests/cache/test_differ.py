@@ -391,16 +391,22 @@ def _sparse_reference(frames, f):
     return out
 
 
+def layout_frames(f: int, layout: str) -> list[np.ndarray]:
+    """Three seeded frames in one of the layouts a sampling must handle (gray, BGR, BGRA, a non-contiguous view, an
+    odd size)."""
+    rng = np.random.default_rng(f)
+    big = rng.integers(0, 256, (3, 101, 133, 4), dtype=np.uint8)
+    return {"gray": [np.ascontiguousarray(x[:96, :128, 0]) for x in big],
+            "bgr": [np.ascontiguousarray(x[:96, :128, :3]) for x in big],
+            "bgra": [np.ascontiguousarray(x[:96, :128]) for x in big],
+            "view": [x[2:98, 3:131, :3] for x in big],                      # not C-contiguous: the slicing path
+            "odd size": [np.ascontiguousarray(x[:, :, :3]) for x in big]}[layout]
+
+
 @pytest.mark.parametrize("f", [2, 3, 4, 6, 8, 16])
 @pytest.mark.parametrize("layout", ["gray", "bgr", "bgra", "view", "odd size"])
 def test_sparse_gather_is_bit_identical_to_the_reference(f, layout):
-    rng = np.random.default_rng(f)
-    big = rng.integers(0, 256, (3, 101, 133, 4), dtype=np.uint8)
-    frames = {"gray": [np.ascontiguousarray(x[:96, :128, 0]) for x in big],
-              "bgr": [np.ascontiguousarray(x[:96, :128, :3]) for x in big],
-              "bgra": [np.ascontiguousarray(x[:96, :128]) for x in big],
-              "view": [x[2:98, 3:131, :3] for x in big],                      # not C-contiguous: the slicing path
-              "odd size": [np.ascontiguousarray(x[:, :, :3]) for x in big]}[layout]
+    frames = layout_frames(f, layout)
     want = _sparse_reference(frames, f)
     got = F.prepare_list(frames, f, "sparse")
     assert got.dtype == np.float32 and got.shape == want.shape
@@ -450,13 +456,7 @@ def test_decide_single_leaves_new_keys_and_other_sizes_to_the_general_path():
 def test_lines_sampling_reads_one_pixel_per_tall_narrow_cell(f, layout):
     """``lines``: one row in 2f (the band's middle), one pixel in f/2 on it (the run's middle), BGR luma in float32
     steps; the list path (touch, one strided copy, three-call luma) equals ``prepare`` bit for bit."""
-    rng = np.random.default_rng(f)
-    big = rng.integers(0, 256, (3, 101, 133, 4), dtype=np.uint8)
-    frames = {"gray": [np.ascontiguousarray(x[:96, :128, 0]) for x in big],
-              "bgr": [np.ascontiguousarray(x[:96, :128, :3]) for x in big],
-              "bgra": [np.ascontiguousarray(x[:96, :128]) for x in big],
-              "view": [x[2:98, 3:131, :3] for x in big],                      # not C-contiguous: the slicing path
-              "odd size": [np.ascontiguousarray(x[:, :, :3]) for x in big]}[layout]
+    frames = layout_frames(f, layout)
     a = np.stack(frames).astype(np.float32)
     s = max(1, f // 2)
     h, w = a.shape[1:3]

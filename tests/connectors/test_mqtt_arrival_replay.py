@@ -17,7 +17,7 @@ import pytest
 import yaml
 
 from tests.support.clients import read_ndjson, windows_written
-from tests.support.edgesieve_run import Run, publish_all
+from tests.support.edgesieve_run import Run, durable_runtime, mqtt_source, publish_readings
 from tests.support.waiting import settle, wait_until
 
 DEVICES = 5
@@ -60,21 +60,13 @@ def dead_letters(path) -> Counter:
 def doc(tmp_path, url: str, prefix: str) -> dict:
     return {
         "pipeline": "arrival",
-        "sources": [{"id": "in", "type": "mqtt", "url": url, "node": f"gw-{uuid.uuid4().hex[:6]}",
-                     "reconnect": {"min_delay": 0.05, "max_delay": 0.3}, "emit_interval": 0.01,
-                     "subscriptions": [{"topic_template": f"{prefix}/{{device}}", "codec": "json", "qos": 1}]}],
+        "sources": [mqtt_source(url, prefix)],
         "stages": [{"id": "win", "type": "window", "inputs": ["in"], "size": "1s", "key": ["device"],
                     "allowed_lateness": "1000s", "late": "dead_letter", "max_future": "300s",
                     "aggregates": {"v": ["sum"]}}],
         "sinks": [{"id": "out", "type": "file", "inputs": ["win"], "path": str(tmp_path / "out.ndjson")}],
-        "runtime": {"batching": {"max_wait": 0.02}, "tick": 0.02, "state_dir": str(tmp_path / "state"),
-                    "checkpoint": {"path": str(tmp_path / "state" / "arrival.checkpoint"), "interval": "4s"},
-                    "dead_letter": str(tmp_path / "dead.ndjson")},
+        "runtime": durable_runtime(tmp_path, "arrival", "4s"),
     }
-
-
-def publish(pub, prefix: str, base: float, seqs) -> None:
-    publish_all(pub, ((f"{prefix}/{device}", r) for device, r in (reading(base, i) for i in seqs)))
 
 
 @pytest.mark.slow
@@ -89,7 +81,7 @@ def test_a_replay_a_day_later_gives_the_windows_and_dead_letters_of_an_uninterru
     calm = Run(tmp_path / "calm" / "p.yaml", 0.0)
     wait_until(lambda: calm.connected(), what="the calm run to connect")
     time.sleep(0.3)
-    publish(pub, calm_prefix, base, range(N))
+    publish_readings(pub, calm_prefix, (reading(base, i) for i in range(N)))
     wait_until(lambda: calm.count("in", "out") >= N, what="the calm run to take every reading")
     calm.stop()
 
@@ -101,19 +93,19 @@ def test_a_replay_a_day_later_gives_the_windows_and_dead_letters_of_an_uninterru
     first = Run(path, 0.0)
     wait_until(lambda: first.connected(), what="the first run to connect")
     time.sleep(0.3)
-    publish(pub, prefix, base, range(N1))
+    publish_readings(pub, prefix, (reading(base, i) for i in range(N1)))
     wait_until(lambda: first.count("in", "out") >= N1, what="phase 1")
     done = first.count("runtime", None, "edgesieve_checkpoints_total")
     wait_until(lambda: first.count("runtime", None, "edgesieve_checkpoints_total") > done, what="a checkpoint")
-    publish(pub, prefix, base, range(N1, N2))             # right after a checkpoint: the next is 4 s away
+    publish_readings(pub, prefix, (reading(base, i) for i in range(N1, N2)))             # right after a checkpoint: the next is 4 s away
     wait_until(lambda: first.count("in", "out") >= N2, what="phase 2")
     refused = sum(map(is_future, range(N2)))
     wait_until(lambda: first.count("win", "future_timestamp") == refused, what="the window stage to refuse them")
     first.kill()
-    publish(pub, prefix, base, range(N2, N3))             # queued by the broker while edgesieve is down
+    publish_readings(pub, prefix, (reading(base, i) for i in range(N2, N3)))             # queued by the broker while edgesieve is down
     second = Run(path, LATER)
     wait_until(lambda: second.connected(), what="the second run to connect")
-    publish(pub, prefix, base, range(N3, N))
+    publish_readings(pub, prefix, (reading(base, i) for i in range(N3, N)))
     settle(lambda: second.count("in", "out"), quiet=1.0)
     replayed_future = second.count("win", "future_timestamp")
     err = second.stop()

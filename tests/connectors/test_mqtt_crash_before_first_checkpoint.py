@@ -18,7 +18,7 @@ import pytest
 import yaml
 
 from tests.support.clients import read_ndjson
-from tests.support.edgesieve_run import Run, publish_all
+from tests.support.edgesieve_run import Run, durable_runtime, mqtt_source, publish_all
 from tests.support.waiting import settle, wait_until
 
 N1, N = 300, 500                      # published before the kill, in all
@@ -38,13 +38,9 @@ def test_a_kill_before_the_first_periodic_checkpoint_writes_each_record_and_dead
     path = tmp_path / "p.yaml"
     path.write_text(yaml.safe_dump({
         "pipeline": "first",
-        "sources": [{"id": "in", "type": "mqtt", "url": broker.url, "node": f"gw-{uuid.uuid4().hex[:6]}",
-                     "reconnect": {"min_delay": 0.05, "max_delay": 0.3}, "emit_interval": 0.01,
-                     "subscriptions": [{"topic_template": f"{prefix}/{{device}}", "codec": "json", "qos": 1}]}],
+        "sources": [mqtt_source(broker.url, prefix)],
         "sinks": [{"id": "out", "type": "file", "inputs": ["in"], "path": str(tmp_path / "out.ndjson")}],
-        "runtime": {"batching": {"max_wait": 0.02}, "tick": 0.02, "state_dir": str(tmp_path / "state"),
-                    "checkpoint": {"path": str(tmp_path / "state" / "first.checkpoint"), "interval": "1h"},
-                    "dead_letter": str(tmp_path / "dead.ndjson")},
+        "runtime": durable_runtime(tmp_path, "first", "1h"),   # no periodic checkpoint before the kill
     }))
     pub = clients(broker, client_id=f"pub-{uuid.uuid4().hex[:6]}", persistent=True)
     first = Run(path)

@@ -21,7 +21,7 @@ import pytest
 import yaml
 
 from tests.support.clients import read_ndjson, windows_written
-from tests.support.edgesieve_run import Run, publish_all
+from tests.support.edgesieve_run import Run, durable_runtime, mqtt_source, publish_readings
 from tests.support.waiting import settle, wait_until
 
 DEVICES = 5                     # d0..d3 on time, d4 LAG seconds behind
@@ -62,21 +62,13 @@ def expected(base: float) -> tuple[dict, set]:
 def doc(tmp_path, url: str, prefix: str) -> dict:
     return {
         "pipeline": "forced",
-        "sources": [{"id": "in", "type": "mqtt", "url": url, "node": f"gw-{uuid.uuid4().hex[:6]}",
-                     "reconnect": {"min_delay": 0.05, "max_delay": 0.3}, "emit_interval": 0.01,
-                     "subscriptions": [{"topic_template": f"{prefix}/{{device}}", "codec": "json", "qos": 1}]}],
+        "sources": [mqtt_source(url, prefix)],
         "stages": [{"id": "win", "type": "window", "inputs": ["in"], "size": "1s", "key": ["device"],
                     "allowed_lateness": "1000s", "late": "dead_letter", "max_open_windows": LIMIT,
                     "aggregates": {"v": ["sum"]}}],
         "sinks": [{"id": "out", "type": "file", "inputs": ["win"], "path": str(tmp_path / "out.ndjson")}],
-        "runtime": {"batching": {"max_wait": 0.02}, "tick": 0.02, "state_dir": str(tmp_path / "state"),
-                    "checkpoint": {"path": str(tmp_path / "state" / "forced.checkpoint"), "interval": "4s"},
-                    "dead_letter": str(tmp_path / "dead.ndjson")},
+        "runtime": durable_runtime(tmp_path, "forced", "4s"),
     }
-
-
-def publish(pub, prefix: str, base: float, seqs) -> None:
-    publish_all(pub, ((f"{prefix}/{device}", r) for device, r in (reading(base, i) for i in seqs)))
 
 
 def late_written(path) -> Counter:
@@ -98,7 +90,7 @@ def test_forced_windows_and_late_readings_survive_a_kill_and_a_replay_cut_differ
     calm = Run(tmp_path / "calm" / "p.yaml")
     wait_until(calm.connected, what="the calm run to connect")
     time.sleep(0.3)
-    publish(pub, calm_prefix, base, range(N))
+    publish_readings(pub, calm_prefix, (reading(base, i) for i in range(N)))
     wait_until(lambda: calm.count("in", "out") >= N, what="the calm run to take every reading")
     settle(lambda: calm.count("win", "windows_forced"), quiet=0.5)
     calm.stop()
@@ -111,18 +103,18 @@ def test_forced_windows_and_late_readings_survive_a_kill_and_a_replay_cut_differ
     first = Run(path)
     wait_until(first.connected, what="the first run to connect")
     time.sleep(0.3)
-    publish(pub, prefix, base, range(N1))
+    publish_readings(pub, prefix, (reading(base, i) for i in range(N1)))
     wait_until(lambda: first.count("in", "out") >= N1, what="phase 1")
     done = first.count("runtime", None, "edgesieve_checkpoints_total")
     wait_until(lambda: first.count("runtime", None, "edgesieve_checkpoints_total") > done, what="a checkpoint")
-    publish(pub, prefix, base, range(N1, N2))             # right after a checkpoint: the next is 4 s away
+    publish_readings(pub, prefix, (reading(base, i) for i in range(N1, N2)))             # right after a checkpoint: the next is 4 s away
     wait_until(lambda: first.count("in", "out") >= N2, what="phase 2")
     forced_before_kill = first.count("win", "windows_forced")
     first.kill()
-    publish(pub, prefix, base, range(N2, N3))             # queued by the broker while edgesieve is down
+    publish_readings(pub, prefix, (reading(base, i) for i in range(N2, N3)))             # queued by the broker while edgesieve is down
     second = Run(path)
     wait_until(second.connected, what="the second run to connect")
-    publish(pub, prefix, base, range(N3, N))
+    publish_readings(pub, prefix, (reading(base, i) for i in range(N3, N)))
     settle(lambda: second.count("in", "out"), quiet=1.0)
     err = second.stop()
 

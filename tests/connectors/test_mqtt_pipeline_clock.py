@@ -15,7 +15,7 @@ import pytest
 import yaml
 
 from tests.support.clients import read_ndjson
-from tests.support.edgesieve_run import Run, publish_all
+from tests.support.edgesieve_run import Run, mqtt_source, publish_all
 from tests.support.waiting import settle, wait_until
 
 
@@ -25,8 +25,7 @@ def test_idle_close_is_judged_on_the_pipeline_clock(broker, tmp_path, clients):
     path = tmp_path / "p.yaml"
     path.write_text(yaml.safe_dump({
         "pipeline": "clock",
-        "sources": [{"id": "in", "type": "mqtt", "url": broker.url, "emit_interval": 0.01,
-                     "subscriptions": [{"topic_template": f"{prefix}/{{device}}", "codec": "json", "qos": 1}]}],
+        "sources": [mqtt_source(broker.url, prefix)],
         "stages": [{"id": "win", "type": "window", "inputs": ["in"], "size": "10s", "key": ["device"],
                     "idle_close": "5m", "aggregates": {"v": ["sum"]}}],
         "sinks": [{"id": "out", "type": "file", "inputs": ["win"], "path": str(tmp_path / "out.ndjson")}],

@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import urllib.request
+import uuid
 
 from tests.support.cli import cli_env, metric
 from tests.support.mosquitto import free_port
@@ -53,3 +54,23 @@ def publish_all(pub, messages) -> None:
     for info in infos:
         info.wait_for_publish(20)
         assert info.is_published()
+
+
+def publish_readings(pub, prefix: str, readings) -> None:
+    """Publish ``(device, payload)`` pairs to ``{prefix}/{device}`` in order (see :func:`publish_all`)."""
+    publish_all(pub, ((f"{prefix}/{device}", payload) for device, payload in readings))
+
+
+def mqtt_source(url: str, prefix: str, **extra) -> dict:
+    """The pipeline-file entry of source ``in``: JSON readings on ``{prefix}/{device}`` at QoS 1, a node id of its own
+    (so its persistent session is its own), quick reconnects."""
+    return {"id": "in", "type": "mqtt", "url": url, "node": f"gw-{uuid.uuid4().hex[:6]}",
+            "reconnect": {"min_delay": 0.05, "max_delay": 0.3}, "emit_interval": 0.01,
+            "subscriptions": [{"topic_template": f"{prefix}/{{device}}", "codec": "json", "qos": 1}], **extra}
+
+
+def durable_runtime(folder, name: str, interval: str) -> dict:
+    """The ``runtime:`` of a pipeline with checkpoints every ``interval`` and a dead-letter file, all in ``folder``."""
+    return {"batching": {"max_wait": 0.02}, "tick": 0.02, "state_dir": str(folder / "state"),
+            "checkpoint": {"path": str(folder / "state" / f"{name}.checkpoint"), "interval": interval},
+            "dead_letter": str(folder / "dead.ndjson")}
