@@ -37,7 +37,9 @@ from pipeline.batch import Batch  # noqa: E402
 from redundancy_scenes import FPS, METRICS, decode, every_nth, scenes  # noqa: E402
 
 TARGETS = {"lenient": (0.99, 0.95), "strict": (0.95, 0.90)}
-BASE = dict(feature="pixel", pixel_threshold=15.0, downscale=8, confidence_power=1.0)
+BASE = dict(feature="pixel", pixel_threshold=15.0, confidence_power=1.0)   # sampling, downscale: the stage's defaults
+# --compare-sampling: the default (stride, 16), the earlier default (sparse, 8) and the other samplings at 8
+CURVE_SAMPLINGS = (("stride", 16), ("sparse", 8), ("lines", 8), ("stride", 8))
 GRID = [dict(threshold=t, refresh_seconds=r) for r in (None, 2.0)
         for t in (0.002, 0.005, 0.01, 0.02, 0.04, 0.08, 0.15, 0.3)]
 GUARD = dict(audit_rate=0.05, audit_boost=4.0, guard_min_audits=5, guard_window=100)
@@ -179,11 +181,12 @@ def sampling_curves(frames, ref) -> dict:
     CURVE_THRESHOLDS, each metric interpolated at CURVE_SKIPS (None outside the range the settings reach),
     with every-Nth at the same skips. Nothing is chosen on these frames: it is a curve, not a tuning."""
     out = {}
-    for sampling in ("sparse", "stride", "lines"):
-        res = [simulate(frames, ref, dict(threshold=t, audit_rate=0.0, sampling=sampling)) for t in CURVE_THRESHOLDS]
+    for sampling, downscale in CURVE_SAMPLINGS:
+        res = [simulate(frames, ref, dict(threshold=t, audit_rate=0.0, sampling=sampling, downscale=downscale))
+               for t in CURVE_THRESHOLDS]
         skip = np.array([r["skip"] for r in res])
         order = np.argsort(skip, kind="stable")
-        out[sampling] = {m: [None if np.isnan(v) else float(v) for v in
+        out[f"{sampling}, downscale {downscale}"] = {m: [None if np.isnan(v) else float(v) for v in
                              np.interp(CURVE_SKIPS, skip[order], np.array([r[m] for r in res])[order], left=np.nan, right=np.nan)]
                          for m in METRICS}
     out["every N-th"] = {m: [every_nth(ref, s)[m] for s in CURVE_SKIPS] for m in METRICS}
@@ -236,8 +239,9 @@ def main(argv=None) -> int:
     ap.add_argument("--scenes", nargs="*", default=None, help="only these scenes (vtest, 'right view', edited)")
     ap.add_argument("--sampling", choices=["stride", "sparse", "lines", "area"], default=None,
                     help="frame_diff's sampling (default: the stage's default)")
+    ap.add_argument("--downscale", type=int, default=None, help="frame_diff's downscale (default: the stage's default)")
     ap.add_argument("--compare-sampling", action="store_true",
-                    help="also print quality at equal skip on the 2nd half for sampling sparse, stride and lines")
+                    help="also print quality at equal skip on the 2nd half for each of CURVE_SAMPLINGS")
     ap.add_argument("--json", type=Path, default=None, help="also write all figures here")
     args = ap.parse_args(argv)
     if not args.video.exists():
@@ -245,6 +249,8 @@ def main(argv=None) -> int:
         return 0
     if args.sampling:
         BASE["sampling"] = args.sampling
+    if args.downscale:
+        BASE["downscale"] = args.downscale
     started = time.perf_counter()
     video = decode(args.video, args.frames)
     reports = []

@@ -47,7 +47,7 @@ class Decision:
 class FrameDiffer:
     """Per-key reference frames, feature distances, forced refresh, audits and the accuracy guard."""
 
-    def __init__(self, feature: str = "pixel", threshold: float = 0.01, *, downscale: int = 8, sampling: str = "sparse",
+    def __init__(self, feature: str = "pixel", threshold: float = 0.01, *, downscale: int = 16, sampling: str = "stride",
                  pixel_threshold: float = 25.0, blocks: int = 8, block_min: float = 0.05, bins: int = 32,
                  norm_ord: float = 2, relative: bool = True, refresh_frames: int | None = None,
                  refresh_seconds: float | None = None, audit_rate: float = 0.05, seed: int = 0,

@@ -40,11 +40,12 @@ class FrameDiffConfig(StageConfig):
         "changed grid cells (area), `histogram` = gray-level histogram distance, `vector_norm` = norm of the "
         "difference of numeric vectors (a spectrum in `frame`, or `vector_fields`).")
     threshold: float = Field(0.01, gt=0, description="Distance above which a frame is processed (the adaptive guard moves it per key).")
-    downscale: int = Field(8, ge=1, le=64, description="Frames are compared on a grayscale copy shrunk by this factor in both axes.")
+    downscale: int = Field(16, ge=1, le=64, description="Frames are compared on a grayscale copy shrunk by this factor in both axes "
+                           "(16: a 48x36 copy of a 768x576 frame, one row in 16 read).")
     sampling: Literal["sparse", "stride", "lines", "area"] = Field(
-        "sparse", description="How a cell of the small copy is read: the luma of two pixels of its middle row (`sparse`), its "
-        "centre pixel's green channel (`stride`: one strided copy per frame, no arithmetic: cheaper, and it skips "
-        "differently, see docs/redundancy.md), the luma of one pixel of cells `2 x downscale` high and `downscale / 2` "
+        "stride", description="How a cell of the small copy is read: its centre pixel's green channel (`stride`, the default: "
+        "one strided copy per frame, no arithmetic), the luma of two pixels of its middle row (`sparse`, the earlier "
+        "default, with `downscale: 8`: twice the rows read, see docs/redundancy.md), the luma of one pixel of cells `2 x downscale` high and `downscale / 2` "
         "wide (`lines`: half the rows of `sparse` read, cheaper, skips differently), or the luma of every pixel (`area`).")
     pixel_threshold: float = Field(25.0, ge=0, description="Gray-level change (0..255) that makes a pixel count as changed (`pixel`, `block`).")
     blocks: int = Field(8, ge=1, le=256, description="Grid size for `block` (blocks x blocks cells).")
