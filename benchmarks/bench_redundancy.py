@@ -38,8 +38,10 @@ from redundancy_scenes import FPS, METRICS, decode, every_nth, scenes  # noqa: E
 
 TARGETS = {"lenient": (0.99, 0.95), "strict": (0.95, 0.90)}
 BASE = dict(feature="pixel", pixel_threshold=15.0, confidence_power=1.0)   # sampling, downscale: the stage's defaults
-# --compare-sampling: the default (stride, 16), the earlier default (sparse, 8) and the other samplings at 8
-CURVE_SAMPLINGS = (("stride", 16), ("sparse", 8), ("lines", 8), ("stride", 8))
+# --compare-sampling: the default (stride, 16), the earlier default (sparse, 8), the candidates the default was chosen
+# from (lines 16 and 12; docs/redundancy.md) and the other samplings at 8; the rule's column compares with the first
+CURVE_SAMPLINGS = (("stride", 16), ("sparse", 8), ("lines", 16), ("lines", 12), ("lines", 8), ("stride", 8))
+EARLIER_DEFAULT = "sparse, downscale 8"
 GRID = [dict(threshold=t, refresh_seconds=r) for r in (None, 2.0)
         for t in (0.002, 0.005, 0.01, 0.02, 0.04, 0.08, 0.15, 0.3)]
 GUARD = dict(audit_rate=0.05, audit_boost=4.0, guard_min_audits=5, guard_window=100)
@@ -223,11 +225,16 @@ def print_report(rep: dict) -> None:
               f"{s['needed']:.2f}x {'✓' if s['speedup'] >= s['needed'] else '✗'} |")
     if rep.get("curves"):
         print("\nQuality at equal skip on the 2nd half (static thresholds, interpolated), by `sampling`:\n")
-        print("| sampling | metric | " + " | ".join(f"{s:.0%} skipped" for s in CURVE_SKIPS) + " |")
-        print("|---|---|" + "---|" * len(CURVE_SKIPS))
+        print("| sampling | metric | " + " | ".join(f"{s:.0%} skipped" for s in CURVE_SKIPS)
+              + f" | mean - {EARLIER_DEFAULT} (columns defined for both) |")
+        print("|---|---|" + "---|" * (len(CURVE_SKIPS) + 1))
+        base = rep["curves"][EARLIER_DEFAULT]
         for sampling, by_metric in rep["curves"].items():
             for m, values in by_metric.items():
-                print(f"| {sampling} | {m} | " + " | ".join("-" if v is None else f"{v:.4f}" for v in values) + " |")
+                both = [v - b for v, b in zip(values, base[m]) if v is not None and b is not None]
+                rule = f"{np.mean(both):+.4f}" if both else "-"
+                print(f"| {sampling} | {m} | " + " | ".join("-" if v is None else f"{v:.4f}" for v in values)
+                      + f" | {rule} |")
 
 
 def main(argv=None) -> int:
