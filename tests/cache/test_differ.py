@@ -205,6 +205,20 @@ def test_guard_target_applies_to_all_frames_not_only_reused_ones():
     assert strict.threshold("k") < loose.threshold("k")
 
 
+def test_young_key_reuse_share_is_not_biased_towards_processed():
+    """The guard's target on reused results is relaxed by the share of frames processed; a key's first frames
+    must not read as mostly processed (the decayed mean starts at 0), or a 0.90 target on a young camera
+    behaves like 0.6 and the guard loosens on disagreements (vtest's second half, docs/redundancy.md)."""
+    still = [np.full((32, 32), 100, np.uint8)] * 100
+    fd = FrameDiffer("pixel", threshold=0.05, downscale=4, audit_rate=0.0, adaptive=True, target=0.9,
+                     guard={"min_audits": 5})
+    fd.decide(["a"] * 100, [i / 10 for i in range(100)], still)        # 1 processed, 99 reused
+    assert FrameDiffer.reuse_share(fd.keys["a"]) == pytest.approx(0.99, abs=0.005)
+    for score in [1.0] * 9 + [0.0]:   # 90% agreement on reused results, so ~0.91 on all frames: no room
+        fd.observe("a", score)
+    assert fd.stats()["a"]["threshold"] < 0.05                           # it tightened, it did not loosen
+
+
 def test_confidence_scales_the_threshold_until_the_next_processed_frame():
     frames = [np.full((32, 32), 100, np.uint8)] + [np.full((32, 32), 100, np.uint8) for _ in range(3)]
     frames[2][:8] = 160                                   # 25% of pixels change
