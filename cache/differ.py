@@ -30,6 +30,7 @@ from cache.guard import AccuracyGuard, uniform
 from pipeline.keys import factorize, group_rows
 
 REASONS = ("reuse", "first", "changed", "forced", "audit", "bad")
+REUSE_DECAY = 0.995   # per frame, of the recent share of reused frames (about 200 frames)
 
 
 @dataclass
@@ -299,7 +300,7 @@ class FrameDiffer:
     @staticmethod
     def _count(st, why, n):
         if n:       # recent share of reused frames (audits count as processed), decay 1/200 per frame
-            d = 0.995 ** n
+            d = REUSE_DECAY ** n
             st["reuse_ema"] = st.get("reuse_ema", 0.0) * d + (1.0 - d) * (why == "reuse")
         st["frames"] += n
         if why != "reuse":
@@ -328,10 +329,10 @@ class FrameDiffer:
     @staticmethod
     def reuse_share(st) -> float | None:
         """Recent share of a key's frames that were reused: the decayed mean kept by ``_count``, divided by the
-        weight its frames have so far (``1 - 0.995 ** frames``) so that a young key is not read as mostly
+        weight its frames have so far (``1 - REUSE_DECAY ** frames``) so that a young key is not read as mostly
         processed (the running sum starts at 0; uncorrected, 100 frames at 70% reuse read as 27%, which lowered
         the guard's effective target from 0.86 to 0.63 for a 0.90 target and let it loosen on disagreements)."""
-        weight = 1.0 - 0.995 ** st.get("frames", 0)
+        weight = 1.0 - REUSE_DECAY ** st.get("frames", 0)
         return None if weight <= 0 else min(1.0, st.get("reuse_ema", 0.0) / weight)
 
     def stats(self) -> dict:
