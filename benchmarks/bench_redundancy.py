@@ -106,10 +106,19 @@ def choose(frames, ref, metric: str, target: float) -> dict | None:
 
 
 def marked(model: Path, frames, diff: dict, batch: int, t0: int) -> list[Batch]:
-    """frame_diff's output batches (frames marked ``reused``), made once, untimed, on their own copy of the frames."""
-    p = pipeline(model, diff, onnx=False)
+    """The batches frame_diff hands to onnx in ``frame_diff -> onnx`` (frames marked ``reused``, with the onnx stage's
+    confidences fed back as in the timed run), made once, untimed, on their own copy of the frames."""
+    p = pipeline(model, diff)
     got: list[Batch] = []
-    p.graph.deliver = lambda sink, b: got.append(b)
+    stage = p.graph.stages["count"]
+    process = stage.process
+
+    def keep(b: Batch) -> Batch:
+        got.append(b)
+        return process(b)
+
+    stage.process = keep
+    p.graph.deliver = lambda sink, b: None
     recs = records(np.array(frames), t0)
     for i in range(0, len(recs), batch):
         p.graph.push("cams", Batch.from_records(recs[i:i + batch]))
