@@ -168,6 +168,11 @@ def load_model(path: Path, *, policy: TrustPolicy = TrustPolicy(),
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = intra_op_threads
     opts.inter_op_num_threads = 1
+    # The stage's batch size varies from call to call (micro-batches, the frames frame_diff lets through, dead
+    # letters): with the memory pattern on, onnxruntime plans memory per input shape, and the first call at a new size
+    # (15 frames after single frames) cost 1.32-1.47x a steady batch of 16 per frame, 0.86-0.99x with it off; steady
+    # calls cost the same either way (benchmarks/bench_onnx_shapes.py, three runs)
+    opts.enable_mem_pattern = False
     opts.log_severity_level = 3
     chosen = choose_providers(list(providers))
     try:
