@@ -6,7 +6,9 @@ run, interleaved round by round (this machine is shared: compare the columns, no
 
 Per round and session: a steady batch of 1 (64 calls), a steady batch of 16 (16 calls), and "a burst after single
 frames": 30 calls at batch 1, then one call at batch 15 (the burst a scene change puts in one micro-batch), timed
-alone. Median µs per frame over the rounds; the burst also as its ratio to the steady batch-16 cost.
+alone. Median µs per frame over the rounds; the burst also in the first two rounds (the first calls of each
+session at that size: with the pattern on, onnxruntime plans memory per input shape), and those as ratios to
+the steady batch 16.
 """
 from __future__ import annotations
 

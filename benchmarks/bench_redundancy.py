@@ -70,6 +70,12 @@ def records(frames, t0: int = 0) -> list[dict]:
     return [{"ts": (t0 + i) / FPS, "tags": {"device": "cam"}, "frame": f} for i, f in enumerate(frames)]
 
 
+def batches(frames, batch: int, t0: int) -> list[Batch]:
+    """Micro-batches of ``batch`` records over a fresh copy of ``frames`` (a copy no other variant has read)."""
+    recs = records(np.array(frames), t0)
+    return [Batch.from_records(recs[i:i + batch]) for i in range(0, len(recs), batch)]
+
+
 def reference(model: Path, frames) -> np.ndarray:
     """The onnx stage on every frame: the answers every policy is compared with."""
     out = pipeline(model, None).run_records(records(frames), batch_size=32)["out"]
@@ -121,9 +127,8 @@ def marked(model: Path, frames, diff: dict, batch: int, t0: int) -> list[Batch]:
 
     stage.process = keep
     p.graph.deliver = lambda sink, b: None
-    recs = records(np.array(frames), t0)
-    for i in range(0, len(recs), batch):
-        p.graph.push("cams", Batch.from_records(recs[i:i + batch]))
+    for b in batches(frames, batch, t0):
+        p.graph.push("cams", b)
     p.graph.flush()
     return got
 
@@ -136,14 +141,10 @@ def speed(model: Path, frames, setting: dict, batch: int, repeats: int, t0: int)
     diff = dict(BASE, **setting, audit_rate=0.0)
     variants = {"onnx": (None, True), "frame_diff": (diff, False), "frame_diff+onnx": (diff, True),
                 "floor": (None, True)}
-    batches = {}                      # each variant reads its own copy of the frames: none finds them in the cache
-    for name in variants:             # because another variant has just read the same batch
-        if name == "floor":
-            batches[name] = marked(model, frames, diff, batch, t0)
-            continue
-        recs = records(np.array(frames), t0)
-        batches[name] = [Batch.from_records(recs[i:i + batch]) for i in range(0, len(recs), batch)]
-    assert len(batches["floor"]) == len(batches["onnx"])
+    # each variant reads its own copy of the frames: none finds them in the cache because another has just read them
+    given = {name: batches(frames, batch, t0) for name in variants if name != "floor"}
+    given["floor"] = marked(model, frames, diff, batch, t0)
+    assert len(given["floor"]) == len(given["onnx"])
     times = {k: [] for k in variants}
     skip = None
     for _ in range(repeats):          # the variants run in lockstep, batch by batch: load that comes and goes hits all alike
@@ -151,9 +152,9 @@ def speed(model: Path, frames, setting: dict, batch: int, repeats: int, t0: int)
         spent = dict.fromkeys(variants, 0.0)
         for p in pipes.values():
             p.graph.deliver = lambda sink, b: None
-        for j in range(len(batches["onnx"])):
+        for j in range(len(given["onnx"])):
             for name, p in pipes.items():
-                b = batches[name][j]
+                b = given[name][j]
                 start = time.perf_counter()
                 p.graph.push("cams", b)
                 spent[name] += time.perf_counter() - start
