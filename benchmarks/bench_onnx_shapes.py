@@ -8,7 +8,9 @@ Per round and session: a steady batch of 1 (64 calls), a steady batch of 16 (16 
 frames": 30 calls at batch 1, then one call at batch 15 (the burst a scene change puts in one micro-batch), timed
 alone. Median µs per frame over the rounds; the burst also in the first two rounds (the first calls of each
 session at that size: with the pattern on, onnxruntime plans memory per input shape), and those as ratios to
-the steady batch 16.
+the steady batch 16. Then, in fresh sessions (memory pattern off, as the onnx stage opens them), the same burst
+after 30 single frames with and without one call at batch 16 right after loading (the onnx stage's warm-up at load,
+``warm_up``): without it the burst is the first call that needs the larger buffers.
 """
 from __future__ import annotations
 
@@ -61,6 +63,16 @@ def main(argv=None) -> int:
             for _ in range(30):
                 run(x[1])
             got[label]["burst of 15 after 30 x 1"].append(per_frame(run, x[15], 1))
+    steady16 = float(np.median(got["off (the onnx stage)"]["batch 16"]))
+    fresh = {False: [], True: []}
+    for _ in range(args.rounds):
+        for warm in (False, True):
+            s = session(False)
+            if warm:
+                s.run(None, {name: np.zeros((16, 1, 96, 128), np.float32)})
+            for _ in range(30):
+                s.run(None, {name: x[1]})
+            fresh[warm].append(per_frame(lambda v, s=s: s.run(None, {name: v}), x[15], 1))
     print("| session | batch 1 µs/frame | batch 16 µs/frame | burst of 15 after 30 x 1: 1st, 2nd round "
           "| later rounds (median) | 1st, 2nd / batch 16 |")
     print("|---|---|---|---|---|---|")
@@ -69,6 +81,12 @@ def main(argv=None) -> int:
         burst = cols["burst of 15 after 30 x 1"]
         print(f"| {label} | {med['batch 1']:.0f} | {med['batch 16']:.0f} | {burst[0]:.0f}, {burst[1]:.0f} "
               f"| {np.median(burst[2:]):.0f} | {burst[0] / med['batch 16']:.2f}x, {burst[1] / med['batch 16']:.2f}x |")
+    print()
+    print("| fresh session (memory pattern off) | burst of 15 after 30 x 1, µs/frame (median) | / steady batch 16 |")
+    print("|---|---|---|")
+    for warm, label in ((False, "no warm-up"), (True, "one call at batch 16 after loading")):
+        med = float(np.median(fresh[warm]))
+        print(f"| {label} | {med:.0f} | {med / steady16:.2f}x |")
     return 0
 
 

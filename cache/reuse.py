@@ -139,6 +139,8 @@ class ReuseTracker:
         reused = batch.extra.get("reused")
         if reused is None:
             return np.ones(len(batch), bool)
+        if len(reused) == 1 and reused[0] is True:     # frame_diff's one record, reused (its Python bool)
+            return np.zeros(1, bool)
         return ~np.asarray(reused == True, dtype=bool)    # noqa: E712 (elementwise on an object column)
 
     def merge(self, batch: Batch, mask: np.ndarray, computed: Batch) -> Batch:
@@ -210,6 +212,10 @@ class ReuseTracker:
         """:meth:`merge` for a batch in which every row is marked ``reused`` (nothing computed, nothing to
         report): each row gets its key's last result, one fill per result column (and key)."""
         n = len(batch)
+        if n == 1:
+            out = self._reused_one(batch)
+            if out is not None:
+                return out
         fields, tags, extra = self.result_fields or self.names[0], self.names[1], self.names[2]
         col = key_column(batch, self.key) if len(self.key) == 1 else None
         if col is not None and (n == 1 or bool((col == col[0]).all())):
@@ -289,6 +295,24 @@ class ReuseTracker:
         for have, names in zip(self.names, new):
             have.extend(x for x in names if x not in have)
         return self.result_fields or self.names[0], self.names[1], self.names[2]
+
+    def _reused_one(self, batch: Batch) -> Batch | None:
+        """:meth:`merge_reused` for one record keyed by one tag of plain strings (a camera delivering frame by frame,
+        most of its frames reused): the key's last result as one-row columns, no key table. None: the general path."""
+        col = batch.tags.get(self.key[0]) if len(self.key) == 1 else None
+        if col is None or col.dtype != object or type(col[0]) is not str:
+            return None
+        last = self.last.get(col[0], _NOTHING)
+        fields = dict(batch.fields)
+        got = last["fields"]
+        for name in self.result_fields or self.names[0]:
+            fields[name] = np.array((got.get(name, np.nan),), np.float64)
+        tags, extra = dict(batch.tags), dict(batch.extra)
+        for out, names, got in ((tags, self.names[1], last["tags"]), (extra, self.names[2], last["extra"])):
+            for name in names:
+                c = out[name] = np.empty(1, object)
+                c[0] = got.get(name)                 # an array value stays one object
+        return Batch(batch.ts, tags, fields, batch.frames, extra, batch.arrival)
 
     def _merge_one(self, batch: Batch, computed: Batch) -> Batch | None:
         """:meth:`merge` for a batch of one record that was computed, keyed by one tag of plain strings (a camera

@@ -168,3 +168,39 @@ def test_after_a_reload_that_rebuilds_frame_diff_the_kept_onnx_stage_audits_the_
     p.run_records(scene(40, seed=1), batch_size=5)
     assert sum(s["audits"] for s in fresh.stages["diff"].stats().values()) >= 3
     assert sum(s["audits"] for s in old_diff.stats().values()) == before
+
+
+def test_a_reused_record_alone_gets_what_the_general_path_gives_it():
+    """The one-record shortcut of ``merge_reused`` (a camera frame by frame) against the general path (the same record
+    in a batch with another key): a known key's last result, array values kept whole, and NaN/None for a key that has
+    no result yet."""
+    from cache.reuse import ReuseTracker
+    from pipeline.batch import Batch
+
+    t = ReuseTracker(key=["device"])
+    first = Batch.from_records([{"ts": 0.0, "tags": {"device": "c1"}, "reused": False}])
+    computed = first.with_fields(people=np.array([2.4])).with_tags(model_version=np.array(["v1"], object))
+    occupancy = np.empty(1, object)
+    occupancy[0] = np.arange(6.0).reshape(2, 3)
+    t.merge(first, np.ones(1, bool), computed.with_extra(occupancy=occupancy))
+    for device in ("c1", "c9"):
+        one = Batch.from_records([{"ts": 1.0, "tags": {"device": device}, "reused": True, "fields": {"light": 0.5}}])
+        two = Batch.from_records([{"ts": 1.0, "tags": {"device": device}, "reused": True, "fields": {"light": 0.5}},
+                                  {"ts": 1.0, "tags": {"device": "other"}, "reused": True, "fields": {"light": 0.5}}])
+        assert t.compute_mask(one).tolist() == [False]
+        fast, general = t.merge_reused(one), t.merge_reused(two).take(np.array([0]))
+        for part in ("tags", "fields", "extra"):
+            a, b = getattr(fast, part), getattr(general, part)
+            assert sorted(a) == sorted(b)
+            for name in a:
+                assert a[name].dtype == b[name].dtype and len(a[name]) == 1
+        assert sorted(fast.fields) == ["light", "people"] and fast.fields["light"][0] == 0.5
+        if device == "c1":
+            assert fast.fields["people"][0] == general.fields["people"][0] == 2.4
+            assert fast.tags["model_version"][0] == general.tags["model_version"][0] == "v1"
+            assert np.array_equal(fast.extra["occupancy"][0], general.extra["occupancy"][0])
+            assert fast.extra["occupancy"][0].shape == (2, 3)
+        else:                                   # no result yet for this key
+            assert np.isnan(fast.fields["people"][0]) and np.isnan(general.fields["people"][0])
+            assert fast.tags["model_version"][0] is None and general.tags["model_version"][0] is None
+            assert fast.extra["occupancy"][0] is None and general.extra["occupancy"][0] is None

@@ -344,3 +344,39 @@ def test_large_frames_one_at_a_time_match_the_stacked_path(shape, color):
     from pipeline.inference.preprocess import _float_tensor
     stacked = _float_tensor(frames, 60, 80, color, "bgr", "area", 1 / 255, None, None, "NCHW")
     np.testing.assert_allclose(together, stacked, rtol=1e-6)
+
+
+@pytest.mark.parametrize("max_batch, warm_up, expected", [(8, True, [8]), (500, True, [64]), (8, False, [])])
+def test_model_is_warmed_up_at_load_at_the_largest_batch(monkeypatch, max_batch, warm_up, expected):
+    from pipeline.inference.model import LoadedModel
+    calls = []
+    run = LoadedModel.run
+
+    def spy(self, feeds):
+        calls.append(len(next(iter(feeds.values()))))
+        return run(self, feeds)
+
+    monkeypatch.setattr(LoadedModel, "run", spy)
+    stage, _ = build_stage(Onnx, camera_stage(max_batch=max_batch, warm_up=warm_up))
+    assert calls == expected                    # one call, on zeros of the model's input, before any record
+    out = stage.process(Batch.from_records([{"ts": 0, "tags": {"cam": "c"}, "frame": np.zeros((96, 128), np.uint8)}]))
+    assert calls == expected + [1] and len(out) == 1
+
+
+def test_a_model_that_fails_its_warm_up_still_serves_and_says_so(monkeypatch, caplog):
+    from pipeline.inference.model import LoadedModel
+    run = LoadedModel.run
+    state = {"calls": 0}
+
+    def first_fails(self, feeds):
+        state["calls"] += 1
+        if state["calls"] == 1:
+            raise RuntimeError("bad zeros")
+        return run(self, feeds)
+
+    monkeypatch.setattr(LoadedModel, "run", first_fails)
+    with caplog.at_level("WARNING", logger="edgesieve.onnx"):
+        stage, _ = build_stage(Onnx, camera_stage(max_batch=4))
+    assert "warm-up of camera_counter.onnx on 4 zero records failed (bad zeros)" in caplog.text
+    out = stage.process(Batch.from_records([{"ts": 0, "tags": {"cam": "c"}, "frame": np.zeros((96, 128), np.uint8)}]))
+    assert np.isfinite(out.fields["people"]).all()
