@@ -156,6 +156,9 @@ class ReuseTracker:
             out = self._merge_one(batch, computed)
             if out is not None:
                 return out
+        col = key_column(batch, self.key) if len(self.key) == 1 else None
+        if col is not None and (n == 1 or bool((col == col[0]).all())):
+            return self._merge_one_key(batch, mask, computed, col[0])
         fields, tags, extra = self._result_names(batch, computed)
         every = bool(mask.all())                 # nothing reused (a processed frame alone, say): computed columns as they are
         fcols, tcols, ecols = {}, {}, {}
@@ -169,14 +172,10 @@ class ReuseTracker:
                 c = cols[name] = np.full(n, np.nan) if kind == "f" else np.full(n, None, dtype=object)
                 if got is not None:
                     c[mask] = got
-        col = key_column(batch, self.key) if len(self.key) == 1 else None
-        if col is not None and (n == 1 or bool((col == col[0]).all())):
-            codes, keys = np.zeros(n, np.int64), [col[0]]       # one key (the usual micro-batch): nothing to sort
-        else:
-            codes, keys = key_codes(batch, self.key)
-            keys = [k[0] if len(k) == 1 else k for k in keys]
-        if every:                                # every row computed: each row's previous computed row is the one before
-            src, prev = None, np.arange(-1, n - 1) if len(keys) == 1 else _last_computed(codes, mask)[1]
+        codes, keys = key_codes(batch, self.key)          # several keys (one key: _merge_one_key)
+        keys = [k[0] if len(k) == 1 else k for k in keys]
+        if every:                                # every row computed: only each row's previous computed row
+            src, prev = None, _last_computed(codes, mask)[1]
         else:
             src, prev = _last_computed(codes, mask)
         take = stale = np.zeros(0, bool)
@@ -198,15 +197,56 @@ class ReuseTracker:
                     for name, c in cols.items():
                         _fill(c, rows, last[part].get(name, absent))
         self._report(batch, mask, codes, keys, prev, fcols, fields)
-        computed_rows = np.flatnonzero(mask)
-        lasts = ({int(codes[i]): int(i) for i in computed_rows.tolist()} if len(keys) > 1
-                 else ({0: int(computed_rows[-1])} if len(computed_rows) else {}))
+        lasts = {int(codes[i]): int(i) for i in np.flatnonzero(mask).tolist()}
         for code, i in lasts.items():                      # the key's last computed row is its result from now on
             self.last[keys[code]] = {"fields": {f: float(c[i]) for f, c in fcols.items()},
                                      "tags": {t: c[i] for t, c in tcols.items()},
                                      "extra": {e: c[i] for e, c in ecols.items()}}
         base = batch if not mask.all() else computed
         return base.with_fields(**fcols).with_tags(**tcols).with_extra(**ecols)
+
+    def _merge_one_key(self, batch: Batch, mask: np.ndarray, computed: Batch, k) -> Batch:
+        """:meth:`merge` for a batch of one key (a camera's micro-batch): row i takes computed row ``pos[i] - 1``
+        (``pos`` = computed rows up to and including i), or the key's earlier result where ``pos[i]`` is 0, by one
+        gather per result column from [earlier result, computed values]; audits and confidences per computed row
+        (a few per batch) in Python."""
+        fields, tags, extra = self._result_names(batch, computed)
+        pos = np.cumsum(mask)
+        last = self.last.get(k, _NOTHING)
+        m = len(computed)
+        cols: dict[str, dict[str, np.ndarray]] = {}
+        latest: dict[str, dict] = {}             # the key's result from now on: its last computed row's
+        for part, names, got, absent in (("fields", fields, computed.fields, np.nan), ("tags", tags, computed.tags, None),
+                                         ("extra", extra, computed.extra, None)):
+            out, now = cols[part], latest[part] = {}, {}
+            for name in names:
+                ext = np.empty(m + 1, np.float64 if part == "fields" else object)
+                ext[0] = last[part].get(name, absent)        # an array value stays one object
+                c = got.get(name)
+                ext[1:] = absent if c is None else c
+                out[name] = ext[pos]
+                now[name] = float(ext[m]) if part == "fields" else ext[m]
+        afield = self.agreement_field or (fields[0] if fields else None)
+        by = batch.extra.get("diff_by")
+        if m and by is not None and afield in cols["fields"]:
+            rows = np.flatnonzero(mask).tolist()
+            values = cols["fields"][afield][rows].tolist()
+            bys = by[rows].tolist()
+            reason = batch.extra.get("reuse_reason")
+            why = reason[rows].tolist() if reason is not None else [None] * m
+            before = last["fields"].get(afield, np.nan) if k in self.last else None
+            for v, b, r in zip(values, bys, why):
+                if b is not None and r == "audit" and before is not None:
+                    report(self.peers, b, "observe", k, self.agreement(before, v))
+                before = v
+            if self.confidence == "rounding":    # the key's confidence is its latest result's, per frame_diff stage
+                newest = {b: v for v, b in zip(values, bys) if b is not None and math.isfinite(v)}
+                for b, v in newest.items():
+                    report(self.peers, b, "observe_confidence", k, 1.0 - 2.0 * abs(v - round(v)))
+        if m:
+            self.last[k] = latest
+        base = batch if not mask.all() else computed
+        return base.with_fields(**cols["fields"]).with_tags(**cols["tags"]).with_extra(**cols["extra"])
 
     def merge_reused(self, batch: Batch) -> Batch:
         """:meth:`merge` for a batch in which every row is marked ``reused`` (nothing computed, nothing to

@@ -330,6 +330,69 @@ def test_reuse_merge_is_the_per_row_rule():
     assert sink.audits == expected_audits and len(expected_audits) > 10
 
 
+@pytest.mark.parametrize("cameras", [1, 3])
+def test_reuse_merge_of_one_camera_batches_is_the_per_row_rule(cameras):
+    """Micro-batches of one camera (the one-key path of ``merge``), or of several (the general path), against the
+    rule row by row: fields, a tag and an array annotation of the key's last computed row (NaN/None before any),
+    audits scored against that result, and each batch's latest finite result per key reported as confidence."""
+    from cache.reuse import ReuseTracker
+    from pipeline.stage import Peers
+    from pipeline.batch import Batch
+
+    class Sink:
+        def __init__(self):
+            self.audits, self.confidences = [], []
+
+        def observe(self, key, score):
+            self.audits.append((key, score))
+
+        def observe_confidence(self, key, c):
+            self.confidences.append((key, round(c, 9)))
+
+    rng = np.random.default_rng(21)
+    sink, peers = Sink(), Peers()
+    peers.add("fd", sink)
+    t = ReuseTracker(["device"], peers=peers, agreement=lambda a, b: float(a == b), confidence="rounding")
+    last: dict = {}
+    audits, confidences, fed = [], [], 0
+    for step in range(60):
+        n = int(rng.integers(2, 17))
+        cam = [f"c{j}" for j in rng.integers(0, cameras, n)] if cameras > 1 else ["c0"] * n
+        reused = rng.random(n) < (0.9 if step % 4 else 0.3)
+        reasons = np.where(reused, "reuse", np.where(rng.random(n) < 0.4, "audit", "changed"))
+        batch = Batch.from_records([{"ts": float(step * 20 + i), "tags": {"device": c}, "reused": bool(r),
+                                     "reuse_reason": str(w), "diff_by": "fd", "fields": {"light": float(i)}}
+                                    for i, (c, r, w) in enumerate(zip(cam, reused, reasons))])
+        mask = t.compute_mask(batch)
+        k = int(mask.sum())
+        values = np.where(rng.random(k) < 0.1, np.nan, rng.integers(0, 4, k) + rng.choice([0.0, 0.3], k))
+        heat = np.empty(k, dtype=object)
+        for i in range(k):
+            heat[i] = rng.random(2)
+        labels = np.array([f"l{int(v) if np.isfinite(v) else 'x'}" for v in values], dtype=object)
+        computed = batch.take(mask).with_fields(y=values).with_tags(label=labels).with_extra(heat=heat)
+        out = t.merge(batch, mask, computed)
+        newest: dict = {}
+        it = iter(range(k))
+        for i, (c, r, w) in enumerate(zip(cam, reused, reasons)):
+            if not r:
+                j = next(it)
+                if w == "audit" and c in last:
+                    audits.append((c, float(last[c][0] == values[j])))
+                last[c] = (values[j], labels[j], heat[j])
+                if np.isfinite(values[j]):
+                    newest[c] = values[j]
+            want = last.get(c, (np.nan, None, None))
+            got = out.fields["y"][i]
+            assert got == want[0] or (np.isnan(want[0]) and np.isnan(got)), (step, i)
+            assert out.tags["label"][i] == want[1] and out.fields["light"][i] == float(i)
+            assert out.extra["heat"][i] is want[2] or np.array_equal(out.extra["heat"][i], want[2])
+        confidences += [(c, round(1 - 2 * abs(v - round(v)), 9)) for c, v in newest.items()]
+        fed += k
+    assert sink.audits == audits and len(audits) > 10
+    assert sorted(sink.confidences) == sorted(confidences) and len(confidences) > 20
+
+
 @pytest.mark.parametrize("key", [["device"], ["device", "site"]])
 def test_merge_of_an_all_reused_batch_equals_the_general_merge(key):
     """The onnx stage's shortcut for a batch with nothing to compute (``merge_reused``) gives what ``merge``
