@@ -76,8 +76,8 @@ class OnnxConfig(StageConfig):
     watch: Duration | None = Field(None, gt=0, le=3600, description="Poll the model file / `current` pointer this often and hot-swap on change.")
     warmup_records: int = Field(4, ge=1, le=1024, description="Records a new model is warmed up and checked on before a swap.")
     warm_up: bool = Field(True, description="Run each model once on `max_batch` zero records (at most 64) when it loads, so "
-                          "that the first burst of frames does not pay for onnxruntime's buffers (1.40x a steady batch per "
-                          "frame without, 0.94x with: benchmarks/bench_onnx_shapes.py).")
+                          "that the first burst of frames does not pay for onnxruntime's buffers (1.25-1.47x a steady batch "
+                          "per frame without, 0.94-1.04x with: benchmarks/bench_onnx_shapes.py).")
     cache: CacheOptions | None = Field(None, description="Reuse results of identical or near inputs (computation-redundancy cache, see cache/).")
     reuse: ReuseOptions = Field(default_factory=ReuseOptions, description="Records marked `reused` by frame_diff skip the model and get their key's last result.")
 
