@@ -55,3 +55,19 @@ def test_speed_reports_the_floor_and_what_frame_diff_adds():
     s = br.speed(MODEL, _frames(32), dict(threshold=0.15), batch=4, repeats=1, t0=0)
     assert s["us_floor"] > 0 and s["floor_speedup"] > 0
     assert s["added_share"] == pytest.approx((s["us_both"] - s["us_floor"]) / (s["skip"] * s["us_onnx"]))
+
+
+def test_reuse_cost_split_times_every_part_of_both_pipelines():
+    import bench_onnx_reuse_cost as rc
+
+    frames = _frames(32)
+    setting = dict(threshold=0.15)
+    r = rc.split(MODEL, frames, setting, batch=4, repeats=1, t0=0)
+    marked = br.marked(MODEL, frames, dict(br.BASE, **setting, audit_rate=0.0), 4, 0)
+    computed = sum(int(np.count_nonzero(b.extra["reused"] != True)) for b in marked)   # noqa: E712
+    assert r["computed"] == pytest.approx(computed / len(frames)) and 0 < computed < len(frames)
+    for name in ("onnx", "floor"):
+        us = r[name]
+        assert us["preprocessing"] > 0 and us["model"] > 0 and us["decode"] > 0
+        assert us["rest"] >= 0 and us["total"] == pytest.approx(sum(us[p] for p in rc.PARTS) + us["rest"])
+    assert r["floor"]["reuse"] > 0                           # the ReuseTracker fills the reused records
