@@ -53,6 +53,7 @@ log = logging.getLogger("edgesieve.onnx")
 SKAB_SENSORS = ["Accelerometer1RMS", "Accelerometer2RMS", "Current", "Pressure", "Temperature",
                 "Thermocouple", "Voltage", "Volume Flow RateRMS"]
 WARM_UP_ROWS = 64                    # the most zero records a model is warmed up on at load (``warm_up``)
+WARM_UP_BYTES = 16 << 20             # ... and the most input bytes: a large image model warms up on fewer records
 Input = Annotated[FrameInput | FieldsInput | WindowInput, Field(discriminator="source")]
 
 
@@ -75,7 +76,8 @@ class OnnxConfig(StageConfig):
     max_wait: Duration = Field(0.0, le=10, description="Longest a record waits for its batch to fill (0 = run what each micro-batch brings).")
     watch: Duration | None = Field(None, gt=0, le=3600, description="Poll the model file / `current` pointer this often and hot-swap on change.")
     warmup_records: int = Field(4, ge=1, le=1024, description="Records a new model is warmed up and checked on before a swap.")
-    warm_up: bool = Field(True, description="Run each model once on `max_batch` zero records (at most 64) when it loads, so "
+    warm_up: bool = Field(True, description="Run each model once on `max_batch` zero records (at most 64, and at most 16 MB "
+                          "of input) when it loads, so "
                           "that the first burst of frames does not pay for onnxruntime's buffers (1.25-1.47x a steady batch "
                           "per frame without, 0.94-1.04x with: benchmarks/bench_onnx_shapes.py).")
     cache: CacheOptions | None = Field(None, description="Reuse results of identical or near inputs (computation-redundancy cache, see cache/).")
@@ -133,7 +135,8 @@ class Onnx(Stage):
         """One call at the largest batch the stage makes (capped): onnxruntime allocates its buffers for that size
         now, not in the middle of the first burst of frames after a scene change. A model that fails on zeros of
         its declared shape is logged, not refused: real inputs decide."""
-        rows = min(self.config.max_batch, WARM_UP_ROWS)
+        per_row = sum(b.sample(1).nbytes for b in builders.values())
+        rows = max(1, min(self.config.max_batch, WARM_UP_ROWS, WARM_UP_BYTES // max(per_row, 1)))
         try:
             model.run({name: b.sample(rows) for name, b in builders.items()})
         except Exception as exc:  # onnxruntime raises several types

@@ -380,3 +380,23 @@ def test_a_model_that_fails_its_warm_up_still_serves_and_says_so(monkeypatch, ca
     assert "warm-up of camera_counter.onnx on 4 zero records failed (bad zeros)" in caplog.text
     out = stage.process(Batch.from_records([{"ts": 0, "tags": {"cam": "c"}, "frame": np.zeros((96, 128), np.uint8)}]))
     assert np.isfinite(out.fields["people"]).all()
+
+
+def test_warm_up_of_a_large_input_is_capped_by_bytes(monkeypatch):
+    """A large image model warms up on as many records as fit in WARM_UP_BYTES of input (at least one)."""
+    import pipeline.stages.onnx as onnx_stage
+    from pipeline.inference.model import LoadedModel
+    calls = []
+    run = LoadedModel.run
+
+    def spy(self, feeds):
+        calls.append(len(next(iter(feeds.values()))))
+        return run(self, feeds)
+
+    monkeypatch.setattr(LoadedModel, "run", spy)
+    row = 96 * 128 * 4                                  # the camera model's input: one float32 96x128 frame
+    for budget, expected in ((4 * row + 100, 4), (row // 2, 1)):
+        monkeypatch.setattr(onnx_stage, "WARM_UP_BYTES", budget)
+        calls.clear()
+        build_stage(Onnx, camera_stage(max_batch=32))
+        assert calls == [expected]
