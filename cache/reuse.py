@@ -284,16 +284,14 @@ class ReuseTracker:
                      {**batch.extra, **cols["extra"]}, batch.arrival)
 
     def _report(self, batch, mask, codes, keys, prev, fcols, fields) -> None:
-        """Audit scores and result confidences back to the frame_diff stage that marked the rows."""
+        """Audit scores and result confidences back to the frame_diff stage that marked the rows (a batch of
+        several keys; one key: :meth:`_merge_one_key`, one record: :meth:`_report_one`)."""
         by = batch.extra.get("diff_by")
         afield = self.agreement_field or (fields[0] if fields else None)
         if by is None or afield not in fcols or not mask.any():
             return
         values = fcols[afield]
         reason = batch.extra.get("reuse_reason")
-        if len(mask) == 1:                          # a batch of one computed record: scalars
-            self._report_one(keys[codes[0]], by[0], None if reason is None else reason[0], afield, values[0])
-            return
         if reason is not None:
             for i in np.flatnonzero(mask & (reason == "audit")).tolist():
                 k = keys[codes[i]]
