@@ -71,7 +71,8 @@ class FrameDiffConfig(StageConfig):
     audit_boost: float = Field(4.0, ge=1, le=100, description="Adaptive guard: audit this many times more often while a key "
                                "has fewer than `guard_min_audits` audits and after a disagreement (at most every other frame).")
     guard_tighten: float = Field(0.5, gt=0, lt=1, description="Factor applied to the threshold when an audit disagrees and the bound is below target.")
-    guard_loosen: float = Field(1.1, gt=1, le=4, description="Factor applied when the bound is comfortably above target (once per audit).")
+    guard_loosen: float = Field(1.1, gt=1, le=4, description="Factor applied when the bound is comfortably above target (at most once per "
+                                 "`guard_min_audits` audits since the threshold last moved).")
     guard_margin: float = Field(0.02, ge=0, le=0.5, description="How far above the target the bound must be to loosen.")
     confidence_power: float = Field(0.0, ge=0, le=8, description="Scale the threshold by (confidence of the key's last result) ** this; "
                                     "the downstream stage reports confidence (onnx: `reuse: {confidence: rounding}`). 0 = off.")

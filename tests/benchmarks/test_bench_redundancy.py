@@ -71,3 +71,18 @@ def test_reuse_cost_split_times_every_part_of_both_pipelines():
         assert us["preprocessing"] > 0 and us["model"] > 0 and us["decode"] > 0
         assert us["rest"] >= 0 and us["total"] == pytest.approx(sum(us[p] for p in rc.PARTS) + us["rest"])
     assert r["floor"]["reuse"] > 0                           # the ReuseTracker fills the reused records
+
+
+def test_eval_guard_rows_and_clips():
+    import eval_guard as eg
+
+    got = eg.rows(MODEL, _frames(48))
+    assert [(r["metric"], r["target"]) for r in got] == [(m, t) for m, ts in br.TARGETS.items() for t in ts]
+    for r in got:
+        assert 0 <= r["skip"] <= 1 and 0 <= r[r["metric"]] <= 1 and 0 <= r["every_nth"] <= 1
+    video = np.zeros((6, 576, 768, 3), np.uint8)
+    video[:, 0, 0, 0] = np.arange(6)                     # frame numbers, to see the order
+    name, clip = next(eg.clips(video, "held-out"))
+    assert name == "vtest, reversed" and clip[:, 0, 0, 0].tolist() == [5, 4, 3, 2, 1, 0]
+    name, clip = next(eg.clips(video, "development"))
+    assert name == "vtest" and clip[:, 0, 0, 0].tolist() == [0, 1, 2, 3, 4, 5]
