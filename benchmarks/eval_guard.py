@@ -3,6 +3,7 @@ where its start was chosen on other frames?
 
     python benchmarks/eval_guard.py --video ../shared/data/video/vtest.avi --set development   # about 3 min
     python benchmarks/eval_guard.py --video ../shared/data/video/vtest.avi --set held-out      # about 4 min
+    python benchmarks/eval_guard.py --video ../shared/data/video/vtest.avi --set held-out-2    # about 4 min
 
 Per clip, as in bench_redundancy.py: the static setting with the most skipping that meets each (metric, target) on
 the first half starts the guard (online, bench_redundancy.GUARD) on the second half; the camera model's answers on
@@ -12,6 +13,8 @@ every frame are the reference; every-Nth at the guard's skip rate is the baselin
   left), second halves. The guard's rule changes were made looking at these.
 * ``held-out``: the same six clips played backwards, so the start is chosen on the original second half and the guard
   runs on the original first half, reversed; and a centre crop. Read once per rule change, after it is fixed.
+* ``held-out-2``: four more crops (top middle, bottom middle, left half, right half), forward and reversed, made for
+  the second rule change (the audit rate while the bound is below the target), after ``held-out`` had been read.
 """
 from __future__ import annotations
 
@@ -30,10 +33,17 @@ from redundancy_scenes import decode, scenes  # noqa: E402
 CROPS = {"top left": (slice(0, 288), slice(0, 384)), "top right": (slice(0, 288), slice(384, 768)),
          "bottom left": (slice(288, 576), slice(0, 384))}
 CENTRE = (slice(144, 432), slice(192, 576))
+SECOND = {"top middle": (slice(0, 288), slice(192, 576)), "bottom middle": (slice(288, 576), slice(192, 576)),
+          "left half": (slice(0, 576), slice(0, 384)), "right half": (slice(0, 576), slice(384, 768))}
 
 
 def clips(video: np.ndarray, which: str):
     """(name, frames), one at a time."""
+    if which == "held-out-2":
+        for name, (r, c) in SECOND.items():
+            yield name, np.ascontiguousarray(video[:, r, c])
+            yield name + ", reversed", np.ascontiguousarray(video[::-1, r, c])
+        return
     if which == "development":
         yield from scenes(video)
         for name, (r, c) in CROPS.items():
@@ -64,7 +74,7 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--video", type=Path, default=ROOT.parent / "shared/data/video/vtest.avi")
     ap.add_argument("--model", type=Path, default=ROOT / "examples/models/camera_counter.onnx")
-    ap.add_argument("--set", choices=["development", "held-out"], default="development")
+    ap.add_argument("--set", choices=["development", "held-out", "held-out-2"], default="development")
     args = ap.parse_args(argv)
     if not args.video.exists():
         print(f"skipped: {args.video} is missing (give --video; the shared data folder is not beside the checkout)")

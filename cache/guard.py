@@ -98,13 +98,17 @@ class AccuracyGuard:
         st = self.keys.get(key)
         return self.initial if st is None else st["threshold"]
 
-    def audit_multiplier(self, key) -> float:
+    def audit_multiplier(self, key, reuse_fraction: float | None = None) -> float:
         """How many times the base audit rate to audit ``key`` now: ``boost`` while it has fewer than
-        ``min_audits`` audits or within ``min_audits`` audits of a disagreement, else 1."""
+        ``min_audits`` audits, within ``min_audits`` audits of a disagreement, or while its agreement bound is below
+        the target (:meth:`effective_target` of ``reuse_fraction``: the evidence cannot confirm it yet; a handful of
+        agreeing audits is no proof on a 400-frame clip whose reused results are 15% wrong), else 1."""
         if not self.adaptive or self.boost == 1.0:
             return 1.0
         st = self.keys.get(key)
         if st is None or st["audits"] < self.min_audits or st.get("alarm", 0) > 0:
+            return self.boost
+        if st.get("bound", 1.0) < self.effective_target(reuse_fraction):
             return self.boost
         return 1.0
 
@@ -139,7 +143,7 @@ class AccuracyGuard:
         st["agree_sum"] += score
         if not self.adaptive:
             return
-        lb = wilson_lower(st["s"], st["n"], self.z)
+        lb = st["bound"] = wilson_lower(st["s"], st["n"], self.z)
         target = round(self.effective_target(reuse_fraction), 12)
         recent = st.get("alarm", 0) > 0               # an earlier disagreement within min_audits audits
         st["alarm"] = self.min_audits if score < self.agree_at else max(0, st.get("alarm", 0) - 1)

@@ -230,17 +230,36 @@ def test_confidence_scales_the_threshold_until_the_next_processed_frame():
 
 
 def test_guard_audits_more_while_it_lacks_evidence_and_after_a_disagreement():
-    g = AccuracyGuard(0.1, target=0.95, adaptive=True, min_audits=5, boost=4.0)
+    g = AccuracyGuard(0.1, target=0.95, adaptive=True, min_audits=5, boost=4.0, window=1000)
     assert g.audit_multiplier("k") == 4.0                 # a new key: gather evidence fast
     for _ in range(5):
         g.observe("k", 1.0)
-    assert g.audit_multiplier("k") == 1.0                 # enough agreeing audits: the base rate
+    assert g.bound("k") < 0.95 and g.audit_multiplier("k") == 4.0     # 5 agreeing audits cannot confirm 0.95 yet
+    assert g.audit_multiplier("k", reuse_fraction=0.25) == 1.0        # ... but they confirm the 0.80 that 25% reused needs
+    for _ in range(30):
+        g.observe("k", 1.0)
+    assert g.bound("k") >= 0.95 and g.audit_multiplier("k") == 1.0   # the evidence confirms the target: the base rate
     g.observe("k", 0.0)
     assert g.audit_multiplier("k") == 4.0                 # a disagreement: look closer for min_audits audits
     for _ in range(5):
         g.observe("k", 1.0)
-    assert g.audit_multiplier("k") == 1.0
+    assert g.audit_multiplier("k", reuse_fraction=0.25) == 1.0        # the alarm is over
+    for _ in range(30):
+        g.observe("k", 1.0)
+    assert g.bound("k") >= 0.95 and g.audit_multiplier("k") == 1.0
     assert AccuracyGuard(0.1, adaptive=False, boost=4.0).audit_multiplier("k") == 1.0
+
+
+def test_guard_keeps_auditing_fast_while_its_bound_cannot_confirm_the_target():
+    """Reused results 15% wrong against a 0.95 target: the bound never confirms the target, so every audit after the
+    first few is drawn at the raised rate (between disagreements too), as a short clip needs to find it."""
+    rng = np.random.default_rng(4)
+    g = AccuracyGuard(0.1, target=0.95, adaptive=True, min_audits=5, boost=4.0)
+    raised = []
+    for _ in range(60):
+        g.observe("k", float(rng.random() >= 0.15))
+        raised.append(g.audit_multiplier("k") == 4.0)
+    assert all(raised)
 
 
 def test_guard_loosens_at_most_one_step_per_min_audits_audits():
