@@ -92,6 +92,7 @@ def simulate(frames, ref, setting: dict, metric: str = "lenient") -> dict:
                      guard={"min_audits": guard.get("guard_min_audits", 10), "window": guard.get("guard_window", 200),
                             "boost": boost})
     used = np.empty(len(ref))
+    since = np.zeros(len(ref), np.int64)       # frames since the last processed one (0: processed)
     last, n_model = None, 0
     for i in range(len(frames)):
         d = fd.decide(["cam"], [i / FPS], [frames[i]])
@@ -101,10 +102,27 @@ def simulate(frames, ref, setting: dict, metric: str = "lenient") -> dict:
                 fd.observe("cam", AGREE[metric](last, ref[i]))
             fd.observe_confidence("cam", 1 - 2 * abs(ref[i] - round(ref[i])))
             last = ref[i]
+        else:
+            since[i] = since[i - 1] + 1 if i else 1
         used[i] = last
     st = fd.stats()["cam"]
     return {"skip": 1 - n_model / len(ref), **{m: fn(used, ref) for m, fn in METRICS.items()},
-            "audits": st["audits"], "tightened": st["tightened"], "threshold": st["threshold"]}
+            "audits": st["audits"], "tightened": st["tightened"], "threshold": st["threshold"],
+            "by_staleness": by_staleness(used, ref, since, metric)}
+
+
+STALENESS = ((1, 3), (4, 9), (10, None))       # frames since the last processed frame
+
+
+def by_staleness(used, ref, since, metric: str) -> dict:
+    """Reused frames and their mean agreement (the metric per frame) by how many frames they are from the last
+    processed frame: where the errors of a setting are."""
+    agree = np.array([AGREE[metric](u, r) if np.isfinite(u) else 0.0 for u, r in zip(used, ref)])
+    out = {}
+    for lo, hi in STALENESS:
+        m = (since >= lo) & (since <= (hi if hi is not None else len(since)))
+        out[f"{lo}-{hi}" if hi else f"{lo}+"] = (int(m.sum()), float(agree[m].mean()) if m.any() else None)
+    return out
 
 
 def choose(frames, ref, metric: str, target: float) -> dict | None:

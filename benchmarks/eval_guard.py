@@ -81,8 +81,8 @@ def main(argv=None) -> int:
         return 0
     video = decode(args.video)
     print("| clip | metric, target | guard's start (chosen on the 1st half) | skipped | agreement | met | audits, "
-          "tightened | every-Nth at that skip |")
-    print("|---|---|---|---|---|---|---|---|")
+          "tightened | every-Nth at that skip | reused frames 1-3 / 4-9 / 10+ after a processed one: count, agreement |")
+    print("|---|---|---|---|---|---|---|---|---|")
     met, at_nth, skips = 0, 0, []
     for name, frames in clips(video, args.set):
         for r in rows(args.model, frames):
@@ -91,7 +91,8 @@ def main(argv=None) -> int:
             at_nth += r[r["metric"]] >= r["every_nth"]
             skips.append(r["skip"])
             print(f"| {name} | {r['metric']} {r['target']:.2f} | {r['start']} | {r['skip']:.1%} | {r[r['metric']]:.4f} "
-                  f"| {'✓' if ok else '✗'} | {r['audits']}, {r['tightened']} | {r['every_nth']:.4f} |")
+                  f"| {'✓' if ok else '✗'} | {r['audits']}, {r['tightened']} | {r['every_nth']:.4f} | "
+                  + " / ".join(f"{n}, {a:.2f}" if n else "0" for n, a in r["by_staleness"].values()) + " |")
         del frames
     print(f"\n{args.set}: the guard meets {met} of {len(skips)} rows; at or above every-Nth in {at_nth}; "
           f"mean skipped {np.mean(skips):.1%}")

@@ -80,6 +80,7 @@ def test_eval_guard_rows_and_clips():
     assert [(r["metric"], r["target"]) for r in got] == [(m, t) for m, ts in br.TARGETS.items() for t in ts]
     for r in got:
         assert 0 <= r["skip"] <= 1 and 0 <= r[r["metric"]] <= 1 and 0 <= r["every_nth"] <= 1
+        assert sum(n for n, _ in r["by_staleness"].values()) == round(r["skip"] * 24)   # every reused frame, once
     video = np.zeros((6, 576, 768, 3), np.uint8)
     video[:, 0, 0, 0] = np.arange(6)                     # frame numbers, to see the order
     name, clip = next(eg.clips(video, "held-out"))
