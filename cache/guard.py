@@ -108,7 +108,7 @@ class AccuracyGuard:
         st = self.keys.get(key)
         if st is None or st["audits"] < self.min_audits or st.get("alarm", 0) > 0:
             return self.boost
-        if st.get("bound", 1.0) < self.effective_target(reuse_fraction):
+        if wilson_lower(st["s"], st["n"], self.z) < round(self.effective_target(reuse_fraction), 12):
             return self.boost
         return 1.0
 
@@ -143,11 +143,11 @@ class AccuracyGuard:
         st["agree_sum"] += score
         if not self.adaptive:
             return
-        lb = st["bound"] = wilson_lower(st["s"], st["n"], self.z)
+        lb = wilson_lower(st["s"], st["n"], self.z)
         target = round(self.effective_target(reuse_fraction), 12)
         recent = st.get("alarm", 0) > 0               # an earlier disagreement within min_audits audits
         st["alarm"] = self.min_audits if score < self.agree_at else max(0, st.get("alarm", 0) - 1)
-        st["steady"] = st.get("steady", self.min_audits) + 1    # audits since the threshold last moved
+        st["steady"] = st.get("steady", 0) + 1      # audits since the threshold last moved (or since a restore)
         if score < self.agree_at and (lb < target or recent):
             st["threshold"] = max(self.min_threshold, st["threshold"] * self.tighten)
             st["tightened"] += 1

@@ -137,11 +137,14 @@ class Onnx(Stage):
         its declared shape is logged, not refused: real inputs decide."""
         per_row = sum(b.sample(1).nbytes for b in builders.values())
         rows = max(1, min(self.config.max_batch, WARM_UP_ROWS, WARM_UP_BYTES // max(per_row, 1)))
+        if model.fixed_batch:                       # a fixed-batch model runs in chunks of its size: one is enough
+            rows = model.fixed_batch
         try:
             model.run({name: b.sample(rows) for name, b in builders.items()})
         except Exception as exc:  # onnxruntime raises several types
+            why = (str(exc).splitlines() or [type(exc).__name__])[0][:200]
             log.warning("%s: warm-up of %s on %d zero records failed (%s); the stage runs without it",
-                        self.where, model.path.name, rows, str(exc).splitlines()[0][:200])
+                        self.where, model.path.name, rows, why)
 
     def _policy(self, path: Path, sha256: str | None) -> TrustPolicy:
         """A digest given with a request pins that load; the configured pin holds every re-read of the configured

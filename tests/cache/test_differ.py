@@ -250,6 +250,27 @@ def test_guard_audits_more_while_it_lacks_evidence_and_after_a_disagreement():
     assert AccuracyGuard(0.1, adaptive=False, boost=4.0).audit_multiplier("k") == 1.0
 
 
+def test_guard_state_of_an_earlier_version_restores_to_the_same_audit_rate_and_no_early_loosening():
+    """Snapshots from before the guard kept ``steady`` (audits since the threshold moved): the raised audit rate
+    follows the restored counts, and the threshold does not loosen within min_audits audits of the restore."""
+    rng = np.random.default_rng(4)
+    g = AccuracyGuard(0.1, target=0.95, adaptive=True, min_audits=5, boost=4.0)
+    for _ in range(60):
+        g.observe("k", float(rng.random() >= 0.15))
+    old = {k: {f: v for f, v in st.items() if f not in ("steady", "bound")} for k, st in g.snapshot().items()}
+    h = AccuracyGuard(0.1, target=0.95, adaptive=True, min_audits=5, boost=4.0)
+    h.restore(old)
+    assert h.audit_multiplier("k") == g.audit_multiplier("k") == 4.0
+    h2 = AccuracyGuard(0.1, target=0.5, adaptive=True, min_audits=5, boost=4.0)   # a target the bound clears
+    h2.restore(old)
+    t = h2.threshold("k")
+    for _ in range(4):
+        h2.observe("k", 1.0)
+    assert h2.threshold("k") == t
+    h2.observe("k", 1.0)
+    assert h2.threshold("k") > t
+
+
 def test_guard_keeps_auditing_fast_while_its_bound_cannot_confirm_the_target():
     """Reused results 15% wrong against a 0.95 target: the bound never confirms the target, so every audit after the
     first few is drawn at the raised rate (between disagreements too), as a short clip needs to find it."""

@@ -363,7 +363,8 @@ def test_model_is_warmed_up_at_load_at_the_largest_batch(monkeypatch, max_batch,
     assert calls == expected + [1] and len(out) == 1
 
 
-def test_a_model_that_fails_its_warm_up_still_serves_and_says_so(monkeypatch, caplog):
+@pytest.mark.parametrize("error, shown", [(RuntimeError("bad zeros"), "bad zeros"), (RuntimeError(), "RuntimeError")])
+def test_a_model_that_fails_its_warm_up_still_serves_and_says_so(monkeypatch, caplog, error, shown):
     from pipeline.inference.model import LoadedModel
     run = LoadedModel.run
     state = {"calls": 0}
@@ -371,15 +372,27 @@ def test_a_model_that_fails_its_warm_up_still_serves_and_says_so(monkeypatch, ca
     def first_fails(self, feeds):
         state["calls"] += 1
         if state["calls"] == 1:
-            raise RuntimeError("bad zeros")
+            raise error
         return run(self, feeds)
 
     monkeypatch.setattr(LoadedModel, "run", first_fails)
     with caplog.at_level("WARNING", logger="edgesieve.onnx"):
         stage, _ = build_stage(Onnx, camera_stage(max_batch=4))
-    assert "warm-up of camera_counter.onnx on 4 zero records failed (bad zeros)" in caplog.text
+    assert f"warm-up of camera_counter.onnx on 4 zero records failed ({shown})" in caplog.text
     out = stage.process(Batch.from_records([{"ts": 0, "tags": {"cam": "c"}, "frame": np.zeros((96, 128), np.uint8)}]))
     assert np.isfinite(out.fields["people"]).all()
+
+
+def test_a_fixed_batch_model_is_warmed_up_in_one_call(tmp_path, monkeypatch):
+    calls = []
+    model = sum_plus(tmp_path / "fixed.onnx", batch=4)
+    stage, _ = build_stage(Onnx, {"model": str(model), "feeds": {"x": {"source": "fields", "fields": ["a", "b", "c"]}},
+                                  "max_batch": 32})
+    sess = stage._model.session
+    monkeypatch.setattr(stage._model, "session", type("S", (), {"run": lambda self, names, feeds: (
+        calls.append(len(next(iter(feeds.values())))), sess.run(names, feeds))[1]})())
+    stage._warm_up(stage._model, stage._builders)
+    assert calls == [4]                                  # one chunk of the model's batch, not 8 padded calls
 
 
 def test_warm_up_of_a_large_input_is_capped_by_bytes(monkeypatch):
