@@ -84,7 +84,7 @@ def split(model: Path, frames, setting: dict, batch: int, repeats: int, t0: int)
                 best[name] = dict(spent)
     out = {"batch": batch, "computed": computed / len(frames)}
     for name, spent in best.items():
-        n = len(frames) if name == "onnx" else computed
+        n = max(1, len(frames) if name == "onnx" else computed)     # a floor that computed nothing: per 1 frame
         us = {k: v / n * 1e6 for k, v in spent.items()}
         us["rest"] = us["total"] - sum(us[k] for k in PARTS)
         out[name] = us

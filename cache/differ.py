@@ -294,6 +294,8 @@ class FrameDiffer:
 
     def _audit_rate(self, k) -> float:
         """The base audit rate, raised by the guard while a key has little evidence (at most 1 in 2 frames)."""
+        if not self.guard.adaptive or self.guard.boost == 1.0:
+            return self.audit_rate
         st = self.keys.get(k)
         m = self.guard.audit_multiplier(k, self.reuse_share(st) if st is not None and self.relative_target else None)
         return self.audit_rate if m == 1.0 else min(max(self.audit_rate, 0.5), self.audit_rate * m)
