@@ -4,6 +4,7 @@ where its start was chosen on other frames?
     python benchmarks/eval_guard.py --video ../shared/data/video/vtest.avi --set development   # about 3 min
     python benchmarks/eval_guard.py --video ../shared/data/video/vtest.avi --set held-out      # about 4 min
     python benchmarks/eval_guard.py --video ../shared/data/video/vtest.avi --set held-out-2    # about 4 min
+    python benchmarks/eval_guard.py --video ../shared/data/video/vtest.avi --set held-out-3    # about 3 min
 
 Per clip, as in bench_redundancy.py: the static setting with the most skipping that meets each (metric, target) on
 the first half starts the guard (online, bench_redundancy.GUARD) on the second half; the camera model's answers on
@@ -15,6 +16,9 @@ every frame are the reference; every-Nth at the guard's skip rate is the baselin
   runs on the original first half, reversed; and a centre crop. Read once per rule change, after it is fixed.
 * ``held-out-2``: four more crops (top middle, bottom middle, left half, right half), forward and reversed, made for
   the second rule change (the audit rate while the bound is below the target), after ``held-out`` had been read.
+* ``held-out-3``: other frame rates (every 2nd frame of vtest, the right view, the left half, the top middle), the
+  edited transform (quiet, lighting, shake) of the top-left crop, and the centre crop reversed, made for the third
+  (audits by staleness).
 """
 from __future__ import annotations
 
@@ -28,7 +32,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "benchmarks")]
 
 import bench_redundancy as br  # noqa: E402
-from redundancy_scenes import decode, scenes  # noqa: E402
+from redundancy_scenes import RIGHT, decode, edited, scenes  # noqa: E402
 
 CROPS = {"top left": (slice(0, 288), slice(0, 384)), "top right": (slice(0, 288), slice(384, 768)),
          "bottom left": (slice(288, 576), slice(0, 384))}
@@ -39,6 +43,14 @@ SECOND = {"top middle": (slice(0, 288), slice(192, 576)), "bottom middle": (slic
 
 def clips(video: np.ndarray, which: str):
     """(name, frames), one at a time."""
+    if which == "held-out-3":
+        yield "vtest, every 2nd frame", np.ascontiguousarray(video[::2])
+        yield "right view, every 2nd frame", np.ascontiguousarray(video[::2, RIGHT[0], RIGHT[1]])
+        yield "left half, every 2nd frame", np.ascontiguousarray(video[::2, :, 0:384])
+        yield "top middle, every 2nd frame from the 2nd", np.ascontiguousarray(video[1::2, 0:288, 192:576])
+        yield "top left, edited", edited(np.ascontiguousarray(video[:, CROPS["top left"][0], CROPS["top left"][1]]))
+        yield "centre, reversed", np.ascontiguousarray(video[::-1, CENTRE[0], CENTRE[1]])
+        return
     if which == "held-out-2":
         for name, (r, c) in SECOND.items():
             yield name, np.ascontiguousarray(video[:, r, c])
@@ -74,7 +86,7 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--video", type=Path, default=ROOT.parent / "shared/data/video/vtest.avi")
     ap.add_argument("--model", type=Path, default=ROOT / "examples/models/camera_counter.onnx")
-    ap.add_argument("--set", choices=["development", "held-out", "held-out-2"], default="development")
+    ap.add_argument("--set", choices=["development", "held-out", "held-out-2", "held-out-3"], default="development")
     args = ap.parse_args(argv)
     if not args.video.exists():
         print(f"skipped: {args.video} is missing (give --video; the shared data folder is not beside the checkout)")
