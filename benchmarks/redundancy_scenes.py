@@ -12,6 +12,7 @@ Metrics on the model's per-frame count, compared with the model run on every fra
 """
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -54,6 +55,55 @@ def edited(video: np.ndarray, seed: int = 0, part: int = 160) -> np.ndarray:
         dy, dx = rng.integers(-3, 4, 2)                                           # camera shake
         out[3 * part + k] = np.roll(video[min(start[3] + k, n - 1)], (int(dy), int(dx)), axis=(0, 1))
         out[4 * part + k] = noisy(video[start[4]])                                # quiet again
+    return out
+
+
+def walkers(video: np.ndarray, seed: int, n: int = 400) -> np.ndarray:
+    """A synthetic fixed camera (gray, 288x384) no rule was developed on: person sprites cut by the camera model's
+    training teacher from the right part of the video (the sprites the model was not trained on) walk slowly
+    across a generated background (0.2-1.5 px per frame, pausing now and then), with sensor noise."""
+    import cv2
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples" / "models"))
+    from camera_scenes import Scenes, teacher, textures
+
+    rng = np.random.default_rng(seed)
+    gray = np.stack([cv2.cvtColor(f, cv2.COLOR_BGR2GRAY) for f in video[::2]])
+    blobs, masks, tight, bg = teacher(gray)
+    sprites = Scenes(gray, blobs, masks, tight, bg, int(gray.shape[2] * 0.6), rng).sprites["held"]
+    back = textures(rng, 1, "tiles" if seed % 2 else "clutter")[0].astype(np.float32)
+    people = []
+    for _ in range(int(rng.integers(2, 6))):
+        patch, alpha = sprites[int(rng.integers(len(sprites)))]
+        h = int(rng.uniform(50, 110))
+        w = max(2, int(round(patch.shape[1] * h / patch.shape[0])))
+        p = cv2.resize(patch.astype(np.float32), (w, h)) * rng.uniform(0.8, 1.2)
+        a = cv2.resize(alpha.astype(np.float32), (w, h))
+        speed = rng.uniform(0.2, 1.5) * rng.choice([-1, 1])
+        x0 = rng.uniform(-w, 384) if rng.random() < 0.5 else (-w if speed > 0 else 384.0)
+        people.append({"p": p, "a": a, "y": int(rng.integers(0, 288 - h)), "x": x0, "v": speed,
+                       "start": int(rng.integers(0, n // 2)), "pause": 0})
+    out = np.empty((n, 288, 384), np.uint8)
+    for t in range(n):
+        canvas = back.copy()
+        for q in people:
+            if t < q["start"]:
+                continue
+            if q["pause"] > 0:
+                q["pause"] -= 1
+            else:
+                q["x"] += q["v"]
+                if rng.random() < 0.01:
+                    q["pause"] = int(rng.integers(10, 60))
+            h, w = q["a"].shape
+            x = int(round(q["x"]))
+            lo, hi = max(0, x), min(384, x + w)
+            if hi <= lo:
+                continue
+            region = canvas[q["y"]:q["y"] + h, lo:hi]
+            a, p = q["a"][:, lo - x:hi - x], q["p"][:, lo - x:hi - x]
+            region[:] = region * (1 - a) + p * a
+        out[t] = np.clip(canvas + rng.normal(0, 2.5, canvas.shape), 0, 255).astype(np.uint8)
     return out
 
 
