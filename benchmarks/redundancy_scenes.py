@@ -64,7 +64,9 @@ def walkers(video: np.ndarray, seed: int, n: int = 400) -> np.ndarray:
     across a generated background (0.2-1.5 px per frame, pausing now and then), with sensor noise."""
     import cv2
 
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples" / "models"))
+    models = str(Path(__file__).resolve().parents[1] / "examples" / "models")
+    if models not in sys.path:
+        sys.path.insert(0, models)
     from camera_scenes import Scenes, teacher, textures
 
     rng = np.random.default_rng(seed)
