@@ -87,3 +87,20 @@ def test_eval_guard_rows_and_clips():
     assert name == "vtest, reversed" and clip[:, 0, 0, 0].tolist() == [5, 4, 3, 2, 1, 0]
     name, clip = next(eg.clips(video, "development"))
     assert name == "vtest" and clip[:, 0, 0, 0].tolist() == [0, 1, 2, 3, 4, 5]
+
+
+def test_synthetic_walkers_are_the_same_clip_for_a_seed_and_have_people_moving():
+    """eval_guard's held-out-4 must be the same footage on every machine: a seed gives the same frames."""
+    pytest.importorskip("cv2", reason="opencv-python-headless (test extra) is not installed")
+    from redundancy_scenes import decode, walkers
+    from tests.support.onnx_models import SHARED
+
+    video = SHARED / "video" / "vtest.avi"
+    if not video.exists():
+        pytest.skip(f"{video} is missing (shared data set)")
+    frames = decode(video, 120)
+    a, b, c = walkers(frames, 201, n=60), walkers(frames, 201, n=60), walkers(frames, 202, n=60)
+    assert a.shape == (60, 288, 384) and a.dtype == np.uint8
+    assert np.array_equal(a, b) and not np.array_equal(a, c)
+    assert np.abs(np.diff(a.astype(np.int16), axis=0)).mean() > 1          # sensor noise at least, frame to frame
+    assert (np.abs(a[-1].astype(np.int16) - a[0]) > 40).sum() > 200        # someone walked in or moved
