@@ -74,7 +74,8 @@ class AccuracyGuard:
     def __init__(self, threshold: float, target: float = 0.95, adaptive: bool = False, *,
                  min_threshold: float | None = None, max_threshold: float | None = None,
                  tighten: float = 0.5, loosen: float = 1.1, margin: float = 0.02, z: float = 1.0,
-                 window: int = 200, min_audits: int = 10, agree_at: float = 1.0, boost: float = 1.0):
+                 window: int = 200, min_audits: int = 10, agree_at: float = 1.0, boost: float = 1.0,
+                 loosen_every: int | None = None):
         self.initial = float(threshold)
         self.target = float(target)
         self.adaptive = bool(adaptive)
@@ -83,6 +84,7 @@ class AccuracyGuard:
         self.tighten, self.loosen, self.margin, self.z = float(tighten), float(loosen), float(margin), float(z)
         self.decay = 1.0 - 1.0 / max(int(window), 1)
         self.min_audits = int(min_audits)
+        self.loosen_every = int(loosen_every if loosen_every is not None else min_audits)   # audits between steps up
         self.agree_at = float(agree_at)
         self.boost = float(boost)
         self.keys: dict = {}
@@ -132,7 +134,7 @@ class AccuracyGuard:
 
         With ``reuse_fraction`` (the share of recent results that were reused) the bound is compared with
         :meth:`effective_target` (the target is on all results, and processed ones are exact). The threshold loosens
-        at most one step per ``min_audits`` audits since it last moved: the bound is mostly about the tighter
+        at most one step per ``loosen_every`` audits (default ``min_audits``) since it last moved: the bound is mostly about the tighter
         thresholds the audits were drawn under, and the frames a looser one adds agree less (loosening on every
         agreeing audit overshot on a view it was not tuned on: 0.04 -> 0.064, strict 0.90 missed at 0.897)."""
         score = min(max(float(score), 0.0), 1.0)
@@ -152,7 +154,7 @@ class AccuracyGuard:
             st["threshold"] = max(self.min_threshold, st["threshold"] * self.tighten)
             st["tightened"] += 1
             st["steady"] = 0
-        elif st["n"] >= self.min_audits and lb >= target + self.margin and st["steady"] >= self.min_audits:
+        elif st["n"] >= self.min_audits and lb >= target + self.margin and st["steady"] >= self.loosen_every:
             st["threshold"] = min(self.max_threshold, st["threshold"] * self.loosen)
             st["loosened"] += 1
             st["steady"] = 0

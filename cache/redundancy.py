@@ -97,7 +97,10 @@ class RedundancyCache:
         self.feature = feature or default_feature
         self.agreement = agreement or exact_agreement
         self.key_fn = key_fn or value_key            # results with equal keys agree (approximate tier)
-        self.guard = AccuracyGuard(radius, target, adaptive, min_threshold=radius / 16, max_threshold=radius * 2)
+        # the radius loosens on every agreeing audit, as it was measured (frame_diff's threshold: one step per
+        # min_audits audits, docs/redundancy.md "The guard on views it was not tuned on")
+        self.guard = AccuracyGuard(radius, target, adaptive, min_threshold=radius / 16, max_threshold=radius * 2,
+                                   loosen_every=1)
         self.lock = threading.RLock()
         self.counters = {"exact_hits": 0, "approx_hits": 0, "misses": 0, "batch_hits": 0, "audits": 0,
                          "false_reuses": 0, "evictions": 0, "expired": 0, "invalidations": 0}

@@ -304,6 +304,27 @@ def test_guard_loosens_at_most_one_step_per_min_audits_audits():
     assert g.threshold("k") == after                      # no loosening within min_audits audits of a move
 
 
+def test_guard_loosen_every_sets_the_audits_between_steps_and_the_cache_keeps_one():
+    """``loosen_every`` (default ``min_audits``) is the number of audits between two steps up; the redundancy cache's
+    radius keeps loosening on every agreeing audit, as it was measured."""
+    from cache.redundancy import RedundancyCache
+
+    def steps(g):
+        moved = []
+        for i in range(40):
+            before = g.threshold("k")
+            g.observe("k", 1.0)
+            if g.threshold("k") > before:
+                moved.append(i)
+        return moved
+
+    every = steps(AccuracyGuard(0.01, target=0.9, adaptive=True, min_audits=5, loosen_every=1, max_threshold=1.0))
+    assert len(every) > 20 and set(np.diff(every).tolist()) == {1}
+    assert set(np.diff(steps(AccuracyGuard(0.01, target=0.9, adaptive=True, min_audits=5, loosen_every=3,
+                                           max_threshold=1.0))).tolist()) == {3}
+    assert RedundancyCache(radius=4.0, adaptive=True).guard.loosen_every == 1
+
+
 def test_guard_does_not_loosen_past_what_the_frames_it_adds_support():
     """A scene whose reused results agree less the looser the threshold (an audit agrees with probability
     1 - 4 x threshold; the target 0.9 is met up to 0.025): on six seeds the guard stays below 0.06 and the reused
