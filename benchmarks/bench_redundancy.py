@@ -125,6 +125,11 @@ def by_staleness(used, ref, since, metric: str) -> dict:
     return out
 
 
+def guard_online(frames, ref, start: dict, metric: str, target: float) -> dict:
+    """:func:`simulate` with the adaptive guard (``GUARD``) from the static setting ``start``, aiming at ``target``."""
+    return simulate(frames, ref, dict(start, adaptive=True, target=target, **GUARD), metric)
+
+
 def choose(frames, ref, metric: str, target: float) -> dict | None:
     """The grid setting with the most skipping whose ``metric`` meets ``target`` on these frames."""
     ok = [(r["skip"], s) for s in GRID if (r := simulate(frames, ref, dict(s, audit_rate=0.0)))[metric] >= target]
@@ -211,7 +216,7 @@ def evaluate(name, frames, model: Path, repeats: int, compare_sampling: bool = F
             rows.append({**r, "policy": "frame_diff, chosen on 1st half", "metric": metric, "target": target,
                          "setting": _show(setting) + ("" if s else " (none met it: tightest)"),
                          "every_nth": every_nth(ref2, r["skip"])})
-            a = simulate(second, ref2, dict(setting, adaptive=True, target=target, **GUARD), metric)
+            a = guard_online(second, ref2, setting, metric, target)
             rows.append({**a, "policy": "frame_diff + guard (online)", "metric": metric, "target": target,
                          "setting": f"start {setting['threshold']:g}, {a['audits']} audits, {a['tightened']} tightened",
                          "every_nth": every_nth(ref2, a["skip"])})

@@ -84,7 +84,7 @@ def rows(model: Path, frames) -> list[dict]:
     for metric, targets in br.TARGETS.items():
         for target in targets:
             start = br.choose(first, ref1, metric, target) or dict(br.GRID[0])
-            g = br.simulate(second, ref2, dict(start, adaptive=True, target=target, **br.GUARD), metric)
+            g = br.guard_online(second, ref2, start, metric, target)
             out.append({"metric": metric, "target": target, "start": br._show(start), **g,
                         "every_nth": br.every_nth(ref2, g["skip"])[metric]})
     return out

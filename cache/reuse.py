@@ -251,28 +251,17 @@ class ReuseTracker:
     def merge_reused(self, batch: Batch) -> Batch:
         """:meth:`merge` for a batch in which every row is marked ``reused`` (nothing computed, nothing to
         report): each row gets its key's last result, one fill per result column (and key)."""
-        n = len(batch)
-        if n == 1:
-            out = self._reused_one(batch)
-            if out is not None:
-                return out
-        fields, tags, extra = self.result_fields or self.names[0], self.names[1], self.names[2]
         col = key_column(batch, self.key) if len(self.key) == 1 else None
-        if col is not None and (n == 1 or bool((col == col[0]).all())):
-            codes, keys = None, [col[0]]             # one key (the usual micro-batch)
-        else:
-            codes, keys = key_codes(batch, self.key)
-            keys = [k[0] if len(k) == 1 else k for k in keys]
-        lasts = [self.last.get(k, _NOTHING) for k in keys]
+        if col is not None and (len(batch) == 1 or bool((col == col[0]).all())):
+            return self._reused_one_key(batch, col[0])     # one key (the usual micro-batch, a camera frame by frame)
+        fields, tags, extra = self.result_fields or self.names[0], self.names[1], self.names[2]
+        codes, keys = key_codes(batch, self.key)
+        lasts = [self.last.get(k[0] if len(k) == 1 else k, _NOTHING) for k in keys]
         cols: dict[str, dict[str, np.ndarray]] = {}
         for part, names, absent in (("fields", fields, np.nan), ("tags", tags, None), ("extra", extra, None)):
             out = cols[part] = {}
             for name in names:
                 values = [last[part].get(name, absent) for last in lasts]
-                if codes is None:
-                    c = out[name] = np.empty(n, np.float64 if part == "fields" else object)
-                    c.fill(values[0])                # an array value stays one object per row
-                    continue
                 if part == "fields":
                     out[name] = np.asarray(values, dtype=np.float64)[codes]
                     continue
@@ -282,6 +271,21 @@ class ReuseTracker:
                 out[name] = table[codes]
         return Batch(batch.ts, {**batch.tags, **cols["tags"]}, {**batch.fields, **cols["fields"]}, batch.frames,
                      {**batch.extra, **cols["extra"]}, batch.arrival)
+
+    def _reused_one_key(self, batch: Batch, k) -> Batch:
+        """:meth:`merge_reused` for rows of one key: the key's last result as columns, one fill each."""
+        n = len(batch)
+        last = self.last.get(k, _NOTHING)
+        fields = dict(batch.fields)
+        got = last["fields"]
+        for name in self.result_fields or self.names[0]:
+            fields[name] = np.full(n, got.get(name, np.nan), np.float64)
+        tags, extra = dict(batch.tags), dict(batch.extra)
+        for out, names, got in ((tags, self.names[1], last["tags"]), (extra, self.names[2], last["extra"])):
+            for name in names:
+                c = out[name] = np.empty(n, object)
+                c.fill(got.get(name))                # an array value stays one object per row
+        return Batch(batch.ts, tags, fields, batch.frames, extra, batch.arrival)
 
     def _report(self, batch, mask, codes, keys, prev, fcols, fields) -> None:
         """Audit scores and result confidences back to the frame_diff stage that marked the rows (a batch of
@@ -333,24 +337,6 @@ class ReuseTracker:
         for have, names in zip(self.names, new):
             have.extend(x for x in names if x not in have)
         return self.result_fields or self.names[0], self.names[1], self.names[2]
-
-    def _reused_one(self, batch: Batch) -> Batch | None:
-        """:meth:`merge_reused` for one record keyed by one tag of plain strings (a camera delivering frame by frame,
-        most of its frames reused): the key's last result as one-row columns, no key table. None: the general path."""
-        col = batch.tags.get(self.key[0]) if len(self.key) == 1 else None
-        if col is None or col.dtype != object or type(col[0]) is not str:
-            return None
-        last = self.last.get(col[0], _NOTHING)
-        fields = dict(batch.fields)
-        got = last["fields"]
-        for name in self.result_fields or self.names[0]:
-            fields[name] = np.array((got.get(name, np.nan),), np.float64)
-        tags, extra = dict(batch.tags), dict(batch.extra)
-        for out, names, got in ((tags, self.names[1], last["tags"]), (extra, self.names[2], last["extra"])):
-            for name in names:
-                c = out[name] = np.empty(1, object)
-                c[0] = got.get(name)                 # an array value stays one object
-        return Batch(batch.ts, tags, fields, batch.frames, extra, batch.arrival)
 
     def _merge_one(self, batch: Batch, computed: Batch) -> Batch | None:
         """:meth:`merge` for a batch of one record that was computed, keyed by one tag of plain strings (a camera

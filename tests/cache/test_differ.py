@@ -283,17 +283,23 @@ def test_guard_keeps_auditing_fast_while_its_bound_cannot_confirm_the_target():
     assert all(raised)
 
 
+def _loosening_steps(g, audits: int) -> list[int]:
+    """The audits (0-based) at which ``g`` loosened key "k" while every audit agreed."""
+    moved = []
+    for i in range(audits):
+        before = g.threshold("k")
+        g.observe("k", 1.0)
+        if g.threshold("k") > before:
+            moved.append(i)
+    return moved
+
+
 def test_guard_loosens_at_most_one_step_per_min_audits_audits():
     """Audits agree, so the bound stays high: the threshold still grows one step per ``min_audits`` audits since it
     last moved, since the audits were drawn under the tighter threshold (loosening on every agreeing audit overshot
     on a view it was not tuned on)."""
     g = AccuracyGuard(0.01, target=0.9, adaptive=True, min_audits=5, loosen=1.1, max_threshold=1.0)
-    moved = []
-    for i in range(60):
-        before = g.threshold("k")
-        g.observe("k", 1.0)
-        if g.threshold("k") > before:
-            moved.append(i)
+    moved = _loosening_steps(g, 60)
     assert len(moved) >= 8 and set(np.diff(moved).tolist()) == {5}
     g.observe("k", 0.0)
     g.observe("k", 0.0)                                   # a second disagreement in a row: tightens
@@ -309,19 +315,11 @@ def test_guard_loosen_every_sets_the_audits_between_steps_and_the_cache_keeps_on
     radius keeps loosening on every agreeing audit, as it was measured."""
     from cache.redundancy import RedundancyCache
 
-    def steps(g):
-        moved = []
-        for i in range(40):
-            before = g.threshold("k")
-            g.observe("k", 1.0)
-            if g.threshold("k") > before:
-                moved.append(i)
-        return moved
-
-    every = steps(AccuracyGuard(0.01, target=0.9, adaptive=True, min_audits=5, loosen_every=1, max_threshold=1.0))
+    every = _loosening_steps(AccuracyGuard(0.01, target=0.9, adaptive=True, min_audits=5, loosen_every=1,
+                                           max_threshold=1.0), 40)
     assert len(every) > 20 and set(np.diff(every).tolist()) == {1}
-    assert set(np.diff(steps(AccuracyGuard(0.01, target=0.9, adaptive=True, min_audits=5, loosen_every=3,
-                                           max_threshold=1.0))).tolist()) == {3}
+    assert set(np.diff(_loosening_steps(AccuracyGuard(0.01, target=0.9, adaptive=True, min_audits=5, loosen_every=3,
+                                                      max_threshold=1.0), 40)).tolist()) == {3}
     assert RedundancyCache(radius=4.0, adaptive=True).guard.loosen_every == 1
 
 

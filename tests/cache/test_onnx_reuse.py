@@ -171,8 +171,8 @@ def test_after_a_reload_that_rebuilds_frame_diff_the_kept_onnx_stage_audits_the_
 
 
 def test_a_reused_record_alone_gets_what_the_general_path_gives_it():
-    """The one-record shortcut of ``merge_reused`` (a camera frame by frame) against the general path (the same record
-    in a batch with another key): a known key's last result, array values kept whole, and NaN/None for a key that has
+    """``merge_reused`` of one record (a camera frame by frame: the one-key path) against the path of several keys
+    (the same record in a batch with another key): a known key's last result, array values kept whole, and NaN/None for a key that has
     no result yet."""
     from cache.reuse import ReuseTracker
     from pipeline.batch import Batch

@@ -346,8 +346,9 @@ def test_large_frames_one_at_a_time_match_the_stacked_path(shape, color):
     np.testing.assert_allclose(together, stacked, rtol=1e-6)
 
 
-@pytest.mark.parametrize("max_batch, warm_up, expected", [(8, True, [8]), (500, True, [64]), (8, False, [])])
-def test_model_is_warmed_up_at_load_at_the_largest_batch(monkeypatch, max_batch, warm_up, expected):
+@pytest.fixture
+def model_calls(monkeypatch) -> list[int]:
+    """The number of records of every LoadedModel.run call from now on."""
     from pipeline.inference.model import LoadedModel
     calls = []
     run = LoadedModel.run
@@ -357,6 +358,12 @@ def test_model_is_warmed_up_at_load_at_the_largest_batch(monkeypatch, max_batch,
         return run(self, feeds)
 
     monkeypatch.setattr(LoadedModel, "run", spy)
+    return calls
+
+
+@pytest.mark.parametrize("max_batch, warm_up, expected", [(8, True, [8]), (500, True, [64]), (8, False, [])])
+def test_model_is_warmed_up_at_load_at_the_largest_batch(model_calls, max_batch, warm_up, expected):
+    calls = model_calls
     stage, _ = build_stage(Onnx, camera_stage(max_batch=max_batch, warm_up=warm_up))
     assert calls == expected                    # one call, on zeros of the model's input, before any record
     out = stage.process(Batch.from_records([{"ts": 0, "tags": {"cam": "c"}, "frame": np.zeros((96, 128), np.uint8)}]))
@@ -395,18 +402,10 @@ def test_a_fixed_batch_model_is_warmed_up_in_one_call(tmp_path, monkeypatch):
     assert calls == [4]                                  # one chunk of the model's batch, not 8 padded calls
 
 
-def test_warm_up_of_a_large_input_is_capped_by_bytes(monkeypatch):
+def test_warm_up_of_a_large_input_is_capped_by_bytes(monkeypatch, model_calls):
     """A large image model warms up on as many records as fit in WARM_UP_BYTES of input (at least one)."""
     import pipeline.stages.onnx as onnx_stage
-    from pipeline.inference.model import LoadedModel
-    calls = []
-    run = LoadedModel.run
-
-    def spy(self, feeds):
-        calls.append(len(next(iter(feeds.values()))))
-        return run(self, feeds)
-
-    monkeypatch.setattr(LoadedModel, "run", spy)
+    calls = model_calls
     row = 96 * 128 * 4                                  # the camera model's input: one float32 96x128 frame
     for budget, expected in ((4 * row + 100, 4), (row // 2, 1)):
         monkeypatch.setattr(onnx_stage, "WARM_UP_BYTES", budget)
