@@ -37,6 +37,8 @@ class CacheOptions(BaseModel):
     max_entries: int = Field(4096, ge=1, le=10_000_000, description="Most results kept.")
     max_bytes: int = Field(64 << 20, ge=1024, description="Most bytes kept (results + features).")
     ttl: Duration | None = Field(None, gt=0, description="Forget a result this long after it was computed (processing time: the pipeline clock).")
+    max_age: Duration | None = Field(None, gt=0, description="Approximate hits only when one of the agreeing neighbours (of the `k` nearest) was computed at "
+                                     "most this long ago (processing time): bounds how long a change the thumbnail hides can reuse an old result. Exact hits are not limited.")
     eviction: Literal["lru", "cost"] = Field("lru", description="`lru`, or `cost` (GreedyDual-Size: keeps results that were expensive per byte).")
     approximate: bool = Field(True, description="Also reuse results of near inputs (k nearest neighbours that agree).")
     feature_input: str | None = Field(None, description="Model input whose thumbnail is the approximate feature; default: the first.")
@@ -95,7 +97,7 @@ def _row_agreement(agree: str, out: str | None):
 
 def make_cache(opts: CacheOptions, name: str) -> RedundancyCache:
     return shared(opts.name or name, max_entries=opts.max_entries, max_bytes=opts.max_bytes, ttl=opts.ttl,
-                  eviction=opts.eviction, approximate=opts.approximate, radius=opts.radius, k=opts.k,
+                  max_age=opts.max_age, eviction=opts.eviction, approximate=opts.approximate, radius=opts.radius, k=opts.k,
                   min_neighbors=opts.min_neighbors, index=opts.index, audit_rate=opts.audit_rate, seed=opts.seed,
                   adaptive=opts.adaptive, target=opts.target, key_fn=_row_key(opts.agree, opts.agree_output),
                   agreement=_row_agreement(opts.agree, opts.agree_output))

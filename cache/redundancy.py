@@ -5,7 +5,9 @@ Two tiers, shared by every device that asks the same model:
 * **exact**: a hash of the input bytes (with shape and dtype) and the model version;
 * **approximate**: the k nearest stored inputs by a compact feature (a 16x12 gray thumbnail of a
   frame, or a binned vector), within ``radius`` (RMS, in input units); a result is reused only when at
-  least ``min_neighbors`` neighbours are inside the radius and they all gave the same result.
+  least ``min_neighbors`` neighbours are inside the radius and they all gave the same result (and, with
+  ``max_age``, one of them was computed at most ``max_age`` ago: a change too small for the radius, such as a
+  person walking in at the edge of a frame, cannot keep an old result for longer than that).
 
 Bounded in entries and bytes, evicted by LRU or cost-aware (GreedyDual-Size), entries expire after
 ``ttl`` seconds (of the caller's clock: record time), and everything is dropped when the model version
@@ -83,7 +85,7 @@ class Lookup:
 
 class RedundancyCache:
     def __init__(self, *, model_version: str = "", max_entries: int = 4096, max_bytes: int = 64 << 20,
-                 ttl: float | None = None, eviction: str = "lru", approximate: bool = True,
+                 ttl: float | None = None, max_age: float | None = None, eviction: str = "lru", approximate: bool = True,
                  radius: float = 4.0, k: int = 3, min_neighbors: int = 2, index: str = "auto",
                  audit_rate: float = 0.05, seed: int = 0, adaptive: bool = True, target: float = 0.95,
                  feature: Callable | None = None, agreement: Callable | None = None,
@@ -92,6 +94,7 @@ class RedundancyCache:
             raise ValueError(f"eviction must be 'lru' or 'cost', got {eviction!r}")
         self.model_version = str(model_version)
         self.max_entries, self.max_bytes, self.ttl, self.eviction = int(max_entries), int(max_bytes), ttl, eviction
+        self.max_age = max_age             # approximate hits need a neighbour computed at most this long ago
         self.approximate, self.k, self.min_neighbors = approximate, int(k), int(min_neighbors)
         self.index_method, self.audit_rate, self.seed = index, float(audit_rate), int(seed)
         self.feature = feature or default_feature
@@ -217,7 +220,7 @@ class RedundancyCache:
             if self.approximate and n:
                 feats = (np.stack([np.asarray(f, np.float32) for f in features]) if features is not None
                          else self._features(inputs))
-                self._approx(np.flatnonzero(kind == "miss"), feats, kind, values)
+                self._approx(np.flatnonzero(kind == "miss"), feats, kind, values, now)
             self._lookups += n
             for name, key in (("exact", "exact_hits"), ("approx", "approx_hits"), ("batch", "batch_hits"),
                               ("audit", "audits")):
@@ -232,7 +235,7 @@ class RedundancyCache:
             return np.stack(fs)
         return np.array(fs, dtype=object)     # mixed shapes: looked up per dimension
 
-    def _approx(self, rows, feats, kind, values) -> None:
+    def _approx(self, rows, feats, kind, values, now: float) -> None:
         if len(rows) == 0:
             return
         radius = self.guard.threshold("approx")
@@ -248,6 +251,8 @@ class RedundancyCache:
                 near = [s for s, d in zip(ids, ds) if s >= 0 and d <= radius]
                 if len(near) < self.min_neighbors or len({self.entries[s]["vkey"] for s in near}) != 1:
                     continue
+                if self.max_age is not None and max(self.entries[s]["t"] for s in near) < now - self.max_age:
+                    continue           # every neighbour is old: the scene may have moved on within the radius
                 values[i] = self.entries[near[0]]["value"]
                 kind[i] = "approx"
                 for s in near:

@@ -104,3 +104,48 @@ def test_synthetic_walkers_are_the_same_clip_for_a_seed_and_have_people_moving()
     assert np.array_equal(a, b) and not np.array_equal(a, c)
     assert np.abs(np.diff(a.astype(np.int16), axis=0)).mean() > 1          # sensor noise at least, frame to frame
     assert (np.abs(a[-1].astype(np.int16) - a[0]) > 40).sum() > 200        # someone walked in or moved
+
+
+def _still(n: int, seed: int) -> np.ndarray:
+    """A still scene with sensor noise only (seeded): every frame near the first, none the same bytes."""
+    rng = np.random.default_rng(seed)
+    base = rng.integers(40, 200, (96, 128, 3)).astype(np.float32)
+    return np.stack([np.clip(base + rng.normal(0, 2, base.shape), 0, 255).astype(np.uint8) for _ in range(n)])
+
+
+def test_eval_cache_counts_every_frame_once_and_scores_against_the_stage_without_cache():
+    import eval_cache as ec
+
+    cams = [_still(40, 1), _frames(40)]
+    r = ec.evaluate(MODEL, cams)
+    assert r["frames"] == 80 and 0 < r["approx"] <= r["reused"] <= 1
+    # the same frames through the stage without a cache, then the cached stage played tick by tick: the metrics are
+    # of the cached answers against these (an independent run, one camera at a time)
+    ref = [np.array([x["fields"]["people"] for x in ec.stage(MODEL, None).run_records(ec.site_records([c]))["out"]])
+           for c in cams]
+    clock = ec.RecordClock()
+    p = ec.stage(MODEL, ec.CACHE, clock)
+    got = ec.per_camera(ec.played(p, clock, ec.site_records(cams), 2), 2)
+    assert [len(g) for g in got] == [40, 40]
+    assert r["strict"] == pytest.approx(np.mean(np.round(np.concatenate(got)) == np.round(np.concatenate(ref))))
+
+
+def test_onnx_cache_max_age_forces_a_computation_within_that_time_of_the_record_clock():
+    """The pipeline clock follows the records (eval_cache.RecordClock): with ``max_age: 0.5`` at 10 frames/s a still
+    camera is computed at least every 6th frame; without it, almost never after the first frames."""
+    import eval_cache as ec
+
+    frames = _still(60, 2)
+    computed = {}
+    for age in (None, 0.5):
+        clock = ec.RecordClock()
+        p = ec.stage(MODEL, dict(ec.CACHE, audit_rate=0.0, **({"max_age": age} if age else {})), clock)
+        at = []
+        for i, rec in enumerate(ec.site_records([frames])):
+            before = p.graph.stages["count"].cache_stats()["misses"]
+            ec.played(p, clock, [rec], 1)
+            if p.graph.stages["count"].cache_stats()["misses"] > before:
+                at.append(i)
+        computed[age] = at
+    assert len(computed[None]) <= 3
+    assert max(np.diff([0] + computed[0.5] + [60])) <= 6 and len(computed[0.5]) >= 10

@@ -142,3 +142,38 @@ def test_lsh_finds_the_same_near_neighbours_as_brute_force():
     assert (ib == il).mean() > 0.95 and np.allclose(db[ib == il], dl[ib == il])
     lsh.remove(0)
     assert 0 not in lsh.query(pts[:1], 3)[0]
+
+
+def test_max_age_limits_approximate_hits_to_recent_neighbours_not_exact_ones():
+    c = RedundancyCache(min_neighbors=2, k=3, radius=3.0, audit_rate=0.0, adaptive=False, max_age=10.0)
+    c.run([img(100, seed=1), img(100, seed=2)], lambda xs: ["A", "A"], now=0.0)
+    assert c.lookup([img(100, seed=3)], now=10.0).kind.tolist() == ["approx"]
+    assert c.lookup([img(100, seed=3)], now=10.5).kind.tolist() == ["miss"]     # both neighbours are older than 10 s
+    assert c.lookup([img(100, seed=1)], now=99.0).kind.tolist() == ["exact"]    # the same bytes: not limited
+    c.run([img(100, seed=4)], lambda xs: ["A"], now=11.0)                        # one fresh neighbour is enough
+    assert c.lookup([img(100, seed=5)], now=12.0).kind.tolist() == ["approx"]
+
+
+def test_max_age_bounds_how_long_a_change_the_thumbnail_hides_is_missed():
+    """A small object creeps into a noisy scene: the thumbnail barely moves (within the radius), the answer changes.
+    Without max_age the first answer is reused to the end; with it, a stale answer lasts at most about max_age."""
+    def frame(i):
+        a = img(100, h=48, w=64, seed=i).astype(np.float32)
+        a[20:28, :min(64, i // 16)] += 40                   # a faint object grows one pixel every 16 frames
+        return a.clip(0, 255).astype(np.uint8)
+
+    truth = lambda xs: [int((np.asarray(x) > 120).sum() // 32) for x in xs]   # noqa: E731  size in steps of 4 columns
+    frames = [frame(i) for i in range(300)]
+    wrong = {}
+    for age in (None, 2.0):
+        c = RedundancyCache(min_neighbors=2, radius=6.0, audit_rate=0.0, adaptive=False, max_age=age)
+        got = [c.run([f], truth, now=i / 10)[0][0] for i, f in enumerate(frames)]
+        stale = [g != t for g, t in zip(got, truth(frames))]
+        run = longest = 0
+        for s in stale:
+            run = run + 1 if s else 0
+            longest = max(longest, run)
+        wrong[age] = (sum(stale), longest)
+    assert wrong[None][1] > 50                               # the cache hid a change for more than 5 s
+    assert wrong[2.0][1] <= 2.0 * 10 + 1                     # at 10 frames/s: no stale run beyond 2 s
+    assert wrong[2.0][0] < wrong[None][0]
