@@ -147,9 +147,9 @@ def main(argv=None) -> int:
     ap.add_argument("--video", type=Path, default=ROOT.parent / "shared/data/video/vtest.avi")
     ap.add_argument("--model", type=Path, default=ROOT / "examples/models/camera_counter.onnx")
     ap.add_argument("--set", choices=["development", "held-out", "held-out-2"], default="development")
-    ap.add_argument("--max-age", type=float, default=None, help="the cache's max_age in seconds (default: none)")
+    ap.add_argument("--max-age", default=None, help="the cache's max_age in seconds, or `none` (default: the stage's, 1 s)")
     args = ap.parse_args(argv)
-    cache = dict(CACHE, **({"max_age": args.max_age} if args.max_age else {}))
+    cache = dict(CACHE) if args.max_age is None else dict(CACHE, max_age=None if args.max_age == "none" else float(args.max_age))
     if not args.video.exists():
         print(f"skipped: {args.video} is missing (give --video; the shared data folder is not beside the checkout)")
         return 0

@@ -37,8 +37,8 @@ class CacheOptions(BaseModel):
     max_entries: int = Field(4096, ge=1, le=10_000_000, description="Most results kept.")
     max_bytes: int = Field(64 << 20, ge=1024, description="Most bytes kept (results + features).")
     ttl: Duration | None = Field(None, gt=0, description="Forget a result this long after it was computed (processing time: the pipeline clock).")
-    max_age: Duration | None = Field(None, gt=0, description="Approximate hits only when one of the agreeing neighbours (of the `k` nearest) was computed at "
-                                     "most this long ago (processing time): bounds how long a change the thumbnail hides can reuse an old result. Exact hits are not limited.")
+    max_age: Duration | None = Field(1.0, gt=0, description="Approximate hits only when one of the agreeing neighbours (of the `k` nearest) was computed at "
+                                     "most this long ago (processing time): bounds how long a change the thumbnail hides can reuse an old result; `null`: no limit. Exact hits are not limited.")
     eviction: Literal["lru", "cost"] = Field("lru", description="`lru`, or `cost` (GreedyDual-Size: keeps results that were expensive per byte).")
     approximate: bool = Field(True, description="Also reuse results of near inputs (k nearest neighbours that agree).")
     feature_input: str | None = Field(None, description="Model input whose thumbnail is the approximate feature; default: the first.")

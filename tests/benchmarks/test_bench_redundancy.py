@@ -139,7 +139,7 @@ def test_onnx_cache_max_age_forces_a_computation_within_that_time_of_the_record_
     computed = {}
     for age in (None, 0.5):
         clock = ec.RecordClock()
-        p = ec.stage(MODEL, dict(ec.CACHE, audit_rate=0.0, **({"max_age": age} if age else {})), clock)
+        p = ec.stage(MODEL, dict(ec.CACHE, audit_rate=0.0, max_age=age), clock)
         at = []
         for i, rec in enumerate(ec.site_records([frames])):
             before = p.graph.stages["count"].cache_stats()["misses"]

@@ -81,12 +81,19 @@ def test_cache_option_exact_hits_across_devices_and_dedup():
 
 
 def test_restart_mid_stream_gives_identical_output():
+    from pipeline.loader import parse_pipeline
+    from pipeline.runtime import Pipeline
+    from pipeline.testing import FakeClock
+
+    def build(name):      # a clock that stands still: the cache's max_age (processing time) cannot depend on speed
+        return Pipeline(parse_pipeline(spec(cache={"name": name}, audit=0.2), env={}), clock=FakeClock(1000.0))
+
     recs = scene(40)
-    full = load_pipeline(spec(cache={"name": "t-onnx-restart-a"}, audit=0.2)).run_records(recs, batch_size=5)["out"]
-    a = load_pipeline(spec(cache={"name": "t-onnx-restart-b"}, audit=0.2))
+    full = build("t-onnx-restart-a").run_records(recs, batch_size=5)["out"]
+    a = build("t-onnx-restart-b")
     first = a.run_records(recs[:15], batch_size=5)["out"]
     state = roundtrip(a.graph.snapshot())
-    b = load_pipeline(spec(cache={"name": "t-onnx-restart-c"}, audit=0.2))
+    b = build("t-onnx-restart-c")
     b.graph.restore(state)
     rest = b.run_records(recs[15:], batch_size=5)["out"]
     strip = lambda rs: [(r["reused"], r["reuse_reason"], round(r["fields"]["people"], 4)) for r in rs]
