@@ -50,6 +50,8 @@ class CacheOptions(BaseModel):
     agree: Literal["exact", "round", "argmax"] = Field(
         "exact", description="How results of `agree_output` are compared: `exact`, `round` (rounded values, e.g. counts; "
         "audits score 1 - |dcount|/max), `argmax` (same class).")
+    min_confidence: float = Field(0.0, ge=0, lt=1, description="`agree: round`: a result whose rounding confidence (1 - 2 x its distance to the "
+                                  "nearest integer) is below this is never reused by the approximate tier (a count near x.5 flips on a small change). 0 = off.")
     audit_rate: float = Field(0.05, ge=0, le=1, description="Fraction of approximate hits computed anyway to check them.")
     adaptive: bool = Field(True, description="Shrink the radius at once when audits disagree, grow it slowly when they agree.")
     target: float = Field(0.95, gt=0, le=1, description="Agreement target of the guard (Wilson lower bound over audits).")
@@ -73,12 +75,17 @@ def agreement_fn(kind: str) -> Callable[[float, float], float]:
     return {"count": count_agreement, "rounded": rounded_agreement}.get(kind, exact_agreement)
 
 
-def _row_key(agree: str, out: str | None):
-    def key(value: dict) -> bytes:
+def _row_key(agree: str, out: str | None, min_confidence: float = 0.0):
+    """Bytes equal exactly when two results agree; ``None`` (the approximate tier never reuses it) for a ``round``
+    result whose rounding confidence, 1 - 2 x its distance to the nearest integer, is below ``min_confidence``."""
+    def key(value: dict) -> bytes | None:
         name = out or next(iter(value))
         v = np.asarray(value[name])
         if agree == "round":
-            return np.round(v).astype(np.int64).tobytes()
+            r = np.round(v)
+            if min_confidence > 0 and v.size and float((1 - 2 * np.abs(v - r)).min()) < min_confidence:
+                return None
+            return r.astype(np.int64).tobytes()
         if agree == "argmax":
             return str(int(np.argmax(v))).encode()
         return v.tobytes()
@@ -96,10 +103,12 @@ def _row_agreement(agree: str, out: str | None):
 
 
 def make_cache(opts: CacheOptions, name: str) -> RedundancyCache:
-    return shared(opts.name or name, max_entries=opts.max_entries, max_bytes=opts.max_bytes, ttl=opts.ttl,
+    signature = tuple(sorted(opts.model_dump(exclude={"name", "snapshot_entries"}).items()))
+    return shared(opts.name or name, signature, max_entries=opts.max_entries, max_bytes=opts.max_bytes, ttl=opts.ttl,
                   max_age=opts.max_age, eviction=opts.eviction, approximate=opts.approximate, radius=opts.radius, k=opts.k,
                   min_neighbors=opts.min_neighbors, index=opts.index, audit_rate=opts.audit_rate, seed=opts.seed,
-                  adaptive=opts.adaptive, target=opts.target, key_fn=_row_key(opts.agree, opts.agree_output),
+                  adaptive=opts.adaptive, target=opts.target,
+                  key_fn=_row_key(opts.agree, opts.agree_output, opts.min_confidence),
                   agreement=_row_agreement(opts.agree, opts.agree_output))
 
 

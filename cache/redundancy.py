@@ -10,8 +10,8 @@ Two tiers, shared by every device that asks the same model:
   person walking in at the edge of a frame, cannot keep an old result for longer than that).
 
 Bounded in entries and bytes, evicted by LRU or cost-aware (GreedyDual-Size), entries expire after
-``ttl`` seconds (of the caller's clock: record time), and everything is dropped when the model version
-changes. Approximate hits are audited (a seeded ``audit_rate`` of them is computed anyway); an
+``ttl`` seconds (of the caller's clock; the onnx stage passes the pipeline clock, processing time), and
+everything is dropped when the model version changes. Approximate hits are audited (a seeded ``audit_rate`` of them is computed anyway); an
 audited hit that disagrees counts as a false reuse and tightens the radius (:class:`AccuracyGuard`).
 
 Use: ``r = cache.lookup(inputs, now)``; compute the rows in ``r.compute``; ``cache.complete(r, fresh)``
@@ -33,8 +33,9 @@ stores them, scores the audits and returns every row's result.
 from __future__ import annotations
 
 import hashlib
+import logging
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable
 
 import numpy as np
@@ -44,16 +45,23 @@ from cache.guard import AccuracyGuard, uniform
 from cache.neighbors import NeighborIndex
 from pipeline.statecodec import dumps as state_bytes
 
-_SHARED: dict[str, "RedundancyCache"] = {}
+_SHARED: dict[tuple, "RedundancyCache"] = {}
 _SHARED_LOCK = threading.Lock()
+log = logging.getLogger(__name__)
 
 
-def shared(name: str, **kwargs) -> "RedundancyCache":
-    """The process-wide cache called ``name`` (created with ``kwargs`` on first use): shared across devices."""
+def shared(name: str, signature=None, **kwargs) -> "RedundancyCache":
+    """The process-wide cache called ``name`` (created with ``kwargs`` on first use): shared across devices.
+
+    ``signature`` (hashable: the options the caller was configured with) keeps caches of one name apart when their
+    options differ: a stage never silently gets another stage's radius, ``max_age`` or bounds (logged once)."""
     with _SHARED_LOCK:
-        c = _SHARED.get(name)
+        c = _SHARED.get((name, signature))
         if c is None:
-            c = _SHARED[name] = RedundancyCache(**kwargs)
+            if any(n == name for n, _ in _SHARED):
+                log.warning("cache %r is named by stages with different options: each set of options gets its own "
+                            "cache (give them the same options to share results)", name)
+            c = _SHARED[(name, signature)] = RedundancyCache(**kwargs)
         return c
 
 
@@ -81,6 +89,7 @@ class Lookup:
     hashes: list
     feats: np.ndarray | None
     now: float
+    stale: dict = field(default_factory=dict)   # row -> [(slot, hash)]: agreeing neighbours older than max_age
 
 
 class RedundancyCache:
@@ -99,14 +108,14 @@ class RedundancyCache:
         self.index_method, self.audit_rate, self.seed = index, float(audit_rate), int(seed)
         self.feature = feature or default_feature
         self.agreement = agreement or exact_agreement
-        self.key_fn = key_fn or value_key            # results with equal keys agree (approximate tier)
+        self.key_fn = key_fn or value_key            # results with equal keys agree (approximate tier); None: never reused
         # the radius loosens on every agreeing audit, as it was measured (frame_diff's threshold: one step per
         # min_audits audits, docs/redundancy.md "The guard on views it was not tuned on")
         self.guard = AccuracyGuard(radius, target, adaptive, min_threshold=radius / 16, max_threshold=radius * 2,
                                    loosen_every=1)
         self.lock = threading.RLock()
         self.counters = {"exact_hits": 0, "approx_hits": 0, "misses": 0, "batch_hits": 0, "audits": 0,
-                         "false_reuses": 0, "evictions": 0, "expired": 0, "invalidations": 0}
+                         "false_reuses": 0, "evictions": 0, "expired": 0, "invalidations": 0, "renewed": 0}
         self._lookups = 0
         self._clear()
 
@@ -216,18 +225,18 @@ class RedundancyCache:
                     kind[i], dup_of[i] = "batch", first[h]
                 else:
                     first[h] = i
-            feats = None
+            feats, stale = None, {}
             if self.approximate and n:
                 feats = (np.stack([np.asarray(f, np.float32) for f in features]) if features is not None
                          else self._features(inputs))
-                self._approx(np.flatnonzero(kind == "miss"), feats, kind, values, now)
+                stale = self._approx(np.flatnonzero(kind == "miss"), feats, kind, values, now)
             self._lookups += n
             for name, key in (("exact", "exact_hits"), ("approx", "approx_hits"), ("batch", "batch_hits"),
                               ("audit", "audits")):
                 self.counters[key] += int((kind == name).sum())
             self.counters["misses"] += int((kind == "miss").sum())
             compute = (kind == "miss") | (kind == "audit")
-            return Lookup(kind, compute, values, dup_of, hashes, feats, now)
+            return Lookup(kind, compute, values, dup_of, hashes, feats, now, stale)
 
     def _features(self, inputs):
         fs = [self.feature(x) for x in inputs]
@@ -235,9 +244,12 @@ class RedundancyCache:
             return np.stack(fs)
         return np.array(fs, dtype=object)     # mixed shapes: looked up per dimension
 
-    def _approx(self, rows, feats, kind, values, now: float) -> None:
+    def _approx(self, rows, feats, kind, values, now: float) -> dict:
+        """Mark approximate hits (and audits among them); returns the rows whose agreeing neighbours are all older
+        than ``max_age``, with those neighbours (``complete`` renews them when the fresh result agrees)."""
+        stale: dict[int, list] = {}
         if len(rows) == 0:
-            return
+            return stale
         radius = self.guard.threshold("approx")
         by_dim: dict[int, list] = {}
         for i in rows:
@@ -249,9 +261,11 @@ class RedundancyCache:
             idx, dist = ix.query(np.stack([np.asarray(feats[i], np.float32) for i in rs]), self.k)
             for i, ids, ds in zip(rs, idx, dist):
                 near = [s for s, d in zip(ids, ds) if s >= 0 and d <= radius]
-                if len(near) < self.min_neighbors or len({self.entries[s]["vkey"] for s in near}) != 1:
-                    continue
+                keys = {self.entries[s]["vkey"] for s in near}
+                if len(near) < self.min_neighbors or len(keys) != 1 or None in keys:
+                    continue          # too few, they disagree, or key_fn says a result is not to be reused
                 if self.max_age is not None and max(self.entries[s]["t"] for s in near) < now - self.max_age:
+                    stale[i] = [(s, self.entries[s]["hash"]) for s in near]
                     continue           # every neighbour is old: the scene may have moved on within the radius
                 values[i] = self.entries[near[0]]["value"]
                 kind[i] = "approx"
@@ -261,6 +275,7 @@ class RedundancyCache:
         if len(hits) and self.audit_rate > 0:
             u = uniform(self.seed, "approx", self._lookups + hits)
             kind[hits[u < self.audit_rate]] = "audit"
+        return stale
 
     def complete(self, res: Lookup, fresh, cost: float = 1.0) -> np.ndarray:
         """Store the computed rows (``fresh``: one result per ``res.compute`` row, in order), score audits,
@@ -277,11 +292,25 @@ class RedundancyCache:
                     if score < 1.0:
                         self.counters["false_reuses"] += 1
                 out[i] = v
+                if i in res.stale and self._renew(res.stale[i], v, res.now):
+                    continue
                 feat = None if res.feats is None else np.asarray(res.feats[i], np.float32)
                 self._store(res.hashes[i], feat, v, res.now, cost)
             for i in np.flatnonzero(res.dup_of >= 0):
                 out[i] = out[res.dup_of[i]]
             return out
+
+    def _renew(self, near: list, value, now: float) -> bool:
+        """A row computed because its agreeing neighbours were all older than ``max_age``: when the fresh result
+        agrees with them, they are fresh again (their time is ``now``) and no near twin of them is stored (a still
+        camera would otherwise add an entry per ``max_age``, and the fresh ones drop out of the k nearest)."""
+        live = [s for s, h in near if s in self.entries and self.entries[s]["hash"] == h]
+        if len(live) != len(near) or self.key_fn(value) != self.entries[live[0]]["vkey"]:
+            return False
+        for s in live:
+            self.entries[s]["t"] = now
+        self.counters["renewed"] += len(live)
+        return True
 
     def run(self, inputs, fn: Callable, now: float = 0.0, cost: float = 1.0) -> tuple[np.ndarray, Lookup]:
         """Lookup, compute the misses with ``fn(list_of_inputs) -> list_of_results``, complete."""

@@ -132,10 +132,11 @@ def test_eval_cache_counts_every_frame_once_and_scores_against_the_stage_without
 
 def test_onnx_cache_max_age_forces_a_computation_within_that_time_of_the_record_clock():
     """The pipeline clock follows the records (eval_cache.RecordClock): with ``max_age: 0.5`` at 10 frames/s a still
-    camera is computed at least every 6th frame; without it, almost never after the first frames."""
+    camera is computed about every 6th frame (neither more often, nor less); without it, almost never after the first
+    frames."""
     import eval_cache as ec
 
-    frames = _still(60, 2)
+    frames = _still(300, 2)                    # 30 s
     computed = {}
     for age in (None, 0.5):
         clock = ec.RecordClock()
@@ -148,4 +149,5 @@ def test_onnx_cache_max_age_forces_a_computation_within_that_time_of_the_record_
                 at.append(i)
         computed[age] = at
     assert len(computed[None]) <= 3
-    assert max(np.diff([0] + computed[0.5] + [60])) <= 6 and len(computed[0.5]) >= 10
+    assert max(np.diff([0] + computed[0.5] + [300])) <= 6
+    assert len(computed[0.5]) <= 300 / 5 + 3                     # not more often: the renewed neighbours serve again

@@ -177,3 +177,66 @@ def test_max_age_bounds_how_long_a_change_the_thumbnail_hides_is_missed():
     assert wrong[None][1] > 50                               # the cache hid a change for more than 5 s
     assert wrong[2.0][1] <= 2.0 * 10 + 1                     # at 10 frames/s: no stale run beyond 2 s
     assert wrong[2.0][0] < wrong[None][0]
+
+
+def test_min_confidence_keeps_counts_near_a_rounding_boundary_out_of_the_approximate_tier():
+    from cache.options import CacheOptions, cache_wrapper
+
+    class Stage:
+        model_version = "m@1"
+
+    level = {"v": 0.0}
+
+    def model(inputs):             # a count whose value the test sets: 2.1 (confident) or 2.45 (near the boundary)
+        return {"y": np.full((len(inputs["x"]), 1), level["v"], np.float32)}
+
+    def hits(min_confidence, value):
+        level["v"] = value
+        infer = cache_wrapper(CacheOptions(agree="round", min_neighbors=2, audit_rate=0, max_age=None,
+                                           min_confidence=min_confidence), Stage(), name=f"t-conf-{min_confidence}-{value}")(model)
+        rng = np.random.default_rng(0)
+        x = np.full((6, 1, 12, 16), 0.5, np.float32) + rng.normal(0, 0.001, (6, 1, 12, 16)).astype(np.float32)
+        out = [infer({"x": x[i:i + 1]})["y"][0, 0] for i in range(6)]
+        assert all(o == np.float32(value) for o in out)
+        infer({"x": x[:1]})                      # the same bytes again: the exact tier is not limited
+        st = infer.cache.stats()
+        return st["approx_hits"], st["exact_hits"]
+
+    assert hits(0.0, 2.45) == (4, 1)             # off: the first two are computed, the other four reuse them
+    assert hits(0.5, 2.45) == (0, 1)             # confidence 0.1 < 0.5: every new input is computed
+    assert hits(0.5, 2.1) == (4, 1)              # confidence 0.8: reused as before
+
+
+def test_max_age_on_a_still_camera_renews_the_neighbours_instead_of_piling_up_entries():
+    """Ten minutes of a still, noisy camera at 10 frames/s: about one computation per max_age, a handful of
+    entries (a new near twin per max_age would crowd the fresh ones out of the k nearest, and reuse would collapse)."""
+    c = RedundancyCache(min_neighbors=2, radius=3.0, audit_rate=0.0, adaptive=False, max_age=1.0)
+    const = lambda xs: ["empty"] * len(xs)      # noqa: E731
+    computed = []
+    for i in range(6000):
+        _, r = c.run([img(100, seed=i)], const, now=i / 10)
+        computed.append(bool(r.compute[0]))
+    late = np.mean(computed[-600:])             # the last minute
+    assert 0.08 <= late <= 0.12                 # once a second, give or take a frame
+    assert len(c) <= 4 and c.stats()["renewed"] > 500
+
+
+def test_max_age_after_a_restore_counts_from_when_the_entries_were_computed():
+    kw = dict(min_neighbors=2, radius=3.0, audit_rate=0.0, adaptive=False, max_age=10.0)
+    a = RedundancyCache(**kw)
+    a.run([img(100, seed=1), img(100, seed=2)], lambda xs: ["A", "A"], now=100.0)
+    for now, kind in ((105.0, "approx"), (111.0, "miss")):
+        b = RedundancyCache(**kw)
+        b.restore(roundtrip(a.snapshot()))
+        assert b.lookup([img(100, seed=3)], now=now).kind.tolist() == [kind]
+
+
+def test_stages_naming_one_cache_share_it_only_with_the_same_options(caplog):
+    from cache.options import CacheOptions, make_cache
+
+    a = make_cache(CacheOptions(name="t-sig-cam"), "m.onnx")
+    assert make_cache(CacheOptions(name="t-sig-cam", snapshot_entries=10), "other.onnx") is a   # same options: shared
+    with caplog.at_level("WARNING", logger="cache.redundancy"):
+        b = make_cache(CacheOptions(name="t-sig-cam", max_age=None), "m.onnx")
+    assert b is not a and b.max_age is None and a.max_age == 1.0
+    assert "t-sig-cam" in caplog.text and "different options" in caplog.text
