@@ -5,6 +5,7 @@ not the one the model would have given?
     python benchmarks/eval_cache.py --video ../shared/data/video/vtest.avi --set held-out      # 1-2 min
     python benchmarks/eval_cache.py --video ../shared/data/video/vtest.avi --set development-2   # 1-3 min
     python benchmarks/eval_cache.py --video ../shared/data/video/vtest.avi --set held-out-2      # 6-12 min
+    python benchmarks/eval_cache.py --video ../shared/data/video/vtest.avi --set held-out-3      # 6-12 min
     (each with --max-age none for the rows before max_age)
 
 The real ``onnx`` stage (examples/models/camera_counter.onnx, a people count) with ``cache:`` at the settings
@@ -26,6 +27,8 @@ ones, fixed before the first run.
 * ``held-out-2``: eight more walker seeds one at a time, a four-camera site of four others, vtest at every 2nd frame,
   the right view and two crops reversed, and the edited top-left crop: read once, to decide ``max_age``'s default
   by a rule fixed before (docs/redundancy.md, "The redundancy cache's approximate tier").
+* ``held-out-3``: eight more walker seeds one at a time, a site of four others, a site of four crops of vtest, vtest
+  and the centre crop reversed, the top-right crop edited (seed 1): read once, to decide ``min_confidence``.
 
 ``--max-age none`` (or seconds) overrides the stage's default ``max_age`` (1 s).
 """
@@ -55,6 +58,7 @@ OTHER_CROPS = {"top middle": (slice(0, 288), slice(192, 576)), "bottom middle": 
 CENTRE = (slice(144, 432), slice(192, 576))
 WALKER_SEEDS = (201, 202, 203, 204)
 CHOICE_WALKERS = (301, 302, 303, 304)
+THIRD_WALKERS, THIRD_SITE = tuple(range(501, 509)), (509, 510, 511, 512)
 FRESH_WALKERS, FRESH_SITE = tuple(range(401, 409)), (409, 410, 411, 412)
 _runs = itertools.count()
 
@@ -140,6 +144,15 @@ def sites(video: np.ndarray, which: str):
         for seed in CHOICE_WALKERS:
             yield f"walkers {seed}", [walkers(video, seed)]
         return
+    if which == "held-out-3":
+        for seed in THIRD_WALKERS:
+            yield f"walkers {seed}", [walkers(video, seed)]
+        yield "walkers 509-512 (one site)", [walkers(video, s) for s in THIRD_SITE]
+        yield "four crops of vtest (one site)", [crop(video, rc) for rc in OTHER_CROPS.values()]
+        yield "vtest, reversed", [np.ascontiguousarray(video[::-1])]
+        yield "centre crop, reversed", [crop(video[::-1], CENTRE)]
+        yield "top right, edited (seed 1)", [edited(crop(video, CROPS["top right"]), seed=1)]
+        return
     if which == "held-out-2":
         for seed in FRESH_WALKERS:
             yield f"walkers {seed}", [walkers(video, seed)]
@@ -162,7 +175,7 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--video", type=Path, default=ROOT.parent / "shared/data/video/vtest.avi")
     ap.add_argument("--model", type=Path, default=ROOT / "examples/models/camera_counter.onnx")
-    ap.add_argument("--set", choices=["development", "held-out", "development-2", "held-out-2"], default="development")
+    ap.add_argument("--set", choices=["development", "held-out", "development-2", "held-out-2", "held-out-3"], default="development")
     ap.add_argument("--max-age", default=None, help="the cache's max_age in seconds, or `none` (default: the stage's, 1 s)")
     ap.add_argument("--min-confidence", type=float, default=None, help="the cache's min_confidence (default: the stage's)")
     args = ap.parse_args(argv)

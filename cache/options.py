@@ -50,7 +50,7 @@ class CacheOptions(BaseModel):
     agree: Literal["exact", "round", "argmax"] = Field(
         "exact", description="How results of `agree_output` are compared: `exact`, `round` (rounded values, e.g. counts; "
         "audits score 1 - |dcount|/max), `argmax` (same class).")
-    min_confidence: float = Field(0.0, ge=0, lt=1, description="`agree: round`: a result whose rounding confidence (1 - 2 x its distance to the "
+    min_confidence: float = Field(0.4, ge=0, lt=1, description="`agree: round`: a result whose rounding confidence (1 - 2 x its distance to the "
                                   "nearest integer) is below this is never reused by the approximate tier (a count near x.5 flips on a small change). 0 = off.")
     audit_rate: float = Field(0.05, ge=0, le=1, description="Fraction of approximate hits computed anyway to check them.")
     adaptive: bool = Field(True, description="Shrink the radius at once when audits disagree, grow it slowly when they agree.")

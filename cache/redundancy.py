@@ -292,24 +292,33 @@ class RedundancyCache:
                     if score < 1.0:
                         self.counters["false_reuses"] += 1
                 out[i] = v
-                if i in res.stale and self._renew(res.stale[i], v, res.now):
-                    continue
                 feat = None if res.feats is None else np.asarray(res.feats[i], np.float32)
+                if feat is not None and self.key_fn(v) is None:
+                    feat = None        # never reused approximately: kept for the exact tier only, out of the k nearest
+                if i in res.stale and self._renew(res.stale[i], res.hashes[i], feat, v, res.now, cost):
+                    continue
                 self._store(res.hashes[i], feat, v, res.now, cost)
             for i in np.flatnonzero(res.dup_of >= 0):
                 out[i] = out[res.dup_of[i]]
             return out
 
-    def _renew(self, near: list, value, now: float) -> bool:
-        """A row computed because its agreeing neighbours were all older than ``max_age``: when the fresh result
-        agrees with them, they are fresh again (their time is ``now``) and no near twin of them is stored (a still
-        camera would otherwise add an entry per ``max_age``, and the fresh ones drop out of the k nearest)."""
-        live = [s for s, h in near if s in self.entries and self.entries[s]["hash"] == h]
-        if len(live) != len(near) or self.key_fn(value) != self.entries[live[0]]["vkey"]:
+    def _renew(self, near: list, h: bytes, feat, value, now: float, cost: float) -> bool:
+        """A row computed because its agreeing neighbours were all older than ``max_age``. When the fresh result
+        agrees with them they are confirmed: the oldest is replaced by the new row (so the entry count stays, and
+        the exact tier knows the newest bytes), the others are fresh again (their time is ``now``, as if computed
+        again; ``ttl`` counts from there too). Storing a near twin per ``max_age`` instead would crowd the fresh
+        entries out of the k nearest on a still camera, and reuse would collapse. False: store as usual."""
+        live = [s for s, hs in near if s in self.entries and self.entries[s]["hash"] == hs]
+        if feat is None or len(live) != len(near) or self.key_fn(value) != self.entries[live[0]]["vkey"]:
             return False
+        oldest = min(live, key=lambda s: self.entries[s]["t"])
         for s in live:
-            self.entries[s]["t"] = now
-        self.counters["renewed"] += len(live)
+            if s != oldest:
+                self.entries[s]["t"] = now
+                self._touch(s)
+        self._evict(oldest, None)
+        self._store(h, feat, value, now, cost)
+        self.counters["renewed"] += 1
         return True
 
     def run(self, inputs, fn: Callable, now: float = 0.0, cost: float = 1.0) -> tuple[np.ndarray, Lookup]:

@@ -205,6 +205,22 @@ def test_min_confidence_keeps_counts_near_a_rounding_boundary_out_of_the_approxi
     assert hits(0.0, 2.45) == (4, 1)             # off: the first two are computed, the other four reuse them
     assert hits(0.5, 2.45) == (0, 1)             # confidence 0.1 < 0.5: every new input is computed
     assert hits(0.5, 2.1) == (4, 1)              # confidence 0.8: reused as before
+    assert hits(0.5, 2.8) == (4, 1) and hits(0.5, 2.7) == (0, 1)    # 0.6 and 0.4, above 2.5
+
+
+def test_unconfident_results_stay_out_of_the_neighbour_index():
+    """A count stuck near x.5 is computed on every frame: its rows are kept for the exact tier only, so they do not
+    crowd confident results out of the k nearest."""
+    from cache.options import CacheOptions, make_cache
+
+    c = make_cache(CacheOptions(agree="round", min_neighbors=2, audit_rate=0, min_confidence=0.5), "t-unconfident")
+    rng = np.random.default_rng(1)
+    for i in range(50):
+        x = (np.full((1, 12, 16), 0.5) + rng.normal(0, 0.001, (1, 12, 16))).astype(np.float32)
+        c.run([x], lambda xs: [{"y": np.array([2.45 if i >= 2 else 2.0], np.float32)}], now=i / 10)
+    st = c.stats()
+    assert st["misses"] > 30 and len(c) == st["misses"]                        # every unconfident row is kept ...
+    assert sum(1 for e in c.entries.values() if e["dim"]) == 2                 # ... but only the confident two are indexed
 
 
 def test_max_age_on_a_still_camera_renews_the_neighbours_instead_of_piling_up_entries():
@@ -218,7 +234,29 @@ def test_max_age_on_a_still_camera_renews_the_neighbours_instead_of_piling_up_en
         computed.append(bool(r.compute[0]))
     late = np.mean(computed[-600:])             # the last minute
     assert 0.08 <= late <= 0.12                 # once a second, give or take a frame
-    assert len(c) <= 4 and c.stats()["renewed"] > 500
+    assert len(c) <= 4
+    assert c.stats()["renewed"] == sum(computed) - 2 > 500     # one per computed row after the first two
+
+
+def test_max_age_finds_a_changed_answer_the_thumbnail_hides_and_does_not_renew_the_old_one():
+    c = RedundancyCache(min_neighbors=2, radius=3.0, audit_rate=0.0, adaptive=False, max_age=1.0)
+    answer = {"v": "A"}
+    got = []
+    for i in range(300):
+        if i == 150:
+            answer["v"] = "B"                    # the scene changed in a way the thumbnail does not show
+        out, _ = c.run([img(100, seed=i)], lambda xs: [answer["v"]] * len(xs), now=i / 10)
+        got.append(out[0])
+    assert got[:150] == ["A"] * 150
+    assert got[150:].count("A") <= 11            # about max_age (10 frames) of the old answer, then B
+    assert got[-100:] == ["B"] * 100
+
+
+def test_max_age_keeps_exact_hits_on_a_frozen_camera():
+    c = RedundancyCache(min_neighbors=2, radius=3.0, audit_rate=0.0, adaptive=False, max_age=1.0)
+    frames = [img(100, seed=1), img(100, seed=2)] + [img(100, seed=3)] * 298     # then the camera freezes
+    computed = [bool(c.run([f], lambda xs: ["A"] * len(xs), now=i / 10)[1].compute[0]) for i, f in enumerate(frames)]
+    assert sum(computed) <= 4 and c.stats()["exact_hits"] >= 280      # the first second: approximate hits
 
 
 def test_max_age_after_a_restore_counts_from_when_the_entries_were_computed():
