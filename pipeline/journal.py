@@ -5,6 +5,11 @@ hands the pipeline positions (record numbers). A checkpoint stores the position 
 the records after it. Segments wholly covered by the checkpoint (and older than what the caller keeps for
 itself, ``keep_last``) are deleted.
 
+A checkpoint that covers a position also says so in the journal's folder (``mark_committed``: ``<folder>/committed``,
+the position as text). A restart that finds no position of its own (its checkpoint was deleted, moved, or is
+another pipeline's) reads it back (``committed``): the records up to it were counted by an earlier checkpoint, and
+replaying them would count them twice.
+
 Layout: ``<folder>/<first seq, 20 digits>.journal``. A record is ``u32 length | u32 crc32 | u64 seq | body``
 (little endian; the CRC covers seq and body). Files are 0600 in a 0700 folder.
 
@@ -37,6 +42,7 @@ log = logging.getLogger("edgesieve.journal")
 _HEAD = struct.Struct("<IIQ")         # body length, crc32(seq + body), seq
 _SEQ = struct.Struct("<Q")
 _SUFFIX = ".journal"
+_COMMITTED = "committed"
 FSYNC_POLICIES = ("full", "normal", "off")
 
 
@@ -141,6 +147,21 @@ class Journal:
             for seq, body, _ in _records(path, self.folder, tolerate_tail=False):
                 if seq > after:
                     yield seq, body
+
+    # -- what a checkpoint covered -------------------------------------------------------------------
+    def mark_committed(self, position: int) -> None:
+        """Record that a checkpoint covers the records up to ``position`` (atomic; fsynced unless ``fsync: off``)."""
+        from .statefiles import write_private
+
+        write_private(self.folder / _COMMITTED, b"%d\n" % int(position), durable=self.fsync != "off")
+
+    @property
+    def committed(self) -> int:
+        """The last position ``mark_committed`` recorded (0 when none, or when the file cannot be read)."""
+        try:
+            return max(0, int((self.folder / _COMMITTED).read_text().strip() or 0))
+        except (OSError, ValueError):
+            return 0
 
     # -- trimming ----------------------------------------------------------------------------------
     def prune(self, position: int, keep_last: int = 0) -> int:

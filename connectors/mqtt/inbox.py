@@ -124,6 +124,15 @@ class Inbox:
             for _, body in j.read(after=max(0, j.head - self._horizon.size)):
                 arrival, mid, qos, topic, payload, _ = _decode_record(body)
                 self._horizon.seen(identity(topic, payload, mid))
+        covered = j.committed
+        if position == 0 and covered > 0:
+            # no position of our own (a fresh start, or the first checkpoint, written before anything was read), but
+            # an earlier checkpoint covered the records up to `covered`: they were counted then
+            log.warning("%s: %d journaled message(s) in %s were counted by an earlier checkpoint that is not the one "
+                        "restored now (deleted, moved, or another checkpoint path): not replayed, to count nothing "
+                        "twice; the %d after them are replayed", self.where, min(covered, j.head), self._journal_dir,
+                        max(0, j.head - covered))
+            position = min(covered, j.head)
         self._checkpointed = position
         if j.head > position:
             log.info("%s: replaying %d journaled message(s) after position %d from %s",
@@ -238,6 +247,8 @@ class Inbox:
     def committed(self, position: int) -> None:
         """Durable: the checkpoint covers ``position`` (segments may go). Otherwise: acknowledge up to it."""
         if self.journal is not None or self._journal_dir is not None:
+            if self.journal is not None and position > self._checkpointed:
+                self.journal.mark_committed(position)
             self._checkpointed = max(self._checkpointed, position)
             return
         gen, client, acks = self.conn.generation, self.conn.client, self._acks

@@ -32,6 +32,7 @@ from __future__ import annotations
 import base64
 import json
 import logging
+import re
 import threading
 from pathlib import Path
 from typing import Literal
@@ -55,6 +56,20 @@ from pipeline.stage import Context, Source
 log = logging.getLogger("edgesieve.mqtt")
 _CHUNK_READINGS = 10_000         # about this many readings per batch handed on while a backlog is decoded
 
+
+
+def journal_dir(state_dir, pipeline: str, source_id: str, where: str = "") -> Path:
+    """``<state_dir>/journal/<pipeline>/<source id>``: each pipeline's own (two pipelines that share a state folder and
+    a source id took turns in one journal before, and each replayed the other's messages). A journal in the
+    earlier place, ``<state_dir>/journal/<source id>``, is moved here the first time."""
+    base = Path(state_dir) / "journal"
+    folder = base / re.sub(r"[^A-Za-z0-9_.-]", "_", pipeline or "pipeline") / source_id
+    legacy = base / source_id
+    if not folder.exists() and legacy.is_dir() and any(legacy.glob("*.journal")):
+        folder.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        legacy.rename(folder)
+        log.info("%s: moved the input journal %s to %s (one folder per pipeline)", where, legacy, folder)
+    return folder
 
 class Subscription(CodecOptions):
     """One MQTT subscription and how to decode its messages."""
@@ -159,7 +174,7 @@ class MqttSource(Source):
                                paused=lambda: self.inbox.pending() * self._per_message >= config.max_pending)
         durable = getattr(ctx, "checkpoints", False)
         self.inbox = Inbox(self.conn, where=self.where, count=ctx.count,
-                           journal_dir=Path(ctx.state_dir) / "journal" / config.id if durable else None,
+                           journal_dir=journal_dir(ctx.state_dir, ctx.pipeline, config.id, self.where) if durable else None,
                            fsync=config.journal_fsync, keep_props=any(r.props for r in self._routes),
                            horizon=config.redelivery_horizon if config.persistent else None)
         self.subscriptions = SubscriptionMemory(Path(ctx.state_dir) / "mqtt" / f"{client_id}.subscriptions.json",

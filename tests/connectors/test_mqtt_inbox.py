@@ -117,3 +117,23 @@ def test_a_replay_hands_on_each_message_with_the_arrival_time_it_was_journaled_w
     chunk = again.next_chunk(10)
     assert chunk.payloads == [b"m2", b"m3", b"m4"]
     assert chunk.arrivals == [1_700_000_000.0 + mid / 8 for mid in (2, 3, 4)]
+
+
+def test_a_start_without_a_position_of_its_own_skips_what_an_earlier_checkpoint_covered(tmp_path):
+    conn = FakeConn()
+    inbox, _ = make(tmp_path, conn)
+    inbox.open(0)
+    for mid in range(1, 6):
+        inbox.put(float(mid), "t/a", b"m%d" % mid, mid, 1, None)
+    inbox.take()
+    drain(inbox)
+    inbox.committed(3)                              # a checkpoint covered m1-m3, then "kill -9"
+    inbox.close()
+    again, _ = make(tmp_path, FakeConn())
+    again.open(0)                                   # that checkpoint is gone: a fresh start
+    assert drain(again) == [([b"m4", b"m5"], 5)]    # m4, m5 were never covered: replayed; m1-m3 not (counted)
+    again.committed(5)
+    again.close()
+    third, _ = make(tmp_path, FakeConn())
+    third.open(5)                                   # a checkpoint of its own: as before
+    assert drain(third) == []

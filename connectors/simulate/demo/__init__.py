@@ -17,6 +17,7 @@ import argparse
 import json
 import logging
 import os
+import shutil
 import signal
 import sys
 import threading
@@ -150,6 +151,7 @@ def _run(args) -> int:
     for stale in ("aggregates.db", "aggregates.db-wal", "aggregates.db-shm", "anomalies.ndjson", "state/demo.checkpoint",
                   "state/demo.checkpoint-wal", "state/demo.checkpoint-shm"):
         (out_dir / stale).unlink(missing_ok=True)
+    shutil.rmtree(out_dir / "state" / "journal", ignore_errors=True)     # the checkpoint's other half: a fresh run
     try:
         broker = EmbeddedBroker.choose(args.mqtt_url, args.broker)
     except RuntimeError as exc:
