@@ -150,10 +150,20 @@ class Journal:
 
     # -- what a checkpoint covered -------------------------------------------------------------------
     def mark_committed(self, position: int) -> None:
-        """Record that a checkpoint covers the records up to ``position`` (atomic; fsynced unless ``fsync: off``)."""
+        """Record that a checkpoint covers the records up to ``position`` (atomic; fsynced unless ``fsync: off``).
+        A failed write is logged, not raised: the checkpoint itself is saved, and the mark only matters after it is
+        gone (a stale mark errs towards replaying, never towards skipping)."""
         from .statefiles import write_private
 
-        write_private(self.folder / _COMMITTED, b"%d\n" % int(position), durable=self.fsync != "off")
+        try:
+            write_private(self.folder / _COMMITTED, b"%d\n" % int(position), durable=self.fsync != "off")
+        except OSError as e:
+            log.warning("input journal %s: could not record checkpointed position %d: %s", self.folder, position, e)
+
+    def clear_committed(self) -> None:
+        """Remove the mark (it names records the journal no longer has), durably."""
+        (self.folder / _COMMITTED).unlink(missing_ok=True)
+        _fsync_dir(self.folder)
 
     @property
     def committed(self) -> int:

@@ -34,6 +34,7 @@ import json
 import logging
 import re
 import threading
+import zlib
 from pathlib import Path
 from typing import Literal
 
@@ -60,15 +61,24 @@ _CHUNK_READINGS = 10_000         # about this many readings per batch handed on 
 
 def journal_dir(state_dir, pipeline: str, source_id: str, where: str = "") -> Path:
     """``<state_dir>/journal/<pipeline>/<source id>``: each pipeline's own (two pipelines that share a state folder and
-    a source id took turns in one journal before, and each replayed the other's messages). A journal in the
-    earlier place, ``<state_dir>/journal/<source id>``, is moved here the first time."""
+    a source id took turns in one journal before, and each replayed the other's messages). A name that is not a
+    plain file name gets a hash of itself, so that two names never share a folder. The segments of a journal in the
+    earlier place, ``<state_dir>/journal/<source id>``, are moved here the first time."""
     base = Path(state_dir) / "journal"
-    folder = base / re.sub(r"[^A-Za-z0-9_.-]", "_", pipeline or "pipeline") / source_id
+    name = pipeline or "pipeline"
+    if not re.fullmatch(r"[A-Za-z0-9_-][A-Za-z0-9_.-]*", name):
+        name = f"{re.sub(r'[^A-Za-z0-9_-]', '_', name)}-{zlib.crc32(name.encode()):08x}"
+    folder = base / name / source_id
     legacy = base / source_id
-    if not folder.exists() and legacy.is_dir() and any(legacy.glob("*.journal")):
-        folder.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        legacy.rename(folder)
+    old = sorted(legacy.glob("*.journal")) + sorted(legacy.glob("committed")) if legacy.is_dir() else []
+    if old and not any(folder.glob("*.journal")):
+        folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+        for f in old:
+            f.rename(folder / f.name)
         log.info("%s: moved the input journal %s to %s (one folder per pipeline)", where, legacy, folder)
+    elif old:
+        log.warning("%s: %s holds journal segments of the earlier layout, and %s has its own: not moved, not "
+                    "replayed (move them aside once nothing needs them)", where, legacy, folder)
     return folder
 
 class Subscription(CodecOptions):

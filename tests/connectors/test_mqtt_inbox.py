@@ -137,3 +137,53 @@ def test_a_start_without_a_position_of_its_own_skips_what_an_earlier_checkpoint_
     third, _ = make(tmp_path, FakeConn())
     third.open(5)                                   # a checkpoint of its own: as before
     assert drain(third) == []
+
+
+def test_a_committed_mark_beyond_the_journal_is_ignored(tmp_path):
+    inbox, _ = make(tmp_path, FakeConn())
+    inbox.open(0)
+    for mid in range(1, 4):
+        inbox.put(float(mid), "t/a", b"m%d" % mid, mid, 1, None)
+    inbox.take()
+    drain(inbox)
+    inbox.close()
+    (tmp_path / "j" / "committed").write_text("99\n")     # e.g. segments deleted by hand after a checkpoint
+    again, _ = make(tmp_path, FakeConn())
+    again.open(0)
+    assert drain(again) == [([b"m1", b"m2", b"m3"], 3)]   # nothing is skipped on the word of a mark that cannot be right
+
+
+def test_a_stale_mark_is_removed_before_new_records_could_fall_under_it(tmp_path):
+    inbox, _ = make(tmp_path, FakeConn())
+    inbox.open(0)
+    for mid in range(1, 6):
+        inbox.put(float(mid), "t/a", b"old%d" % mid, mid, 1, None)
+    inbox.take()
+    drain(inbox)
+    inbox.committed(5)
+    inbox.close()
+    for seg in (tmp_path / "j").glob("*.journal"):               # the operator deletes the segments, not the mark
+        seg.unlink()
+    fresh, _ = make(tmp_path, FakeConn())
+    fresh.open(0)
+    for mid in range(1, 4):
+        fresh.put(float(mid), "t/a", b"new%d" % mid, mid, 1, None)
+    fresh.take()
+    drain(fresh)
+    fresh.close()                                                 # killed before its first periodic checkpoint
+    again, _ = make(tmp_path, FakeConn())
+    again.open(0)
+    assert drain(again) == [([b"new1", b"new2", b"new3"], 3)]     # before: new1-new3 skipped (under the old mark 5)
+
+
+def test_a_restored_position_above_the_mark_raises_the_mark(tmp_path):
+    inbox, _ = make(tmp_path, FakeConn())
+    inbox.open(0)
+    for mid in range(1, 5):
+        inbox.put(float(mid), "t/a", b"m%d" % mid, mid, 1, None)
+    inbox.take()
+    drain(inbox)
+    inbox.close()                                                 # a checkpoint covered 4 but no mark was written
+    again, _ = make(tmp_path, FakeConn())
+    again.open(4)
+    assert (tmp_path / "j" / "committed").read_text().strip() == "4"

@@ -100,7 +100,21 @@ def test_a_journal_in_the_earlier_place_is_moved_to_its_pipeline(tmp_path):
     legacy = tmp_path / "journal" / "in"
     legacy.mkdir(parents=True)
     (legacy / f"{1:020d}.journal").write_bytes(b"")
-    got = journal_dir(tmp_path, "plant 1", "in")
-    assert got == tmp_path / "journal" / "plant_1" / "in"
-    assert (got / f"{1:020d}.journal").exists() and not legacy.exists()
-    assert journal_dir(tmp_path, "plant 2", "in") == tmp_path / "journal" / "plant_2" / "in"   # nothing left to move
+    (legacy / "committed").write_text("0\n")
+    got = journal_dir(tmp_path, "plant-1", "in")
+    assert got == tmp_path / "journal" / "plant-1" / "in"
+    assert sorted(p.name for p in got.iterdir()) == [f"{1:020d}.journal", "committed"]
+    assert list(legacy.iterdir()) == []
+    assert journal_dir(tmp_path, "plant-2", "in") == tmp_path / "journal" / "plant-2" / "in"   # nothing left to move
+
+
+def test_journal_folders_of_two_names_never_coincide_and_a_name_like_the_source_id_works(tmp_path):
+    legacy = tmp_path / "journal" / "in"
+    legacy.mkdir(parents=True)
+    (legacy / f"{1:020d}.journal").write_bytes(b"")
+    got = journal_dir(tmp_path, "in", "in")                       # moved into a folder inside the earlier one
+    assert got == legacy / "in" and (got / f"{1:020d}.journal").exists()
+    names = ["plant 1", "plant_1", ".", "..", "a/b", "a_b"]
+    folders = {journal_dir(tmp_path, n, "x") for n in names}
+    assert len(folders) == len(names)
+    assert all(f.parent.parent == tmp_path / "journal" for f in folders)   # none outside the journal folder
