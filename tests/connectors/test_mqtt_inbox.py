@@ -119,71 +119,47 @@ def test_a_replay_hands_on_each_message_with_the_arrival_time_it_was_journaled_w
     assert chunk.arrivals == [1_700_000_000.0 + mid / 8 for mid in (2, 3, 4)]
 
 
-def test_a_start_without_a_position_of_its_own_skips_what_an_earlier_checkpoint_covered(tmp_path):
-    conn = FakeConn()
-    inbox, _ = make(tmp_path, conn)
+def journaled(tmp_path, name: bytes, n: int, committed: int | None = None) -> None:
+    """A run that journals ``name`` 1..n from position 0 and hands them on, a checkpoint covering ``committed``
+    (none: no checkpoint), then ends ("kill -9": nothing else is written)."""
+    inbox, _ = make(tmp_path, FakeConn())
     inbox.open(0)
-    for mid in range(1, 6):
-        inbox.put(float(mid), "t/a", b"m%d" % mid, mid, 1, None)
+    for mid in range(1, n + 1):
+        inbox.put(float(mid), "t/a", name + b"%d" % mid, mid, 1, None)
     inbox.take()
     drain(inbox)
-    inbox.committed(3)                              # a checkpoint covered m1-m3, then "kill -9"
+    if committed is not None:
+        inbox.committed(committed)
     inbox.close()
-    again, _ = make(tmp_path, FakeConn())
-    again.open(0)                                   # that checkpoint is gone: a fresh start
-    assert drain(again) == [([b"m4", b"m5"], 5)]    # m4, m5 were never covered: replayed; m1-m3 not (counted)
-    again.committed(5)
-    again.close()
-    third, _ = make(tmp_path, FakeConn())
-    third.open(5)                                   # a checkpoint of its own: as before
-    assert drain(third) == []
+
+
+def restarted(tmp_path, position: int) -> list:
+    inbox, _ = make(tmp_path, FakeConn())
+    inbox.open(position)
+    return drain(inbox)
+
+
+def test_a_start_without_a_position_of_its_own_skips_what_an_earlier_checkpoint_covered(tmp_path):
+    journaled(tmp_path, b"m", 5, committed=3)                     # a checkpoint covered m1-m3, then "kill -9"
+    assert restarted(tmp_path, 0) == [([b"m4", b"m5"], 5)]        # that checkpoint is gone: m4, m5 never covered
+    assert restarted(tmp_path, 5) == []                           # a checkpoint of its own: as before
 
 
 def test_a_committed_mark_beyond_the_journal_is_ignored(tmp_path):
-    inbox, _ = make(tmp_path, FakeConn())
-    inbox.open(0)
-    for mid in range(1, 4):
-        inbox.put(float(mid), "t/a", b"m%d" % mid, mid, 1, None)
-    inbox.take()
-    drain(inbox)
-    inbox.close()
-    (tmp_path / "j" / "committed").write_text("99\n")     # e.g. segments deleted by hand after a checkpoint
-    again, _ = make(tmp_path, FakeConn())
-    again.open(0)
-    assert drain(again) == [([b"m1", b"m2", b"m3"], 3)]   # nothing is skipped on the word of a mark that cannot be right
+    journaled(tmp_path, b"m", 3)
+    (tmp_path / "j" / "committed").write_text("99\n")            # e.g. segments deleted by hand after a checkpoint
+    assert restarted(tmp_path, 0) == [([b"m1", b"m2", b"m3"], 3)]  # nothing skipped on the word of a wrong mark
 
 
 def test_a_stale_mark_is_removed_before_new_records_could_fall_under_it(tmp_path):
-    inbox, _ = make(tmp_path, FakeConn())
-    inbox.open(0)
-    for mid in range(1, 6):
-        inbox.put(float(mid), "t/a", b"old%d" % mid, mid, 1, None)
-    inbox.take()
-    drain(inbox)
-    inbox.committed(5)
-    inbox.close()
+    journaled(tmp_path, b"old", 5, committed=5)
     for seg in (tmp_path / "j").glob("*.journal"):               # the operator deletes the segments, not the mark
         seg.unlink()
-    fresh, _ = make(tmp_path, FakeConn())
-    fresh.open(0)
-    for mid in range(1, 4):
-        fresh.put(float(mid), "t/a", b"new%d" % mid, mid, 1, None)
-    fresh.take()
-    drain(fresh)
-    fresh.close()                                                 # killed before its first periodic checkpoint
-    again, _ = make(tmp_path, FakeConn())
-    again.open(0)
-    assert drain(again) == [([b"new1", b"new2", b"new3"], 3)]     # before: new1-new3 skipped (under the old mark 5)
+    journaled(tmp_path, b"new", 7)                                # killed before its first periodic checkpoint
+    assert restarted(tmp_path, 0) == [([b"new%d" % i for i in range(1, 8)], 7)]   # before: new1-new5 skipped
 
 
 def test_a_restored_position_above_the_mark_raises_the_mark(tmp_path):
-    inbox, _ = make(tmp_path, FakeConn())
-    inbox.open(0)
-    for mid in range(1, 5):
-        inbox.put(float(mid), "t/a", b"m%d" % mid, mid, 1, None)
-    inbox.take()
-    drain(inbox)
-    inbox.close()                                                 # a checkpoint covered 4 but no mark was written
-    again, _ = make(tmp_path, FakeConn())
-    again.open(4)
+    journaled(tmp_path, b"m", 4)                                  # a checkpoint covered 4 but no mark was written
+    restarted(tmp_path, 4)
     assert (tmp_path / "j" / "committed").read_text().strip() == "4"
