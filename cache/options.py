@@ -26,7 +26,7 @@ from typing import Callable, Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from cache.redundancy import RedundancyCache, shared
+from cache.redundancy import RedundancyCache, release, shared
 from cache.reuse import count_agreement, exact_agreement, rounded_agreement
 from pipeline.config import Duration
 
@@ -102,9 +102,14 @@ def _row_agreement(agree: str, out: str | None):
     return score
 
 
+def cache_key(opts: CacheOptions, name: str) -> tuple:
+    """(registry name, options signature) of the shared cache ``opts`` asks for (``snapshot_entries`` is the stage's
+    own business: it does not keep caches apart)."""
+    return opts.name or name, tuple(sorted(opts.model_dump(exclude={"name", "snapshot_entries"}).items()))
+
+
 def make_cache(opts: CacheOptions, name: str) -> RedundancyCache:
-    signature = tuple(sorted(opts.model_dump(exclude={"name", "snapshot_entries"}).items()))
-    return shared(opts.name or name, signature, max_entries=opts.max_entries, max_bytes=opts.max_bytes, ttl=opts.ttl,
+    return shared(*cache_key(opts, name), max_entries=opts.max_entries, max_bytes=opts.max_bytes, ttl=opts.ttl,
                   max_age=opts.max_age, eviction=opts.eviction, approximate=opts.approximate, radius=opts.radius, k=opts.k,
                   min_neighbors=opts.min_neighbors, index=opts.index, audit_rate=opts.audit_rate, seed=opts.seed,
                   adaptive=opts.adaptive, target=opts.target,
@@ -143,5 +148,12 @@ def cache_wrapper(opts: CacheOptions, stage, name: str, now: Callable[[], float]
                         ctx.count(f"cache_{key}", int(value - before.get(key, 0)))
             return {k: np.stack([v[k] for v in values]) for k in values[0]}
         infer.cache = cache
+        released = []
+
+        def done() -> None:           # once per stage, however often it is closed
+            if not released:
+                released.append(True)
+                release(*cache_key(opts, name))
+        infer.release = done
         return infer
     return wrap

@@ -46,6 +46,7 @@ from cache.neighbors import NeighborIndex
 from pipeline.statecodec import dumps as state_bytes
 
 _SHARED: dict[tuple, "RedundancyCache"] = {}
+_USERS: dict[tuple, int] = {}
 _SHARED_LOCK = threading.Lock()
 log = logging.getLogger(__name__)
 
@@ -54,15 +55,31 @@ def shared(name: str, signature=None, **kwargs) -> "RedundancyCache":
     """The process-wide cache called ``name`` (created with ``kwargs`` on first use): shared across devices.
 
     ``signature`` (hashable: the options the caller was configured with) keeps caches of one name apart when their
-    options differ: a stage never silently gets another stage's radius, ``max_age`` or bounds (logged once)."""
+    options differ: a stage never silently gets another stage's radius, ``max_age`` or bounds (a warning is logged
+    for each new set of options under a name in use). Each call is a user until :func:`release`."""
     with _SHARED_LOCK:
-        c = _SHARED.get((name, signature))
+        key = (name, signature)
+        c = _SHARED.get(key)
         if c is None:
             if any(n == name for n, _ in _SHARED):
                 log.warning("cache %r is named by stages with different options: each set of options gets its own "
                             "cache (give them the same options to share results)", name)
-            c = _SHARED[(name, signature)] = RedundancyCache(**kwargs)
+            c = _SHARED[key] = RedundancyCache(**kwargs)
+        _USERS[key] = _USERS.get(key, 0) + 1
         return c
+
+
+def release(name: str, signature=None) -> None:
+    """One user of :func:`shared`'s cache is done (a stage closed); the last one drops it from the registry (a reload
+    that changed a stage's ``cache:`` options would otherwise keep the old cache for the life of the process)."""
+    with _SHARED_LOCK:
+        key = (name, signature)
+        left = _USERS.get(key, 0) - 1
+        if left > 0:
+            _USERS[key] = left
+        else:
+            _USERS.pop(key, None)
+            _SHARED.pop(key, None)
 
 
 def value_key(v) -> bytes:

@@ -385,6 +385,9 @@ class Onnx(Stage):
 
     def close(self) -> None:
         self._swap.close()
+        release = getattr(self._infer_fn, "release", None)
+        if release is not None:       # this stage no longer uses its shared cache (the last user drops it)
+            release()
 
     @classmethod
     def sample_records(cls) -> list[dict]:

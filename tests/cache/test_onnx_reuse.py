@@ -211,3 +211,16 @@ def test_a_reused_record_alone_gets_what_the_general_path_gives_it():
             assert np.isnan(fast.fields["people"][0]) and np.isnan(general.fields["people"][0])
             assert fast.tags["model_version"][0] is None and general.tags["model_version"][0] is None
             assert fast.extra["occupancy"][0] is None and general.extra["occupancy"][0] is None
+
+
+def test_a_closed_onnx_stage_gives_its_shared_cache_back():
+    from cache import redundancy
+
+    p = load_pipeline(spec(cache={"name": "t-onnx-close"}, diff=False))
+    q = load_pipeline(spec(cache={"name": "t-onnx-close"}, diff=False))       # another stage naming the same cache
+    cache = p.graph.stages["count"]._infer_fn.cache
+    assert q.graph.stages["count"]._infer_fn.cache is cache
+    p.graph.close()
+    assert cache in redundancy._SHARED.values()                                # q still uses it
+    q.graph.close()
+    assert cache not in redundancy._SHARED.values()                            # a reload that changed it frees it

@@ -278,3 +278,23 @@ def test_stages_naming_one_cache_share_it_only_with_the_same_options(caplog):
         b = make_cache(CacheOptions(name="t-sig-cam", max_age=None), "m.onnx")
     assert b is not a and b.max_age is None and a.max_age == 1.0
     assert "t-sig-cam" in caplog.text and "different options" in caplog.text
+
+
+def test_a_shared_cache_lives_while_a_stage_uses_it():
+    from cache.options import CacheOptions, cache_wrapper
+
+    class Stage:
+        model_version = "m@1"
+
+    opts = CacheOptions(name="t-release")
+    a = cache_wrapper(opts, Stage(), name="m.onnx")(lambda inputs: inputs)
+    b = cache_wrapper(opts, Stage(), name="m.onnx")(lambda inputs: inputs)
+    assert a.cache is b.cache
+    a.release()
+    a.release()                                   # a stage closed twice releases once
+    c = cache_wrapper(opts, Stage(), name="m.onnx")(lambda inputs: inputs)
+    assert c.cache is b.cache                     # b still uses it: shared
+    b.release()
+    c.release()
+    d = cache_wrapper(opts, Stage(), name="m.onnx")(lambda inputs: inputs)
+    assert d.cache is not b.cache                 # nobody used it any more: dropped, a new one
