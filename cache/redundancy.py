@@ -11,8 +11,9 @@ Two tiers, shared by every device that asks the same model:
 
 Bounded in entries and bytes, evicted by LRU or cost-aware (GreedyDual-Size), entries expire after
 ``ttl`` seconds (of the caller's clock; the onnx stage passes the pipeline clock, processing time), and
-everything is dropped when the model version changes. Approximate hits are audited (a seeded ``audit_rate`` of them is computed anyway); an
-audited hit that disagrees counts as a false reuse and tightens the radius (:class:`AccuracyGuard`).
+everything is dropped when the model version changes. Approximate hits are audited (a seeded ``audit_rate``
+of them is computed anyway); an audited hit that disagrees counts as a false reuse and tightens the radius
+(:class:`AccuracyGuard`).
 
 Use: ``r = cache.lookup(inputs, now)``; compute the rows in ``r.compute``; ``cache.complete(r, fresh)``
 stores them, scores the audits and returns every row's result.
@@ -111,7 +112,8 @@ class Lookup:
 
 class RedundancyCache:
     def __init__(self, *, model_version: str = "", max_entries: int = 4096, max_bytes: int = 64 << 20,
-                 ttl: float | None = None, max_age: float | None = None, eviction: str = "lru", approximate: bool = True,
+                 ttl: float | None = None, max_age: float | None = None, eviction: str = "lru",
+                 approximate: bool = True,
                  radius: float = 4.0, k: int = 3, min_neighbors: int = 2, index: str = "auto",
                  audit_rate: float = 0.05, seed: int = 0, adaptive: bool = True, target: float = 0.95,
                  feature: Callable | None = None, agreement: Callable | None = None,
@@ -191,7 +193,7 @@ class RedundancyCache:
             self.inflation = self.entries[slot]["prio"]
         return slot
 
-    def _store(self, h: bytes, feat, value, now: float, cost: float) -> None:
+    def _store(self, h: bytes, feat, value, vkey, now: float, cost: float) -> None:
         if h in self.by_hash:
             self._evict(self.by_hash[h], None)
         vb = value.nbytes if isinstance(value, np.ndarray) else len(state_bytes(value))
@@ -206,8 +208,8 @@ class RedundancyCache:
             dim = feat.shape[0]
             self._index(dim).add(slot, feat)
         self.tick += 1
-        self.entries[slot] = {"hash": h, "value": value, "vkey": self.key_fn(value), "bytes": nbytes, "t": now,
-                              "used": self.tick, "prio": self.inflation + cost / nbytes, "cost": cost, "dim": dim}
+        self.entries[slot] = {"hash": h, "value": value, "vkey": vkey, "bytes": nbytes, "t": now, "used": self.tick,
+                              "prio": self.inflation + cost / nbytes, "cost": cost, "dim": dim}
         self.by_hash[h] = slot
         self.bytes += nbytes
 
@@ -309,24 +311,24 @@ class RedundancyCache:
                     if score < 1.0:
                         self.counters["false_reuses"] += 1
                 out[i] = v
-                feat = None if res.feats is None else np.asarray(res.feats[i], np.float32)
-                if feat is not None and self.key_fn(v) is None:
-                    feat = None        # never reused approximately: kept for the exact tier only, out of the k nearest
-                if i in res.stale and self._renew(res.stale[i], res.hashes[i], feat, v, res.now, cost):
+                vkey = self.key_fn(v)
+                feat = None if res.feats is None or vkey is None else np.asarray(res.feats[i], np.float32)
+                # (a None key is never reused approximately: kept for the exact tier only, out of the k nearest)
+                if i in res.stale and self._renew(res.stale[i], res.hashes[i], feat, v, vkey, res.now, cost):
                     continue
-                self._store(res.hashes[i], feat, v, res.now, cost)
+                self._store(res.hashes[i], feat, v, vkey, res.now, cost)
             for i in np.flatnonzero(res.dup_of >= 0):
                 out[i] = out[res.dup_of[i]]
             return out
 
-    def _renew(self, near: list, h: bytes, feat, value, now: float, cost: float) -> bool:
+    def _renew(self, near: list, h: bytes, feat, value, vkey, now: float, cost: float) -> bool:
         """A row computed because its agreeing neighbours were all older than ``max_age``. When the fresh result
         agrees with them they are confirmed: the oldest is replaced by the new row (so the entry count stays, and
         the exact tier knows the newest bytes), the others are fresh again (their time is ``now``, as if computed
         again; ``ttl`` counts from there too). Storing a near twin per ``max_age`` instead would crowd the fresh
         entries out of the k nearest on a still camera, and reuse would collapse. False: store as usual."""
         live = [s for s, hs in near if s in self.entries and self.entries[s]["hash"] == hs]
-        if feat is None or len(live) != len(near) or self.key_fn(value) != self.entries[live[0]]["vkey"]:
+        if feat is None or len(live) != len(near) or vkey != self.entries[live[0]]["vkey"]:
             return False
         oldest = min(live, key=lambda s: self.entries[s]["t"])
         for s in live:
@@ -334,7 +336,7 @@ class RedundancyCache:
                 self.entries[s]["t"] = now
                 self._touch(s)
         self._evict(oldest, None)
-        self._store(h, feat, value, now, cost)
+        self._store(h, feat, value, vkey, now, cost)
         self.counters["renewed"] += 1
         return True
 
@@ -377,6 +379,6 @@ class RedundancyCache:
             self.guard.restore(state["guard"])
             self._lookups = state["lookups"]
             for e in state["entries"]:
-                self._store(e["hash"], e["feat"], e["value"], e["t"], e["cost"])
+                self._store(e["hash"], e["feat"], e["value"], self.key_fn(e["value"]), e["t"], e["cost"])
                 self.entries[self.by_hash[e["hash"]]]["prio"] = e["prio"]
             self.inflation = state["inflation"]

@@ -7,8 +7,8 @@ itself, ``keep_last``) are deleted.
 
 A checkpoint that covers a position also says so in the journal's folder (``mark_committed``: ``<folder>/committed``,
 the position as text). A restart that finds no position of its own (its checkpoint was deleted, moved, or is
-another pipeline's) reads it back (``committed``): the records up to it were counted by an earlier checkpoint, and
-replaying them would count them twice.
+another pipeline's) reads it back (``resume_from``): the records up to it were counted by an earlier checkpoint,
+and replaying them would count them twice.
 
 Layout: ``<folder>/<first seq, 20 digits>.journal``. A record is ``u32 length | u32 crc32 | u64 seq | body``
 (little endian; the CRC covers seq and body). Files are 0600 in a 0700 folder.
@@ -160,11 +160,6 @@ class Journal:
         except OSError as e:
             log.warning("input journal %s: could not record checkpointed position %d: %s", self.folder, position, e)
 
-    def clear_committed(self) -> None:
-        """Remove the mark (it names records the journal no longer has), durably."""
-        (self.folder / _COMMITTED).unlink(missing_ok=True)
-        _fsync_dir(self.folder)
-
     @property
     def committed(self) -> int:
         """The last position ``mark_committed`` recorded (0 when none, or when the file cannot be read)."""
@@ -172,6 +167,30 @@ class Journal:
             return max(0, int((self.folder / _COMMITTED).read_text().strip() or 0))
         except (OSError, ValueError):
             return 0
+
+    def resume_from(self, restored: int, where: str = "") -> int:
+        """The position to replay after, for a start that restored ``restored`` (0: none of its own).
+
+        * A mark beyond the journal's end (segments removed by hand, or lost with ``fsync: normal``) is removed,
+          durably, before anything is numbered again: a later start must not skip new records on its word.
+        * A restored position above the mark raises it (a mark written before the checkpoint, or none yet).
+        * No position of its own (a fresh start, or the first checkpoint, written before anything was read) but a
+          mark: the records up to it were counted by an earlier checkpoint and are not replayed."""
+        covered = self.committed
+        if covered > self.head:
+            log.warning("%s: %s says position %d was checkpointed, but the journal ends at %d: the mark is removed",
+                        where or "input journal", self.folder / _COMMITTED, covered, self.head)
+            (self.folder / _COMMITTED).unlink(missing_ok=True)
+            _fsync_dir(self.folder)
+        elif restored > covered:
+            self.mark_committed(restored)
+        elif restored == 0 and covered > 0:
+            log.warning("%s: %d journaled message(s) in %s were counted by an earlier checkpoint that is not the one "
+                        "restored now (deleted, moved, or another checkpoint path): not replayed, to count nothing "
+                        "twice; the %d after them are replayed", where or "input journal", covered, self.folder,
+                        self.head - covered)
+            return covered
+        return restored
 
     # -- trimming ----------------------------------------------------------------------------------
     def prune(self, position: int, keep_last: int = 0) -> int:

@@ -124,21 +124,7 @@ class Inbox:
             for _, body in j.read(after=max(0, j.head - self._horizon.size)):
                 arrival, mid, qos, topic, payload, _ = _decode_record(body)
                 self._horizon.seen(identity(topic, payload, mid))
-        covered = j.committed
-        if covered > j.head:       # segments removed by hand, or lost with `journal_fsync: normal`: the mark is stale
-            log.warning("%s: %s says position %d was checkpointed, but the journal ends at %d: the mark is removed",
-                        self.where, self._journal_dir / "committed", covered, j.head)
-            j.clear_committed()            # before anything is numbered again: a later start must not skip on its word
-        elif position > covered:
-            j.mark_committed(position)     # the restored checkpoint covers more (a mark written before this version)
-        elif position == 0 and covered > 0:
-            # no position of our own (a fresh start, or the first checkpoint, written before anything was read), but
-            # an earlier checkpoint covered the records up to `covered`: they were counted then
-            log.warning("%s: %d journaled message(s) in %s were counted by an earlier checkpoint that is not the one "
-                        "restored now (deleted, moved, or another checkpoint path): not replayed, to count nothing "
-                        "twice; the %d after them are replayed", self.where, min(covered, j.head), self._journal_dir,
-                        max(0, j.head - covered))
-            position = min(covered, j.head)
+        position = j.resume_from(position, self.where)
         self._checkpointed = position
         if j.head > position:
             log.info("%s: replaying %d journaled message(s) after position %d from %s",

@@ -58,7 +58,6 @@ log = logging.getLogger("edgesieve.mqtt")
 _CHUNK_READINGS = 10_000         # about this many readings per batch handed on while a backlog is decoded
 
 
-
 def journal_dir(state_dir, pipeline: str, source_id: str, where: str = "") -> Path:
     """``<state_dir>/journal/<pipeline>/<source id>``: each pipeline's own (two pipelines that share a state folder and
     a source id took turns in one journal before, and each replayed the other's messages). A name that is not a
@@ -80,6 +79,7 @@ def journal_dir(state_dir, pipeline: str, source_id: str, where: str = "") -> Pa
         log.warning("%s: %s holds journal segments of the earlier layout, and %s has its own: not moved, not "
                     "replayed (move them aside once nothing needs them)", where, legacy, folder)
     return folder
+
 
 class Subscription(CodecOptions):
     """One MQTT subscription and how to decode its messages."""

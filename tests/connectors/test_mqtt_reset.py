@@ -49,6 +49,11 @@ def run_with(path, out, pub, messages: list) -> str:
     return run.stop()
 
 
+def written(out) -> Counter:
+    """How many times the file sink wrote each value."""
+    return Counter(r["fields"]["v"] for r in read_ndjson(out))
+
+
 def readings(prefix: str, lo: int, hi: int) -> list:
     return [(f"{prefix}/d{i % 3}", json.dumps({"ts": 1_700_000_000.0 + i, "v": i})) for i in range(lo, hi)]
 
@@ -61,9 +66,8 @@ def test_starting_over_without_the_checkpoint_replays_nothing_the_old_checkpoint
     run_with(path, out, pub, readings(prefix, 0, 200))
     (tmp_path / "state" / "reset.checkpoint").unlink()          # the operator starts over
     err = run_with(path, out, pub, readings(prefix, 200, 300))
-
-    written = Counter(r["fields"]["v"] for r in read_ndjson(out))
-    assert set(written) == set(range(300)) and max(written.values()) == 1     # before: 0-199 twice
+    got = written(out)
+    assert set(got) == set(range(300)) and max(got.values()) == 1             # before: 0-199 twice
     assert "not replayed" in err, err[-3000:]
 
 
@@ -75,8 +79,8 @@ def test_a_new_checkpoint_path_replays_nothing_either(broker, tmp_path, clients)
     run_with(path, out, pub, readings(prefix, 0, 150))
     path2, _ = pipeline_file(tmp_path, "moved", broker, prefix, "new.checkpoint")   # same file, other checkpoint
     run_with(path2, out, pub, readings(prefix, 150, 250))
-    written = Counter(r["fields"]["v"] for r in read_ndjson(out))
-    assert set(written) == set(range(250)) and max(written.values()) == 1
+    got = written(out)
+    assert set(got) == set(range(250)) and max(got.values()) == 1
 
 
 @pytest.mark.slow
@@ -89,8 +93,7 @@ def test_two_pipelines_sharing_a_state_folder_and_a_source_id_keep_their_journal
     run_with(b_path, b_out, pub, readings(b_prefix, 1000, 1100))
     run_with(a_path, a_out, pub, readings(a_prefix, 100, 150))        # A again, from its own checkpoint
 
-    a = Counter(r["fields"]["v"] for r in read_ndjson(a_out))
-    b = Counter(r["fields"]["v"] for r in read_ndjson(b_out))
+    a, b = written(a_out), written(b_out)
     assert set(a) == set(range(150)) and max(a.values()) == 1              # before: B's 100 in A's file
     assert set(b) == set(range(1000, 1100)) and max(b.values()) == 1
     assert read_ndjson(tmp_path / "dead.ndjson") == []       # before: A replayed B's 100, dead-lettered (not its topics)
