@@ -15,6 +15,10 @@ The network thread only appends each message (plain values) under a lock. The so
    the batch holding it (``committed``), within ``runtime.batching.max_wait``; positions count messages.
 
 QoS 0 messages are neither journaled nor filtered (the broker never sends them twice).
+
+4. **Retained copies** (flagged retained: sent because the source subscribed, at any QoS) are dropped, counted as
+   ``retained_copies``, when they are the last message taken on their topic (``retained: new``, see
+   ``connectors/mqtt/retained.py``); ``retained: ignore`` drops them all (``retained_ignored``).
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ import threading
 from collections import deque
 from pathlib import Path
 
+from connectors.mqtt.retained import LastPayloads
 from pipeline.journal import Journal
 
 log = logging.getLogger("edgesieve.mqtt")
@@ -74,10 +79,10 @@ class Inbox:
     """See the module docstring. ``conn`` is the source's ``Connection`` (its client and generation)."""
 
     def __init__(self, conn, *, where: str, count, journal_dir: Path | None, fsync: str, horizon: int | None,
-                 keep_props: bool, segment_bytes: int = 64 << 20):
+                 keep_props: bool, segment_bytes: int = 64 << 20, retained: str = "new"):
         self.conn, self.where = conn, where
         self._lock = threading.Lock()
-        self._net: list[list] = [[], [], [], [], []]        # arrival, topic, payload, ack id, properties
+        self._net: list[list] = [[], [], [], [], [], []]    # arrival, topic, payload, ack id, properties, retained
         self._keep_props = keep_props
         self._horizon = Horizon(horizon) if horizon else None
         self._journal_dir, self._fsync, self._segment_bytes = journal_dir, fsync, segment_bytes
@@ -91,9 +96,12 @@ class Inbox:
         self._count = count                                   # ctx.count of the source
         self._topic_bytes: dict[str, bytes] = {}
         self._fresh_gen = self._cleared_gen = 0       # connection generation that started a new session
+        self._retained = retained
+        self._last = LastPayloads(where, journal_dir, fsync=fsync == "full")
 
     # -- network thread ---------------------------------------------------------------------------
-    def put(self, arrival: float, topic: str, payload: bytes, mid: int, qos: int, properties) -> None:
+    def put(self, arrival: float, topic: str, payload: bytes, mid: int, qos: int, properties,
+            retain: bool = False) -> None:
         with self._lock:
             net = self._net
             net[0].append(arrival)
@@ -102,6 +110,8 @@ class Inbox:
             net[3].append(self.conn.generation << 18 | mid << 2 | qos if qos else 0)
             if self._keep_props:
                 net[4].append(properties)
+            if retain:
+                net[5].append(len(net[0]) - 1)
 
     def connected(self, generation: int, session_present: bool) -> None:
         """A new connection: without a session on the broker nothing can be redelivered, so the horizon starts
@@ -124,6 +134,13 @@ class Inbox:
             for _, body in j.read(after=max(0, j.head - self._horizon.size)):
                 arrival, mid, qos, topic, payload, _ = _decode_record(body)
                 self._horizon.seen(identity(topic, payload, mid))
+        if self._retained == "new":         # the last payload per topic: the file, then the journal after it
+            covered = self._last.load()
+            last = self._last.last
+            for _, body in j.read(after=covered if covered <= j.head else 0):
+                topic, payload = _decode_record(body)[3:5]
+                last[topic] = payload
+            self._last.bound()
         position = j.resume_from(position, self.where)
         self._checkpointed = position
         if j.head > position:
@@ -137,18 +154,29 @@ class Inbox:
         with self._lock:
             if not self._net[0]:
                 return
-            arrivals, topics, payloads, acks, props = net = self._net
-            self._net = [[], [], [], [], []]
+            arrivals, topics, payloads, acks, props, retained = net = self._net
+            self._net = [[], [], [], [], [], []]
         del net
+        copies = set(retained) if retained else ()
+        policy, last = self._retained, self._last.last
         horizon, gen, client = self._horizon, self.conn.generation, self.conn.client
         ready = self._ready
         r_arr, r_top, r_pay, r_user, r_pos = ready
         journal = self.journal
         records: list[bytes] = []
         to_ack: list[int] = []
-        pos, duplicates = self._position, 0
+        pos, duplicates, dropped = self._position, 0, 0
         tb = self._topic_bytes
         for i, ack in enumerate(acks):
+            if copies and i in copies and policy != "all" and (
+                    policy == "ignore" or self._last.is_copy(topics[i], payloads[i])):
+                dropped += 1           # a retained copy of what was taken already (or not wanted): acknowledged
+                if ack:
+                    if journal is not None:
+                        to_ack.append(ack)
+                    elif ack >> 18 == gen:
+                        client.ack(ack >> 2 & 0xFFFF, ack & 3)
+                continue
             if ack:
                 if ack >> 18 >= self._fresh_gen > self._cleared_gen and horizon is not None:
                     horizon.clear()
@@ -184,14 +212,18 @@ class Inbox:
             r_pay.append(payloads[i])
             r_user.append(user)
             r_pos.append(pos)
+            last[topics[i]] = payloads[i]
         if journal is not None and to_ack:
             journal.append(records)        # durable (per the fsync policy) before any acknowledgement
             for ack in to_ack:
                 if ack >> 18 == gen:       # an older connection's message is redelivered, then acknowledged
                     client.ack(ack >> 2 & 0xFFFF, ack & 3)
         self._position = pos
+        self._last.bound()
         if duplicates:
             self._count("duplicates", duplicates)
+        if dropped:
+            self._count("retained_copies" if policy == "new" else "retained_ignored", dropped)
 
     def next_chunk(self, n: int) -> Chunk | None:
         """Up to ``n`` messages to hand on (journal replay first), or None when there are none."""
@@ -233,6 +265,8 @@ class Inbox:
     def prune(self) -> None:
         """Delete journal segments the last checkpoint covers (keeping the newest ``horizon`` records)."""
         if self.journal is not None:
+            if self._retained == "new" and self._checkpointed > self._last.position:
+                self._last.save(self._position)       # first: the journal after it stays (prune keeps what follows)
             self.journal.prune(self._checkpointed, keep_last=self._horizon.size if self._horizon else 0)
 
     # -- pipeline thread --------------------------------------------------------------------------

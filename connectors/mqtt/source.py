@@ -40,6 +40,7 @@ from typing import Literal
 
 import numpy as np
 import paho.mqtt.client as mqtt
+from paho.mqtt.subscribeoptions import SubscribeOptions
 from pydantic import Field, model_validator
 
 from connectors.mqtt.bulk import decode_many
@@ -129,6 +130,10 @@ class MqttSourceConfig(SourceConfig, MqttConnectionFields):
     redelivery_horizon: int = Field(
         50_000, ge=0, le=60_000, description="Persistent sessions: the last this many QoS>=1 messages are remembered "
         "(topic, payload, packet id) and a redelivery of one is dropped (`duplicates`); 0 turns it off. At least receive_maximum.")
+    retained: Literal["new", "ignore", "all"] = Field(
+        "new", description="Retained copies (what the broker sends for a new subscription, at every start and reconnect): "
+        "`new` takes one only when it is not the last message taken on its topic (`retained_copies` counts the others); "
+        "`ignore` takes none; `all` takes every one (each start counts the last retained reading of a topic again).")
 
     @model_validator(mode="after")
     def _check(self):
@@ -186,7 +191,8 @@ class MqttSource(Source):
         self.inbox = Inbox(self.conn, where=self.where, count=ctx.count,
                            journal_dir=journal_dir(ctx.state_dir, ctx.pipeline, config.id, self.where) if durable else None,
                            fsync=config.journal_fsync, keep_props=any(r.props for r in self._routes),
-                           horizon=config.redelivery_horizon if config.persistent else None)
+                           horizon=config.redelivery_horizon if config.persistent else None,
+                           retained=config.retained)
         self.subscriptions = SubscriptionMemory(Path(ctx.state_dir) / "mqtt" / f"{client_id}.subscriptions.json",
                                                 where=self.where)
         self.conn.client.on_message = self._on_message
@@ -194,8 +200,14 @@ class MqttSource(Source):
 
     # -- network thread ---------------------------------------------------------------------------
     def _subscribe(self, client: mqtt.Client, session_present: bool) -> None:
-        # Always (re)subscribe: harmless when the session kept the subscriptions, essential when it did not.
-        topics = [(s.subscribe_topic(), s.qos) for s in self.config.subscriptions]
+        # Always (re)subscribe: essential when the session is gone. A broker sends retained copies for a subscription
+        # made again (3.1.1, MQTT 5 retain handling 0); the inbox drops the ones it took already (retained.py).
+        if self.conn.v5:        # retain handling: 1 sends copies only for a subscription the session lacks, 2 none
+            handling = {"new": 1, "ignore": 2, "all": 0}[self.config.retained]
+            topics = [(s.subscribe_topic(), SubscribeOptions(qos=s.qos, retainHandling=handling))
+                      for s in self.config.subscriptions]
+        else:
+            topics = [(s.subscribe_topic(), s.qos) for s in self.config.subscriptions]
         self.inbox.connected(self.conn.generation, session_present)
         stale = self.subscriptions.connecting([t for t, _ in topics], session_present)
         client.subscribe(topics)
@@ -206,7 +218,7 @@ class MqttSource(Source):
                      self.where, ", ".join(stale))
 
     def _on_message(self, client, userdata, msg: mqtt.MQTTMessage) -> None:
-        self.inbox.put(self._clock(), msg.topic, msg.payload, msg.mid, msg.qos, msg.properties)
+        self.inbox.put(self._clock(), msg.topic, msg.payload, msg.mid, msg.qos, msg.properties, msg.retain)
 
     # -- source thread ----------------------------------------------------------------------------
     def _topic(self, topic: str) -> tuple:

@@ -163,3 +163,68 @@ def test_a_restored_position_above_the_mark_raises_the_mark(tmp_path):
     journaled(tmp_path, b"m", 4)                                  # a checkpoint covered 4 but no mark was written
     restarted(tmp_path, 4)
     assert (tmp_path / "j" / "committed").read_text().strip() == "4"
+
+
+def retained_inbox(tmp_path, conn, retained="new", durable=True):
+    counts = {}
+    inbox = Inbox(conn, where="source 'in'", count=lambda n, k: counts.__setitem__(n, counts.get(n, 0) + k),
+                  journal_dir=tmp_path / "j" if durable else None, fsync="full", horizon=None, keep_props=False,
+                  segment_bytes=200, retained=retained)
+    return inbox, counts
+
+
+def test_a_retained_copy_of_the_last_message_taken_is_dropped_and_acknowledged_a_new_one_is_taken(tmp_path):
+    conn = FakeConn()
+    inbox, counts = retained_inbox(tmp_path, conn, durable=False)
+    inbox.open(0)
+    inbox.put(0.0, "t/a", b"a1", 1, 1, None)
+    inbox.put(0.0, "t/b", b"b1", 2, 0, None)
+    inbox.take()
+    inbox.put(1.0, "t/a", b"a1", 3, 1, None, retain=True)      # the broker's copy of a1 (a resubscribe)
+    inbox.put(1.0, "t/b", b"b1", 0, 0, None, retain=True)      # a QoS 0 copy too
+    inbox.put(1.0, "t/c", b"c1", 4, 1, None, retain=True)      # never seen: published while there was no session
+    inbox.put(1.0, "t/a", b"a2", 5, 1, None, retain=True)      # not the last taken on t/a: new
+    inbox.put(1.0, "t/a", b"a2", 6, 1, None)                  # live, the same payload again: a reading, kept
+    inbox.take()
+    assert [p for ps, _ in drain(inbox) for p in ps] == [b"a1", b"b1", b"c1", b"a2", b"a2"]
+    assert counts == {"retained_copies": 2}
+    inbox.committed(10)
+    assert 3 in [mid for mid, _ in conn.acked]                # the dropped copy was acknowledged
+
+
+def test_retained_ignore_drops_every_copy_and_all_keeps_them(tmp_path):
+    for policy, kept, counted in (("ignore", [b"a1"], {"retained_ignored": 2}), ("all", [b"a1", b"a1", b"z"], {})):
+        conn = FakeConn()
+        inbox, counts = retained_inbox(tmp_path / policy, conn, retained=policy, durable=False)
+        inbox.open(0)
+        inbox.put(0.0, "t/a", b"a1", 1, 1, None)
+        inbox.put(1.0, "t/a", b"a1", 2, 1, None, retain=True)
+        inbox.put(1.0, "t/z", b"z", 3, 1, None, retain=True)
+        inbox.take()
+        assert [p for ps, _ in drain(inbox) for p in ps] == kept and counts == counted, policy
+
+
+def test_a_restart_knows_the_last_payloads_from_its_file_and_the_journal_after_it(tmp_path):
+    conn = FakeConn()
+    inbox, _ = retained_inbox(tmp_path, conn)
+    inbox.open(0)
+    for i in range(40):                                       # many segments of 200 bytes
+        inbox.put(float(i), f"t/{i % 4}", b"v%d" % i, i + 1, 1, None)
+        inbox.take()
+    drain(inbox)
+    inbox.committed(40)
+    inbox.prune()                                             # writes last_payloads, then drops covered segments
+    assert (tmp_path / "j" / "last_payloads").exists()
+    assert min(s for s, _ in inbox.journal.read(after=0)) > 1  # the early records are gone from the journal
+    inbox.put(50.0, "t/0", b"after", 50, 1, None)             # journaled after the file, no checkpoint: a crash
+    inbox.take()
+    inbox.close()
+
+    again, counts = retained_inbox(tmp_path, FakeConn())
+    again.open(40)
+    again.put(60.0, "t/1", b"v37", 1, 1, None, retain=True)    # t/1's last before the checkpoint (from the file)
+    again.put(60.0, "t/0", b"after", 2, 1, None, retain=True)  # t/0's last, journaled after the file
+    again.put(60.0, "t/2", b"v2", 3, 1, None, retain=True)     # an old payload of t/2, not its last: taken
+    again.take()
+    assert [p for ps, _ in drain(again) for p in ps] == [b"after", b"v2"]     # the replay, then the new copy
+    assert counts == {"retained_copies": 2}
