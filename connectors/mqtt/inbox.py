@@ -17,7 +17,7 @@ The network thread only appends each message (plain values) under a lock. The so
 QoS 0 messages are neither journaled nor filtered (the broker never sends them twice).
 
 4. **Retained copies** (flagged retained: sent because the source subscribed, at any QoS) are dropped, counted as
-   ``retained_copies``, when they are the last message taken on their topic (``retained: new``, see
+   ``retained_copies``, when they are the last message taken on their topic (``retained: dedupe``, see
    ``connectors/mqtt/retained.py``); ``retained: ignore`` drops them all (``retained_ignored``).
 """
 
@@ -79,7 +79,7 @@ class Inbox:
     """See the module docstring. ``conn`` is the source's ``Connection`` (its client and generation)."""
 
     def __init__(self, conn, *, where: str, count, journal_dir: Path | None, fsync: str, horizon: int | None,
-                 keep_props: bool, segment_bytes: int = 64 << 20, retained: str = "new"):
+                 keep_props: bool, segment_bytes: int = 64 << 20, retained: str = "dedupe"):
         self.conn, self.where = conn, where
         self._lock = threading.Lock()
         self._net: list[list] = [[], [], [], [], [], []]    # arrival, topic, payload, ack id, properties, retained
@@ -98,6 +98,7 @@ class Inbox:
         self._fresh_gen = self._cleared_gen = 0       # connection generation that started a new session
         self._retained = retained
         self._last = LastPayloads(where, journal_dir, fsync=fsync == "full")
+        self._commits = self._saved_commits = 0       # checkpoints committed; the last one last_payloads was saved at
 
     # -- network thread ---------------------------------------------------------------------------
     def put(self, arrival: float, topic: str, payload: bytes, mid: int, qos: int, properties,
@@ -134,13 +135,14 @@ class Inbox:
             for _, body in j.read(after=max(0, j.head - self._horizon.size)):
                 arrival, mid, qos, topic, payload, _ = _decode_record(body)
                 self._horizon.seen(identity(topic, payload, mid))
-        if self._retained == "new":         # the last payload per topic: the file, then the journal after it
-            covered = self._last.load()
-            last = self._last.last
-            for _, body in j.read(after=covered if covered <= j.head else 0):
-                topic, payload = _decode_record(body)[3:5]
-                last[topic] = payload
-            self._last.bound()
+        covered = self._last.load()        # the last payload per topic: the file, then the journal after it
+        tail = {}
+        for _, body in j.read(after=covered if covered <= j.head else 0):
+            topic, payload = _decode_record(body)[3:5]
+            tail.pop(topic, None)
+            tail[topic] = payload
+        if tail:
+            self._last.took(tail)
         position = j.resume_from(position, self.where)
         self._checkpointed = position
         if j.head > position:
@@ -158,7 +160,7 @@ class Inbox:
             self._net = [[], [], [], [], [], []]
         del net
         copies = set(retained) if retained else ()
-        policy, last = self._retained, self._last.last
+        policy, seen = self._retained, {}
         horizon, gen, client = self._horizon, self.conn.generation, self.conn.client
         ready = self._ready
         r_arr, r_top, r_pay, r_user, r_pos = ready
@@ -169,7 +171,8 @@ class Inbox:
         tb = self._topic_bytes
         for i, ack in enumerate(acks):
             if copies and i in copies and policy != "all" and (
-                    policy == "ignore" or self._last.is_copy(topics[i], payloads[i])):
+                    policy == "ignore" or self._last.is_copy(topics[i], payloads[i])
+                    or seen.get(topics[i]) == payloads[i]):
                 dropped += 1           # a retained copy of what was taken already (or not wanted): acknowledged
                 if ack:
                     if journal is not None:
@@ -212,18 +215,19 @@ class Inbox:
             r_pay.append(payloads[i])
             r_user.append(user)
             r_pos.append(pos)
-            last[topics[i]] = payloads[i]
+            seen[topics[i]] = payloads[i]
         if journal is not None and to_ack:
             journal.append(records)        # durable (per the fsync policy) before any acknowledgement
             for ack in to_ack:
                 if ack >> 18 == gen:       # an older connection's message is redelivered, then acknowledged
                     client.ack(ack >> 2 & 0xFFFF, ack & 3)
+        if seen:
+            self._last.took(seen)          # after the journal append: the file never covers what it lacks
         self._position = pos
-        self._last.bound()
         if duplicates:
             self._count("duplicates", duplicates)
         if dropped:
-            self._count("retained_copies" if policy == "new" else "retained_ignored", dropped)
+            self._count("retained_copies" if policy == "dedupe" else "retained_ignored", dropped)
 
     def next_chunk(self, n: int) -> Chunk | None:
         """Up to ``n`` messages to hand on (journal replay first), or None when there are none."""
@@ -264,15 +268,24 @@ class Inbox:
 
     def prune(self) -> None:
         """Delete journal segments the last checkpoint covers (keeping the newest ``horizon`` records)."""
-        if self.journal is not None:
-            if self._retained == "new" and self._checkpointed > self._last.position:
-                self._last.save(self._position)       # first: the journal after it stays (prune keeps what follows)
-            self.journal.prune(self._checkpointed, keep_last=self._horizon.size if self._horizon else 0)
+        if self.journal is None:
+            return
+        self._save_last()
+        # never past what last_payloads covers: the start reads the journal after it
+        self.journal.prune(min(self._checkpointed, self._last.position),
+                           keep_last=self._horizon.size if self._horizon else 0)
+
+    def _save_last(self) -> None:
+        """After a checkpoint, the last payloads per topic (all journaled up to the head)."""
+        commits = self._commits
+        if commits != self._saved_commits and self._last.dirty and self._last.save(self._position):
+            self._saved_commits = commits
 
     # -- pipeline thread --------------------------------------------------------------------------
     def committed(self, position: int) -> None:
         """Durable: the checkpoint covers ``position`` (segments may go). Otherwise: acknowledge up to it."""
         if self.journal is not None or self._journal_dir is not None:
+            self._commits += 1
             if self.journal is not None and position > self._checkpointed:
                 self.journal.mark_committed(position)
             self._checkpointed = max(self._checkpointed, position)
@@ -285,6 +298,8 @@ class Inbox:
 
     def close(self) -> None:
         if self.journal is not None:
+            if self._last.dirty:
+                self._last.save(self._position)
             self.journal.close()
 
 

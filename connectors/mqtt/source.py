@@ -130,9 +130,9 @@ class MqttSourceConfig(SourceConfig, MqttConnectionFields):
     redelivery_horizon: int = Field(
         50_000, ge=0, le=60_000, description="Persistent sessions: the last this many QoS>=1 messages are remembered "
         "(topic, payload, packet id) and a redelivery of one is dropped (`duplicates`); 0 turns it off. At least receive_maximum.")
-    retained: Literal["new", "ignore", "all"] = Field(
-        "new", description="Retained copies (what the broker sends for a new subscription, at every start and reconnect): "
-        "`new` takes one only when it is not the last message taken on its topic (`retained_copies` counts the others); "
+    retained: Literal["dedupe", "ignore", "all"] = Field(
+        "dedupe", description="Retained copies (what the broker sends for a new subscription, at every start and reconnect): "
+        "`dedupe` takes one only when it is not the last message taken on its topic (`retained_copies` counts the others); "
         "`ignore` takes none; `all` takes every one (each start counts the last retained reading of a topic again).")
 
     @model_validator(mode="after")
@@ -203,7 +203,7 @@ class MqttSource(Source):
         # Always (re)subscribe: essential when the session is gone. A broker sends retained copies for a subscription
         # made again (3.1.1, MQTT 5 retain handling 0); the inbox drops the ones it took already (retained.py).
         if self.conn.v5:        # retain handling: 1 sends copies only for a subscription the session lacks, 2 none
-            handling = {"new": 1, "ignore": 2, "all": 0}[self.config.retained]
+            handling = {"dedupe": 1, "ignore": 2, "all": 0}[self.config.retained]
             topics = [(s.subscribe_topic(), SubscribeOptions(qos=s.qos, retainHandling=handling))
                       for s in self.config.subscriptions]
         else:

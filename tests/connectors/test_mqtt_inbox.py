@@ -165,7 +165,7 @@ def test_a_restored_position_above_the_mark_raises_the_mark(tmp_path):
     assert (tmp_path / "j" / "committed").read_text().strip() == "4"
 
 
-def retained_inbox(tmp_path, conn, retained="new", durable=True):
+def retained_inbox(tmp_path, conn, retained="dedupe", durable=True):
     counts = {}
     inbox = Inbox(conn, where="source 'in'", count=lambda n, k: counts.__setitem__(n, counts.get(n, 0) + k),
                   journal_dir=tmp_path / "j" if durable else None, fsync="full", horizon=None, keep_props=False,
@@ -228,3 +228,101 @@ def test_a_restart_knows_the_last_payloads_from_its_file_and_the_journal_after_i
     again.take()
     assert [p for ps, _ in drain(again) for p in ps] == [b"after", b"v2"]     # the replay, then the new copy
     assert counts == {"retained_copies": 2}
+
+
+def test_a_qos0_retained_reading_is_known_after_a_restart_though_it_is_not_journaled(tmp_path):
+    inbox, _ = retained_inbox(tmp_path, FakeConn())
+    inbox.open(0)
+    inbox.put(0.0, "t/a", b"a1", 0, 0, None)          # QoS 0 (Tasmota, Zigbee2MQTT publish so): no journal position
+    inbox.take()
+    (_, position), = drain(inbox)
+    inbox.committed(position)
+    inbox.prune()
+    inbox.close()
+    again, counts = retained_inbox(tmp_path, FakeConn())
+    again.open(position)
+    again.put(1.0, "t/a", b"a1", 0, 0, None, retain=True)
+    again.take()
+    assert drain(again) == [] and counts == {"retained_copies": 1}
+
+
+def test_a_failed_last_payloads_write_keeps_the_journal_it_would_need(tmp_path, monkeypatch):
+    from connectors.mqtt import retained
+    inbox, _ = retained_inbox(tmp_path, FakeConn())
+    inbox.open(0)
+    mids = iter(range(1, 1000))
+
+    def send(topic, payload):
+        inbox.put(0.0, topic, payload, next(mids), 1, None)
+        inbox.take()
+    send("t/a", b"old")
+    for i in range(10):
+        send("t/x", b"x%d" % i)
+    drain(inbox)
+    inbox.committed(inbox.journal.head)
+    inbox.prune()                                     # the file: t/a = old
+    send("t/a", b"new")
+    for i in range(10, 40):
+        send("t/x", b"x%d" % i)
+    drain(inbox)
+    inbox.committed(inbox.journal.head)               # a checkpoint counted "new"
+
+    def full_disk(path, data, durable=True):
+        raise OSError(28, "No space left on device")
+    monkeypatch.setattr(retained, "write_private", full_disk)
+    inbox.prune()                                     # the write fails: "new" must stay in the journal
+    monkeypatch.undo()
+    restored = inbox.journal.head
+    inbox.journal.close()                             # killed: no save at close
+    again, counts = retained_inbox(tmp_path, FakeConn())
+    again.open(restored)
+    again.put(99.0, "t/a", b"new", 1, 1, None, retain=True)
+    again.take()
+    assert drain(again) == [] and counts == {"retained_copies": 1}
+
+
+def test_switching_to_dedupe_knows_what_was_taken_under_all(tmp_path):
+    inbox, _ = retained_inbox(tmp_path, FakeConn(), retained="all")
+    inbox.open(0)
+    for mid in range(1, 40):
+        inbox.put(float(mid), "t/a" if mid == 1 else "t/x", b"a1" if mid == 1 else b"x%d" % mid, mid, 1, None)
+        inbox.take()
+    drain(inbox)
+    inbox.committed(39)
+    inbox.prune()
+    assert min(s for s, _ in inbox.journal.read(after=0)) > 1        # t/a's record is pruned
+    inbox.journal.close()
+    again, counts = retained_inbox(tmp_path, FakeConn(), retained="dedupe")
+    again.open(39)
+    again.put(99.0, "t/a", b"a1", 1, 1, None, retain=True)
+    again.take()
+    assert drain(again) == [] and counts == {"retained_copies": 1}
+
+
+def test_last_payloads_hold_digests_not_frames_and_forget_the_topics_heard_from_longest_ago(tmp_path, monkeypatch):
+    import tracemalloc
+    from connectors.mqtt import retained
+    inbox, _ = retained_inbox(tmp_path, FakeConn(), durable=False)
+    inbox.open(0)
+    tracemalloc.start()
+    before = tracemalloc.get_traced_memory()[0]
+    for cam in range(30):
+        inbox.put(0.0, f"cam/{cam}", bytes(1 << 20), 0, 0, None)          # 1 MiB frames
+    inbox.take()
+    drain(inbox)
+    held = tracemalloc.get_traced_memory()[0] - before
+    tracemalloc.stop()
+    assert held < 1 << 20, held                                           # before: 30 MiB
+    frame = bytes(range(256)) * 4096
+    inbox.put(1.0, "cam/0", frame, 0, 0, None)
+    inbox.take()
+    drain(inbox)
+    changed = frame[:500_000] + b"\1" + frame[500_001:]                   # another frame, same size
+    assert inbox._last.is_copy("cam/0", frame) and not inbox._last.is_copy("cam/1", frame)
+    assert not inbox._last.is_copy("cam/0", frame[:-1])
+    assert inbox._last.is_copy("cam/0", changed)       # only its first and last 32 KiB: documented
+    monkeypatch.setattr(retained, "MAX_TOPICS", 30)
+    inbox.put(2.0, "cam/1", b"x", 0, 0, None)                             # heard from again: newest
+    inbox.put(2.0, "cam/new", b"y", 0, 0, None)
+    inbox.take()
+    assert "cam/1" in inbox._last.last and "cam/0" in inbox._last.last and "cam/2" not in inbox._last.last

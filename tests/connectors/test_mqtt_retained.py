@@ -8,7 +8,8 @@ Each test compares the file sink's output with what was published: every value e
 The paths covered: MQTT 5 with the session kept (retain handling 1: the broker sends no copy), MQTT 3.1.1 (a copy at
 every subscribe; dropped by the last payloads the inbox keeps, from its file across a restart), a session that is
 gone (MQTT 5 ``persistent: false``: a copy at every start; a reading published while edgesieve was away is taken
-once, from its copy), a broker restart mid-run (3.1.1: the copies are known in memory), ``retained: ignore``.
+once, from its copy), a broker restart mid-run (3.1.1: the copies are known in memory), ``retained: ignore``, and
+devices that publish retained at QoS 0 (not journaled: known from ``last_payloads``).
 """
 
 from __future__ import annotations
@@ -39,19 +40,19 @@ def written(out) -> Counter:
     return Counter(r["fields"]["v"] for r in read_ndjson(out))
 
 
-def publish(pub, prefix: str, values) -> None:
+def publish(pub, prefix: str, values, qos: int = 1) -> None:
     """Each value retained on ``{prefix}/d{v % 3}``: the last three are the broker's retained messages."""
     for v in values:
-        pub.publish(f"{prefix}/d{v % 3}", json.dumps({"ts": 1_700_000_000.0 + v, "v": v}), retain=True)
+        pub.publish(f"{prefix}/d{v % 3}", json.dumps({"ts": 1_700_000_000.0 + v, "v": v}), qos=qos, retain=True)
 
 
-def run_once(path, pub, prefix: str, values, expect: int, during=None) -> tuple[Run, str]:
+def run_once(path, pub, prefix: str, values, expect: int, during=None, qos: int = 1) -> tuple[int, str]:
     """Start ``edgesieve run``, publish ``values`` once it is connected, wait until its sink took ``expect`` records
     in this run (then ``during(run)`` and quiet), stop it; the run's ``retained_copies`` and its log."""
     run = Run(path)
     try:
         wait_until(run.connected, what="the pipeline to connect")
-        publish(pub, prefix, values)
+        publish(pub, prefix, values, qos)
         wait_until(lambda: run.count("out", "in") >= expect, what=f"the sink to take {expect} records")
         if during is not None:
             during(run)
@@ -120,3 +121,18 @@ def test_retained_ignore_takes_no_copy(broker, tmp_path, clients):
     path, out = pipeline_file(tmp_path, broker, prefix, persistent=False, retained="ignore")
     run_once(path, pub, prefix, range(10, 16), 6)
     exactly_once(out, range(10, 16))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sub_qos", [0, 1])
+def test_qos0_retained_readings_are_counted_once_across_restarts(broker, tmp_path, clients, sub_qos):
+    """Devices that publish retained at QoS 0 (Tasmota, Zigbee2MQTT and Shelly do by default): not journaled, yet a
+    restart knows their last readings (the copies come at QoS 0 even on a QoS 1 subscription). Found in review."""
+    prefix = f"t/q0-{uuid.uuid4().hex[:6]}"
+    sub = mqtt_source(broker.url, prefix)["subscriptions"][0] | {"qos": sub_qos}
+    path, out = pipeline_file(tmp_path, broker, prefix, protocol="3.1.1", subscriptions=[sub])
+    pub = clients(broker, client_id=f"pub-{uuid.uuid4().hex[:6]}", persistent=True)
+    run_once(path, pub, prefix, range(0, 30), 30, qos=0)
+    copies, _ = run_once(path, pub, prefix, [], 0, qos=0)        # nothing new: the broker's copies only
+    exactly_once(out, range(30))
+    assert copies == 3
