@@ -316,7 +316,7 @@ class Decoder:
                     ts = col
                 else:
                     fields[k] = col
-        except (KeyError, TypeError, ValueError):
+        except (KeyError, TypeError, ValueError, OverflowError):     # OverflowError: an integer beyond float64
             return None
         if any(c.dtype.kind != "f" and c.dtype != np.bool_ for c in fields.values()):
             return None

@@ -30,6 +30,7 @@ import logging
 from connectors.mqtt.codecs import DecodeError, NonFinite
 
 log = logging.getLogger("connectors.mqtt")
+FLOAT_MAX = 1.7976931348623157e308      # a JSON integer beyond this is no 64-bit float
 _WARN_NAMES = 200     # distinct dropped text fields warned about per decoder (then only counted)
 
 
@@ -139,7 +140,12 @@ class ReadingRules:
                     bad.append(FieldError("non_finite", f"reading [{i}] field {name!r} is {v} "
                                                         "(NaN and Infinity are not readings)"))
                     continue
-            elif t is not int and t is not bool:
+            elif t is int:
+                if not -FLOAT_MAX <= v <= FLOAT_MAX:       # a valid JSON integer of 309+ digits: no float64
+                    bad.append(FieldError("non_finite", f"reading [{i}] field {name!r} is an integer of "
+                                                        f"{len(str(abs(v)))} digits, beyond a 64-bit float"))
+                    continue
+            elif t is not bool:
                 if v is None:
                     continue   # null = absent
                 if t is NonFinite:

@@ -22,6 +22,7 @@ from __future__ import annotations
 from typing import Any
 
 from connectors.mqtt.codecs import DecodeError, NonFinite
+from connectors.mqtt.readings import FLOAT_MAX
 
 _RELATIVE = 2 ** 28   # RFC 8428 4.5.3: times below this are relative to "now"
 
@@ -107,4 +108,7 @@ def _get(rec: dict, key: str, types, default, i: int):
         raise DecodeError("non_finite", f"SenML record [{i}] {key!r} is {v!r}")
     if not ((type(v) in types) if isinstance(types, tuple) else (type(v) is types)):   # bool is not a number here
         raise DecodeError("wrong_type", f"SenML record [{i}] {key!r} is a {type(v).__name__} ({str(v)[:30]!r})")
+    if type(v) is int and not -FLOAT_MAX <= v <= FLOAT_MAX:
+        raise DecodeError("non_finite", f"SenML record [{i}] {key!r} is an integer of {len(str(abs(v)))} digits, "
+                                        "beyond a 64-bit float")
     return v

@@ -84,6 +84,7 @@ def test_missing_timestamp_is_arrival_time_and_annotated():
 @pytest.mark.parametrize("payload,expected", [
     (b"\xff\xfe not utf8", "undecodable"), (b'{"ts": 1, "x": ', "undecodable"), (b"", "undecodable"),
     (b'{"x": NaN}', "non_finite"), (b'{"x": -Infinity}', "non_finite"), (b'{"x": 1e999}', "non_finite"),
+    (b'{"x": 1' + b"0" * 400 + b"}", "non_finite"), (b'{"x": -1' + b"0" * 309 + b"}", "non_finite"),
     (b'{"x": {"y": [1]}}', "wrong_type"), (b'{"x": [1, 2]}', "wrong_type"), (b'{"tags": "a"}', "wrong_type"),
     (b'{"tags": {"a": [1]}}', "wrong_type"), (b'{"x": ' + b"[" * 50 + b"]" * 50 + b"}", "json_too_deep"),
     (b"[" * 400 + b"]" * 400, "json_too_deep"), (b'{"x": 1, "pad": "' + b"a" * 2000 + b'"}', "payload_too_large")],
@@ -94,7 +95,8 @@ def test_bad_json_payloads(payload, expected):
 
 @pytest.mark.parametrize("payload,expected", [
     (b'[{"ts": 1, "x": 1}, {"ts": 2, "x": NaN}]', "non_finite"), (b'[{"x": 1}, {"x": [1]}]', "wrong_type"),
-    (b'[{"x": 1}, {"x": 1e999}]', "non_finite"), (b'[{"x": {"y": {"z": {"w": {"v": {"u": {"t": 1}}}}}}}]', "json_too_deep")])
+    (b'[{"x": 1}, {"x": 1e999}]', "non_finite"), (b'[{"x": 1}, {"x": 1' + b"0" * 400 + b"}]", "non_finite"),
+    (b'[{"x": {"y": {"z": {"w": {"v": {"u": {"t": 1}}}}}}}]', "json_too_deep")])
 def test_bad_json_batch_payloads(payload, expected):
     """A bad reading is reported with its reason; the message's good readings are kept (refused whole: none)."""
     dec, b = Decoder(CodecOptions(codec="json-batch", max_json_depth=6)), RowBuilder()
@@ -205,6 +207,7 @@ def test_senml_without_time_is_arrival():
                                            ([{"n": "x", "v": 1}, {"bn": 7, "n": "y", "v": 2}], "wrong_type"),
                                            ([], "wrong_type"), ([{"n": 5, "v": 1}], "wrong_type"),
                                            ([{"n": "x", "v": True}], "wrong_type"), ([{"n": "x", "v": 1e999}], "non_finite"),
+                                           ([{"n": "x", "v": 10 ** 400}], "non_finite"),
                                            ("text", "wrong_type")])
 def test_senml_bad_packs(pack, expected):
     assert reason(pack, codec="senml") == expected
@@ -283,3 +286,14 @@ def test_timestamps_match_the_replay_source():
     single = [decode({"ts": v, "x": 1})[0]["ts"] for v in raw]
     batch = [r["ts"] for r in decode([{"ts": v, "x": 1} for v in raw], codec="json-batch")]
     assert single == batch == expected.tolist()
+
+
+def test_an_integer_beyond_a_float_costs_only_its_field():
+    """A valid JSON integer of 400 digits stopped the pipeline: it passed the per-message checks and failed when the
+    micro-batch was built, outside them, and the journal replayed it into the same failure at every restart."""
+    dec, b = Decoder(CodecOptions()), RowBuilder()
+    assert dec.decode(b'{"ts": 1700000100, "v": 7, "big": 1' + b"0" * 400 + b"}", b, {}, T0) == 1
+    assert b.build().to_records()[0]["fields"] == {"v": 7.0}
+    (err,) = dec.take_field_errors()
+    assert err.reason == "non_finite" and "'big'" in str(err) and "401 digits" in str(err)
+    assert decode(b'{"x": 1' + b"0" * 308 + b"}")[0]["fields"] == {"x": 1e308}       # the largest still is one
