@@ -74,7 +74,8 @@ Aggregate = Literal["count", "sum", "mean", "min", "max", "stddev", "first", "la
 class WindowConfig(StageConfig):
     type: Literal["window"]
     size: Duration = Field(gt=0, description="Window length, e.g. `10s`, `1m`.")
-    hop: Duration | None = Field(None, gt=0, description="Hop for hopping windows (a window starts every `hop`); none = tumbling.")
+    hop: Duration | None = Field(None, gt=0, description="Hop for hopping windows (a window starts every `hop`); none = tumbling. "
+                                 "Starts are whole multiples of `hop` counted in microseconds, so `100ms` windows are exact.")
     key: list[str] = Field(default_factory=list, description="Tags that key the windows, e.g. `[site, device]`.")
     aggregates: dict[str, list[Aggregate]] = Field(
         min_length=1, description="Per field, the aggregates to compute: " + ", ".join(AGGREGATES) + "."
@@ -116,6 +117,7 @@ class Window(Stage):
         super().__init__(config, ctx)
         self.size = config.size
         self.hop = config.hop or config.size
+        self._size_us, self._hop_us = max(1, round(self.size * 1e6)), max(1, round(self.hop * 1e6))
         self.fields = list(config.aggregates)
         self.per_key = config.watermark == "per_key"
         self._keys: dict[tuple, int] = {}
@@ -177,14 +179,19 @@ class Window(Stage):
         seq = np.arange(self._seq, self._seq + n, dtype=np.int64)
         self._seq += n
 
-        first_start = np.floor(ts / self.hop) * self.hop
-        copies = int(np.ceil(self.size / self.hop))
+        # In whole microseconds: every reading of a window gets the same start (an integer times hop), and a reading
+        # stamped on a boundary (whole ms, 100 ms windows) is in the window that starts there. In float seconds,
+        # floor(ts / hop) * hop put it in the one before, and first_start - j * hop gave one hopping window two
+        # starts one float step apart: two records, one overwriting the other in a sink keyed by window start.
+        ts_us = np.round(ts * 1e6).astype(np.int64)
+        first_k = ts_us // self._hop_us
+        copies = -(-self._size_us // self._hop_us)
         rows, starts = [], []
         for j in range(copies):
-            start = first_start - j * self.hop
-            inside = start + self.size > ts
+            begin = (first_k - j) * self._hop_us
+            inside = begin + self._size_us > ts_us
             rows.append(np.flatnonzero(inside))
-            starts.append(start[inside])
+            starts.append(begin[inside] / 1e6)
         row = np.concatenate(rows) if copies > 1 else rows[0]
         start = np.concatenate(starts) if copies > 1 else starts[0]
         late = start + self.size <= wm_before[row]
