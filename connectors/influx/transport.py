@@ -15,8 +15,10 @@ from connectors.influx.sender import PermanentError, TransientError, parse_retry
 from pipeline.redact import mask_url_credentials
 
 PRECISION_NS = {"ns": 1, "us": 1_000, "ms": 1_000_000, "s": 1_000_000_000}
-_MEAS = str.maketrans({",": "\\,", " ": "\\ ", "\n": "\\n"})
-_KEY = str.maketrans({",": "\\,", "=": "\\=", " ": "\\ ", "\n": "\\n"})
+# A backslash is escaped too (InfluxDB 2 reads two as one): a tag value ending in one escaped the separator after it,
+# and the line was refused (InfluxDB: 400 for the whole batch) or its point dropped (VictoriaMetrics: 204).
+_MEAS = str.maketrans({"\\": "\\\\", ",": "\\,", " ": "\\ ", "\n": "\\n"})
+_KEY = str.maketrans({"\\": "\\\\", ",": "\\,", "=": "\\=", " ": "\\ ", "\n": "\\n"})
 HALT_STATUSES = {401, 403, 404}   # every later batch would be refused the same way
 
 
