@@ -76,6 +76,8 @@ def parse_pipeline(source: str | Path, env: Mapping[str, str] | None = None) -> 
     if not isinstance(data, dict):
         raise ConfigError([Problem(file, 1, 1, "a pipeline file is a mapping with keys " + ", ".join(TOP_LEVEL))])
     for key in data:
+        if isinstance(key, str) and key.startswith("x-"):     # a place for anchors (`x-window: &w {...}`), as compose
+            continue
         if key not in TOP_LEVEL:
             close = difflib.get_close_matches(str(key), TOP_LEVEL, n=1)
             problems.append(Problem(file, *doc.position((key,)), f"unknown top-level key {key!r}",

@@ -61,6 +61,10 @@ def reload_graph(pipeline, path: str | Path):
         log.error("reload of %s refused; the running pipeline goes on unchanged. Problems:\n  %s",
                   path, "\n  ".join(str(p) for p in exc.problems))
         return None
+    except Exception as exc:        # a file the loader cannot read at all must not stop the running pipeline either
+        log.error("reload of %s refused; the running pipeline goes on unchanged: %s: %s",
+                  path, type(exc).__name__, exc, exc_info=exc)
+        return None
     old, graph = pipeline.spec, pipeline.graph
     why = needs_restart(old, new)
     if why:

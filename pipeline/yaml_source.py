@@ -97,10 +97,20 @@ def load_yaml_with_positions(text: str, file: str, env: Mapping[str, str] | None
     def build(node: yaml.Node, path: tuple) -> Any:
         doc.positions[path] = (node.start_mark.line + 1, node.start_mark.column + 1)
         if isinstance(node, yaml.MappingNode):
-            out = {}
+            written = {id(k) for k, _ in node.value}
+            constructor.flatten_mapping(node)        # `<<: *anchor` merge keys, as yaml.safe_load reads them
+            out, merged = {}, set()                  # merged: keys a merge gave, which a key written here overrides
             for key_node, value_node in node.value:
                 key = constructor.construct_object(key_node, deep=True)
-                if key in out:
+                if key is not None and not isinstance(key, (str, int, float, bool)):
+                    problems.append(Problem(file, key_node.start_mark.line + 1, key_node.start_mark.column + 1,
+                                            f"a {type(key).__name__} is not a key", hint="keys are plain names"))
+                    continue
+                if id(key_node) not in written:
+                    merged.add(key)
+                elif key in merged:
+                    merged.discard(key)
+                elif key in out:
                     problems.append(Problem(file, key_node.start_mark.line + 1, key_node.start_mark.column + 1,
                                             f"key {key!r} appears twice", hint="keep one of them"))
                 out[key] = build(value_node, path + (key,))
@@ -116,7 +126,10 @@ def load_yaml_with_positions(text: str, file: str, env: Mapping[str, str] | None
                                         hint=f"export {name}=... or write ${{{name}:-default}}"))
         return value
 
-    doc.data = {} if root is None else build(root, ())
+    try:
+        doc.data = {} if root is None else build(root, ())
+    except yaml.YAMLError as exc:       # an unknown tag (`!secret`), a merge of a non-mapping: at its line, no traceback
+        raise ConfigError([*problems, yaml_problem(exc, file)]) from None
     if problems:
         raise ConfigError(problems)
     return doc

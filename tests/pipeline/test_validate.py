@@ -171,3 +171,47 @@ sinks: [{id: o, type: stdout, inputs: [count]}]
     result = edgesieve("validate", str(bad))
     assert result.returncode == 1
     assert f"{bad}:3:5: stage 'count' (onnx): cannot start:" in result.stderr and "nope/model.onnx" in result.stderr
+
+
+MERGED = """\
+pipeline: plant
+x-window: &window {type: window, size: 10s, key: [site, device], aggregates: {temperature: [mean]}}
+sources:
+  - {id: readings, type: replay, path: data/readings.csv, tags: [site, device]}
+stages:
+  - <<: *window
+    id: per_device
+    inputs: [readings]
+  - {<<: *window, id: slow, inputs: [readings], size: 1m}
+sinks:
+  - {id: out, type: file, inputs: [per_device, slow], path: out/aggregates.ndjson}
+"""
+
+
+def test_merge_keys_and_an_x_anchor_holder_read_as_yaml_safe_load_reads_them():
+    spec = parse_pipeline(MERGED, env={})
+    assert [(s.id, s.type, s.size, s.key) for s in spec.stages] == [
+        ("per_device", "window", 10.0, ["site", "device"]), ("slow", "window", 60.0, ["site", "device"])]
+
+
+@pytest.mark.parametrize("text,line,what", [
+    (GOOD.replace("path: data/readings.csv", "path: !secret readings"), 3, "not valid YAML"),
+    (GOOD.replace("    size: 10s\n", "    size: 10s\n    [a]: 1\n"), 9, "a list is not a key"),
+    (GOOD.replace("    size: 10s\n", "    <<: [1, 2]\n"), 8, "not valid YAML")])
+def test_tags_list_keys_and_bad_merges_are_problems_at_their_line_not_tracebacks(text, line, what):
+    """Before, each raised a Python exception out of `edgesieve validate` (and stopped a `run --watch` on reload)."""
+    (p,) = problems(text)
+    assert p.line == line and what in p.message, str(p)
+
+
+def test_a_reload_of_a_file_the_loader_cannot_read_is_refused_and_the_pipeline_goes_on(tmp_path):
+    from pipeline.reload import reload_graph
+    from pipeline.runtime import Pipeline
+    f = tmp_path / "p.yaml"
+    f.write_text(GOOD)
+    p = Pipeline(parse_pipeline(f, env={}))
+    f.write_text(GOOD.replace("path: data/readings.csv", "path: !secret readings"))
+    assert reload_graph(p, f) is None
+    f.write_text(MERGED)
+    graph = reload_graph(p, f)
+    assert graph is not None and set(graph.stages) == {"per_device", "slow"}
