@@ -3,7 +3,8 @@
 The file is validated as a whole first; an invalid file is refused, its problems are logged, and the running
 graph goes on untouched. Stages whose configuration did not change are carried over as they are (their state:
 open windows, detector models, reference frames); a changed or removed stage first emits what it holds (as at the
-end of a stream) and is then rebuilt or dropped; new stages start empty. ``inputs`` and ``match`` of sinks may
+end of a stream) and is then rebuilt or dropped, unless the rebuilt stage ``adopt``s the old one's state (a window
+whose size, hop, key and watermark did not change keeps its open windows); new stages start empty. ``inputs`` and ``match`` of sinks may
 change too. Sources, the sinks' own settings and ``runtime`` are not reloaded: a change there is refused with a
 message that a restart applies it. What changed is logged.
 """
@@ -83,7 +84,11 @@ def reload_graph(pipeline, path: str | Path):
         log.error("reload of %s refused: a stage cannot start: %s: %s; the running pipeline goes on unchanged",
                   path, type(exc).__name__, exc)
         return None
+    adopted = []
     for sid in old.order:            # upstream first: what a changed stage emits reaches the old downstream
+        if sid in changed and fresh.stages[sid].adopt(graph.stages[sid]):
+            adopted.append(sid)      # its state goes on in the new instance (open windows across the reload)
+            continue
         if sid in changed or sid in removed:
             out = graph.call(sid, "flush")
             if out is not None and len(out):
@@ -95,7 +100,9 @@ def reload_graph(pipeline, path: str | Path):
     fresh.deliver = graph.deliver
     pipeline.spec = new
     pipeline.rebuilt |= {*changed, *added}
-    for what, ids in (("changed (rebuilt; what it held was emitted first)", changed), ("added", added),
+    flushed = [s for s in changed if s not in adopted]
+    for what, ids in (("changed (rebuilt; what it held was emitted first)", flushed),
+                      ("changed (rebuilt; what it held carried over)", adopted), ("added", added),
                       ("removed (what it held was emitted first)", removed), ("unchanged (state kept)", kept)):
         if ids:
             log.info("reload of %s: stage%s %s %s", path, "s" if len(ids) > 1 else "", ", ".join(map(repr, ids)), what)

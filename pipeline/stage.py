@@ -160,6 +160,11 @@ class Stage(_Item):
     def flush(self) -> Batch | None:
         return None
 
+    def adopt(self, old: "Stage") -> bool:
+        """A reload changed this stage's settings: take over what ``old`` (the instance it replaces) holds, if these
+        settings allow it, and return True; False (the default): ``old`` emits what it holds and this starts empty."""
+        return False
+
     @classmethod
     def sample_records(cls) -> list[dict]:
         """Good records for the conformance test; override when the stage needs e.g. frames."""

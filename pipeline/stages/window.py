@@ -337,6 +337,23 @@ class Window(Stage):
         start = np.concatenate([c["start"] for c in chunks])
         return {"open_windows": len(set(zip(key.tolist(), start.tolist()))), "keys": len(self._key_values)}
 
+    def adopt(self, old: "Window") -> bool:
+        """Open windows go on across a reload that changes only what does not decide which window a reading is in
+        (aggregates, lateness, bounds): flushed, each would have come out twice, its halves overwriting each other in
+        a sink keyed by window start. A field the reload adds is aggregated from the readings after it."""
+        same = ("size", "hop", "key", "watermark")
+        if any(getattr(old.config, k) != getattr(self.config, k) for k in same):
+            return False
+        state = old.snapshot()
+        rows = state["pending"]
+        if rows is not None:
+            n = len(rows["start"])
+            rows = {k: v for k, v in rows.items() if not k.startswith("v:") or k[2:] in self.fields}
+            for f in self.fields:
+                rows.setdefault("v:" + f, np.full(n, np.nan))
+        self.restore({**state, "pending": rows})
+        return True
+
     def snapshot(self):
         """The whole state as one value (reload, tests); checkpoints write `snapshot_changes`."""
         return {"format": 2, "watermark": self.config.watermark, "keys": [list(k) for k in self._key_values],
