@@ -3,7 +3,8 @@
 Base name/time/value resolve per record (``bn`` + ``n``, ``bt`` + ``t``, ``bv`` + ``v``); times below 2**28 are
 relative to the arrival time. Records with the same base name and time become one reading whose fields are the
 record names (``value`` when empty, ``<name>_sum`` for ``s``) and whose tag ``device`` (``senml_device_tag``) is the
-base name without a trailing ``:`` or ``/``. String and data values (``vs``, ``vd``) are dropped and counted
+base name without a trailing ``:`` or ``/``; a name that comes again at the same time starts another reading (before,
+its later value replaced the earlier one, silently). String and data values (``vs``, ``vd``) are dropped and counted
 (``text_fields_dropped``); any other bad record is dead-lettered alone (``ReadingError``) and the pack's other records
 kept. A pack with nothing usable, or with a bad base value (``bn``, ``bt``, ``bv``: every later record depends on
 it), is refused whole.
@@ -35,7 +36,7 @@ def decode_senml(dec, payload: bytes, b, topic_tags: dict[str, str], arrival: fl
     if type(pack) is not list or not pack:
         raise DecodeError("wrong_type", "SenML pack must be a non-empty array of records")
     bn, bt, bv = "", 0.0, 0.0
-    rows: dict[tuple[str, float], dict[str, Any]] = {}
+    rows: dict[tuple[str, float], list[dict[str, Any]]] = {}    # a name twice at one time: a second row
     no_time = True
     refused: list[tuple[int, Any, DecodeError]] = []
     for i, rec in enumerate(pack):
@@ -53,7 +54,12 @@ def decode_senml(dec, payload: bytes, b, topic_tags: dict[str, str], arrival: fl
             continue
         if "t" in rec or "bt" in rec:
             no_time = False
-        rows.setdefault((bn.rstrip(":/") if bn else "", when), {})[n] = v
+        at = rows.setdefault((bn.rstrip(":/") if bn else "", when), [{}])
+        row = next((r for r in at if n not in r), None)
+        if row is None:                        # before, the later value silently replaced the earlier one
+            row = {}
+            at.append(row)
+        row[n] = v
     if refused and not rows:
         raise refused[0][2]                   # nothing usable: refused whole, as one dead letter
     if refused:
@@ -64,14 +70,17 @@ def decode_senml(dec, payload: bytes, b, topic_tags: dict[str, str], arrival: fl
                 dec._rules.dropped += 1
             else:
                 dec._partial.append(ReadingError.of(e, rec, i, len(pack) - len(refused), "record"))
-    for (dev, when), fields in rows.items():
-        b.begin_row(when, topic_tags, arrival_ts=no_time)
-        if dev:
-            b.tag(dec.o.senml_device_tag, dev)
-        for k, v in fields.items():
-            b.field(k, v)
-        b.end_row()
-    return len(rows)
+    n_rows = 0
+    for (dev, when), at in rows.items():
+        for fields in at:
+            b.begin_row(when, topic_tags, arrival_ts=no_time)
+            if dev:
+                b.tag(dec.o.senml_device_tag, dev)
+            for k, v in fields.items():
+                b.field(k, v)
+            b.end_row()
+            n_rows += 1
+    return n_rows
 
 class _TextValue(DecodeError):
     """A string or data value (vs, vd): not a reading."""

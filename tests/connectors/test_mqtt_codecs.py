@@ -297,3 +297,11 @@ def test_an_integer_beyond_a_float_costs_only_its_field():
     (err,) = dec.take_field_errors()
     assert err.reason == "non_finite" and "'big'" in str(err) and "401 digits" in str(err)
     assert decode(b'{"x": 1' + b"0" * 308 + b"}")[0]["fields"] == {"x": 1e308}       # the largest still is one
+
+
+def test_senml_values_of_one_name_at_one_time_are_each_a_reading():
+    """Three temperatures at one time were one reading of the last (the other two lost, uncounted)."""
+    recs = decode([{"bn": "dev1:", "bt": T0, "n": "temp", "v": 1}, {"n": "temp", "v": 2}, {"n": "hum", "v": 40},
+                   {"n": "temp", "v": 3}, {"n": "temp", "t": 1, "v": 4}], codec="senml")
+    assert [(r["ts"] - T0, r["fields"]) for r in recs] == [
+        (0, {"temp": 1.0, "hum": 40.0}), (0, {"temp": 2.0}), (0, {"temp": 3.0}), (1, {"temp": 4.0})]
