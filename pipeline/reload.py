@@ -86,7 +86,7 @@ def reload_graph(pipeline, path: str | Path):
         return None
     adopted = []
     for sid in old.order:            # upstream first: what a changed stage emits reaches the old downstream
-        if sid in changed and fresh.stages[sid].adopt(graph.stages[sid]):
+        if sid in changed and _adopted(fresh.stages[sid], graph.stages[sid], sid):
             adopted.append(sid)      # its state goes on in the new instance (open windows across the reload)
             continue
         if sid in changed or sid in removed:
@@ -109,3 +109,13 @@ def reload_graph(pipeline, path: str | Path):
     if routing:
         log.info("reload of %s: sink inputs/match changed", path)
     return fresh
+
+
+def _adopted(new, old, sid: str) -> bool:
+    """``new.adopt(old)``; a failure is logged and the old stage emits what it holds instead (``new`` is unused yet)."""
+    try:
+        return bool(new.adopt(old))
+    except Exception as exc:
+        log.error("reload: stage %r could not take over its earlier state (%s: %s); it emits what it held instead",
+                  sid, type(exc).__name__, exc)
+        return False

@@ -94,10 +94,23 @@ def load_yaml_with_positions(text: str, file: str, env: Mapping[str, str] | None
     problems: list[Problem] = []
     constructor = SafeConstructor()
 
+    written: dict[int, set[int]] = {}        # each mapping's own key nodes, before any merge flattens it in place
+
+    def note_written(node: yaml.Node) -> None:
+        stack = [node]
+        while stack:
+            n = stack.pop()
+            if isinstance(n, yaml.MappingNode) and id(n) not in written:
+                written[id(n)] = {id(k) for k, _ in n.value}
+                stack += [c for pair in n.value for c in pair]
+            elif isinstance(n, yaml.SequenceNode) and id(n) not in written:
+                written[id(n)] = set()
+                stack += n.value
+
     def build(node: yaml.Node, path: tuple) -> Any:
         doc.positions[path] = (node.start_mark.line + 1, node.start_mark.column + 1)
         if isinstance(node, yaml.MappingNode):
-            written = {id(k) for k, _ in node.value}
+            own = written[id(node)]
             constructor.flatten_mapping(node)        # `<<: *anchor` merge keys, as yaml.safe_load reads them
             out, merged = {}, set()                  # merged: keys a merge gave, which a key written here overrides
             for key_node, value_node in node.value:
@@ -106,7 +119,7 @@ def load_yaml_with_positions(text: str, file: str, env: Mapping[str, str] | None
                     problems.append(Problem(file, key_node.start_mark.line + 1, key_node.start_mark.column + 1,
                                             f"a {type(key).__name__} is not a key", hint="keys are plain names"))
                     continue
-                if id(key_node) not in written:
+                if id(key_node) not in own:
                     merged.add(key)
                 elif key in merged:
                     merged.discard(key)
@@ -126,6 +139,8 @@ def load_yaml_with_positions(text: str, file: str, env: Mapping[str, str] | None
                                         hint=f"export {name}=... or write ${{{name}:-default}}"))
         return value
 
+    if root is not None:
+        note_written(root)
     try:
         doc.data = {} if root is None else build(root, ())
     except yaml.YAMLError as exc:       # an unknown tag (`!secret`), a merge of a non-mapping: at its line, no traceback

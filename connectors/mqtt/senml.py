@@ -37,6 +37,7 @@ def decode_senml(dec, payload: bytes, b, topic_tags: dict[str, str], arrival: fl
         raise DecodeError("wrong_type", "SenML pack must be a non-empty array of records")
     bn, bt, bv = "", 0.0, 0.0
     rows: dict[tuple[str, float], list[dict[str, Any]]] = {}    # a name twice at one time: a second row
+    nth: dict[tuple[str, float, str], int] = {}                  # the row the next value of a name at a time goes in
     no_time = True
     refused: list[tuple[int, Any, DecodeError]] = []
     for i, rec in enumerate(pack):
@@ -54,12 +55,13 @@ def decode_senml(dec, payload: bytes, b, topic_tags: dict[str, str], arrival: fl
             continue
         if "t" in rec or "bt" in rec:
             no_time = False
-        at = rows.setdefault((bn.rstrip(":/") if bn else "", when), [{}])
-        row = next((r for r in at if n not in r), None)
-        if row is None:                        # before, the later value silently replaced the earlier one
-            row = {}
-            at.append(row)
-        row[n] = v
+        dev = bn.rstrip(":/") if bn else ""
+        at = rows.setdefault((dev, when), [{}])
+        j = nth.get((dev, when, n), 0)          # before, the later value silently replaced the earlier one
+        nth[(dev, when, n)] = j + 1
+        if j == len(at):
+            at.append({})
+        at[j][n] = v
     if refused and not rows:
         raise refused[0][2]                   # nothing usable: refused whole, as one dead letter
     if refused:

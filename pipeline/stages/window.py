@@ -68,6 +68,7 @@ from .window_state import META, RowEntries
 
 log = logging.getLogger("edgesieve")
 IDLE_CLOSE_DEFAULT = 300.0     # seconds: a device that buffers through a link outage of up to 5 min loses nothing
+MAX_EVENT_TIME = 2.0 ** 53 / 1e6   # seconds (about 9.0e9, the year 2255): window starts in whole µs stay exact below
 Aggregate = Literal["count", "sum", "mean", "min", "max", "stddev", "first", "last", "p50", "p95", "p99"]
 
 
@@ -164,6 +165,11 @@ class Window(Stage):
         if no_time.any():
             self.ctx.dead_letter(good.take(no_time), f"stage {self.ctx.item_id!r}: reading has no event time (ts)")
             good = good.take(~no_time)
+        outside = np.abs(good.ts) >= MAX_EVENT_TIME
+        if outside.any():          # window starts are whole µs: beyond 2**53 µs they are not exact (int64 beyond)
+            self.ctx.dead_letter(good.take(outside), f"stage {self.ctx.item_id!r}: reading at ts beyond ±"
+                                 f"{MAX_EVENT_TIME:.4g} s (the year 2255), outside the event-time range of windows")
+            good = good.take(~outside)
         if not len(good):
             return Batch.empty()
         now = self.ctx.clock()
@@ -342,7 +348,7 @@ class Window(Stage):
         (aggregates, lateness, bounds): flushed, each would have come out twice, its halves overwriting each other in
         a sink keyed by window start. A field the reload adds is aggregated from the readings after it."""
         same = ("size", "hop", "key", "watermark")
-        if any(getattr(old.config, k) != getattr(self.config, k) for k in same):
+        if not isinstance(old, Window) or any(getattr(old.config, k) != getattr(self.config, k) for k in same):
             return False
         state = old.snapshot()
         rows = state["pending"]

@@ -70,7 +70,9 @@ class EventClocks:
         self.last_arrival[clocks] = now
 
     def snapshot(self) -> dict:
-        return {"max_ts": self.max_ts[:self.n].copy(), "floor": self.floor[:self.n].copy()}
+        # the floor saved is the watermark: a restart or reload with a larger allowed_lateness must not reopen
+        # windows the watermark closed (found in review; the watermark under the old lateness is a floor)
+        return {"max_ts": self.max_ts[:self.n].copy(), "floor": self.watermark()}
 
     def restore(self, state: dict, now: float, saved_mode: str, mode: str, n: int) -> None:
         """Clocks from a snapshot; when the pipeline file changed ``watermark:`` since, every new clock starts at

@@ -215,3 +215,11 @@ def test_a_reload_of_a_file_the_loader_cannot_read_is_refused_and_the_pipeline_g
     f.write_text(MERGED)
     graph = reload_graph(p, f)
     assert graph is not None and set(graph.stages) == {"per_device", "slow"}
+
+
+def test_an_anchor_that_merges_and_overrides_reads_the_same_at_each_use():
+    """The anchor's node was flattened in place at its first use, and its merged key counted as written twice."""
+    text = GOOD.replace("pipeline: plant\n", "pipeline: plant\nx-base: &base {temperature: [mean]}\n"
+                        "x-aggs: &aggs\n  <<: *base\n  temperature: [max]\n").replace(
+        "aggregates: {temperature: [mean, min, max], pressure: [p95]}", "aggregates: *aggs")
+    assert parse_pipeline(text, env={}).stages[0].aggregates == {"temperature": ["max"]}

@@ -99,3 +99,18 @@ def test_killed_and_restarted_from_checkpoints_the_windows_are_the_same(tmp_path
     starts = collections.Counter(round(r["ts"] * 1000) for r in out)
     assert max(starts.values()) == 1
     assert {round(r["ts"] * 1000): r["fields"]["count"] for r in out} == reference(t_ms, 1000, 200)
+
+
+@pytest.mark.parametrize("ts", [-1e13, 1e14, 9.1e9])
+def test_a_reading_beyond_the_event_time_range_is_dead_lettered_not_put_in_a_wrong_window(ts):
+    """Starts in whole µs overflowed int64 past about 9.2e12 s: such a reading came out in a window that did not
+    contain it (found in review). Beyond 2**53 µs (9.0e9 s, the year 2255) it is a dead letter with its reason."""
+    from pipeline.stages.window import Window
+    from pipeline.testing import build_stage
+    from pipeline.batch import Batch
+    stage, dead = build_stage(Window, {"size": "10s", "max_future": None, "aggregates": {"v": ["count"]}})
+    stage.process(Batch.from_records([{"ts": ts, "tags": {}, "fields": {"v": 1.0}},
+                                      {"ts": T0_MS / 1000, "tags": {}, "fields": {"v": 2.0}}]))
+    out = (stage.flush() or Batch.empty()).to_records()
+    assert [r["ts"] for r in out] == [T0_MS / 1000]
+    assert len(dead) == 1 and "event-time range" in str(dead[0][2]) and dead[0][1][0]["ts"] == ts
