@@ -95,9 +95,12 @@ class KeyBank:
     # ------------------------------------------------------------------ a batch
     def impute(self, s: np.ndarray, X: np.ndarray, bad: np.ndarray, fill: bool) -> tuple[np.ndarray, np.ndarray]:
         """Rows of slots `s` (stream order): `fill` replaces a bad cell by the key's previous good value of the
-        field (as `anomaly._forward_fill`); the slots' last good rows are kept.  Returns (X, learn)."""
+        field (as `anomaly._forward_fill`) and keeps each field's last good value (a good cell of a partly bad row
+        counts, as it does within the batch); otherwise the slots' last good rows are kept.  Returns (X, learn)."""
         a = self.a
         learn = ~bad.any(axis=1)
+        if not len(s):           # a micro-batch of bad readings only (dead-lettered or skipped before this)
+            return X, learn
         if learn.all():  # the common case: every reading usable and learned; the last row of each key is kept
             order = np.argsort(s, kind="stable")
             ends = order[np.flatnonzero(np.r_[s[order][1:] != s[order][:-1], True])]
@@ -111,8 +114,10 @@ class KeyBank:
                 Xr = np.where(bad[rows], prev[sr], X[rows])
                 X[rows] = Xr
                 prev[sr] = Xr
-            good = rows[learn[rows]]
-            a.last[s[good]] = X[good]
+                a.last[sr] = Xr          # before, only fully good rows: a restart or another batching filled otherwise
+            else:
+                good = rows[learn[rows]]
+                a.last[s[good]] = X[good]
         return X, learn
 
     def debounce(self, s: np.ndarray, flags: np.ndarray, ts: np.ndarray):

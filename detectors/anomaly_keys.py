@@ -66,7 +66,9 @@ class PerKeyPath:
                 if c.bad_values == "impute_last" and badk.any():
                     Xk = _forward_fill(Xk, badk, st.last)
                 usable = np.isfinite(Xk).all(axis=1)
-                if learn.any():
+                if c.bad_values == "impute_last":
+                    st.last = Xk[-1].copy()         # each field's last good value, as the fill within a batch
+                elif learn.any():
                     st.last = Xk[learn][-1].copy()
                 rows, Xk, learn = rows[usable], Xk[usable], learn[usable]
                 if not len(rows):
