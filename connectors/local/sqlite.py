@@ -64,13 +64,21 @@ class SqliteSink(Sink):
         fields = [(k, v.tolist()) for k, v in batch.fields.items()
                   if v.dtype == bool or np.issubdtype(v.dtype, np.number)]
         ts = batch.ts.tolist()
-        rows = []
+        rows, dropped = [], 0
         for i in range(n):
-            f = {k: v[i] for k, v in fields if not (isinstance(v[i], float) and math.isnan(v[i]))}
+            f = {}
+            for k, v in fields:
+                x = v[i]
+                if isinstance(x, float) and not math.isfinite(x):
+                    dropped += not math.isnan(x)     # ±inf is no JSON (it broke every json_extract): counted, left out
+                    continue
+                f[k] = x
             if f:
                 t = {k: str(v[i]) for k, v in tags if v[i] is not None}
                 rows.append((self.config.measurement, json.dumps(t, sort_keys=True, separators=(",", ":")), ts[i],
-                             json.dumps(f, sort_keys=True, separators=(",", ":"))))
+                             json.dumps(f, sort_keys=True, separators=(",", ":"), allow_nan=False)))
+        if dropped:
+            self.ctx.count("not_finite", dropped)
         if not rows:
             return
         self._db.execute("BEGIN IMMEDIATE")
