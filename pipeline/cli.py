@@ -184,11 +184,17 @@ def _validate(file: str) -> int:
         for p in problems:
             print(f"  {p}", file=sys.stderr)
         return 1
-    from .lint import expression_problems
+    from .lint import expression_problems, window_collision_problems
 
     problems = expression_problems(spec)
     if problems:
         print(f"{file}: {len(problems)} expression(s) would never be true:", file=sys.stderr)
+        for p in problems:
+            print(f"  {p}", file=sys.stderr)
+        return 1
+    problems = window_collision_problems(spec)
+    if problems:
+        print(f"{file}: {len(problems)} sink(s) would lose aggregates:", file=sys.stderr)
         for p in problems:
             print(f"  {p}", file=sys.stderr)
         return 1

@@ -80,3 +80,40 @@ def expression_problems(spec) -> list[str]:
             out.append(f"{spec.file}:{line}:{col}: stage {c.id!r} ({c.type}): {word!r} has no quotes, so it is read "
                        f"as a field name and the comparison with tag {tag!r} is never true (hint: {fixed})")
     return out
+
+
+_KEYED_SINKS = ("sqlite", "influxdb")      # sinks that key a point by (measurement, tags, ts): a second one replaces
+
+
+def window_collision_problems(spec) -> list[str]:
+    """``file:line:col: sink ...`` for every sink keyed by window start that windows of different size or hop with
+    the same key reach: at a start they share, the point of one replaces (or merges into) the other's."""
+    stages = {c.id: c for c in spec.stages}
+
+    def windows(item_id: str, seen: set) -> set[str]:
+        if item_id in seen or item_id not in stages:
+            return set()
+        seen.add(item_id)
+        c = stages[item_id]
+        if c.type == "window":
+            return {item_id}
+        return set().union(*(windows(i, seen) for i in c.inputs)) if c.inputs else set()
+
+    out = []
+    for n, sink in enumerate(spec.sinks):
+        if sink.type not in _KEYED_SINKS:
+            continue
+        by_key: dict[tuple, dict[tuple, str]] = {}
+        for w in sorted(set().union(*(windows(i, set()) for i in sink.inputs))):
+            c = stages[w]
+            by_key.setdefault(tuple(c.key), {}).setdefault((c.size, c.hop or c.size), w)
+        for key, shapes in by_key.items():
+            if len(shapes) > 1:
+                line, col = spec.document.position(("sinks", n)) if spec.document else (1, 1)
+                named = ", ".join(f"{w!r} ({size:g}s" + (f", hop {hop:g}s)" if hop != size else ")")
+                                  for (size, hop), w in sorted(shapes.items()))
+                out.append(f"{spec.file}:{line}:{col}: sink {sink.id!r} ({sink.type}): windows {named} with the same "
+                           "key reach it; at a window start they share, the point of one replaces the other's "
+                           f"(the sink keys points by measurement, tags and ts) (hint: give each window size its "
+                           f"own sink with its own measurement)")
+    return out

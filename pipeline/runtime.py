@@ -27,6 +27,7 @@ from .batch import Batch
 from .checkpoint import CheckpointStore
 from .statecodec import StateFileError
 from .graph import DeadLetters, Graph
+from .lint import window_collision_problems
 from .loader import PipelineSpec
 from .lock import StateLock
 from .metrics import Metrics
@@ -140,6 +141,8 @@ class Pipeline:
                 # files as they are, so a crash before the first periodic checkpoint cuts them back to this when
                 # the journal replays from its start (as after any later checkpoint), and writes nothing twice
                 self._checkpoint(positions, sources, sinks)
+            for problem in window_collision_problems(spec):       # validate refuses it; a run says so
+                log.warning("%s", problem)
             if rt.checkpoint.path:     # the state now is the restored checkpoint (or the first one): age 0
                 self.metrics.set_gauge("runtime", "last_checkpoint_time", time.time())
             elif live := [c.id for c in spec.sources if c.type == "mqtt"]:

@@ -223,3 +223,23 @@ def test_an_anchor_that_merges_and_overrides_reads_the_same_at_each_use():
                         "x-aggs: &aggs\n  <<: *base\n  temperature: [max]\n").replace(
         "aggregates: {temperature: [mean, min, max], pressure: [p95]}", "aggregates: *aggs")
     assert parse_pipeline(text, env={}).stages[0].aggregates == {"temperature": ["max"]}
+
+
+def test_windows_of_two_sizes_into_one_keyed_sink_are_refused_by_validate(tmp_path):
+    """At the starts they share, the 1-minute point replaced the 10-second one in the store (12 rows for 14, no
+    warning; found in review). Windows with other keys, or a sink that keeps every record, are fine."""
+    text = GOOD.replace("stages:\n", "stages:\n  - {id: slow, type: window, inputs: [readings], size: 1m, "
+                        "key: [site, device], aggregates: {temperature: [mean]}}\n  - {id: by_site, type: window, "
+                        "inputs: [readings], size: 1m, key: [site], aggregates: {temperature: [mean]}}\n  - {id: hot, "
+                        "type: filter, inputs: [slow], where: 'temperature_mean > 30'}\n").replace(
+        "  - {id: out, type: file, inputs: [per_device], path: out/aggregates.ndjson}",
+        "  - {id: out, type: file, inputs: [per_device, slow], path: out/aggregates.ndjson}\n"
+        "  - {id: db, type: sqlite, inputs: [per_device, hot, by_site], path: out/a.db}")
+    from pipeline.lint import window_collision_problems
+    (problem,) = window_collision_problems(parse_pipeline(text, env={}))
+    assert ":16:5: sink 'db' (sqlite): windows 'per_device' (10s), 'slow' (60s)" in problem, problem
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "readings.csv").write_text("ts,site,device,temperature,pressure\n1,s,d,20,1\n")
+    (tmp_path / "p.yaml").write_text(text)
+    r = edgesieve("validate", str(tmp_path / "p.yaml"))
+    assert r.returncode == 1 and "would lose aggregates" in r.stderr and "sink 'db'" in r.stderr
