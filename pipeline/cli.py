@@ -186,18 +186,13 @@ def _validate(file: str) -> int:
         return 1
     from .lint import expression_problems, window_collision_problems
 
-    problems = expression_problems(spec)
-    if problems:
-        print(f"{file}: {len(problems)} expression(s) would never be true:", file=sys.stderr)
-        for p in problems:
-            print(f"  {p}", file=sys.stderr)
-        return 1
-    problems = window_collision_problems(spec)
-    if problems:
-        print(f"{file}: {len(problems)} sink(s) would lose aggregates:", file=sys.stderr)
-        for p in problems:
-            print(f"  {p}", file=sys.stderr)
-        return 1
+    for what, problems in (("expression(s) would never be true", expression_problems(spec)),
+                           ("sink(s) would lose aggregates", window_collision_problems(spec))):
+        if problems:
+            print(f"{file}: {len(problems)} {what}:", file=sys.stderr)
+            for p in problems:
+                print(f"  {p}", file=sys.stderr)
+            return 1
     print(f"{file}: pipeline {spec.name!r} is valid")
     for title, items in (("sources", spec.sources), ("stages", spec.stages), ("sinks", spec.sinks)):
         print(f"{title}:")
